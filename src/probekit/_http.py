@@ -1,0 +1,512 @@
+"""HttpProbe: HTTP(S) checks with real phase timings, on the shared dial path.
+
+HTTP/1.1 is spoken with h11 (the sans-io parser under httpx) over the dial path's own streams,
+which keeps the per-check cost low and makes the phase boundaries exact: ``processing`` runs from
+the last request byte written to the first response byte read, ``transfer`` from there to the end
+of the body. HTTP/2 uses the h2 state machine on the same streams (ALPN over TLS, prior
+knowledge over plain text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import attrs
+import h11
+
+from ._assertions import Assertion, Observation, StatusIn
+from ._context import ProbeContext
+from ._dial import Connection, Proxy
+from ._errors import ProbeFailure
+from ._exceptions import DefinitionError
+from ._policy import parse_host_address
+from ._probe import Attempt, execute
+from ._resolver import Family
+from ._result import ErrorKind, Result
+from ._secret import Secret
+from ._timeline import Timeline
+from ._timeouts import Timeouts
+from ._tls import TlsOptions
+
+__all__ = ["BasicAuth", "HttpProbe"]
+
+_READ = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_STATUS = StatusIn(ranges=((200, 299),))
+_UA = b"probekit/0.1"
+#: Headers HTTP/2 forbids (RFC 9113 §8.2.2); dropped from user headers when speaking h2.
+_H2_FORBIDDEN = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"})
+
+
+@attrs.frozen
+class BasicAuth:
+    """HTTP basic credentials; the password is a :class:`Secret`."""
+
+    username: str
+    password: Secret
+
+    def header(self) -> bytes:
+        raw = f"{self.username}:{self.password.reveal()}".encode()
+        return b"Basic " + base64.b64encode(raw)
+
+
+def _pairs(field: str) -> Any:
+    def convert(value: Mapping[str, str] | Sequence[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+        if value is None:
+            return ()
+        items = value.items() if isinstance(value, Mapping) else value
+        out = []
+        for i, item in enumerate(items):
+            try:
+                name, val = item
+            except (TypeError, ValueError):
+                raise DefinitionError(f"{field}[{i}]", f"expected a (name, value) pair, got {item!r}") from None
+            if not isinstance(name, str) or not isinstance(val, str):
+                raise DefinitionError(f"{field}[{i}]", "names and values must be strings")
+            if any(c in name + val for c in "\r\n\0"):
+                raise DefinitionError(f"{field}[{i}]", "names and values may not contain CR, LF or NUL")
+            out.append((name, val))
+        return tuple(out)
+
+    return convert
+
+
+def _body(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DefinitionError(attribute.name, f"must be a non-negative integer, got {value!r}")
+
+
+@attrs.frozen
+class _Url:
+    scheme: str
+    host: str
+    port: int
+    target: str  # origin-form: path and query
+
+    @property
+    def authority(self) -> str:
+        literal = parse_host_address(self.host)
+        host = f"[{self.host}]" if literal is not None and literal.version == 6 and ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _parse_url(url: str, field: str = "url") -> _Url:
+    if not isinstance(url, str):
+        raise DefinitionError(field, f"a URL must be a string, got {type(url).__name__}")
+    if any(c in url for c in "\r\n\0 \t"):
+        raise DefinitionError(field, "a URL may not contain whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise DefinitionError(field, f"scheme must be http or https, got {parts.scheme!r} in {url!r}")
+    if not parts.hostname:
+        raise DefinitionError(field, f"no host in {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise DefinitionError(field, "put credentials in basic_auth, not in the URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise DefinitionError(field, f"{exc} in {url!r}") from None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Url(parts.scheme, parts.hostname, port, target)
+
+
+class _Response:
+    __slots__ = ("body", "decoded_bytes", "headers", "http_version", "status", "truncated", "wire_bytes")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.wire_bytes = 0
+        self.decoded_bytes = 0
+        self.truncated = False
+        self.http_version = "1.1"
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+class _BodySink:
+    """Collects the body up to a cap, decompressing gzip/deflate with the cap on the output."""
+
+    __slots__ = ("_decoder", "cap", "response")
+
+    def __init__(self, response: _Response, cap: int) -> None:
+        self.response = response
+        self.cap = cap
+        encoding = (response.header("content-encoding") or "").strip().lower()
+        self._decoder: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> bool:
+        """Take ``data``; return False once the cap is reached (stop reading)."""
+        resp = self.response
+        resp.wire_bytes += len(data)
+        room = self.cap - len(resp.body)
+        if self._decoder is None:
+            resp.body += data[:room]
+            if len(data) > room:
+                resp.truncated = True
+            return not resp.truncated
+        try:
+            out = self._decoder.decompress(data, room + 1)
+        except zlib.error as exc:
+            raise ProbeFailure(ErrorKind.PROTOCOL, f"cannot decompress body: {exc}") from None
+        resp.decoded_bytes += len(out)
+        resp.body += out[:room]
+        if len(out) > room or self._decoder.unconsumed_tail:
+            resp.truncated = True
+        if resp.wire_bytes > self.cap:
+            resp.truncated = True
+        return not resp.truncated
+
+
+@attrs.frozen
+class HttpProbe:
+    """Check an HTTP(S) endpoint.
+
+    A fresh connection is made for every check, through the context's dialer (and so its egress
+    policy, re-checked on every redirect hop). Without a :class:`StatusIn` assertion, a final
+    status of 200-299 is required. The body read is capped at ``max_body_bytes`` (after
+    decompression too); a larger body fails the check unless ``fail_on_body_limit`` is False,
+    in which case the assertions see the first ``max_body_bytes`` and the result says it was
+    truncated.
+
+    Phases: ``resolve``, ``connect``, ``tls``, ``processing``, ``transfer`` (per hop).
+    """
+
+    kind: ClassVar[str] = "http"
+
+    url: str = attrs.field()
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs("headers"))
+    query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs("query"))
+    body: bytes | None = attrs.field(default=None, converter=_body)
+    basic_auth: BasicAuth | None = None
+    bearer_token: Secret | None = None
+    follow_redirects: bool = True
+    max_redirects: int = attrs.field(default=10, validator=_positive_int)
+    tls: TlsOptions = attrs.field(factory=TlsOptions)
+    host_header: str | None = None
+    http_version: Literal["1.1", "2"] = "1.1"
+    proxy: Proxy | None = None
+    ip_family: Family | None = None
+    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=tuple)
+    max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
+    fail_on_body_limit: bool = True
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+    _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
+
+    @url.validator
+    def _check_url(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        object.__setattr__(self, "_parsed", _parse_url(value))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.method or not self.method.isalpha() or not self.method.isupper():
+            raise DefinitionError("method", f"expected an upper-case HTTP method, got {self.method!r}")
+        if self.http_version not in ("1.1", "2"):
+            raise DefinitionError("http_version", f"expected '1.1' or '2', got {self.http_version!r}")
+        for i, assertion in enumerate(self.assertions):
+            if not callable(getattr(assertion, "evaluate", None)):
+                raise DefinitionError(f"assertions[{i}]", f"{assertion!r} is not an assertion")
+        if self.basic_auth is not None and self.bearer_token is not None:
+            raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    @property
+    def host(self) -> str:
+        return self._parsed.host
+
+    async def check(self, ctx: ProbeContext | None = None) -> Result:
+        return await execute(self.kind, self.url, self.timeouts, ctx, self._run)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _first_url(self) -> _Url:
+        if not self.query:
+            return self._parsed
+        sep = "&" if "?" in self._parsed.target else "?"
+        return attrs.evolve(self._parsed, target=self._parsed.target + sep + urlencode(self.query))
+
+    async def _run(self, attempt: Attempt) -> None:
+        url = self._first_url()
+        method = self.method
+        body = self.body
+        auth = True
+        hops = 0
+        while True:
+            response = await self._exchange(attempt, url, method, body, auth)
+            location = response.header("location")
+            if not (self.follow_redirects and response.status in _REDIRECTS and location):
+                break
+            if hops >= self.max_redirects:
+                raise ProbeFailure(ErrorKind.PROTOCOL, f"more than {self.max_redirects} redirects")
+            hops += 1
+            base = f"{url.scheme}://{url.authority}{url.target}"
+            nxt = _parse_url_for_redirect(urljoin(base, location))
+            if (nxt.scheme, nxt.host, nxt.port) != (url.scheme, url.host, url.port):
+                auth = False  # never send credentials to another origin
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, body = ("GET" if method != "HEAD" else "HEAD"), None
+            url = nxt
+        attempt.metrics["redirects"] = hops
+        self._evaluate(attempt, response)
+
+    def _evaluate(self, attempt: Attempt, response: _Response) -> None:
+        m = attempt.metrics
+        m["status_code"] = response.status
+        m["body_bytes"] = len(response.body)
+        m["wire_bytes"] = response.wire_bytes
+        m["http_version"] = 2.0 if response.http_version == "2" else 1.1
+        if response.truncated:
+            m["body_truncated"] = 1
+            if self.fail_on_body_limit:
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL, f"body exceeded max_body_bytes ({self.max_body_bytes})"
+                )
+        observation = Observation(
+            elapsed=attempt.timeline.now(),
+            tls=attempt.tls,
+            cert_days_left=m.get("cert_days_left"),
+            status_code=response.status,
+            headers=response.headers,
+            body=bytes(response.body),
+        )
+        assertions = self.assertions
+        if not any(isinstance(a, StatusIn) for a in assertions):
+            assertions = (_DEFAULT_STATUS, *assertions)
+        attempt.assertions.extend(a.evaluate(observation) for a in assertions)
+
+    def _request_headers(self, url: _Url, body: bytes | None, auth: bool) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = [(b"Host", (self.host_header or url.authority).encode())]
+        names = set()
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == "host":
+                continue
+            names.add(lname)
+            headers.append((name.encode(), value.encode()))
+        if "user-agent" not in names:
+            headers.append((b"User-Agent", _UA))
+        if "accept" not in names:
+            headers.append((b"Accept", b"*/*"))
+        if auth and self.basic_auth is not None:
+            headers.append((b"Authorization", self.basic_auth.header()))
+        elif auth and self.bearer_token is not None:
+            headers.append((b"Authorization", b"Bearer " + self.bearer_token.reveal().encode()))
+        if body is not None:
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        headers.append((b"Connection", b"close"))
+        return headers
+
+    async def _exchange(
+        self, attempt: Attempt, url: _Url, method: str, body: bytes | None, auth: bool
+    ) -> _Response:
+        ctx = attempt.ctx
+        timeline = attempt.timeline
+        https = url.scheme == "https"
+        tls = None
+        if https:
+            alpn = ("h2", "http/1.1") if self.http_version == "2" else ("http/1.1",)
+            tls = self.tls if self.tls.alpn == alpn else attrs.evolve(self.tls, alpn=alpn)
+        absolute = False
+        if self.proxy is not None and not https:
+            # Plain HTTP through a proxy: absolute-form request to the proxy; the target is
+            # still checked against the policy before anything is sent.
+            await ctx.dialer.check_target(url.host, timeline, self.timeouts)
+            conn = await ctx.dialer.connect(self.proxy.host, self.proxy.port, timeline, self.timeouts)
+            absolute = True
+        else:
+            conn = await ctx.dialer.connect(
+                url.host, url.port, timeline, self.timeouts, tls=tls, proxy=self.proxy, family=self.ip_family
+            )
+        try:
+            attempt.address = conn.address
+            attempt.record_tls(conn.tls)
+            headers = self._request_headers(url, body, auth)
+            if absolute and self.proxy is not None:
+                proxy_auth = self.proxy.authorization()
+                if proxy_auth:
+                    headers.append((b"Proxy-Authorization", proxy_auth))
+            target = f"{url.scheme}://{url.authority}{url.target}" if absolute else url.target
+            use_h2 = self.http_version == "2" and (
+                (conn.tls is not None and conn.tls.alpn == "h2") or (not https and not absolute)
+            )
+            if use_h2:
+                return await _h2_exchange(conn, url, method, target, headers, body, timeline, self)
+            return await _h1_exchange(conn, method, target, headers, body, timeline, self)
+        finally:
+            conn.close()
+
+
+def _parse_url_for_redirect(url: str) -> _Url:
+    try:
+        return _parse_url(url, "location")
+    except DefinitionError as exc:
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"bad redirect: {exc.message}") from None
+
+
+async def _read(conn: Connection, limit: float | None) -> bytes:
+    if limit is None:
+        return await conn.reader.read(_READ)
+    async with asyncio.timeout(limit):
+        return await conn.reader.read(_READ)
+
+
+async def _h1_exchange(
+    conn: Connection,
+    method: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    timeline: Timeline,
+    probe: HttpProbe,
+) -> _Response:
+    h = h11.Connection(h11.CLIENT)
+    try:
+        out = h.send(h11.Request(method=method, target=target, headers=headers))
+        if body:
+            out += h.send(h11.Data(data=body))
+        out += h.send(h11.EndOfMessage())
+    except h11.LocalProtocolError as exc:
+        raise ProbeFailure(ErrorKind.INTERNAL, f"cannot build request: {exc}") from None
+    conn.writer.write(out)
+    if body and len(body) > _READ:
+        await conn.writer.drain()
+    read_limit = probe.timeouts.read
+    response = _Response()
+    sink: _BodySink | None = None
+    try:
+        with timeline.phase("processing"):
+            data = await _read(conn, read_limit)
+        with timeline.phase("transfer"):
+            while True:
+                h.receive_data(data)
+                while True:
+                    event = h.next_event()
+                    if event is h11.NEED_DATA:
+                        break
+                    if isinstance(event, h11.Response):
+                        response.status = event.status_code
+                        response.http_version = event.http_version.decode()
+                        response.headers = [(k.decode().lower(), v.decode("latin-1")) for k, v in event.headers]
+                        sink = _BodySink(response, probe.max_body_bytes)
+                        if method == "HEAD":
+                            return response
+                    elif isinstance(event, h11.InformationalResponse):
+                        continue
+                    elif isinstance(event, h11.Data):
+                        assert sink is not None
+                        if not sink.feed(event.data):
+                            return response
+                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        return response
+                    elif event is h11.PAUSED:
+                        return response
+                if not data:
+                    raise ProbeFailure(ErrorKind.PROTOCOL, "connection closed before the response ended")
+                data = await _read(conn, read_limit)
+    except h11.RemoteProtocolError as exc:
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"invalid HTTP response: {exc}") from None
+
+
+async def _h2_exchange(
+    conn: Connection,
+    url: _Url,
+    method: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    timeline: Timeline,
+    probe: HttpProbe,
+) -> _Response:
+    import h2.config  # lazily: only HTTP/2 checks need it
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    h = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    h.initiate_connection()
+    stream = h.get_next_available_stream_id()
+    authority = next(v for k, v in headers if k == b"Host")
+    request = [
+        (b":method", method.encode()),
+        (b":authority", authority),
+        (b":scheme", url.scheme.encode()),
+        (b":path", target.encode()),
+    ]
+    request += [(k.lower(), v) for k, v in headers if k.lower() not in _H2_FORBIDDEN]
+    h.send_headers(stream, request, end_stream=not body)
+    writer = conn.writer
+    pending = body or b""
+    response = _Response()
+    response.http_version = "2"
+    sink: _BodySink | None = None
+
+    def push_body() -> None:
+        nonlocal pending
+        while pending:
+            room = min(h.local_flow_control_window(stream), h.max_outbound_frame_size)
+            if room <= 0:
+                return
+            chunk, pending = pending[:room], pending[room:]
+            h.send_data(stream, chunk, end_stream=not pending)
+
+    push_body()
+    writer.write(h.data_to_send())
+    read_limit = probe.timeouts.read
+    phase = "processing"
+    try:
+        with timeline.phase("processing"):
+            data = await _read(conn, read_limit)
+        with timeline.phase("transfer"):
+            phase = "transfer"
+            while True:
+                if not data:
+                    raise ProbeFailure(ErrorKind.PROTOCOL, "connection closed before the response ended")
+                for event in h.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                        hdrs = [(bytes(k), bytes(v)) for k, v in event.headers]
+                        status = next((v for k, v in hdrs if k == b":status"), b"0")
+                        response.status = int(status)
+                        response.headers = [
+                            (k.decode().lower(), v.decode("latin-1")) for k, v in hdrs if not k.startswith(b":")
+                        ]
+                        sink = _BodySink(response, probe.max_body_bytes)
+                    elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                        h.acknowledge_received_data(event.flow_controlled_length, stream)
+                        if sink is None:
+                            raise ProbeFailure(ErrorKind.PROTOCOL, "HTTP/2 data before headers")
+                        if not sink.feed(event.data):
+                            return response
+                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                        return response
+                    elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
+                        raise ProbeFailure(ErrorKind.PROTOCOL, f"HTTP/2 stream reset (error {event.error_code})")
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        raise ProbeFailure(ErrorKind.PROTOCOL, f"HTTP/2 connection terminated (error {event.error_code})")
+                    elif isinstance(event, h2.events.WindowUpdated):
+                        push_body()
+                writer.write(h.data_to_send())
+                data = await _read(conn, read_limit)
+    except h2.exceptions.ProtocolError as exc:
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"HTTP/2 protocol error during {phase}: {exc}") from None

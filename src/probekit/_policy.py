@@ -1,0 +1,235 @@
+"""The local egress policy: which hosts and addresses a probe may dial.
+
+The policy belongs to the operator of the machine running the probes. It is checked on every
+resolved address of every hop before a socket is opened. Host names are normalised first, so the
+many spellings of one address (``0xa9fea9fe``, ``2852039166``, ``0251.0376.0251.0376``,
+``[::ffff:169.254.169.254]``) are decided as the address they denote.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+
+from ._exceptions import DefinitionError, PolicyError
+
+__all__ = [
+    "DEFAULT_DENIED_NETWORKS",
+    "Decision",
+    "EgressPolicy",
+    "IPAddress",
+    "IPNetwork",
+    "canonical_address",
+    "parse_host_address",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Denied unless the operator explicitly allows them: link-local (where cloud metadata services
+#: live), the metadata addresses themselves, unspecified and multicast addresses.
+DEFAULT_DENIED_NETWORKS: Final[tuple[str, ...]] = (
+    "169.254.0.0/16",  # IPv4 link-local, including 169.254.169.254 (AWS/GCP/Azure metadata)
+    "fe80::/10",  # IPv6 link-local
+    "fd00:ec2::254/128",  # AWS metadata over IPv6
+    "100.100.100.200/32",  # Alibaba Cloud metadata
+    "0.0.0.0/8",  # "this network": connecting to it reaches the local host on Linux
+    "::/128",  # unspecified
+    "224.0.0.0/4",  # multicast
+    "ff00::/8",  # multicast
+)
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_V4COMPAT = ipaddress.IPv6Network("::/96")
+_PART = re.compile(r"^(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
+
+
+def _loose_ipv4(text: str) -> ipaddress.IPv4Address | None:
+    """Parse ``text`` the way ``inet_aton`` does (1-4 parts, decimal, octal or hex), or None."""
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_PART.match(p) for p in parts):
+        return None
+    values = []
+    for p in parts:
+        if p[:2].lower() == "0x":
+            values.append(int(p[2:] or "0", 16))
+        elif len(p) > 1 and p[0] == "0":
+            values.append(int(p, 8))
+        else:
+            values.append(int(p))
+    *head, last = values
+    if any(v > 255 for v in head):
+        return None
+    if last >= 1 << (8 * (4 - len(head))):
+        return None
+    number = 0
+    for v in head:
+        number = number << 8 | v
+    number = number << (8 * (4 - len(head))) | last
+    return ipaddress.IPv4Address(number)
+
+
+def parse_host_address(host: str) -> IPAddress | None:
+    """Return the IP address ``host`` spells, however oddly, or None for a host name.
+
+    Accepts brackets (``[::1]``), IPv6 zone ids (dropped), and every IPv4 form ``inet_aton``
+    accepts (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``). The answer is not yet
+    canonical: see :func:`canonical_address`.
+    """
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text.endswith(".") and text[:-1].replace(".", "").isdigit():
+        text = text[:-1]
+    if ":" in text:
+        text = text.split("%", 1)[0]
+        try:
+            return ipaddress.IPv6Address(text)
+        except ValueError:
+            return None
+    return _loose_ipv4(text)
+
+
+def canonical_address(address: IPAddress) -> IPAddress:
+    """Map IPv6 forms that embed an IPv4 address (mapped, NAT64, compatible) to that address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address in _V4COMPAT and int(address) > 1:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def _networks(field: str, values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    out: list[IPNetwork] = []
+    for i, value in enumerate(values):
+        try:
+            out.append(ipaddress.ip_network(value, strict=False))
+        except (ValueError, TypeError) as exc:
+            raise DefinitionError(f"{field}[{i}]", f"invalid network {value!r}: {exc}") from None
+    return tuple(out)
+
+
+def _patterns(field: str, values: Iterable[str]) -> tuple[str, ...]:
+    out = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str) or not value:
+            raise DefinitionError(f"{field}[{i}]", f"invalid host pattern {value!r}")
+        out.append(value.lower().rstrip("."))
+    return tuple(out)
+
+
+@attrs.frozen
+class Decision:
+    """A policy verdict and the rule that produced it."""
+
+    allowed: bool
+    reason: str
+
+
+@attrs.frozen
+class EgressPolicy:
+    """Allowed and denied networks and host patterns.
+
+    The decision for an address, in order: a network in ``deny`` denies; a network in
+    ``allow`` that is at least as specific as the most specific matching ``deny_default``
+    entry allows; a ``deny_default`` network denies (link-local, metadata, unspecified,
+    multicast); otherwise the address is allowed when ``allow`` is empty, and denied when it is
+    not (an allow list narrows the policy to itself). Host patterns (``fnmatch``-style,
+    case-insensitive, e.g. ``*.corp.example``) work the same way on the name before it is
+    resolved; every resolved address is then checked too.
+
+    The default policy allows private networks, loopback and public addresses and denies only
+    the ``deny_default`` set; operators narrow it with ``allow`` or ``deny``.
+    """
+
+    allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=lambda v: _networks("allow", v))
+    deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=lambda v: _networks("deny", v))
+    allow_hosts: tuple[str, ...] = attrs.field(
+        default=(), converter=lambda v: _patterns("allow_hosts", v)
+    )
+    deny_hosts: tuple[str, ...] = attrs.field(
+        default=(), converter=lambda v: _patterns("deny_hosts", v)
+    )
+    deny_default: tuple[IPNetwork, ...] = attrs.field(
+        default=DEFAULT_DENIED_NETWORKS, converter=lambda v: _networks("deny_default", v)
+    )
+
+    @classmethod
+    def allow_all(cls) -> EgressPolicy:
+        """A policy that denies nothing (for tests and for operators who really mean it)."""
+        return cls(deny_default=())
+
+    def decide_address(self, address: IPAddress | str) -> Decision:
+        """Decide one address (any spelling :func:`parse_host_address` accepts)."""
+        if isinstance(address, str):
+            parsed = parse_host_address(address)
+            if parsed is None:
+                raise ValueError(f"not an IP address: {address!r}")
+            address = parsed
+        ip = canonical_address(address)
+        candidates = {ip, address}
+        for net in self.deny:
+            if any(a in net for a in candidates):
+                return Decision(False, f"address is in denied network {net}")
+        best_allow = max(
+            (net.prefixlen for net in self.allow if any(a in net for a in candidates)), default=-1
+        )
+        matched_default = [net for net in self.deny_default if any(a in net for a in candidates)]
+        if matched_default:
+            net = max(matched_default, key=lambda n: n.prefixlen)
+            if best_allow >= net.prefixlen:
+                return Decision(True, "address is explicitly allowed")
+            return Decision(False, f"address is in {net}, denied by default")
+        if not self.allow:
+            return Decision(True, "allowed: no allow list")
+        if best_allow >= 0:
+            return Decision(True, "address is in an allowed network")
+        return Decision(False, "address is not in any allowed network")
+
+    def decide_host(self, host: str) -> Decision:
+        """Decide a host name before resolution (an IP literal is decided as an address)."""
+        literal = parse_host_address(host)
+        if literal is not None:
+            return self.decide_address(literal)
+        name = host.lower().rstrip(".")
+        for pattern in self.deny_hosts:
+            if fnmatch.fnmatchcase(name, pattern):
+                return Decision(False, f"host matches denied pattern {pattern!r}")
+        if self.allow_hosts and not any(fnmatch.fnmatchcase(name, p) for p in self.allow_hosts):
+            return Decision(False, "host matches no allowed pattern")
+        return Decision(True, "host allowed")
+
+    def check_host(self, host: str) -> None:
+        """Raise :class:`PolicyError` if ``host`` is denied by name or spelling."""
+        decision = self.decide_host(host)
+        if not decision.allowed:
+            raise PolicyError(host, None, decision.reason)
+
+    def check_addresses(self, host: str, addresses: Iterable[IPAddress]) -> None:
+        """Raise :class:`PolicyError` if *any* of ``addresses`` is denied.
+
+        One denied address among allowed ones denies the whole host: a resolver that mixes a
+        metadata address into an answer must not get a chance to have it dialled.
+        """
+        for address in addresses:
+            decision = self.decide_address(address)
+            if not decision.allowed:
+                raise PolicyError(host, str(address), decision.reason)
+
+    def summary(self) -> dict[str, list[str]]:
+        """A plain description, e.g. for a checkpoint's heartbeat."""
+        return {
+            "allow": [str(n) for n in self.allow],
+            "deny": [str(n) for n in self.deny],
+            "allow_hosts": list(self.allow_hosts),
+            "deny_hosts": list(self.deny_hosts),
+            "deny_default": [str(n) for n in self.deny_default],
+        }

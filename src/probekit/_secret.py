@@ -1,0 +1,61 @@
+"""Secrets as a type: a value that never shows itself."""
+
+from __future__ import annotations
+
+from typing import Any, Final, NoReturn
+
+__all__ = ["Secret"]
+
+_MASK: Final = "<secret>"
+
+
+class Secret:
+    """A credential that prints, serialises and logs as ``<secret>``.
+
+    The value is read only where it is used, with :meth:`reveal`. ``repr``, ``str``, ``format``
+    and the JSON converter all show ``<secret>``; pickling is refused so a secret cannot leak
+    through a process boundary by accident. Two secrets are equal when their values are, but the
+    comparison does not reveal which one differs.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Secret value must be str, not {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret's value. Call this only where the value is put to use."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({_MASK!r})"
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, spec: str) -> str:
+        return format(_MASK, spec)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        import hmac
+
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, len(self._value)))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Secret values cannot be pickled")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
+
+    def __copy__(self) -> Secret:
+        return self

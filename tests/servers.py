@@ -1,0 +1,254 @@
+"""In-process servers and test doubles for probekit's tests (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gzip
+import ipaddress
+import json
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from probekit import Dialer, EgressPolicy, ProbeContext, StaticResolver
+
+
+class NonLoopbackDial(AssertionError):
+    """Raised by the guarded connector: a test tried to dial outside loopback."""
+
+
+class GuardedConnector:
+    """A connector that refuses any non-loopback address before a socket exists, and logs dials.
+
+    Tests that prove an address is never dialled use it, so a policy bug cannot send a packet.
+    """
+
+    def __init__(self) -> None:
+        self.dialled: list[tuple[str, int]] = []
+        self.refused: list[tuple[str, int]] = []
+
+    async def __call__(
+        self, ip: str, port: int, source: tuple[str, int] | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not ipaddress.ip_address(ip).is_loopback:
+            self.refused.append((ip, port))
+            raise NonLoopbackDial(f"test tried to dial {ip}:{port}")
+        self.dialled.append((ip, port))
+        reader, writer = await asyncio.open_connection(ip, port, local_addr=source)
+        return reader, writer
+
+
+def make_context(
+    *,
+    policy: EgressPolicy | None = None,
+    hosts: dict[str, list[str]] | None = None,
+    connector: GuardedConnector | None = None,
+) -> ProbeContext:
+    answers = {"localhost": ["127.0.0.1"], "test.local": ["127.0.0.1"]}
+    answers.update(hosts or {})
+    return ProbeContext(
+        dialer=Dialer(
+            policy=policy if policy is not None else EgressPolicy(),
+            resolver=StaticResolver(answers),
+            connector=connector or GuardedConnector(),
+        )
+    )
+
+
+Handler = Callable[["Request", asyncio.StreamWriter], Awaitable[None]]
+
+
+class Request:
+    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+
+def response(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+    reason = {200: "OK", 301: "Moved", 302: "Found", 500: "Internal Server Error"}.get(status, "X")
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    hdrs = {"Content-Length": str(len(body)), "Connection": "close"}
+    hdrs.update(headers or {})
+    lines += [f"{k}: {v}" for k, v in hdrs.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """64 MiB of zeros in about 64 KiB of gzip."""
+    return gzip.compress(b"\0" * (64 * 1024 * 1024))
+
+
+async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
+    path = req.path
+    if path == "/" or path == "/ok":
+        writer.write(response(200, b"hello probekit", {"Content-Type": "text/plain", "X-Test": "yes"}))
+    elif path.startswith("/status/"):
+        writer.write(response(int(path.rsplit("/", 1)[1]), b"status page"))
+    elif path == "/json":
+        doc = {"status": "ok", "items": [1, 2, 3], "db": {"latency_ms": 12, "name": "main"}}
+        writer.write(response(200, json.dumps(doc).encode(), {"Content-Type": "application/json"}))
+    elif path == "/redirect":
+        writer.write(response(302, b"", {"Location": req.query.removeprefix("to=")}))
+    elif path.startswith("/chain/"):
+        n = int(path.rsplit("/", 1)[1])
+        location = f"/chain/{n - 1}" if n > 0 else "/ok"
+        writer.write(response(302, b"", {"Location": location}))
+    elif path == "/echo":
+        doc = {"method": req.method, "target": req.target, "headers": req.headers, "body": req.body.decode()}
+        writer.write(response(200, json.dumps(doc).encode(), {"Content-Type": "application/json"}))
+    elif path == "/silent":
+        await asyncio.sleep(3600)
+    elif path == "/infinite":
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        while True:
+            writer.write(frame)
+            await writer.drain()
+    elif path == "/gzip-bomb":
+        writer.write(response(200, _gzip_bomb(), {"Content-Encoding": "gzip"}))
+    elif path == "/gzip":
+        writer.write(response(200, gzip.compress(b"compressed hello"), {"Content-Encoding": "gzip"}))
+    elif path == "/slow-body":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(3600)
+    else:
+        writer.write(response(404, b"not found"))
+
+
+class HttpServer:
+    """A small HTTP/1.1 server on 127.0.0.1 (optionally TLS) that counts its connections."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, handler: Handler | None = None) -> None:
+        self.ssl_context = ssl_context
+        self.handler = handler or _default_handler
+        self.connections = 0
+        self.requests: list[Request] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context else "http"
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    async def start(self) -> HttpServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+            body = b""
+            if "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            req = Request(method, target, headers, body)
+            self.requests.append(req)
+            await self.handler(req, writer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def serving(server: HttpServer) -> AsyncIterator[HttpServer]:
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class TcpServer:
+    """A raw TCP server on 127.0.0.1 running ``handler(reader, writer)`` per connection."""
+
+    def __init__(
+        self,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> TcpServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.handler(reader, writer)
+            await writer.drain()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
