@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, settings
 from probekit import ProbeContext
 from servers import GuardedConnector, HttpServer, make_context, serving
 
-settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
@@ -37,7 +39,10 @@ def good_tls(ca: trustme.CA) -> ssl.SSLContext:
 def expired_tls(ca: trustme.CA) -> ssl.SSLContext:
     now = dt.datetime.now(dt.UTC)
     cert = ca.issue_cert(
-        "localhost", "127.0.0.1", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=3)
+        "localhost",
+        "127.0.0.1",
+        not_before=now - dt.timedelta(days=30),
+        not_after=now - dt.timedelta(days=3),
     )
     return _server_ctx(cert)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import gzip
+import zlib
 import ipaddress
 import json
 import ssl
@@ -88,13 +89,17 @@ def response(status: int, body: bytes = b"", headers: dict[str, str] | None = No
 @functools.cache
 def _gzip_bomb() -> bytes:
     """64 MiB of zeros in about 64 KiB of gzip."""
-    return gzip.compress(b"\0" * (64 * 1024 * 1024))
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * (1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(64)) + packer.flush()
 
 
 async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
     path = req.path
     if path == "/" or path == "/ok":
-        writer.write(response(200, b"hello probekit", {"Content-Type": "text/plain", "X-Test": "yes"}))
+        writer.write(
+            response(200, b"hello probekit", {"Content-Type": "text/plain", "X-Test": "yes"})
+        )
     elif path.startswith("/status/"):
         writer.write(response(int(path.rsplit("/", 1)[1]), b"status page"))
     elif path == "/json":
@@ -107,7 +112,12 @@ async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
         location = f"/chain/{n - 1}" if n > 0 else "/ok"
         writer.write(response(302, b"", {"Location": location}))
     elif path == "/echo":
-        doc = {"method": req.method, "target": req.target, "headers": req.headers, "body": req.body.decode()}
+        doc = {
+            "method": req.method,
+            "target": req.target,
+            "headers": req.headers,
+            "body": req.body.decode(),
+        }
         writer.write(response(200, json.dumps(doc).encode(), {"Content-Type": "application/json"}))
     elif path == "/silent":
         await asyncio.sleep(3600)
@@ -121,7 +131,9 @@ async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
     elif path == "/gzip-bomb":
         writer.write(response(200, _gzip_bomb(), {"Content-Encoding": "gzip"}))
     elif path == "/gzip":
-        writer.write(response(200, gzip.compress(b"compressed hello"), {"Content-Encoding": "gzip"}))
+        writer.write(
+            response(200, gzip.compress(b"compressed hello"), {"Content-Encoding": "gzip"})
+        )
     elif path == "/slow-body":
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         await writer.drain()
@@ -133,7 +145,9 @@ async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
 class HttpServer:
     """A small HTTP/1.1 server on 127.0.0.1 (optionally TLS) that counts its connections."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None, handler: Handler | None = None) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None = None, handler: Handler | None = None
+    ) -> None:
         self.ssl_context = ssl_context
         self.handler = handler or _default_handler
         self.connections = 0

@@ -94,7 +94,9 @@ def _excerpt(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def _outcome(name: str, passed: bool, expected: str, observed: str, severity: Status = Status.DOWN) -> AssertionOutcome:
+def _outcome(
+    name: str, passed: bool, expected: str, observed: str, severity: Status = Status.DOWN
+) -> AssertionOutcome:
     return AssertionOutcome(name, passed, expected, observed, severity)
 
 
@@ -171,7 +173,9 @@ class BodyContains:
         found = self.text.encode() in observation.body
         want = "body not containing" if self.negate else "body containing"
         seen = "found" if found else "not found"
-        return _outcome("body_contains", found != self.negate, f"{want} {_excerpt(self.text)}", seen)
+        return _outcome(
+            "body_contains", found != self.negate, f"{want} {_excerpt(self.text)}", seen
+        )
 
 
 @attrs.frozen
@@ -213,7 +217,9 @@ class HeaderMatches:
 
     def evaluate(self, observation: Observation) -> AssertionOutcome:
         values = observation.header_values(self.name)
-        want = f"header {self.name} {'not ' if self.negate else ''}matching {_excerpt(self.pattern)}"
+        want = (
+            f"header {self.name} {'not ' if self.negate else ''}matching {_excerpt(self.pattern)}"
+        )
         if not values:
             return _outcome("header", self.allow_missing, want, "header missing")
         matched = [v for v in values if self._regex.search(v)]
@@ -221,7 +227,9 @@ class HeaderMatches:
         return _outcome("header", bool(matched) != self.negate, want, seen)
 
 
-Op: TypeAlias = Literal["eq", "ne", "lt", "le", "gt", "ge", "contains", "matches", "exists", "absent"]
+Op: TypeAlias = Literal[
+    "eq", "ne", "lt", "le", "gt", "ge", "contains", "matches", "exists", "absent"
+]
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq,
@@ -247,7 +255,9 @@ def _parse_path(path: str) -> tuple[str | int, ...]:
         if index is not None:
             steps.append(int(index))
         else:
-            steps.append(name if name is not None else (quoted1 if quoted1 is not None else quoted2))
+            steps.append(
+                name if name is not None else (quoted1 if quoted1 is not None else quoted2)
+            )
         pos = m.end()
     return tuple(steps)
 
@@ -287,13 +297,19 @@ class JsonPath:
         return doc
 
     def evaluate(self, observation: Observation) -> AssertionOutcome:
-        want = f"{self.path} {self.op}" + ("" if self.op in ("exists", "absent") else f" {self.value!r}")
+        want = f"{self.path} {self.op}" + (
+            "" if self.op in ("exists", "absent") else f" {self.value!r}"
+        )
         try:
             found = self._lookup(observation.json())
         except ValueError as exc:
-            return _outcome("json_path", False, want, f"body is not JSON ({exc.__class__.__name__})")
+            return _outcome(
+                "json_path", False, want, f"body is not JSON ({exc.__class__.__name__})"
+            )
         if self.op == "absent":
-            return _outcome("json_path", found is _MISSING, want, "absent" if found is _MISSING else "present")
+            return _outcome(
+                "json_path", found is _MISSING, want, "absent" if found is _MISSING else "present"
+            )
         if found is _MISSING:
             return _outcome("json_path", False, want, "path not found")
         seen = _excerpt(json.dumps(found), 80)
@@ -301,11 +317,16 @@ class JsonPath:
             passed = True
         elif self.op == "contains":
             passed = isinstance(found, str | list) and (
-                self.value in found if isinstance(found, list) or isinstance(self.value, str) else False
+                self.value in found
+                if isinstance(found, list) or isinstance(self.value, str)
+                else False
             )
         elif self.op == "matches":
             assert self._regex is not None
-            passed = self._regex.search(found if isinstance(found, str) else json.dumps(found)) is not None
+            passed = (
+                self._regex.search(found if isinstance(found, str) else json.dumps(found))
+                is not None
+            )
         else:
             try:
                 passed = bool(_COMPARE[self.op](found, self.value))
@@ -314,7 +335,9 @@ class JsonPath:
         return _outcome("json_path", passed, want, seen)
 
 
-def _threshold(_inst: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+def _threshold(
+    _inst: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -340,7 +363,9 @@ class ResponseTime:
         if self.crit is not None and took > self.crit:
             return _outcome("response_time", False, f"<= {self.crit * 1000:.0f} ms", seen)
         if self.warn is not None and took > self.warn:
-            return _outcome("response_time", False, f"<= {self.warn * 1000:.0f} ms", seen, Status.DEGRADED)
+            return _outcome(
+                "response_time", False, f"<= {self.warn * 1000:.0f} ms", seen, Status.DEGRADED
+            )
         limit = self.warn if self.warn is not None else self.crit
         assert limit is not None
         return _outcome("response_time", True, f"<= {limit * 1000:.0f} ms", seen)
@@ -352,7 +377,9 @@ class TlsRequired:
 
     def evaluate(self, observation: Observation) -> AssertionOutcome:
         used = observation.tls is not None
-        return _outcome("tls", used, "TLS", observation.tls.version if observation.tls else "plain text")
+        return _outcome(
+            "tls", used, "TLS", observation.tls.version if observation.tls else "plain text"
+        )
 
 
 @attrs.frozen
@@ -361,7 +388,12 @@ class TlsForbidden:
 
     def evaluate(self, observation: Observation) -> AssertionOutcome:
         used = observation.tls is not None
-        return _outcome("tls", not used, "plain text", observation.tls.version if observation.tls else "plain text")
+        return _outcome(
+            "tls",
+            not used,
+            "plain text",
+            observation.tls.version if observation.tls else "plain text",
+        )
 
 
 @attrs.frozen
@@ -375,7 +407,11 @@ class CertExpiry:
     def __attrs_post_init__(self) -> None:
         if self.warn_days is None and self.crit_days is None:
             raise DefinitionError("warn_days", "give warn_days, crit_days or both")
-        if self.warn_days is not None and self.crit_days is not None and self.warn_days < self.crit_days:
+        if (
+            self.warn_days is not None
+            and self.crit_days is not None
+            and self.warn_days < self.crit_days
+        ):
             raise DefinitionError("warn_days", "warn_days is below crit_days")
 
     def evaluate(self, observation: Observation) -> AssertionOutcome:
@@ -386,6 +422,8 @@ class CertExpiry:
         if self.crit_days is not None and days <= self.crit_days:
             return _outcome("cert_expiry", False, f"> {self.crit_days:g} days left", seen)
         if self.warn_days is not None and days <= self.warn_days:
-            return _outcome("cert_expiry", False, f"> {self.warn_days:g} days left", seen, Status.DEGRADED)
+            return _outcome(
+                "cert_expiry", False, f"> {self.warn_days:g} days left", seen, Status.DEGRADED
+            )
         limit = self.warn_days if self.warn_days is not None else self.crit_days
         return _outcome("cert_expiry", True, f"> {limit:g} days left", seen)

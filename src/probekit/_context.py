@@ -45,7 +45,7 @@ _default: ProbeContext | None = None
 
 def default_context() -> ProbeContext:
     """The context bare ``probe.check()`` calls get: default policy, aiodns, system clock."""
-    global _default  # noqa: PLW0603 - one shared default so its resolver and contexts are reused
+    global _default
     if _default is None:
         _default = ProbeContext()
     return _default

@@ -77,7 +77,9 @@ class Proxy:
         if parts.scheme != "http" or not parts.hostname:
             raise DefinitionError("proxy", f"expected http://host:port, got {self.url!r}")
         if parts.username or parts.password:
-            raise DefinitionError("proxy", "put proxy credentials in username/password, not the URL")
+            raise DefinitionError(
+                "proxy", "put proxy credentials in username/password, not the URL"
+            )
         try:
             port = parts.port or 8080
         except ValueError as exc:
@@ -206,8 +208,8 @@ class Dialer:
                     last = exc
                     continue
                 return Connection(reader, writer, ip, port)
-        assert last is not None
-        raise last
+            assert last is not None
+            raise last
 
     async def check_target(
         self, host: str, timeline: Timeline, timeouts: Timeouts, *, family: Family | None = None
@@ -289,15 +291,17 @@ class Dialer:
         literal = parse_host_address(host)
         server_name = options.server_name or (str(literal) if literal else host.rstrip("."))
         ctx = ssl_context(options)
+        failure: ssl.SSLCertVerificationError | None = None
         with timeline.phase("tls"):
             try:
                 async with asyncio.timeout(timeouts.tls):
                     await conn.writer.start_tls(ctx, server_hostname=server_name)
             except ssl.SSLCertVerificationError as exc:
-                chain = await self._diagnose(conn, server_name, options, timeouts)
-                raise TlsVerifyFailure(
-                    f"certificate verify failed: {exc.verify_message}", chain
-                ) from None
+                failure = exc
+        if failure is not None:
+            timeline.current = "tls"
+            chain = await self._diagnose(conn, server_name, options, timeouts)
+            raise TlsVerifyFailure(f"certificate verify failed: {failure.verify_message}", chain)
         ssl_object = conn.writer.get_extra_info("ssl_object")
         conn.tls = tls_info(ssl_object, server_name, verified=options.verify)
         return conn.tls
@@ -315,7 +319,7 @@ class Dialer:
         insecure = attrs.evolve(options, verify=False)
         try:
             async with asyncio.timeout(timeouts.tls or 2.0):
-                reader, writer = await self.connector(str(conn.ip), conn.port, self.source)
+                _reader, writer = await self.connector(str(conn.ip), conn.port, self.source)
                 try:
                     await writer.start_tls(ssl_context(insecure), server_hostname=server_name)
                     ssl_object = writer.get_extra_info("ssl_object")
@@ -325,4 +329,3 @@ class Dialer:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.debug("could not fetch the chain of %s for diagnosis: %s", conn.address, exc)
             return None
-

@@ -40,7 +40,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_STATUS = StatusIn(ranges=((200, 299),))
 _UA = b"probekit/0.1"
 #: Headers HTTP/2 forbids (RFC 9113 §8.2.2); dropped from user headers when speaking h2.
-_H2_FORBIDDEN = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"})
+_H2_FORBIDDEN = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
 
 
 @attrs.frozen
@@ -55,25 +57,38 @@ class BasicAuth:
         return b"Basic " + base64.b64encode(raw)
 
 
-def _pairs(field: str) -> Any:
-    def convert(value: Mapping[str, str] | Sequence[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
-        if value is None:
-            return ()
-        items = value.items() if isinstance(value, Mapping) else value
-        out = []
-        for i, item in enumerate(items):
-            try:
-                name, val = item
-            except (TypeError, ValueError):
-                raise DefinitionError(f"{field}[{i}]", f"expected a (name, value) pair, got {item!r}") from None
-            if not isinstance(name, str) or not isinstance(val, str):
-                raise DefinitionError(f"{field}[{i}]", "names and values must be strings")
-            if any(c in name + val for c in "\r\n\0"):
-                raise DefinitionError(f"{field}[{i}]", "names and values may not contain CR, LF or NUL")
-            out.append((name, val))
-        return tuple(out)
+def _pairs(
+    field: str, value: Mapping[str, str] | Sequence[tuple[str, str]] | None
+) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    items = value.items() if isinstance(value, Mapping) else value
+    out = []
+    for i, item in enumerate(items):
+        try:
+            name, val = item
+        except (TypeError, ValueError):
+            raise DefinitionError(
+                f"{field}[{i}]", f"expected a (name, value) pair, got {item!r}"
+            ) from None
+        if not isinstance(name, str) or not isinstance(val, str):
+            raise DefinitionError(f"{field}[{i}]", "names and values must be strings")
+        if any(c in name + val for c in "\r\n\0"):
+            raise DefinitionError(f"{field}[{i}]", "names and values may not contain CR, LF or NUL")
+        out.append((name, val))
+    return tuple(out)
 
-    return convert
+
+def _headers(
+    value: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+) -> tuple[tuple[str, str], ...]:
+    return _pairs("headers", value)
+
+
+def _query(
+    value: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+) -> tuple[tuple[str, str], ...]:
+    return _pairs("query", value)
 
 
 def _body(value: bytes | str | None) -> bytes | None:
@@ -95,7 +110,11 @@ class _Url:
     @property
     def authority(self) -> str:
         literal = parse_host_address(self.host)
-        host = f"[{self.host}]" if literal is not None and literal.version == 6 and ":" in self.host else self.host
+        host = (
+            f"[{self.host}]"
+            if literal is not None and literal.version == 6 and ":" in self.host
+            else self.host
+        )
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
 
@@ -107,7 +126,9 @@ def _parse_url(url: str, field: str = "url") -> _Url:
         raise DefinitionError(field, "a URL may not contain whitespace or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise DefinitionError(field, f"scheme must be http or https, got {parts.scheme!r} in {url!r}")
+        raise DefinitionError(
+            field, f"scheme must be http or https, got {parts.scheme!r} in {url!r}"
+        )
     if not parts.hostname:
         raise DefinitionError(field, f"no host in {url!r}")
     if parts.username is not None or parts.password is not None:
@@ -121,7 +142,15 @@ def _parse_url(url: str, field: str = "url") -> _Url:
 
 
 class _Response:
-    __slots__ = ("body", "decoded_bytes", "headers", "http_version", "status", "truncated", "wire_bytes")
+    __slots__ = (
+        "body",
+        "decoded_bytes",
+        "headers",
+        "http_version",
+        "status",
+        "truncated",
+        "wire_bytes",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -195,8 +224,8 @@ class HttpProbe:
 
     url: str = attrs.field()
     method: str = "GET"
-    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs("headers"))
-    query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs("query"))
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
+    query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_query)
     body: bytes | None = attrs.field(default=None, converter=_body)
     basic_auth: BasicAuth | None = None
     bearer_token: Secret | None = None
@@ -219,9 +248,13 @@ class HttpProbe:
 
     def __attrs_post_init__(self) -> None:
         if not self.method or not self.method.isalpha() or not self.method.isupper():
-            raise DefinitionError("method", f"expected an upper-case HTTP method, got {self.method!r}")
+            raise DefinitionError(
+                "method", f"expected an upper-case HTTP method, got {self.method!r}"
+            )
         if self.http_version not in ("1.1", "2"):
-            raise DefinitionError("http_version", f"expected '1.1' or '2', got {self.http_version!r}")
+            raise DefinitionError(
+                "http_version", f"expected '1.1' or '2', got {self.http_version!r}"
+            )
         for i, assertion in enumerate(self.assertions):
             if not callable(getattr(assertion, "evaluate", None)):
                 raise DefinitionError(f"assertions[{i}]", f"{assertion!r} is not an assertion")
@@ -296,8 +329,12 @@ class HttpProbe:
             assertions = (_DEFAULT_STATUS, *assertions)
         attempt.assertions.extend(a.evaluate(observation) for a in assertions)
 
-    def _request_headers(self, url: _Url, body: bytes | None, auth: bool) -> list[tuple[bytes, bytes]]:
-        headers: list[tuple[bytes, bytes]] = [(b"Host", (self.host_header or url.authority).encode())]
+    def _request_headers(
+        self, url: _Url, body: bytes | None, auth: bool
+    ) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = [
+            (b"Host", (self.host_header or url.authority).encode())
+        ]
         names = set()
         for name, value in self.headers:
             lname = name.lower()
@@ -333,11 +370,19 @@ class HttpProbe:
             # Plain HTTP through a proxy: absolute-form request to the proxy; the target is
             # still checked against the policy before anything is sent.
             await ctx.dialer.check_target(url.host, timeline, self.timeouts)
-            conn = await ctx.dialer.connect(self.proxy.host, self.proxy.port, timeline, self.timeouts)
+            conn = await ctx.dialer.connect(
+                self.proxy.host, self.proxy.port, timeline, self.timeouts
+            )
             absolute = True
         else:
             conn = await ctx.dialer.connect(
-                url.host, url.port, timeline, self.timeouts, tls=tls, proxy=self.proxy, family=self.ip_family
+                url.host,
+                url.port,
+                timeline,
+                self.timeouts,
+                tls=tls,
+                proxy=self.proxy,
+                family=self.ip_family,
             )
         try:
             attempt.address = conn.address
@@ -408,7 +453,9 @@ async def _h1_exchange(
                     if isinstance(event, h11.Response):
                         response.status = event.status_code
                         response.http_version = event.http_version.decode()
-                        response.headers = [(k.decode().lower(), v.decode("latin-1")) for k, v in event.headers]
+                        response.headers = [
+                            (k.decode().lower(), v.decode("latin-1")) for k, v in event.headers
+                        ]
                         sink = _BodySink(response, probe.max_body_bytes)
                         if method == "HEAD":
                             return response
@@ -418,12 +465,15 @@ async def _h1_exchange(
                         assert sink is not None
                         if not sink.feed(event.data):
                             return response
-                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                        return response
-                    elif event is h11.PAUSED:
+                    elif (
+                        isinstance(event, h11.EndOfMessage | h11.ConnectionClosed)
+                        or event is h11.PAUSED
+                    ):
                         return response
                 if not data:
-                    raise ProbeFailure(ErrorKind.PROTOCOL, "connection closed before the response ended")
+                    raise ProbeFailure(
+                        ErrorKind.PROTOCOL, "connection closed before the response ended"
+                    )
                 data = await _read(conn, read_limit)
     except h11.RemoteProtocolError as exc:
         raise ProbeFailure(ErrorKind.PROTOCOL, f"invalid HTTP response: {exc}") from None
@@ -444,7 +494,9 @@ async def _h2_exchange(
     import h2.events
     import h2.exceptions
 
-    h = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    h = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
     h.initiate_connection()
     stream = h.get_next_available_stream_id()
     authority = next(v for k, v in headers if k == b"Host")
@@ -482,14 +534,18 @@ async def _h2_exchange(
             phase = "transfer"
             while True:
                 if not data:
-                    raise ProbeFailure(ErrorKind.PROTOCOL, "connection closed before the response ended")
+                    raise ProbeFailure(
+                        ErrorKind.PROTOCOL, "connection closed before the response ended"
+                    )
                 for event in h.receive_data(data):
                     if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
                         hdrs = [(bytes(k), bytes(v)) for k, v in event.headers]
                         status = next((v for k, v in hdrs if k == b":status"), b"0")
                         response.status = int(status)
                         response.headers = [
-                            (k.decode().lower(), v.decode("latin-1")) for k, v in hdrs if not k.startswith(b":")
+                            (k.decode().lower(), v.decode("latin-1"))
+                            for k, v in hdrs
+                            if not k.startswith(b":")
                         ]
                         sink = _BodySink(response, probe.max_body_bytes)
                     elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
@@ -501,12 +557,19 @@ async def _h2_exchange(
                     elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
                         return response
                     elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
-                        raise ProbeFailure(ErrorKind.PROTOCOL, f"HTTP/2 stream reset (error {event.error_code})")
+                        raise ProbeFailure(
+                            ErrorKind.PROTOCOL, f"HTTP/2 stream reset (error {event.error_code})"
+                        )
                     elif isinstance(event, h2.events.ConnectionTerminated):
-                        raise ProbeFailure(ErrorKind.PROTOCOL, f"HTTP/2 connection terminated (error {event.error_code})")
+                        raise ProbeFailure(
+                            ErrorKind.PROTOCOL,
+                            f"HTTP/2 connection terminated (error {event.error_code})",
+                        )
                     elif isinstance(event, h2.events.WindowUpdated):
                         push_body()
                 writer.write(h.data_to_send())
                 data = await _read(conn, read_limit)
     except h2.exceptions.ProtocolError as exc:
-        raise ProbeFailure(ErrorKind.PROTOCOL, f"HTTP/2 protocol error during {phase}: {exc}") from None
+        raise ProbeFailure(
+            ErrorKind.PROTOCOL, f"HTTP/2 protocol error during {phase}: {exc}"
+        ) from None

@@ -126,6 +126,26 @@ def _patterns(field: str, values: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _allow(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    return _networks("allow", values)
+
+
+def _deny(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    return _networks("deny", values)
+
+
+def _deny_default(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    return _networks("deny_default", values)
+
+
+def _allow_hosts(values: Iterable[str]) -> tuple[str, ...]:
+    return _patterns("allow_hosts", values)
+
+
+def _deny_hosts(values: Iterable[str]) -> tuple[str, ...]:
+    return _patterns("deny_hosts", values)
+
+
 @attrs.frozen
 class Decision:
     """A policy verdict and the rule that produced it."""
@@ -150,16 +170,12 @@ class EgressPolicy:
     the ``deny_default`` set; operators narrow it with ``allow`` or ``deny``.
     """
 
-    allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=lambda v: _networks("allow", v))
-    deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=lambda v: _networks("deny", v))
-    allow_hosts: tuple[str, ...] = attrs.field(
-        default=(), converter=lambda v: _patterns("allow_hosts", v)
-    )
-    deny_hosts: tuple[str, ...] = attrs.field(
-        default=(), converter=lambda v: _patterns("deny_hosts", v)
-    )
+    allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_allow)
+    deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_deny)
+    allow_hosts: tuple[str, ...] = attrs.field(default=(), converter=_allow_hosts)
+    deny_hosts: tuple[str, ...] = attrs.field(default=(), converter=_deny_hosts)
     deny_default: tuple[IPNetwork, ...] = attrs.field(
-        default=DEFAULT_DENIED_NETWORKS, converter=lambda v: _networks("deny_default", v)
+        default=DEFAULT_DENIED_NETWORKS, converter=_deny_default
     )
 
     @classmethod

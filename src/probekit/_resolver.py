@@ -65,7 +65,9 @@ class AiodnsResolver:
         except aiodns.error.DNSError as exc:
             code = exc.args[0] if exc.args else None
             text = exc.args[1] if len(exc.args) > 1 else str(exc)
-            raise ProbeFailure(ErrorKind.DNS, f"cannot resolve {host!r}: {text} (c-ares {code})") from None
+            raise ProbeFailure(
+                ErrorKind.DNS, f"cannot resolve {host!r}: {text} (c-ares {code})"
+            ) from None
         out: list[IPAddress] = []
         for node in answer.nodes:
             raw = node.addr[0]

@@ -51,7 +51,12 @@ class Status(enum.Enum):
 
 
 _EXIT_CODES = {Status.UP: 0, Status.DEGRADED: 1, Status.DOWN: 2, Status.UNKNOWN: 3}
-_NAGIOS = {Status.UP: "OK", Status.DEGRADED: "WARNING", Status.DOWN: "CRITICAL", Status.UNKNOWN: "UNKNOWN"}
+_NAGIOS = {
+    Status.UP: "OK",
+    Status.DEGRADED: "WARNING",
+    Status.DOWN: "CRITICAL",
+    Status.UNKNOWN: "UNKNOWN",
+}
 _SEVERITY = {Status.UP: 0, Status.DEGRADED: 1, Status.DOWN: 2, Status.UNKNOWN: 3}
 
 

@@ -32,7 +32,7 @@ class Timeline:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time the body as phase ``name``; a phase that fails is still recorded, up to the failure."""
+        """Time the body as phase ``name``; a failing phase is recorded up to the failure."""
         previous = self.current
         self.current = name
         begin = self._clock.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 
@@ -11,13 +12,15 @@ from ._exceptions import DefinitionError
 __all__ = ["Timeouts"]
 
 
-def _check_positive(_inst: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+def _check_positive(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is None and attribute.name != "total":
         return
     if value is None or not isinstance(value, int | float) or isinstance(value, bool):
         raise DefinitionError(attribute.name, f"must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
-        raise DefinitionError(attribute.name, f"must be a positive number of seconds, got {value!r}")
+        raise DefinitionError(
+            attribute.name, f"must be a positive number of seconds, got {value!r}"
+        )
 
 
 @attrs.frozen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _ssl
 import datetime as dt
 import functools
 import hashlib
@@ -28,7 +29,9 @@ _VERSIONS: dict[str, ssl.TLSVersion] = {
 
 def _version(_inst: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
     if value is not None and value not in _VERSIONS:
-        raise DefinitionError(attribute.name, f"unknown TLS version {value!r}; use one of {sorted(_VERSIONS)}")
+        raise DefinitionError(
+            attribute.name, f"unknown TLS version {value!r}; use one of {sorted(_VERSIONS)}"
+        )
 
 
 @attrs.frozen
@@ -85,13 +88,17 @@ def ssl_context(options: TlsOptions) -> ssl.SSLContext:
     return ctx
 
 
+# The DER constant lives in the private _ssl module before 3.13.
+_ENCODING_DER: int = int(getattr(_ssl, "ENCODING_DER", 2))
+
+
 def _name(name: Any) -> str:
     return str(name.rfc4514_string())
 
 
 @functools.lru_cache(maxsize=1024)
 def cert_info(der: bytes) -> CertInfo:
-    """Describe one DER certificate (cached by content: a target presents the same chain each time)."""
+    """Describe one DER certificate (cached by content: targets present the same chain)."""
     from cryptography import x509  # lazily: only TLS checks need it
 
     cert = x509.load_der_x509_certificate(der)
@@ -115,18 +122,21 @@ def cert_info(der: bytes) -> CertInfo:
 
 def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[CertInfo, ...]:
     """The chain the peer sent, leaf first (falls back to the leaf alone where unavailable)."""
+    # CPython 3.10-3.12 has the chain only on the private _sslobj (public from 3.13).
     raw = getattr(ssl_object, "_sslobj", None)
     ders: list[bytes] = []
     getter = getattr(raw, "get_unverified_chain", None)
     if getter is not None:
-        ders = [c.public_bytes(ssl.ENCODING_DER) for c in getter() or ()]
+        ders = [c.public_bytes(_ENCODING_DER) for c in getter() or ()]
     if not ders:
         leaf = ssl_object.getpeercert(binary_form=True)
         ders = [leaf] if leaf else []
     return tuple(cert_info(d) for d in ders)
 
 
-def tls_info(ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, verified: bool) -> TlsInfo:
+def tls_info(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, verified: bool
+) -> TlsInfo:
     cipher = ssl_object.cipher()
     return TlsInfo(
         version=ssl_object.version() or "",
