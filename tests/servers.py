@@ -146,8 +146,12 @@ class HttpServer:
     """A small HTTP/1.1 server on 127.0.0.1 (optionally TLS) that counts its connections."""
 
     def __init__(
-        self, ssl_context: ssl.SSLContext | None = None, handler: Handler | None = None
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        handler: Handler | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
         self.ssl_context = ssl_context
         self.handler = handler or _default_handler
         self.connections = 0
@@ -160,11 +164,11 @@ class HttpServer:
     def scheme(self) -> str:
         return "https" if self.ssl_context else "http"
 
-    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
+    def url(self, path: str = "/", host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
     async def start(self) -> HttpServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

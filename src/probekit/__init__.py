@@ -50,7 +50,6 @@ from ._tls import TlsOptions
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "SCHEMA_VERSION",
     "AiodnsResolver",
     "Assertion",
     "AssertionOutcome",
@@ -84,6 +83,7 @@ __all__ = [
     "ResponseTime",
     "Result",
     "Runner",
+    "SCHEMA_VERSION",
     "Secret",
     "Send",
     "StartTls",
