@@ -114,6 +114,13 @@ class Connection:
     def address(self) -> str:
         return format_address(self.ip, self.port)
 
+    async def read(self, size: int, limit: float | None) -> bytes:
+        """Read up to ``size`` bytes (b"" at EOF), waiting at most ``limit`` seconds if given."""
+        if limit is None:
+            return await self.reader.read(size)
+        async with asyncio.timeout(limit):
+            return await self.reader.read(size)
+
     def close(self) -> None:
         """Close at once, without waiting to flush: a probe has read all it needs."""
         transport = self.writer.transport
@@ -291,6 +298,13 @@ class Dialer:
         literal = parse_host_address(host)
         server_name = options.server_name or (str(literal) if literal else host.rstrip("."))
         ctx = ssl_context(options)
+        # Plain-text bytes already buffered would be read back as if they had come through TLS
+        # (the STARTTLS injection flaw); a correct server sends nothing before the handshake.
+        buffered = len(getattr(conn.reader, "_buffer", b""))
+        if buffered:
+            raise ProbeFailure(
+                ErrorKind.PROTOCOL, f"{buffered} unexpected plain-text bytes before the TLS upgrade"
+            )
         failure: ssl.SSLCertVerificationError | None = None
         with timeline.phase("tls"):
             try:

@@ -9,7 +9,6 @@ knowledge over plain text).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import zlib
 from collections.abc import Mapping, Sequence
@@ -410,13 +409,6 @@ def _parse_url_for_redirect(url: str) -> _Url:
         raise ProbeFailure(ErrorKind.PROTOCOL, f"bad redirect: {exc.message}") from None
 
 
-async def _read(conn: Connection, limit: float | None) -> bytes:
-    if limit is None:
-        return await conn.reader.read(_READ)
-    async with asyncio.timeout(limit):
-        return await conn.reader.read(_READ)
-
-
 async def _h1_exchange(
     conn: Connection,
     method: str,
@@ -442,7 +434,7 @@ async def _h1_exchange(
     sink: _BodySink | None = None
     try:
         with timeline.phase("processing"):
-            data = await _read(conn, read_limit)
+            data = await conn.read(_READ, read_limit)
         with timeline.phase("transfer"):
             while True:
                 h.receive_data(data)
@@ -474,7 +466,7 @@ async def _h1_exchange(
                     raise ProbeFailure(
                         ErrorKind.PROTOCOL, "connection closed before the response ended"
                     )
-                data = await _read(conn, read_limit)
+                data = await conn.read(_READ, read_limit)
     except h11.RemoteProtocolError as exc:
         raise ProbeFailure(ErrorKind.PROTOCOL, f"invalid HTTP response: {exc}") from None
 
@@ -529,7 +521,7 @@ async def _h2_exchange(
     phase = "processing"
     try:
         with timeline.phase("processing"):
-            data = await _read(conn, read_limit)
+            data = await conn.read(_READ, read_limit)
         with timeline.phase("transfer"):
             phase = "transfer"
             while True:
@@ -568,7 +560,7 @@ async def _h2_exchange(
                     elif isinstance(event, h2.events.WindowUpdated):
                         push_body()
                 writer.write(h.data_to_send())
-                data = await _read(conn, read_limit)
+                data = await conn.read(_READ, read_limit)
     except h2.exceptions.ProtocolError as exc:
         raise ProbeFailure(
             ErrorKind.PROTOCOL, f"HTTP/2 protocol error during {phase}: {exc}"

@@ -1,5 +1,365 @@
-"""Placeholder replaced by the TCP work in progress."""
-class Expect: ...
-class Send: ...
-class StartTls: ...
-class TcpProbe: ...
+"""TcpProbe: connect to ``host:port`` and, optionally, hold a short scripted conversation.
+
+The script is a tuple of steps: :class:`Send` writes bytes, :class:`Expect` reads until a regex
+or an exact byte string turns up, :class:`StartTls` upgrades the connection in the middle of the
+exchange (SMTP-, IMAP-, LDAP-style STARTTLS). The connection comes from the shared dial path, so
+resolution, the egress policy, proxies and direct TLS work as for every other probe.
+
+Phases: ``resolve``, ``connect``, ``tls`` (direct TLS), then ``exchange`` for the steps; a
+STARTTLS step splits it into ``exchange``, ``tls``, ``exchange``. Without steps there is no
+``exchange`` phase: the check is a connect (and handshake) check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import ClassVar, TypeAlias
+
+import attrs
+
+from ._assertions import Assertion, Observation
+from ._context import ProbeContext
+from ._dial import Connection, Proxy
+from ._errors import ProbeFailure
+from ._exceptions import DefinitionError
+from ._probe import Attempt, execute
+from ._resolver import Family
+from ._result import AssertionOutcome, ErrorKind, Result
+from ._timeouts import Timeouts
+from ._tls import TlsOptions
+
+__all__ = ["Expect", "Send", "StartTls", "Step", "TcpProbe"]
+
+_READ = 64 * 1024
+_EXCERPT = 80
+_FAMILIES = ("any", "ipv4", "ipv6")
+
+
+def _excerpt(data: bytes | bytearray) -> str:
+    """A short, unambiguous rendering of received bytes for messages and outcomes."""
+    if not data:
+        return "nothing"
+    if len(data) <= _EXCERPT:
+        return repr(bytes(data))
+    return f"{bytes(data[:_EXCERPT])!r}… ({len(data)} bytes)"
+
+
+def _data(value: bytes | str) -> bytes:
+    raw: object = value
+    if isinstance(raw, str):
+        return raw.encode()
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw)
+    raise DefinitionError("data", f"expected bytes or str, got {type(raw).__name__}")
+
+
+def _exact(value: bytes | str | None) -> bytes | None:
+    raw: object = value
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw.encode()
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw)
+    raise DefinitionError("exact", f"expected bytes or str, got {type(raw).__name__}")
+
+
+@attrs.frozen
+class Send:
+    """Write ``data`` to the peer; a str is sent UTF-8 encoded, as written (no escapes)."""
+
+    data: bytes = attrs.field(converter=_data)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.data:
+            raise DefinitionError("data", "nothing to send")
+
+
+@attrs.frozen
+class Expect:
+    """Read until the bytes received match; give exactly one of ``pattern`` or ``exact``.
+
+    ``pattern`` is a regex searched in the bytes received so far by this step, decoded as
+    Latin-1 (so every byte is one character and ``\\xff`` matches byte 0xff). ``exact`` is a
+    byte string (a str is UTF-8 encoded) that must appear. The match is tried after every read,
+    so it is made as soon as possible: ``\\d+`` may match the first digit of a longer number.
+    The bytes through the end of the match are consumed; the rest stay for the next step.
+    """
+
+    pattern: str | None = None
+    exact: bytes | None = attrs.field(default=None, converter=_exact)
+    _regex: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.pattern is None and self.exact is None:
+            raise DefinitionError("pattern", "give pattern or exact")
+        if self.pattern is not None and self.exact is not None:
+            raise DefinitionError("exact", "give pattern or exact, not both")
+        regex = None
+        if self.pattern is not None:
+            if not isinstance(self.pattern, str):
+                raise DefinitionError(
+                    "pattern", f"a pattern must be a string, got {type(self.pattern).__name__}"
+                )
+            if not self.pattern:
+                raise DefinitionError("pattern", "an empty pattern matches anything")
+            try:
+                regex = re.compile(self.pattern)
+            except re.error as exc:
+                raise DefinitionError("pattern", f"invalid regex: {exc}") from None
+        elif not self.exact:
+            raise DefinitionError("exact", "an empty byte string matches anything")
+        object.__setattr__(self, "_regex", regex)
+
+    def describe(self) -> str:
+        if self.pattern is not None:
+            return f"pattern {self.pattern!r}"
+        return f"exact {self.exact!r}"
+
+    def _find(self, buffer: bytearray, start: int) -> tuple[int, int] | None:
+        """The span of the first match in ``buffer`` (searched from ``start`` for ``exact``)."""
+        if self._regex is not None:
+            match = self._regex.search(buffer.decode("latin-1"))
+            return match.span() if match else None
+        assert self.exact is not None
+        at = buffer.find(self.exact, start)
+        return (at, at + len(self.exact)) if at >= 0 else None
+
+    def _resume(self, searched: int) -> int:
+        """Where the next search of ``exact`` may start after ``searched`` bytes found nothing."""
+        if self.exact is None:
+            return 0
+        return max(0, searched - len(self.exact) + 1)
+
+
+@attrs.frozen
+class StartTls:
+    """Upgrade the connection to TLS here, after the protocol's own STARTTLS command."""
+
+    options: TlsOptions = attrs.field(factory=TlsOptions)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.options, TlsOptions):
+            raise DefinitionError("options", f"expected TlsOptions, got {self.options!r}")
+
+
+Step: TypeAlias = Send | Expect | StartTls
+
+
+def _host(value: str) -> str:
+    raw: object = value
+    if not isinstance(raw, str):
+        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
+    if raw.startswith("[") and raw.endswith("]"):
+        return raw[1:-1]
+    return raw
+
+
+def _steps(value: Iterable[Step]) -> tuple[Step, ...]:
+    raw: object = value
+    if isinstance(raw, str | bytes) or not isinstance(raw, Iterable):
+        raise DefinitionError("steps", f"expected a sequence of steps, got {type(raw).__name__}")
+    return tuple(value)
+
+
+def _port(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
+    raw: object = value
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise DefinitionError("port", f"must be an integer from 1 to 65535, got {value!r}")
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    raw: object = value
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+        raise DefinitionError(attribute.name, f"must be a positive integer, got {value!r}")
+
+
+@attrs.frozen
+class TcpProbe:
+    """Check a TCP service: connect, optionally with TLS, then run ``steps``.
+
+    With ``tls`` the connection is TLS from the first byte; a :class:`StartTls` step upgrades it
+    later instead (at most one, and not with ``tls``). At most ``max_bytes`` are read over the
+    whole exchange; an :class:`Expect` that has not matched when the cap is reached fails the
+    check. Bytes are read only by :class:`Expect` steps; ``assertions`` see them all as the body.
+    ``timeouts.read`` bounds each wait for bytes, ``timeouts.total`` the whole check.
+
+    Every :class:`Expect` is recorded as an ``expect`` assertion outcome. One that cannot match
+    (the peer closed the connection or the cap was hit) makes the check DOWN with a
+    ``protocol`` error; one still waiting at a deadline gives a ``timeout`` in ``exchange``.
+    """
+
+    kind: ClassVar[str] = "tcp"
+
+    host: str = attrs.field(converter=_host)
+    port: int = attrs.field(validator=_port)
+    tls: TlsOptions | None = None
+    steps: tuple[Step, ...] = attrs.field(default=(), converter=_steps)
+    max_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=tuple)
+    ip_family: Family | None = None
+    proxy: Proxy | None = None
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.host.strip():
+            raise DefinitionError("host", "a host is required")
+        if any(c.isspace() or c in "\0/" for c in self.host):
+            raise DefinitionError("host", f"not a host name or address: {self.host!r}")
+        if self.tls is not None and not isinstance(self.tls, TlsOptions):
+            raise DefinitionError("tls", f"expected TlsOptions, got {self.tls!r}")
+        if self.ip_family is not None and self.ip_family not in _FAMILIES:
+            raise DefinitionError(
+                "ip_family", f"expected one of {_FAMILIES}, got {self.ip_family!r}"
+            )
+        upgraded = False
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, Send | Expect | StartTls):
+                raise DefinitionError(
+                    f"steps[{i}]", f"{step!r} is not a Send, Expect or StartTls step"
+                )
+            if isinstance(step, StartTls):
+                if self.tls is not None:
+                    raise DefinitionError(
+                        f"steps[{i}]", "StartTls on a connection that is already TLS"
+                    )
+                if upgraded:
+                    raise DefinitionError(f"steps[{i}]", "at most one StartTls step")
+                upgraded = True
+        for i, assertion in enumerate(self.assertions):
+            if not callable(getattr(assertion, "evaluate", None)):
+                raise DefinitionError(f"assertions[{i}]", f"{assertion!r} is not an assertion")
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    async def check(self, ctx: ProbeContext | None = None) -> Result:
+        return await execute(self.kind, self.target, self.timeouts, ctx, self._run)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _run(self, attempt: Attempt) -> None:
+        conn = await attempt.ctx.dialer.connect(
+            self.host,
+            self.port,
+            attempt.timeline,
+            self.timeouts,
+            tls=self.tls,
+            proxy=self.proxy,
+            family=self.ip_family,
+        )
+        exchange = _Exchange(self, attempt, conn)
+        try:
+            attempt.address = conn.address
+            attempt.record_tls(conn.tls)
+            await exchange.run()
+        finally:
+            conn.close()
+            attempt.metrics["bytes_received"] = len(exchange.received)
+            attempt.metrics["bytes_sent"] = exchange.sent
+        observation = Observation(
+            elapsed=attempt.timeline.now(),
+            tls=attempt.tls,
+            cert_days_left=attempt.metrics.get("cert_days_left"),
+            body=bytes(exchange.received),
+        )
+        attempt.assertions.extend(a.evaluate(observation) for a in self.assertions)
+
+
+class _Exchange:
+    """The conversation of one check: what was sent, received, and not yet consumed."""
+
+    __slots__ = ("attempt", "conn", "pending", "probe", "received", "sent")
+
+    def __init__(self, probe: TcpProbe, attempt: Attempt, conn: Connection) -> None:
+        self.probe = probe
+        self.attempt = attempt
+        self.conn = conn
+        self.received = bytearray()  # everything read, for the assertions
+        self.pending = bytearray()  # read but not yet consumed by an Expect
+        self.sent = 0
+
+    async def run(self) -> None:
+        segment: list[Send | Expect] = []
+        for step in self.probe.steps:
+            if isinstance(step, StartTls):
+                await self._segment(segment, upgrade_next=True)
+                segment = []
+                await self._start_tls(step)
+            else:
+                segment.append(step)
+        await self._segment(segment, upgrade_next=False)
+
+    async def _segment(self, steps: list[Send | Expect], *, upgrade_next: bool) -> None:
+        if not steps:
+            return
+        with self.attempt.timeline.phase("exchange"):
+            for step in steps:
+                if isinstance(step, Send):
+                    await self._send(step)
+                else:
+                    await self._expect(step)
+            if upgrade_next and self.pending:
+                # Plain-text bytes after the server's go-ahead would be read back as if they had
+                # come through TLS (the STARTTLS injection flaw); a correct server sends none.
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL,
+                    f"{len(self.pending)} unexpected bytes before the TLS upgrade: "
+                    f"{_excerpt(self.pending)}",
+                )
+
+    async def _start_tls(self, step: StartTls) -> None:
+        attempt = self.attempt
+        info = await attempt.ctx.dialer.start_tls(
+            self.conn, self.probe.host, step.options, attempt.timeline, self.probe.timeouts
+        )
+        attempt.record_tls(info)
+
+    async def _send(self, step: Send) -> None:
+        writer = self.conn.writer
+        writer.write(step.data)
+        self.sent += len(step.data)
+        await writer.drain()
+
+    async def _expect(self, step: Expect) -> None:
+        cap = self.probe.max_bytes
+        pending = self.pending
+        start = 0
+        outcome: AssertionOutcome | None = None
+        try:
+            while True:
+                span = step._find(pending, start)
+                if span is not None:
+                    matched = bytes(pending[span[0] : span[1]])
+                    del pending[: span[1]]
+                    outcome = AssertionOutcome(
+                        "expect", True, step.describe(), f"match {_excerpt(matched)}"
+                    )
+                    return
+                room = cap - len(self.received)
+                if room <= 0:
+                    raise ProbeFailure(
+                        ErrorKind.PROTOCOL,
+                        f"read max_bytes ({cap}) without finding {step.describe()}; "
+                        f"got {_excerpt(pending)}",
+                    )
+                start = step._resume(len(pending))
+                data = await self._read(min(room, _READ))
+                if not data:
+                    raise ProbeFailure(
+                        ErrorKind.PROTOCOL,
+                        f"expected {step.describe()} but the connection closed; "
+                        f"got {_excerpt(pending)}",
+                    )
+                self.received += data
+                pending += data
+        finally:
+            if outcome is None:
+                outcome = AssertionOutcome("expect", False, step.describe(), _excerpt(pending))
+            self.attempt.assertions.append(outcome)
+
+    async def _read(self, size: int) -> bytes:
+        return await self.conn.read(size, self.probe.timeouts.read)
