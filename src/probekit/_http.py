@@ -240,6 +240,7 @@ class HttpProbe:
     fail_on_body_limit: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
+    _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
 
     @url.validator
     def _check_url(self, _attribute: attrs.Attribute[str], value: str) -> None:
@@ -259,6 +260,9 @@ class HttpProbe:
                 raise DefinitionError(f"assertions[{i}]", f"{assertion!r} is not an assertion")
         if self.basic_auth is not None and self.bearer_token is not None:
             raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
+        # Built once: the SSL context cache is keyed by these options.
+        alpn = ("h2", "http/1.1") if self.http_version == "2" else ("http/1.1",)
+        object.__setattr__(self, "_tls_alpn", attrs.evolve(self.tls, alpn=alpn))
 
     @property
     def target(self) -> str:
@@ -360,10 +364,7 @@ class HttpProbe:
         ctx = attempt.ctx
         timeline = attempt.timeline
         https = url.scheme == "https"
-        tls = None
-        if https:
-            alpn = ("h2", "http/1.1") if self.http_version == "2" else ("http/1.1",)
-            tls = self.tls if self.tls.alpn == alpn else attrs.evolve(self.tls, alpn=alpn)
+        tls = self._tls_alpn if https else None
         absolute = False
         if self.proxy is not None and not https:
             # Plain HTTP through a proxy: absolute-form request to the proxy; the target is

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -32,27 +31,27 @@ class AiodnsResolver:
     """Resolve with c-ares through aiodns (asynchronous; honours ``/etc/hosts``).
 
     ``nameservers`` pins the servers asked (e.g. ``["127.0.0.1:5353"]``); by default the
-    system's are used. One c-ares channel is kept per event loop.
+    system's are used. One c-ares channel is kept, for the event loop that last used it (a
+    channel is bound to its loop; a new loop gets a new channel).
     """
 
     def __init__(self, nameservers: Sequence[str] | None = None, *, tries: int = 2) -> None:
         self.nameservers = tuple(nameservers) if nameservers else None
         self.tries = tries
-        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel_for_loop: Any = None
 
     def _channel(self) -> Any:
         loop = asyncio.get_running_loop()
-        channel = self._channels.get(loop)
-        if channel is None:
+        channel = self._channel_for_loop
+        if channel is None or self._loop is not loop:
             import aiodns  # lazily: it costs ~70 ms to import and only name lookups need it
 
             kwargs: dict[str, Any] = {"tries": self.tries}
             if self.nameservers:
                 kwargs["nameservers"] = list(self.nameservers)
             channel = aiodns.DNSResolver(loop=loop, **kwargs)
-            self._channels[loop] = channel
+            self._loop, self._channel_for_loop = loop, channel
         return channel
 
     async def resolve(self, host: str, family: Family = "any") -> list[IPAddress]:
