@@ -41,7 +41,9 @@ class H2Server:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
         conn.initiate_connection()
         writer.write(conn.data_to_send())
         try:
@@ -56,7 +58,11 @@ class H2Server:
                         body = b"hello over h2 " + headers.get(b":path", b"")
                         conn.send_headers(
                             event.stream_id,
-                            [(b":status", b"200"), (b"content-length", str(len(body)).encode()), (b"x-proto", b"h2")],
+                            [
+                                (b":status", b"200"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"x-proto", b"h2"),
+                            ],
                         )
                         conn.send_data(event.stream_id, body, end_stream=True)
                 writer.write(conn.data_to_send())

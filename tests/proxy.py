@@ -9,7 +9,9 @@ from typing import Any
 
 
 class LoopbackProxy:
-    def __init__(self, *, require_auth: bytes | None = None, resolve: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, require_auth: bytes | None = None, resolve: dict[str, str] | None = None
+    ) -> None:
         self.require_auth = require_auth
         self.resolve = resolve or {}
         self.requests: list[str] = []
@@ -48,14 +50,23 @@ class LoopbackProxy:
             head = await reader.readuntil(b"\r\n\r\n")
             first, *rest = head.decode("latin-1").split("\r\n")
             self.requests.append(first)
-            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in rest if line)}
-            if self.require_auth and headers.get("proxy-authorization", "").encode() != self.require_auth:
-                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            headers = {
+                k.lower(): v.strip() for k, _, v in (line.partition(":") for line in rest if line)
+            }
+            if (
+                self.require_auth
+                and headers.get("proxy-authorization", "").encode() != self.require_auth
+            ):
+                writer.write(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+                )
                 return
             method, target, _ = first.split(" ", 2)
             if method == "CONNECT":
                 host, _, port = target.rpartition(":")
-                up_reader, upstream_writer = await asyncio.open_connection(self._target(host), int(port))
+                up_reader, upstream_writer = await asyncio.open_connection(
+                    self._target(host), int(port)
+                )
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await asyncio.gather(_pump(reader, upstream_writer), _pump(up_reader, writer))
             else:

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import functools
 import gzip
-import zlib
 import ipaddress
 import json
 import ssl
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 

@@ -23,8 +23,12 @@ ipv4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
 ipv6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
 addresses = st.one_of(ipv4, ipv6)
 networks = st.one_of(
-    st.tuples(ipv4, st.integers(0, 32)).map(lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)),
-    st.tuples(ipv6, st.integers(0, 128)).map(lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)),
+    st.tuples(ipv4, st.integers(0, 32)).map(
+        lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)
+    ),
+    st.tuples(ipv6, st.integers(0, 128)).map(
+        lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)
+    ),
 )
 
 
@@ -38,7 +42,11 @@ def ipv4_spellings(draw: st.DrawFn) -> tuple[ipaddress.IPv4Address, str]:
     addr = draw(ipv4)
     n = int(addr)
     b = list(addr.packed)
-    form = draw(st.sampled_from(["dotted", "int", "hex", "octal", "two", "three", "mixed", "mapped", "bracket-mapped"]))
+    form = draw(
+        st.sampled_from(
+            ["dotted", "int", "hex", "octal", "two", "three", "mixed", "mapped", "bracket-mapped"]
+        )
+    )
     spelled = {
         "dotted": str(addr),
         "int": str(n),
@@ -59,10 +67,22 @@ utc_datetimes = st.datetimes(
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 text = st.text(max_size=40)
 
-phases = st.builds(Phase, name=st.sampled_from(["resolve", "connect", "tls", "processing", "transfer"]) | text, start=finite, duration=finite)
-errors = st.builds(ProbeError, kind=st.sampled_from(ErrorKind), message=text, phase=st.none() | text)
+phases = st.builds(
+    Phase,
+    name=st.sampled_from(["resolve", "connect", "tls", "processing", "transfer"]) | text,
+    start=finite,
+    duration=finite,
+)
+errors = st.builds(
+    ProbeError, kind=st.sampled_from(ErrorKind), message=text, phase=st.none() | text
+)
 outcomes = st.builds(
-    AssertionOutcome, name=text, passed=st.booleans(), expected=text, observed=text, severity=st.sampled_from(Status)
+    AssertionOutcome,
+    name=text,
+    passed=st.booleans(),
+    expected=text,
+    observed=text,
+    severity=st.sampled_from(Status),
 )
 certs = st.builds(
     CertInfo,
@@ -98,4 +118,8 @@ results = st.builds(
     address=st.none() | text,
     attempts=st.integers(1, 10),
 )
-secret_values = st.text(alphabet=string.ascii_letters + string.digits + "!#%&*+-_~", min_size=16, max_size=48)
+# Canaries contain a digit and a symbol, so they cannot collide with a word or name that a result
+# legitimately contains (hypothesis once offered "AssertionOutcome").
+secret_values = st.text(
+    alphabet=string.ascii_letters + string.digits, min_size=16, max_size=40
+).map(lambda s: f"{s[:8]}#7~{s[8:]}")

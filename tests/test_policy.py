@@ -48,25 +48,35 @@ LOOPBACK_SPELLINGS = [
 
 
 @pytest.mark.parametrize("host", METADATA_SPELLINGS)
-async def test_metadata_spellings_denied_by_default(host: str, connector: GuardedConnector, ctx: ProbeContext) -> None:
+async def test_metadata_spellings_denied_by_default(
+    host: str, connector: GuardedConnector, ctx: ProbeContext
+) -> None:
     result = await HttpProbe(f"http://{host}/latest/meta-data/").check(ctx)
     assert result.status is Status.DOWN
-    assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, result.summary()
+    assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, (
+        result.summary()
+    )
     assert connector.dialled == [] and connector.refused == []  # nothing reached the connector
     assert "connect" not in result.phase_names()
 
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
-async def test_loopback_spellings_denied_when_loopback_is(host: str, http_server: HttpServer) -> None:
+async def test_loopback_spellings_denied_when_loopback_is(
+    host: str, http_server: HttpServer
+) -> None:
     connector = GuardedConnector()
     ctx = make_context(policy=EgressPolicy(deny=["127.0.0.0/8", "::1/128"]), connector=connector)
     result = await HttpProbe(f"http://{host}:{http_server.port}/ok").check(ctx)
-    assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, result.summary()
+    assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, (
+        result.summary()
+    )
     assert connector.dialled == []
     assert http_server.connections == 0
 
 
-async def test_same_spellings_allowed_by_default(http_server: HttpServer, ctx: ProbeContext) -> None:
+async def test_same_spellings_allowed_by_default(
+    http_server: HttpServer, ctx: ProbeContext
+) -> None:
     for host in LOOPBACK_SPELLINGS[:-2]:
         result = await HttpProbe(f"http://{host}:{http_server.port}/ok").check(ctx)
         assert result.status is Status.UP, (host, result.summary())
@@ -83,8 +93,14 @@ async def test_denied_address_among_allowed_ones_denies_the_host(http_server: Ht
     assert http_server.connections == 0 and connector.dialled == []
 
 
-async def test_redirect_to_denied_address_is_not_followed(http_server: HttpServer, connector: GuardedConnector, ctx: ProbeContext) -> None:
-    for target in ("http://169.254.169.254/latest/meta-data/", "http://0xa9fea9fe/", "http://[::ffff:169.254.169.254]/"):
+async def test_redirect_to_denied_address_is_not_followed(
+    http_server: HttpServer, connector: GuardedConnector, ctx: ProbeContext
+) -> None:
+    for target in (
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0xa9fea9fe/",
+        "http://[::ffff:169.254.169.254]/",
+    ):
         result = await HttpProbe(http_server.url(f"/redirect?to={target}")).check(ctx)
         assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, target
     assert connector.refused == []
@@ -105,13 +121,17 @@ async def test_redirect_to_name_resolving_to_denied_address() -> None:
         ctx = make_context(
             policy=EgressPolicy(deny=["127.0.0.2/32"]), hosts={"innocent.test": ["127.0.0.2"]}
         )
-        result = await HttpProbe(front.url(f"/redirect?to=http://innocent.test:{hidden.port}/ok")).check(ctx)
+        result = await HttpProbe(
+            front.url(f"/redirect?to=http://innocent.test:{hidden.port}/ok")
+        ).check(ctx)
         assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED
         assert hidden.connections == 0
 
 
 async def test_proxy_does_not_bypass_the_policy(https_server: HttpServer) -> None:
-    ctx = make_context(policy=EgressPolicy(deny=["127.0.0.2/32"]), hosts={"sneaky.test": ["127.0.0.2"]})
+    ctx = make_context(
+        policy=EgressPolicy(deny=["127.0.0.2/32"]), hosts={"sneaky.test": ["127.0.0.2"]}
+    )
     async with LoopbackProxy() as proxy:
         for url in ("https://169.254.169.254/", "http://0xa9fea9fe/", "https://sneaky.test/"):
             result = await HttpProbe(url, proxy=Proxy(proxy.url)).check(ctx)
@@ -121,7 +141,9 @@ async def test_proxy_does_not_bypass_the_policy(https_server: HttpServer) -> Non
 
 async def test_host_patterns() -> None:
     policy = EgressPolicy(deny_hosts=["*.secret.test"], allow_hosts=["*.test", "localhost"])
-    ctx = make_context(policy=policy, hosts={"db.secret.test": ["127.0.0.1"], "elsewhere.example": ["127.0.0.1"]})
+    ctx = make_context(
+        policy=policy, hosts={"db.secret.test": ["127.0.0.1"], "elsewhere.example": ["127.0.0.1"]}
+    )
     for host in ("db.secret.test", "DB.Secret.Test.", "elsewhere.example"):
         result = await HttpProbe(f"http://{host}/").check(ctx)
         assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, host
@@ -153,7 +175,9 @@ def test_every_spelling_parses_to_its_address(case: tuple[ipaddress.IPv4Address,
 
 
 @given(ipv4_spellings(), st.lists(networks, max_size=4))
-def test_decisions_on_spellings_match_ipaddress(case: tuple[ipaddress.IPv4Address, str], deny: list) -> None:  # type: ignore[type-arg]
+def test_decisions_on_spellings_match_ipaddress(
+    case: tuple[ipaddress.IPv4Address, str], deny: list
+) -> None:  # type: ignore[type-arg]
     addr, spelled = case
     policy = EgressPolicy(deny=deny, deny_default=())
     # An embedded IPv4 address is decided as itself and as the IPv6 form it was written in:

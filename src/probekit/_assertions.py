@@ -11,7 +11,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
@@ -79,6 +79,15 @@ class Assertion(Protocol):
     """Anything with an ``evaluate`` method; every built-in assertion is a frozen attrs class."""
 
     def evaluate(self, observation: Observation) -> AssertionOutcome: ...
+
+
+def assertion_tuple(value: Iterable[Assertion]) -> tuple[Assertion, ...]:
+    """Converter for probes' ``assertions`` fields: any iterable, each item checked."""
+    items = tuple(value)
+    for i, item in enumerate(items):
+        if not callable(getattr(item, "evaluate", None)):
+            raise DefinitionError(f"assertions[{i}]", f"{item!r} is not an assertion")
+    return items
 
 
 def _compile(field: str, pattern: str) -> re.Pattern[str]:

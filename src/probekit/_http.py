@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import attrs
 import h11
 
-from ._assertions import Assertion, Observation, StatusIn
+from ._assertions import Assertion, Observation, StatusIn, assertion_tuple
 from ._context import ProbeContext
 from ._dial import Connection, Proxy
 from ._errors import ProbeFailure
@@ -235,7 +235,7 @@ class HttpProbe:
     http_version: Literal["1.1", "2"] = "1.1"
     proxy: Proxy | None = None
     ip_family: Family | None = None
-    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=tuple)
+    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     fail_on_body_limit: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -255,9 +255,6 @@ class HttpProbe:
             raise DefinitionError(
                 "http_version", f"expected '1.1' or '2', got {self.http_version!r}"
             )
-        for i, assertion in enumerate(self.assertions):
-            if not callable(getattr(assertion, "evaluate", None)):
-                raise DefinitionError(f"assertions[{i}]", f"{assertion!r} is not an assertion")
         if self.basic_auth is not None and self.bearer_token is not None:
             raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
         # Built once: the SSL context cache is keyed by these options.

@@ -29,7 +29,9 @@ class Probe(Protocol):
     """
 
     kind: ClassVar[str]
-    timeouts: Timeouts
+
+    @property
+    def timeouts(self) -> Timeouts: ...
 
     @property
     def target(self) -> str: ...

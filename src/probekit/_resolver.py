@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import socket
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -45,6 +48,7 @@ class AiodnsResolver:
         loop = asyncio.get_running_loop()
         channel = self._channel_for_loop
         if channel is None or self._loop is not loop:
+            self._drop()
             import aiodns  # lazily: it costs ~70 ms to import and only name lookups need it
 
             kwargs: dict[str, Any] = {"tries": self.tries}
@@ -52,7 +56,27 @@ class AiodnsResolver:
                 kwargs["nameservers"] = list(self.nameservers)
             channel = aiodns.DNSResolver(loop=loop, **kwargs)
             self._loop, self._channel_for_loop = loop, channel
+            _live.add(self)
         return channel
+
+    async def aclose(self) -> None:
+        """Release the c-ares channel (a later lookup opens a new one)."""
+        channel, self._channel_for_loop, self._loop = self._channel_for_loop, None, None
+        if channel is not None:
+            await channel.close()
+
+    def _drop(self) -> None:
+        """Release a channel whose loop may be gone, without touching that loop.
+
+        aiodns would otherwise clean up in ``__del__``, possibly during interpreter shutdown
+        when pycares is half torn down, and print an ignored exception.
+        """
+        channel, self._channel_for_loop, self._loop = self._channel_for_loop, None, None
+        if channel is None:
+            return
+        channel._closed = True  # aiodns: its __del__ then skips the loop-bound cleanup
+        with contextlib.suppress(Exception):
+            channel._channel.close()
 
     async def resolve(self, host: str, family: Family = "any") -> list[IPAddress]:
         import aiodns.error
@@ -77,6 +101,15 @@ class AiodnsResolver:
         if not out:
             raise ProbeFailure(ErrorKind.DNS, f"{host!r} has no addresses")
         return out
+
+
+_live: weakref.WeakSet[AiodnsResolver] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_channels() -> None:
+    for resolver in list(_live):
+        resolver._drop()
 
 
 class StaticResolver:

@@ -18,7 +18,7 @@ from typing import ClassVar, TypeAlias
 
 import attrs
 
-from ._assertions import Assertion, Observation
+from ._assertions import Assertion, Observation, assertion_tuple
 from ._context import ProbeContext
 from ._dial import Connection, Proxy
 from ._errors import ProbeFailure
@@ -197,7 +197,7 @@ class TcpProbe:
     tls: TlsOptions | None = None
     steps: tuple[Step, ...] = attrs.field(default=(), converter=_steps)
     max_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
-    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=tuple)
+    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     proxy: Proxy | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -227,9 +227,6 @@ class TcpProbe:
                 if upgraded:
                     raise DefinitionError(f"steps[{i}]", "at most one StartTls step")
                 upgraded = True
-        for i, assertion in enumerate(self.assertions):
-            if not callable(getattr(assertion, "evaluate", None)):
-                raise DefinitionError(f"assertions[{i}]", f"{assertion!r} is not an assertion")
 
     @property
     def target(self) -> str:
