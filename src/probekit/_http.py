@@ -309,7 +309,7 @@ class HttpProbe:
         m["status_code"] = response.status
         m["body_bytes"] = len(response.body)
         m["wire_bytes"] = response.wire_bytes
-        m["http_version"] = 2.0 if response.http_version == "2" else 1.1
+        m["http_version"] = float(response.http_version)
         if response.truncated:
             m["body_truncated"] = 1
             if self.fail_on_body_limit:
