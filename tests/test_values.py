@@ -34,6 +34,13 @@ def test_public_names_are_exactly_all() -> None:
     public = {name for name in dir(probekit) if not name.startswith("_")}
     assert set(probekit.__all__) == public - {"annotations"}
     assert probekit.__all__ == sorted(probekit.__all__)
+    for name in probekit.__all__:
+        assert getattr(probekit, name) is not None
+    namespace: dict[str, object] = {}
+    exec("from probekit import *", namespace)  # noqa: S102 - the star import users may write
+    assert set(namespace) - {"__builtins__"} == set(probekit.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        probekit.Nope  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_import_is_lazy_about_protocol_libraries() -> None:

@@ -7,45 +7,121 @@ never raises because the target is down.
 
 from __future__ import annotations
 
-from ._assertions import (
-    Assertion,
-    BodyContains,
-    BodyMatches,
-    CertExpiry,
-    HeaderMatches,
-    JsonPath,
-    Observation,
-    ResponseTime,
-    StatusIn,
-    TlsForbidden,
-    TlsRequired,
-)
-from ._clock import Clock, FakeClock, SystemClock
-from ._context import ProbeContext
-from ._dial import Connection, Dialer, Proxy
-from ._errors import ProbeFailure
-from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
-from ._http import BasicAuth, HttpProbe
-from ._policy import EgressPolicy
-from ._probe import Probe
-from ._resolver import AiodnsResolver, Resolver, StaticResolver
-from ._result import (
-    SCHEMA_VERSION,
-    AssertionOutcome,
-    CertInfo,
-    ErrorKind,
-    Phase,
-    ProbeError,
-    Result,
-    Status,
-    TlsInfo,
-)
-from ._runner import Runner
-from ._secret import Secret
-from ._serialization import converter, result_from_json, result_to_json
-from ._tcp import Expect, Send, StartTls, TcpProbe
-from ._timeouts import Timeouts
-from ._tls import TlsOptions
+import importlib as _importlib
+import typing as _typing
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._assertions import (
+        Assertion,
+        BodyContains,
+        BodyMatches,
+        CertExpiry,
+        HeaderMatches,
+        JsonPath,
+        Observation,
+        ResponseTime,
+        StatusIn,
+        TlsForbidden,
+        TlsRequired,
+    )
+    from ._clock import Clock, FakeClock, SystemClock
+    from ._context import ProbeContext
+    from ._dial import Connection, Dialer, Proxy
+    from ._errors import ProbeFailure
+    from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
+    from ._http import BasicAuth, HttpProbe
+    from ._policy import EgressPolicy
+    from ._probe import Probe
+    from ._resolver import AiodnsResolver, Resolver, StaticResolver
+    from ._result import (
+        SCHEMA_VERSION,
+        AssertionOutcome,
+        CertInfo,
+        ErrorKind,
+        Phase,
+        ProbeError,
+        Result,
+        Status,
+        TlsInfo,
+    )
+    from ._runner import Runner
+    from ._secret import Secret
+    from ._serialization import converter, result_from_json, result_to_json
+    from ._tcp import Expect, Send, StartTls, TcpProbe
+    from ._timeouts import Timeouts
+    from ._tls import TlsOptions
+
+del TYPE_CHECKING
+
+# Public names are loaded on first use (PEP 562), so `import probekit` costs almost nothing and
+# a program pays only for the probes it uses.
+_LAZY: dict[str, str] = {
+    "AiodnsResolver": "._resolver",
+    "Assertion": "._assertions",
+    "AssertionOutcome": "._result",
+    "BasicAuth": "._http",
+    "BodyContains": "._assertions",
+    "BodyMatches": "._assertions",
+    "CertExpiry": "._assertions",
+    "CertInfo": "._result",
+    "Clock": "._clock",
+    "Connection": "._dial",
+    "DefinitionError": "._exceptions",
+    "Dialer": "._dial",
+    "EgressPolicy": "._policy",
+    "ErrorKind": "._result",
+    "Expect": "._tcp",
+    "FakeClock": "._clock",
+    "HeaderMatches": "._assertions",
+    "HttpProbe": "._http",
+    "JsonPath": "._assertions",
+    "Observation": "._assertions",
+    "Phase": "._result",
+    "PolicyError": "._exceptions",
+    "Probe": "._probe",
+    "ProbeContext": "._context",
+    "ProbeError": "._result",
+    "ProbeFailure": "._errors",
+    "ProbekitError": "._exceptions",
+    "ProtocolVersionError": "._exceptions",
+    "Proxy": "._dial",
+    "Resolver": "._resolver",
+    "ResponseTime": "._assertions",
+    "Result": "._result",
+    "Runner": "._runner",
+    "SCHEMA_VERSION": "._result",
+    "Secret": "._secret",
+    "Send": "._tcp",
+    "StartTls": "._tcp",
+    "StaticResolver": "._resolver",
+    "Status": "._result",
+    "StatusIn": "._assertions",
+    "SystemClock": "._clock",
+    "TcpProbe": "._tcp",
+    "Timeouts": "._timeouts",
+    "TlsForbidden": "._assertions",
+    "TlsInfo": "._result",
+    "TlsOptions": "._tls",
+    "TlsRequired": "._assertions",
+    "converter": "._serialization",
+    "result_from_json": "._serialization",
+    "result_to_json": "._serialization",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0.dev0"
 
