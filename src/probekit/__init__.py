@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         TlsInfo,
     )
     from ._runner import Runner
+    from ._scheduler import Monitor, Scheduler
     from ._secret import Secret
     from ._serialization import converter, result_from_json, result_to_json
     from ._tcp import Expect, Send, StartTls, TcpProbe
@@ -76,6 +77,7 @@ _LAZY: dict[str, str] = {
     "HeaderMatches": "._assertions",
     "HttpProbe": "._http",
     "JsonPath": "._assertions",
+    "Monitor": "._scheduler",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
@@ -91,6 +93,7 @@ _LAZY: dict[str, str] = {
     "Result": "._result",
     "Runner": "._runner",
     "SCHEMA_VERSION": "._result",
+    "Scheduler": "._scheduler",
     "Secret": "._secret",
     "Send": "._tcp",
     "StartTls": "._tcp",
@@ -145,6 +148,7 @@ __all__ = [
     "HeaderMatches",
     "HttpProbe",
     "JsonPath",
+    "Monitor",
     "Observation",
     "Phase",
     "PolicyError",
@@ -160,6 +164,7 @@ __all__ = [
     "Result",
     "Runner",
     "SCHEMA_VERSION",
+    "Scheduler",
     "Secret",
     "Send",
     "StartTls",

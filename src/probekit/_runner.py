@@ -312,6 +312,18 @@ class Runner:
         _check_source(probes)
         return self._results(probes)
 
+    async def check(self, probe: Probe) -> Result:
+        """Run one probe under this runner's limits, deadline and retries; return its result.
+
+        The check runs in the caller's task (cancelling the caller cancels it); it counts
+        towards ``max_concurrency`` and ``per_host`` like the probes of a stream. This is what a
+        scheduler uses to start runs one at a time.
+        """
+        self._require_open()
+        result = await self._run_probe(probe)
+        self._completed += 1
+        return result
+
     async def run_all(self, probes: Iterable[Probe] | AsyncIterable[Probe]) -> list[Result]:
         """Run ``probes`` and return their final results in input order.
 
