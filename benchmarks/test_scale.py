@@ -1,0 +1,161 @@
+"""Scale benchmarks: 10,000 probes in flight against a slow server, and scheduler lateness.
+
+* ``test_ten_thousand_in_flight``: 10,000 HttpProbes started at once through
+  ``Runner(max_concurrency=10_000)`` against a server (in a subprocess, so its memory is not
+  counted) that holds each request 2 s before answering. Reports the prober's peak RSS growth
+  and how the checks ended; the target is <= 150 MB and every check UP or a clean ``timeout``.
+  The peer for the ratio is the same process's RSS before the run (its baseline).
+* ``test_scheduler_lateness``: 10,000 monitors with a 10 s interval on the real-time loop for
+  20 s (about 1,000 starts a second), each probe a 5 ms sleep; reports p50/p99/max start
+  lateness (target p99 <= 20 ms), next to ``asyncio.sleep``'s own lateness measured in the same
+  run as the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, ClassVar
+
+import attrs
+
+from probekit import HttpProbe, Monitor, ProbeContext, Result, Runner, Scheduler, Status, Timeouts
+
+SLOW_SERVER = r"""
+import asyncio, sys
+async def handle(reader, writer):
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+    except Exception:
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=16384)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_ten_thousand_in_flight(benchmark: Any) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        outcome: dict[str, Any] = {}
+
+        async def run() -> None:
+            probes = [
+                HttpProbe(f"http://127.0.0.1:{port}/", timeouts=Timeouts(total=20))
+                for _ in range(10_000)
+            ]
+            before = _rss_mb()
+            peak = before
+            async with Runner(max_concurrency=10_000) as runner:
+
+                async def sample() -> None:
+                    nonlocal peak
+                    while True:
+                        peak = max(peak, _rss_mb())
+                        await asyncio.sleep(0.05)
+
+                sampler = asyncio.create_task(sample())
+                began = time.monotonic()
+                results = await runner.run_all(probes)
+                took = time.monotonic() - began
+                sampler.cancel()
+            statuses: dict[str, int] = {}
+            for r in results:
+                key = r.status.name if r.error is None else f"{r.status.name}/{r.error.kind.value}"
+                statuses[key] = statuses.get(key, 0) + 1
+            outcome.update(
+                rss_before_mb=round(before, 1),
+                rss_peak_mb=round(peak, 1),
+                rss_growth_mb=round(peak - before, 1),
+                seconds=round(took, 2),
+                statuses=statuses,
+                max_in_flight=runner.max_in_flight_seen,
+            )
+
+        benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)
+    finally:
+        server.kill()
+        server.wait()
+    benchmark.extra_info.update(outcome)
+    print(f"\n10k in flight: {outcome}")
+    clean = {k: v for k, v in outcome["statuses"].items() if k in ("UP", "DOWN/timeout")}
+    assert sum(clean.values()) == 10_000, outcome
+
+
+@attrs.frozen
+class Nap:
+    kind: ClassVar[str] = "nap"
+    name: str
+    timeouts: Timeouts = attrs.field(factory=lambda: Timeouts(total=5))
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+    @property
+    def host(self) -> str:
+        return self.name
+
+    async def check(self, ctx: ProbeContext | None = None) -> Result:
+        clock = (ctx or ProbeContext()).clock
+        started = clock.now()
+        await asyncio.sleep(0.005)
+        return Result(
+            kind="nap", target=self.name, status=Status.UP, started_at=started, duration=0.005
+        )
+
+
+def test_scheduler_lateness(benchmark: Any) -> None:
+    figures: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with Runner(max_concurrency=2_000) as runner, Scheduler(runner) as sched:
+            for i in range(10_000):
+                sched.add(Monitor(f"m{i}", Nap(f"n{i}"), interval=10))
+            loop_task = asyncio.create_task(sched.run())
+            # the peer: how late asyncio.sleep itself wakes up under the same load
+            sleep_late: list[float] = []
+            end = time.monotonic() + 20
+            while time.monotonic() < end:
+                t = time.monotonic()
+                await asyncio.sleep(0.01)
+                sleep_late.append(time.monotonic() - t - 0.01)
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+        sleep_late.sort()
+        figures.update(
+            started=sched.started,
+            skipped=sched.skipped,
+            p50_ms=round((sched.lateness_quantile(0.5) or 0) * 1000, 2),
+            p99_ms=round((sched.lateness_quantile(0.99) or 0) * 1000, 2),
+            max_ms=round(max(sched.lateness) * 1000, 2),
+            asyncio_sleep_p99_ms=round(sleep_late[int(0.99 * len(sleep_late))] * 1000, 2),
+            cpu_s=round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 1),
+        )
+
+    benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)
+    benchmark.extra_info.update(figures)
+    print(f"\nscheduler, 10k monitors: {figures}")
+    assert figures["started"] > 15_000
