@@ -44,6 +44,7 @@ DEFAULT_DENIED_NETWORKS: Final[tuple[str, ...]] = (
     "ff00::/8",  # multicast
 )
 
+_CACHE_SIZE: Final = 4096
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _V4COMPAT = ipaddress.IPv6Network("::/96")
 _PART = re.compile(r"^(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
@@ -177,6 +178,11 @@ class EgressPolicy:
     deny_default: tuple[IPNetwork, ...] = attrs.field(
         default=DEFAULT_DENIED_NETWORKS, converter=_deny_default
     )
+    # Decisions are pure functions of the (frozen) policy and the address or host, and a
+    # checkpoint asks about the same few hundred targets over and over: remember them.
+    _decisions: dict[object, Decision] = attrs.field(
+        factory=dict, init=False, repr=False, eq=False, hash=False
+    )
 
     @classmethod
     def allow_all(cls) -> EgressPolicy:
@@ -185,6 +191,18 @@ class EgressPolicy:
 
     def decide_address(self, address: IPAddress | str) -> Decision:
         """Decide one address (any spelling :func:`parse_host_address` accepts)."""
+        cached = self._decisions.get(address)
+        if cached is None:
+            cached = self._decide_address(address)
+            self._remember(address, cached)
+        return cached
+
+    def _remember(self, key: object, decision: Decision) -> None:
+        if len(self._decisions) >= _CACHE_SIZE:
+            self._decisions.clear()
+        self._decisions[key] = decision
+
+    def _decide_address(self, address: IPAddress | str) -> Decision:
         if isinstance(address, str):
             parsed = parse_host_address(address)
             if parsed is None:
@@ -212,6 +230,14 @@ class EgressPolicy:
 
     def decide_host(self, host: str) -> Decision:
         """Decide a host name before resolution (an IP literal is decided as an address)."""
+        key = ("host", host)
+        cached = self._decisions.get(key)
+        if cached is None:
+            cached = self._decide_host(host)
+            self._remember(key, cached)
+        return cached
+
+    def _decide_host(self, host: str) -> Decision:
         literal = parse_host_address(host)
         if literal is not None:
             return self.decide_address(literal)
