@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Literal, TypeVar
 
 import attrs
 
@@ -36,8 +36,21 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 #: anything but loopback, so a policy bug cannot send a packet anywhere else.
 Connector = Callable[[str, int, "tuple[str, int] | None"], Awaitable[Streams]]
 Preference = Literal["auto", "ipv4", "ipv6"]
+T = TypeVar("T")
 
 _STREAM_LIMIT = 64 * 1024
+
+
+async def within(limit: float | None, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable``, for at most ``limit`` seconds when a limit is given.
+
+    Without a limit no timeout scope is made: the check's overall deadline already applies, and
+    this path runs several times per check.
+    """
+    if limit is None:
+        return await awaitable
+    async with asyncio.timeout(limit):
+        return await awaitable
 
 
 def format_address(ip: IPAddress, port: int) -> str:
@@ -116,10 +129,7 @@ class Connection:
 
     async def read(self, size: int, limit: float | None) -> bytes:
         """Read up to ``size`` bytes (b"" at EOF), waiting at most ``limit`` seconds if given."""
-        if limit is None:
-            return await self.reader.read(size)
-        async with asyncio.timeout(limit):
-            return await self.reader.read(size)
+        return await within(limit, self.reader.read(size))
 
     def close(self) -> None:
         """Close at once, without waiting to flush: a probe has read all it needs."""
@@ -163,8 +173,8 @@ class Dialer:
             if literal is not None:
                 addresses = [literal]
             else:
-                async with asyncio.timeout(timeouts.resolve):
-                    addresses = await self.resolver.resolve(host, family or self.family)
+                lookup = self.resolver.resolve(host, family or self.family)
+                addresses = await within(timeouts.resolve, lookup)
         self.policy.check_addresses(host, addresses)
         if self.prefer != "auto":
             first = 4 if self.prefer == "ipv4" else 6
@@ -203,8 +213,8 @@ class Dialer:
         with timeline.phase("connect"):
             for ip in addresses:
                 try:
-                    async with asyncio.timeout(timeouts.connect):
-                        reader, writer = await self.connector(str(ip), port, self.source)
+                    opening = self.connector(str(ip), port, self.source)
+                    reader, writer = await within(timeouts.connect, opening)
                 except OSError as exc:
                     log.debug("connect to %s failed: %s", format_address(ip, port), exc)
                     last = exc
@@ -308,8 +318,8 @@ class Dialer:
         failure: ssl.SSLCertVerificationError | None = None
         with timeline.phase("tls"):
             try:
-                async with asyncio.timeout(timeouts.tls):
-                    await conn.writer.start_tls(ctx, server_hostname=server_name)
+                handshake = conn.writer.start_tls(ctx, server_hostname=server_name)
+                await within(timeouts.tls, handshake)
             except ssl.SSLCertVerificationError as exc:
                 failure = exc
         if failure is not None:
