@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     )
     from ._clock import Clock, FakeClock, SystemClock
     from ._context import ProbeContext
+    from ._definitions import (
+        DefinitionErrors,
+        build_probe,
+        probe_to_dict,
+        register_assertion,
+        register_probe,
+    )
     from ._dial import Connection, Dialer, Proxy
     from ._errors import ProbeFailure
     from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
@@ -69,6 +76,7 @@ _LAZY: dict[str, str] = {
     "Clock": "._clock",
     "Connection": "._dial",
     "DefinitionError": "._exceptions",
+    "DefinitionErrors": "._definitions",
     "Dialer": "._dial",
     "EgressPolicy": "._policy",
     "ErrorKind": "._result",
@@ -107,7 +115,11 @@ _LAZY: dict[str, str] = {
     "TlsInfo": "._result",
     "TlsOptions": "._tls",
     "TlsRequired": "._assertions",
+    "build_probe": "._definitions",
     "converter": "._serialization",
+    "probe_to_dict": "._definitions",
+    "register_assertion": "._definitions",
+    "register_probe": "._definitions",
     "result_from_json": "._serialization",
     "result_to_json": "._serialization",
 }
@@ -140,6 +152,7 @@ __all__ = [
     "Clock",
     "Connection",
     "DefinitionError",
+    "DefinitionErrors",
     "Dialer",
     "EgressPolicy",
     "ErrorKind",
@@ -178,7 +191,11 @@ __all__ = [
     "TlsInfo",
     "TlsOptions",
     "TlsRequired",
+    "build_probe",
     "converter",
+    "probe_to_dict",
+    "register_assertion",
+    "register_probe",
     "result_from_json",
     "result_to_json",
 ]
