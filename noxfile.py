@@ -1,6 +1,9 @@
-"""Sessions: `tests`, `lint`, `typecheck` (the default, fast ones) and `bench`."""
+"""Sessions: `tests`, `lint`, `typecheck` (the default, fast ones), `bench` and `peers`."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import nox
 
@@ -39,3 +42,47 @@ def bench(session: nox.Session) -> None:
     """pytest-benchmark macro and micro benchmarks (not part of the default run)."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("pytest", "benchmarks", "--benchmark-only", *session.posargs)
+
+
+#: The peers `peers` compares against, from Debian: program -> where it may be found.
+PEER_PROGRAMS = {
+    "nginx": ("nginx", "/usr/sbin/nginx"),
+    "wrk": ("wrk",),
+    "prometheus-blackbox-exporter": ("prometheus-blackbox-exporter", "blackbox_exporter"),
+    "check_http": ("/usr/lib/nagios/plugins/check_http",),
+    "curl": ("curl",),
+}
+PEER_PACKAGES = (
+    "nginx-light",
+    "wrk",
+    "prometheus-blackbox-exporter",
+    "monitoring-plugins-basic",
+    "curl",
+)
+
+
+@nox.session(python=PYTHON)
+def peers(session: nox.Session) -> None:
+    """probekit side by side with blackbox_exporter, check_http and curl on loopback.
+
+    Installs the peers from Debian when they are missing (as root), then runs
+    `benchmarks/peers.py` (posargs pass through, e.g. `nox -s peers -- --quick`). Prints the
+    table and writes benchmarks/results/peers.json; see docs/performance.md.
+    """
+    session.install("-e", ".", "trustme>=1.1", "httpx", "uvloop")
+    missing = [
+        name
+        for name, places in PEER_PROGRAMS.items()
+        if not any(shutil.which(place) for place in places)
+    ]
+    if missing:
+        packages = " ".join(PEER_PACKAGES)
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            session.error(
+                f"missing {', '.join(missing)}; install the Debian packages {packages} "
+                f"(as root: apt-get update && apt-get install -y {packages}) and run again"
+            )
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", external=True, env=env)
+        session.run("apt-get", "install", "-y", *PEER_PACKAGES, external=True, env=env)
+    session.run("python", "benchmarks/peers.py", *session.posargs)

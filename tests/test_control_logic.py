@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -51,7 +52,7 @@ def test_runs_alternate_between_instances() -> None:
         for r in acts.runs:
             logic.on_result(r.monitor_id, r.instance_id, r.request_id, r.reason, Status.UP)
     assert len(runs) == 20
-    assert all(a.instance_id != b.instance_id for a, b in zip(runs, runs[1:], strict=False))
+    assert all(a.instance_id != b.instance_id for a, b in itertools.pairwise(runs))
 
 
 def test_down_is_confirmed_on_the_other_instance_then_alerts_once() -> None:
@@ -126,7 +127,7 @@ def test_one_silent_instance_is_not_a_checkpoint_alert() -> None:
 
 
 def test_flapping_is_detected_and_clears() -> None:
-    logic, clock = make(monitors=1)
+    logic, _clock = make(monitors=1)
     kinds: list[str] = []
     for i in range(30):
         status = Status.UP if i % 2 else Status.DOWN
