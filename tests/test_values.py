@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import pickle
+import types
 
 import pytest
 from hypothesis import given, settings
@@ -31,7 +32,11 @@ from strategies import results, secret_values
 
 
 def test_public_names_are_exactly_all() -> None:
-    public = {name for name in dir(probekit) if not name.startswith("_")}
+    public = {
+        name
+        for name in dir(probekit)
+        if not name.startswith("_") and not isinstance(getattr(probekit, name), types.ModuleType)
+    }
     assert set(probekit.__all__) == public - {"annotations"}
     assert probekit.__all__ == sorted(probekit.__all__)
     for name in probekit.__all__:

@@ -1,0 +1,667 @@
+"""The reference control plane: a WebSocket server that checkpoint instances dial into.
+
+It keeps monitor definitions and results in SQLite, drives scheduling through
+:class:`~probekit._control_logic.ControlLogic` (one instance per run, alternating; a failure is
+confirmed on another instance before an alert; flapping and silent checkpoints are detected), and
+hands alert events to pluggable sinks (:class:`LogSink`, :class:`WebhookSink`,
+:class:`MemorySink`).
+
+::
+
+    plane = ControlPlane(ControlSettings(tokens={"office": Secret("...")}, db_path="control.db"))
+    async with plane:
+        plane.add_monitor("intranet", "office", {"kind": "http", "url": "https://intranet/"}, 60)
+        await plane.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import json
+import logging
+import sqlite3
+import ssl
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+import attrs
+
+from . import protocol as p
+from ._clock import Clock, SystemClock
+from ._control_logic import Actions, Alert, ControlLogic, Event, MonitorSpec, RunOrder
+from ._exceptions import DefinitionError
+from ._logging import redacted_logger
+from ._result import Status
+from ._secret import Secret
+from ._serialization import converter
+
+__all__ = ["AlertSink", "ControlPlane", "ControlSettings", "LogSink", "MemorySink", "WebhookSink"]
+
+log = logging.getLogger("probekit.control")
+T = TypeVar("T")
+
+
+class AlertSink(Protocol):
+    """Receives alert events (opened, resolved, transient, instance up/down)."""
+
+    async def send(self, event: Event) -> None: ...
+
+
+class LogSink:
+    """Logs events on ``probekit.control.alerts``: openings at WARNING, the rest at INFO."""
+
+    def __init__(self) -> None:
+        self.log = logging.getLogger("probekit.control.alerts")
+
+    async def send(self, event: Event) -> None:
+        level = logging.WARNING if event.kind == "alert_opened" else logging.INFO
+        self.log.log(level, "%s %s: %s", event.kind, event.subject, event.message)
+
+
+class MemorySink:
+    """Keeps events in a list (tests, dashboards embedding the control plane)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    async def send(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float) -> None:
+        """Wait until ``predicate(events)`` holds, or raise TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.events):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class WebhookSink:
+    """POSTs each event as JSON to ``url`` with probekit's own HTTP probe (so on the dial path).
+
+    A failed delivery is logged; it does not block other sinks.
+    """
+
+    def __init__(
+        self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+    ) -> None:
+        from ._http import HttpProbe
+        from ._timeouts import Timeouts
+
+        self.url = url
+        self._probe = HttpProbe(
+            url,
+            method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+            timeouts=Timeouts(total=timeout),
+            follow_redirects=False,
+        )
+
+    async def send(self, event: Event) -> None:
+        body = json.dumps(event_to_dict(event))
+        result = await attrs.evolve(self._probe, body=body).check()
+        if result.status is not Status.UP:
+            log.warning("webhook %s failed: %s", self.url, result.summary())
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    data: dict[str, Any] = converter.unstructure(event)
+    return data
+
+
+def _tokens(value: Mapping[str, Secret]) -> dict[str, Secret]:
+    out = dict(value)
+    for checkpoint_id, token in out.items():
+        if not isinstance(token, Secret) or not token.reveal():
+            raise DefinitionError(
+                f"tokens[{checkpoint_id}]", "each token must be a non-empty Secret"
+            )
+    return out
+
+
+@attrs.frozen
+class ControlSettings:
+    """How a control plane listens and decides.
+
+    ``tokens`` maps each checkpoint id to the bearer token its instances present; an instance
+    may only speak for the checkpoint its token belongs to. ``missed_heartbeats`` heartbeat
+    intervals of silence mark an instance down. ``db_path`` is the SQLite file (``:memory:`` for
+    a throwaway one).
+    """
+
+    tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
+    host: str = "127.0.0.1"
+    port: int = 0
+    db_path: str = ":memory:"
+    ssl_context: ssl.SSLContext | None = None
+    heartbeat_interval: float = 5.0
+    missed_heartbeats: int = 3
+    tick_interval: float = 0.1
+    hello_timeout: float = 10.0
+    max_frame_bytes: int = 4 * 1024 * 1024
+    stale_after: float = 120.0
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS monitors (
+    monitor_id TEXT PRIMARY KEY, checkpoint_id TEXT NOT NULL, interval REAL NOT NULL,
+    revision INTEGER NOT NULL, definition TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    result_id TEXT PRIMARY KEY, monitor_id TEXT, checkpoint_id TEXT, instance_id TEXT,
+    request_id TEXT, reason TEXT, status TEXT, error_kind TEXT, started_at TEXT,
+    stored_at REAL, body TEXT);
+CREATE INDEX IF NOT EXISTS results_monitor ON results (monitor_id, started_at);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, subject TEXT, at REAL, message TEXT,
+    alert_id TEXT, alert_kind TEXT);
+"""
+
+
+class _Store:
+    """SQLite on one worker thread, so the event loop never waits on the disk."""
+
+    def __init__(self, path: str) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="probekit-control-db"
+        )
+        self._conn: sqlite3.Connection | None = None
+        self._path = path
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        return fn(self._conn)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self.call(shut)
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
+
+class _Peer:
+    __slots__ = ("checkpoint_id", "conn", "instance_id")
+
+    def __init__(self, conn: Any, checkpoint_id: str, instance_id: str) -> None:
+        self.conn = conn
+        self.checkpoint_id = checkpoint_id
+        self.instance_id = instance_id
+
+
+class ControlPlane:
+    """The reference control plane (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: ControlSettings,
+        *,
+        sinks: Sequence[AlertSink] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sinks: list[AlertSink] = list(sinks) if sinks is not None else [LogSink()]
+        self.clock: Clock = clock or SystemClock()
+        self.logic = ControlLogic(
+            self.clock,
+            heartbeat_interval=settings.heartbeat_interval,
+            missed_heartbeats=settings.missed_heartbeats,
+        )
+        self._store = _Store(settings.db_path)
+        self._server: Any = None
+        self._peers: dict[str, _Peer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._specs: dict[str, MonitorSpec] = {}
+        self._autonomous: dict[str, bool] = {}
+        self.results_stored = 0
+        self.duplicates = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from websockets.asyncio.server import serve
+
+        for spec in await self._store.call(_load_monitors):
+            self._specs[spec.monitor_id] = spec
+            self.logic.upsert_monitor(spec)
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            ssl=self.settings.ssl_context,
+            process_request=self._authorize,
+            max_size=self.settings.max_frame_bytes,
+            ping_interval=self.settings.heartbeat_interval,
+            ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
+            compression=None,
+            logger=redacted_logger("probekit.control.ws"),  # its header dumps carry the token
+        )
+        self._spawn(self._ticker())
+        log.info("control plane listening on %s", self.url)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self._store.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "call start() first"
+        await self._server.serve_forever()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.settings.ssl_context else "ws"
+        return f"{scheme}://{self.settings.host}:{self.port}/"
+
+    # -- monitors ------------------------------------------------------------------------------
+
+    async def add_monitor(
+        self, monitor_id: str, checkpoint_id: str, definition: Mapping[str, Any], interval: float
+    ) -> MonitorSpec:
+        """Add or change a monitor; instances of its checkpoint get a delta sync at once."""
+        old = self._specs.get(monitor_id)
+        spec = MonitorSpec(
+            monitor_id,
+            checkpoint_id,
+            float(interval),
+            dict(definition),
+            (old.revision + 1) if old else 1,
+        )
+        p.MonitorDefinition(  # validates the definition as the wire will carry it
+            monitor_id=monitor_id,
+            revision=spec.revision,
+            interval=spec.interval,
+            definition=spec.definition,
+        )
+        await self._store.call(lambda c: _save_monitor(c, spec))
+        self._specs[monitor_id] = spec
+        self.logic.upsert_monitor(spec)
+        await self._broadcast(checkpoint_id, self._sync([spec], []))
+        return spec
+
+    async def remove_monitor(self, monitor_id: str) -> None:
+        spec = self._specs.pop(monitor_id, None)
+        if spec is None:
+            return
+        await self._store.call(lambda c: _delete_monitor(c, monitor_id))
+        self.logic.remove_monitor(monitor_id)
+        await self._broadcast(spec.checkpoint_id, self._sync([], [monitor_id]))
+
+    async def set_autonomous(self, checkpoint_id: str, autonomous: bool) -> None:
+        """Tell a checkpoint's instances to run their definitions on their own (or to stop)."""
+        self._autonomous[checkpoint_id] = autonomous
+        await self._broadcast(checkpoint_id, self._sync([], []))
+
+    async def run_now(self, monitor_id: str, instance_id: str | None = None) -> str | None:
+        """Send an ``adhoc`` run; returns its request id, or None when no instance can take it."""
+        spec = self._specs[monitor_id]
+        target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id)), None)
+        if target is None:
+            return None
+        order = self.logic._order(target, monitor_id, "adhoc", self.clock.monotonic())
+        await self._dispatch(Actions(runs=[order]))
+        return order.request_id
+
+    async def drain(self, instance_id: str, reason: str = "") -> None:
+        peer = self._peers.get(instance_id)
+        if peer is not None:
+            await self._send(peer, p.Drain(reason=reason))
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> list[str]:
+        return sorted(self._peers)
+
+    async def results(self, monitor_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored results (newest last), as rows with the envelope fields and the result JSON."""
+
+        def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            cols = list(_RESULT_COLUMNS)
+            sql = f"SELECT {', '.join(cols)} FROM results"  # noqa: S608 - fixed columns
+            args: tuple[Any, ...] = ()
+            if monitor_id is not None:
+                sql += " WHERE monitor_id=?"
+                args = (monitor_id,)
+            return [
+                dict(zip(cols, row, strict=True))
+                for row in c.execute(sql + " ORDER BY stored_at, rowid", args)
+            ]
+
+        return await self._store.call(query)
+
+    async def result_count(self) -> int:
+        return int(
+            (
+                await self._store.call(
+                    lambda c: c.execute("SELECT count(*) FROM results").fetchone()
+                )
+            )[0]
+        )
+
+    async def events(self) -> list[dict[str, Any]]:
+        def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            cols = ["kind", "subject", "at", "message", "alert_id", "alert_kind"]
+            rows = c.execute(f"SELECT {', '.join(cols)} FROM events ORDER BY id")  # noqa: S608 - fixed columns
+            return [dict(zip(cols, row, strict=True)) for row in rows]
+
+        return await self._store.call(query)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _authorize(self, connection: Any, request: Any) -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        for checkpoint_id, secret in self.settings.tokens.items():
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                token.encode(), secret.reveal().encode()
+            ):
+                connection.probekit_checkpoint = checkpoint_id
+                return None
+        log.warning("refused a connection from %s: bad or missing token", connection.remote_address)
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized\n")
+
+    async def _handle(self, conn: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        checkpoint_id: str = conn.probekit_checkpoint
+        peer: _Peer | None = None
+        try:
+            hello = await self._expect_hello(conn, checkpoint_id)
+            if hello is None:
+                return
+            peer = _Peer(conn, checkpoint_id, hello.instance_id)
+            previous = self._peers.get(hello.instance_id)
+            if previous is not None:
+                await previous.conn.close(1008, "replaced by a newer connection")
+            self._peers[hello.instance_id] = peer
+            await self._dispatch(self.logic.instance_connected(hello.instance_id, checkpoint_id))
+            await self._send(peer, self._sync_for(hello))
+            async for frame in conn:
+                await self._on_frame(peer, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            if peer is not None and self._peers.get(peer.instance_id) is peer:
+                del self._peers[peer.instance_id]
+                self.logic.instance_disconnected(peer.instance_id)
+
+    async def _expect_hello(self, conn: Any, checkpoint_id: str) -> p.Hello | None:
+        try:
+            async with asyncio.timeout(self.settings.hello_timeout):
+                frame = await conn.recv()
+            message = p.decode(
+                frame, max_bytes=self.settings.max_frame_bytes, accept=p.FROM_INSTANCE
+            )
+        except TimeoutError:
+            await conn.close(1008, "no hello")
+            return None
+        except p.ProtocolError as exc:
+            await conn.send(p.encode(p.error_reply(exc)))
+            await conn.close(exc.close_code or 1002, exc.code)
+            return None
+        if not isinstance(message, p.Hello):
+            await conn.send(
+                p.encode(p.Error(code="bad_field", message="the first frame must be a hello"))
+            )
+            await conn.close(1002, "no hello")
+            return None
+        if message.checkpoint_id != checkpoint_id:
+            await conn.send(
+                p.encode(
+                    p.Error(code="unauthorized", message="the token is for another checkpoint")
+                )
+            )
+            await conn.close(1008, "unauthorized")
+            return None
+        log.info("instance %s of %s connected", message.instance_id, checkpoint_id)
+        return message
+
+    async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
+        try:
+            message = p.decode(
+                frame, max_bytes=self.settings.max_frame_bytes, accept=p.FROM_INSTANCE
+            )
+        except p.ProtocolError as exc:
+            log.info("bad frame from %s: %s", peer.instance_id, exc)
+            await self._send(peer, p.error_reply(exc))
+            if exc.close_code is not None:
+                await peer.conn.close(exc.close_code, exc.code)
+            return
+        if isinstance(message, p.Results):
+            await self._on_results(peer, message)
+        elif isinstance(message, p.Heartbeat):
+            await self._dispatch(self.logic.heartbeat(peer.instance_id))
+        elif isinstance(message, p.Error):
+            log.warning(
+                "instance %s reports %s: %s", peer.instance_id, message.code, message.message
+            )
+        else:
+            await self._send(
+                peer, p.Error(code="bad_field", message=f"unexpected {message.type} after hello")
+            )
+
+    async def _on_results(self, peer: _Peer, message: p.Results) -> None:
+        envelopes = message.results
+        rows = [
+            (
+                e.result_id,
+                e.monitor_id,
+                peer.checkpoint_id,
+                e.instance_id,
+                e.request_id,
+                e.reason,
+                e.result.status.value,
+                e.result.error.kind.value if e.result.error else None,
+                e.result.started_at.isoformat(),
+                self.clock.monotonic(),
+                json.dumps(converter.unstructure(e.result), separators=(",", ":")),
+            )
+            for e in envelopes
+        ]
+        fresh_ids = await self._store.call(lambda c: _insert_results(c, rows))
+        self.results_stored += len(fresh_ids)
+        self.duplicates += len(envelopes) - len(fresh_ids)
+        await self._send(peer, p.Ack(result_ids=tuple(e.result_id for e in envelopes)))
+        now = self.clock.now()
+        actions = Actions()
+        for e in envelopes:
+            if e.result_id not in fresh_ids:
+                continue
+            if (now - e.result.started_at).total_seconds() > self.settings.stale_after:
+                continue  # an old result uploaded after an outage: stored, not acted on
+            actions.extend(
+                self.logic.on_result(
+                    e.monitor_id, e.instance_id, e.request_id, e.reason, e.result.status
+                )
+            )
+        await self._dispatch(actions)
+
+    # -- doing ---------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await self._dispatch(self.logic.tick())
+            await asyncio.sleep(self.settings.tick_interval)
+
+    async def _dispatch(self, actions: Actions) -> None:
+        for order in actions.runs:
+            await self._send_run(order)
+        for event in actions.events:
+            await self._record(event)
+
+    async def _send_run(self, order: RunOrder) -> None:
+        peer = self._peers.get(order.instance_id)
+        if peer is None:
+            log.info(
+                "cannot send %s of %s: %s is gone",
+                order.reason,
+                order.monitor_id,
+                order.instance_id,
+            )
+            return
+        await self._send(
+            peer,
+            p.Run(request_id=order.request_id, reason=order.reason, monitor_id=order.monitor_id),
+        )
+
+    async def _record(self, event: Event) -> None:
+        alert: Alert | None = event.alert
+        row = (
+            event.kind,
+            event.subject,
+            event.at,
+            event.message,
+            alert.alert_id if alert else None,
+            alert.kind if alert else None,
+        )
+        await self._store.call(lambda c: _insert_event(c, row))
+        for sink in self.sinks:
+            try:
+                await sink.send(event)
+            except Exception:
+                log.exception("alert sink %r failed", sink)
+
+    async def _send(self, peer: _Peer, message: p.Message) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await peer.conn.send(p.encode(message))
+        except ConnectionClosed:
+            log.debug("%s closed before %s could be sent", peer.instance_id, message.type)
+
+    async def _broadcast(self, checkpoint_id: str, message: p.Message) -> None:
+        for peer in list(self._peers.values()):
+            if peer.checkpoint_id == checkpoint_id:
+                await self._send(peer, message)
+
+    def _sync(
+        self,
+        upserts: Iterable[MonitorSpec],
+        deletes: Iterable[str],
+        *,
+        full: bool = False,
+        checkpoint_id: str | None = None,
+    ) -> p.Sync:
+        revision = max((s.revision for s in self._specs.values()), default=0)
+        autonomous = False
+        for spec in upserts:
+            autonomous = self._autonomous.get(spec.checkpoint_id, False)
+        if checkpoint_id is not None:
+            autonomous = self._autonomous.get(checkpoint_id, False)
+        return p.Sync(
+            full=full,
+            revision=revision,
+            upserts=tuple(
+                p.MonitorDefinition(
+                    monitor_id=s.monitor_id,
+                    revision=s.revision,
+                    interval=s.interval,
+                    definition=s.definition,
+                )
+                for s in upserts
+            ),
+            deletes=tuple(deletes),
+            autonomous=autonomous,
+        )
+
+    def _sync_for(self, hello: p.Hello) -> p.Sync:
+        mine = [s for s in self._specs.values() if s.checkpoint_id == hello.checkpoint_id]
+        changed = [s for s in mine if hello.holdings.get(s.monitor_id) != s.revision]
+        gone = sorted(set(hello.holdings) - {s.monitor_id for s in mine})
+        full = not hello.holdings
+        return self._sync(
+            mine if full else changed, gone, full=full, checkpoint_id=hello.checkpoint_id
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+_RESULT_COLUMNS: tuple[str, ...] = (
+    *("result_id", "monitor_id", "instance_id", "request_id"),
+    *("reason", "status", "error_kind", "started_at"),
+)
+
+
+def _load_monitors(c: sqlite3.Connection) -> list[MonitorSpec]:
+    rows = c.execute(
+        "SELECT monitor_id, checkpoint_id, interval, revision, definition FROM monitors"
+    )
+    return [MonitorSpec(m, cp, i, json.loads(d), r) for m, cp, i, r, d in rows]
+
+
+def _delete_monitor(c: sqlite3.Connection, monitor_id: str) -> None:
+    with c:
+        c.execute("DELETE FROM monitors WHERE monitor_id=?", (monitor_id,))
+
+
+def _save_monitor(c: sqlite3.Connection, spec: MonitorSpec) -> None:
+    c.execute(
+        "INSERT OR REPLACE INTO monitors VALUES (?, ?, ?, ?, ?)",
+        (
+            spec.monitor_id,
+            spec.checkpoint_id,
+            spec.interval,
+            spec.revision,
+            json.dumps(spec.definition),
+        ),
+    )
+    c.commit()
+
+
+def _insert_results(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    fresh: set[str] = set()
+    with c:
+        for row in rows:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
+            if cur.rowcount:
+                fresh.add(row[0])
+    return fresh
+
+
+def _insert_event(c: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    with c:
+        c.execute(
+            "INSERT INTO events (kind, subject, at, message, alert_id, alert_kind)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            row,
+        )

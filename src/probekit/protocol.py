@@ -1,0 +1,849 @@
+"""The control-channel protocol: typed messages and their JSON frames.
+
+A checkpoint instance and its control plane talk over one WebSocket connection in JSON text
+frames. Each frame is one JSON object with a ``type`` and the protocol ``version``; here each is a
+frozen attrs value. Both sides import this module, and ``docs/protocol.md`` describes the same
+thing for implementations in other languages.
+
+``encode(message)`` gives a frame's text, ``decode(frame)`` gives the typed message back or raises
+:class:`ProtocolError`, and nothing else, whatever the frame holds. ``error_reply(exc)`` turns the
+error into the ``error`` message to send back.
+
+Constraints (id lengths, positive intervals, the rules between fields) are attrs validators on the
+message classes, so a message that would be refused on the wire cannot be built in Python either:
+the constructor raises :class:`~probekit.DefinitionError` with the field path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import math
+import types
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, ClassVar, Final, Literal, TypeAlias, Union, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.errors import AttributeValidationNote, BaseValidationError, IterableValidationNote
+from cattrs.gen import make_dict_structure_fn
+
+from ._exceptions import DefinitionError, ProbekitError, ProtocolVersionError
+from ._result import SCHEMA_VERSION, Result
+from ._secret import Secret
+from ._serialization import converter
+
+__all__ = [
+    "ERROR_CODES",
+    "FROM_CONTROL",
+    "FROM_INSTANCE",
+    "MAX_FRAME_BYTES",
+    "MAX_ID_LENGTH",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Drain",
+    "Error",
+    "ErrorCode",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "MonitorDefinition",
+    "ProtocolError",
+    "ResultEnvelope",
+    "Results",
+    "Run",
+    "Sync",
+    "decode",
+    "encode",
+    "error_reply",
+]
+
+#: The protocol version this module speaks; a frame with any other ``version`` is refused.
+PROTOCOL_VERSION: Final = 1
+#: The largest frame ``decode`` reads by default: 1 MiB of UTF-8.
+MAX_FRAME_BYTES: Final = 1_048_576
+#: Ids (checkpoint, instance, monitor, request, result ids, probe kinds) are 1 to 200 characters.
+MAX_ID_LENGTH: Final = 200
+#: Longest ``error.message`` and ``drain.reason``.
+MAX_TEXT_LENGTH: Final = 4096
+#: Deepest nesting of the free-form JSON in a definition or a policy summary.
+MAX_JSON_DEPTH: Final = 32
+#: Counts and revisions stay within the integers every JSON implementation reads exactly.
+MAX_INT: Final = 2**53 - 1
+
+ErrorCode: TypeAlias = Literal[
+    "bad_json", "unknown_type", "bad_version", "too_large", "bad_field", "unauthorized", "internal"
+]
+#: Every ``error.code``; see ``docs/protocol.md`` for what the receiver of each one does.
+ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
+Mode: TypeAlias = Literal["driven", "autonomous"]
+RunReason: TypeAlias = Literal["scheduled", "confirm", "adhoc"]
+
+# The WebSocket close codes (RFC 6455) a receiver uses after the error replies that end a
+# connection.
+_CLOSE_CODES: Final[Mapping[str, int]] = {"bad_version": 1002, "unauthorized": 1008}
+_MAX_ERROR_MESSAGE: Final = 1000
+
+
+class ProtocolError(ProbekitError):
+    """A frame from the peer was refused.
+
+    ``code`` is one of :data:`ERROR_CODES`, ``message`` says what was wrong (for ``bad_field``,
+    starting with the field path, e.g. ``results[2].result.status: ...``), and ``ref`` is the
+    request id the frame carried, when it had a readable one. ``decode`` raises the ``bad_version``
+    case as an instance that is also a :class:`~probekit.ProtocolVersionError`.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, ref: str | None = None) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown protocol error code {code!r}")
+        self.code: ErrorCode = code
+        self.message = message
+        self.ref = ref
+        super().__init__(f"{code}: {message}")
+
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code to end the connection with after replying, or None to keep it.
+
+        ``bad_version`` closes with 1002 (protocol error) and ``unauthorized`` with 1008 (policy
+        violation); every other code is recoverable.
+        """
+        return _CLOSE_CODES.get(self.code)
+
+
+class _UnsupportedVersion(ProtocolError, ProtocolVersionError):
+    """A ``bad_version`` refusal, catchable as either exception."""
+
+
+# -- validators -----------------------------------------------------------------------------------
+# Each raises DefinitionError naming the field, so the same check gives a constructor error in
+# Python and a bad_field reply (with the full path) on the wire.
+
+
+def _show(value: object) -> str:
+    """A short description of a peer-supplied value for an error message (never a huge repr)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _has_surrogates(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_id(path: str, value: object) -> None:
+    if type(value) is not str:
+        raise DefinitionError(path, f"expected a string, got {_show(value)}")
+    if not value:
+        raise DefinitionError(path, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise DefinitionError(path, f"is longer than {MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise DefinitionError(path, "contains a control or unprintable character")
+
+
+def _id(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_id(attribute.name, value)
+
+
+def _optional_id(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _check_id(attribute.name, value)
+
+
+def _ids(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not tuple:
+        raise DefinitionError(attribute.name, f"expected a tuple, got {_show(value)}")
+    for i, item in enumerate(value):
+        _check_id(f"{attribute.name}[{i}]", item)
+
+
+def _text(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if type(value) is not str:
+            raise DefinitionError(attribute.name, f"expected a string, got {_show(value)}")
+        if len(value) > limit:
+            raise DefinitionError(attribute.name, f"is longer than {limit} characters")
+        if _has_surrogates(value):
+            raise DefinitionError(attribute.name, "is not valid Unicode (a lone surrogate)")
+
+    return check
+
+
+def _check_count(path: str, value: object) -> None:
+    if type(value) is not int:
+        raise DefinitionError(path, f"expected an integer, got {_show(value)}")
+    if not 0 <= value <= MAX_INT:
+        raise DefinitionError(path, f"must be between 0 and {MAX_INT}, got {value}")
+
+
+def _count(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_count(attribute.name, value)
+
+
+def _check_seconds(path: str, value: object) -> None:
+    if type(value) not in (int, float):
+        raise DefinitionError(path, f"expected a number of seconds, got {_show(value)}")
+    assert isinstance(value, int | float)  # for mypy: the type check above is exact
+    if not (math.isfinite(value) and value > 0):
+        raise DefinitionError(path, f"must be a finite number of seconds above 0, got {value!r}")
+
+
+def _seconds(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_seconds(attribute.name, value)
+
+
+def _optional_seconds(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _check_seconds(attribute.name, value)
+
+
+def _bool(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not bool:
+        raise DefinitionError(attribute.name, f"expected true or false, got {_show(value)}")
+
+
+def _one_of(
+    choices: Collection[str],
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if type(value) is not str or value not in choices:
+            allowed = ", ".join(repr(c) for c in sorted(choices))
+            raise DefinitionError(attribute.name, f"{_show(value)} is not one of {allowed}")
+
+    return check
+
+
+def _check_json(path: str, value: object) -> None:
+    """Check that ``value`` is plain JSON (secrets allowed: they encode as ``"<secret>"``).
+
+    Iterative, with a depth limit, so a hostile document cannot exhaust the stack.
+    """
+    stack: list[tuple[str, object, int]] = [(path, value, 0)]
+    while stack:
+        where, item, depth = stack.pop()
+        kind = type(item)
+        if item is None or kind in (bool, int, Secret):
+            continue
+        if kind is float:
+            assert isinstance(item, float)
+            if not math.isfinite(item):
+                raise DefinitionError(where, f"{item!r} is not a finite number")
+        elif kind is str:
+            assert isinstance(item, str)
+            if _has_surrogates(item):
+                raise DefinitionError(where, "is not valid Unicode (a lone surrogate)")
+        elif kind is dict or kind is list or kind is tuple:
+            if depth >= MAX_JSON_DEPTH:
+                raise DefinitionError(where, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if type(key) is not str or _has_surrogates(key):
+                        raise DefinitionError(where, f"object key {_show(key)} is not a string")
+                    step = f".{key}" if key.isidentifier() else f"[{key!r}]"
+                    stack.append((f"{where}{step}", child, depth + 1))
+            else:
+                assert isinstance(item, list | tuple)
+                stack.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
+        else:
+            raise DefinitionError(where, f"a {kind.__name__} has no JSON form")
+
+
+def _check_object(path: str, value: object) -> None:
+    if type(value) is not dict:
+        raise DefinitionError(path, f"expected an object, got {_show(value)}")
+    _check_json(path, value)
+
+
+def _check_definition(path: str, value: object) -> None:
+    _check_object(path, value)
+    assert isinstance(value, dict)
+    if "kind" not in value:
+        raise DefinitionError(f"{path}.kind", "required field missing")
+    _check_id(f"{path}.kind", value["kind"])
+
+
+def _definition(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_definition(attribute.name, value)
+
+
+def _optional_definition(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _check_definition(attribute.name, value)
+
+
+def _object(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_object(attribute.name, value)
+
+
+def _aware(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, dt.datetime):
+        raise DefinitionError(attribute.name, f"expected a datetime, got {_show(value)}")
+    if value.utcoffset() is None:
+        raise DefinitionError(attribute.name, "must be timezone-aware (UTC)")
+
+
+def _tuple_of(kind: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if type(value) is not tuple:
+            raise DefinitionError(attribute.name, f"expected a tuple, got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, kind):
+                raise DefinitionError(
+                    f"{attribute.name}[{i}]", f"expected a {kind.__name__}, got {_show(item)}"
+                )
+
+    return check
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Hello:
+    """instance → control, first on every connection: who this instance is and what it holds.
+
+    ``holdings`` maps each monitor id the instance already holds a definition for to that
+    definition's revision, so the control plane can answer with a delta instead of everything.
+    ``heartbeat_interval`` is how often, in seconds, the instance will send ``heartbeat``.
+    """
+
+    type: ClassVar[str] = "hello"
+
+    checkpoint_id: str = attrs.field(validator=_id)
+    instance_id: str = attrs.field(validator=_id)
+    software_version: str = attrs.field(validator=_id)
+    kinds: tuple[str, ...] = attrs.field(validator=_ids)
+    holdings: dict[str, int] = attrs.field()
+    mode: Mode = attrs.field(default="driven", validator=_one_of(get_args(Mode)))
+    heartbeat_interval: float = attrs.field(default=10.0, validator=_seconds)
+
+    @holdings.validator
+    def _check_holdings(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if type(value) is not dict:
+            raise DefinitionError(attribute.name, f"expected a dict, got {_show(value)}")
+        for monitor_id, revision in value.items():
+            where = f"holdings[{monitor_id!r}]"
+            _check_id(where, monitor_id)
+            _check_count(where, revision)
+
+
+@attrs.frozen(kw_only=True)
+class MonitorDefinition:
+    """One monitor as the control plane assigns it: what to run and how often.
+
+    ``definition`` is the probe definition as plain JSON (``{"kind": "http", "url": ...}``); this
+    layer checks only that it is a JSON object with a ``kind``. Whoever builds the probe from it
+    validates the rest.
+    """
+
+    monitor_id: str = attrs.field(validator=_id)
+    revision: int = attrs.field(validator=_count)
+    interval: float = attrs.field(validator=_seconds)
+    definition: dict[str, Any] = attrs.field(validator=_definition)
+
+
+@attrs.frozen(kw_only=True)
+class Sync:
+    """control → instance: monitor definitions, all of them (``full``) or what changed.
+
+    A full sync replaces everything the instance holds with ``upserts`` (``deletes`` is then
+    empty). A delta adds or replaces ``upserts`` and drops ``deletes``. ``revision`` is the control
+    plane's definitions revision. ``autonomous`` tells the instance to run its definitions on its
+    own schedule even while connected.
+    """
+
+    type: ClassVar[str] = "sync"
+
+    full: bool = attrs.field(validator=_bool)
+    revision: int = attrs.field(validator=_count)
+    upserts: tuple[MonitorDefinition, ...] = attrs.field(validator=_tuple_of(MonitorDefinition))
+    deletes: tuple[str, ...] = attrs.field(validator=_ids)
+    autonomous: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, upsert in enumerate(self.upserts):
+            if upsert.monitor_id in seen:
+                raise DefinitionError(
+                    f"upserts[{i}].monitor_id", f"{upsert.monitor_id!r} appears twice"
+                )
+            seen.add(upsert.monitor_id)
+        if self.full and self.deletes:
+            raise DefinitionError("deletes", "must be empty in a full sync")
+        for i, monitor_id in enumerate(self.deletes):
+            if monitor_id in seen:
+                raise DefinitionError(
+                    f"deletes[{i}]", f"{monitor_id!r} is both upserted and deleted"
+                )
+
+
+@attrs.frozen(kw_only=True)
+class Run:
+    """control → instance: run one check now and report its result.
+
+    Name a monitor the instance holds (``monitor_id``), send the definition inline
+    (``definition``), or both: then the inline definition runs and its result is attributed to
+    ``monitor_id`` (a confirm run on an instance that does not hold the monitor, or a test of an
+    unsaved edit); it does not replace the held definition. ``deadline`` is the seconds the
+    check may take, or None for the instance's default.
+    """
+
+    type: ClassVar[str] = "run"
+
+    request_id: str = attrs.field(validator=_id)
+    reason: RunReason = attrs.field(validator=_one_of(get_args(RunReason)))
+    monitor_id: str | None = attrs.field(default=None, validator=_optional_id)
+    definition: dict[str, Any] | None = attrs.field(default=None, validator=_optional_definition)
+    deadline: float | None = attrs.field(default=None, validator=_optional_seconds)
+
+    def __attrs_post_init__(self) -> None:
+        if self.monitor_id is None and self.definition is None:
+            raise DefinitionError("monitor_id", "a run needs a monitor_id, a definition, or both")
+
+
+@attrs.frozen(kw_only=True)
+class ResultEnvelope:
+    """One result on its way to the control plane, with the ids that place it.
+
+    ``result_id`` is globally unique (the control plane deduplicates on it). ``request_id`` is the
+    ``run`` this answers, or None when the instance ran the monitor on its own schedule.
+    """
+
+    result_id: str = attrs.field(validator=_id)
+    monitor_id: str | None = attrs.field(validator=_optional_id)
+    request_id: str | None = attrs.field(validator=_optional_id)
+    reason: str = attrs.field(validator=_id)
+    instance_id: str = attrs.field(validator=_id)
+    result: Result = attrs.field()
+
+    @result.validator
+    def _check_result(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, Result):
+            raise DefinitionError(attribute.name, f"expected a Result, got {_show(value)}")
+        if value.schema_version != SCHEMA_VERSION:
+            raise DefinitionError(
+                "result.schema_version",
+                f"unsupported result schema version {value.schema_version!r}",
+            )
+
+    def __attrs_post_init__(self) -> None:
+        if self.monitor_id is None and self.request_id is None:
+            raise DefinitionError("monitor_id", "a result needs a monitor_id, a request_id or both")
+
+
+@attrs.frozen(kw_only=True)
+class Results:
+    """instance → control: a batch of results, each sent until its id is acked."""
+
+    type: ClassVar[str] = "results"
+
+    results: tuple[ResultEnvelope, ...] = attrs.field(validator=_tuple_of(ResultEnvelope))
+
+
+@attrs.frozen(kw_only=True)
+class Ack:
+    """control → instance: these result ids are durably stored; the instance may forget them."""
+
+    type: ClassVar[str] = "ack"
+
+    result_ids: tuple[str, ...] = attrs.field(validator=_ids)
+
+
+@attrs.frozen(kw_only=True)
+class Heartbeat:
+    """instance → control: I am alive, and this is how I am doing.
+
+    Counts are as of ``sent_at`` (UTC); ``spool_dropped`` and ``reconnects`` are totals since the
+    instance started. ``policy`` summarises the local egress policy (free-form JSON).
+    """
+
+    type: ClassVar[str] = "heartbeat"
+
+    in_flight: int = attrs.field(validator=_count)
+    queue_depth: int = attrs.field(validator=_count)
+    spool_depth: int = attrs.field(validator=_count)
+    spool_dropped: int = attrs.field(validator=_count)
+    reconnects: int = attrs.field(validator=_count)
+    policy: dict[str, Any] = attrs.field(validator=_object)
+    sent_at: dt.datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen(kw_only=True)
+class Drain:
+    """control → instance: finish what is in flight, deliver the results, then close."""
+
+    type: ClassVar[str] = "drain"
+
+    reason: str = attrs.field(default="", validator=_text(MAX_TEXT_LENGTH))
+
+
+@attrs.frozen(kw_only=True)
+class Error:
+    """Either way: the peer's last frame (or the request ``ref``) was refused, and why."""
+
+    type: ClassVar[str] = "error"
+
+    code: ErrorCode = attrs.field(validator=_one_of(ERROR_CODES))
+    message: str = attrs.field(validator=_text(MAX_TEXT_LENGTH))
+    ref: str | None = attrs.field(default=None, validator=_optional_id)
+
+
+Message: TypeAlias = Hello | Sync | Run | Results | Ack | Heartbeat | Drain | Error
+
+#: Each message class by its ``type`` name.
+MESSAGE_TYPES: Final[Mapping[str, type[Message]]] = {
+    cls.type: cls for cls in (Hello, Sync, Run, Results, Ack, Heartbeat, Drain, Error)
+}
+_MESSAGE_CLASSES: Final = frozenset(MESSAGE_TYPES.values())
+#: What a control plane accepts: ``decode(frame, accept=FROM_INSTANCE)``.
+FROM_INSTANCE: Final[frozenset[type[Message]]] = frozenset({Hello, Results, Heartbeat, Error})
+#: What an instance accepts: ``decode(frame, accept=FROM_CONTROL)``.
+FROM_CONTROL: Final[frozenset[type[Message]]] = frozenset({Sync, Run, Ack, Drain, Error})
+
+
+# -- the converter --------------------------------------------------------------------------------
+# The shared converter defines every value's JSON form (Result, datetimes, secrets) and is lenient
+# on the way in: it would read "7" as 7, 7.9 as 7, "false" as True and "abc" as ("a", "b", "c").
+# A peer's frame needs exact types, so the protocol structures through a copy of it with strict
+# hooks for scalars and containers. The copy keeps every hook the shared converter has; those are
+# all registered where it is built (probekit._serialization), so none can be missed by copying at
+# import. The shared converter itself is left untouched.
+
+
+def _strict(kind: type, label: str) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _type: Any) -> Any:
+        if type(value) is not kind:
+            raise TypeError(f"expected {label}, got {_show(value)}")
+        return value
+
+    return structure
+
+
+def _structure_str(value: Any, _type: Any) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {_show(value)}")
+    if not value.isascii() and _has_surrogates(value):
+        raise ValueError("is not valid Unicode (a lone surrogate)")
+    return value
+
+
+def _structure_float(value: Any, _type: Any) -> float:
+    if type(value) is not float and type(value) is not int:
+        raise TypeError(f"expected a number, got {_show(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{_show(value)} is not a finite number")
+    return result
+
+
+def _locate(exc: BaseException) -> tuple[str, str]:
+    """The field path and the message of the first problem inside a structuring error."""
+    if isinstance(exc, DefinitionError):
+        return exc.path, exc.message
+    if isinstance(exc, BaseValidationError) and exc.exceptions:
+        inner = exc.exceptions[0]
+        step = ""
+        for note in getattr(inner, "__notes__", ()):
+            if isinstance(note, AttributeValidationNote):
+                step = note.name
+            elif isinstance(note, IterableValidationNote):
+                step = f"[{note.index!r}]"
+        path, message = _locate(inner)
+        return _join(step, path), message
+    if isinstance(exc, KeyError):
+        return "", "required field missing"
+    return "", str(exc) or type(exc).__name__
+
+
+def _join(prefix: str, path: str) -> str:
+    if not prefix or not path:
+        return prefix or path
+    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+
+
+def _is_homogeneous_tuple(t: Any) -> bool:
+    args = get_args(t)
+    return get_origin(t) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _is_mapping(t: Any) -> bool:
+    return get_origin(t) in (dict, Mapping)
+
+
+def _is_optional(t: Any) -> bool:
+    args = get_args(t)
+    return get_origin(t) in (Union, types.UnionType) and len(args) == 2 and type(None) in args
+
+
+def _is_literal(t: Any) -> bool:
+    return get_origin(t) is Literal
+
+
+def _is_enum(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, enum.Enum)
+
+
+def _build() -> cattrs.Converter:
+    conv = converter.copy()
+
+    def tuple_hook(t: Any) -> Callable[[Any, Any], Any]:
+        item_type = get_args(t)[0]
+        item_hook = conv.get_structure_hook(item_type)
+
+        def structure(value: Any, _type: Any) -> tuple[Any, ...]:
+            if type(value) is not list:
+                raise TypeError(f"expected an array, got {_show(value)}")
+            out = []
+            for i, item in enumerate(value):
+                try:
+                    out.append(item_hook(item, item_type))
+                except Exception as exc:  # any failure is this item's: re-raised with its path
+                    path, message = _locate(exc)
+                    raise DefinitionError(_join(f"[{i}]", path), message) from exc
+            return tuple(out)
+
+        return structure
+
+    def mapping_hook(t: Any) -> Callable[[Any, Any], Any]:
+        key_type, value_type = get_args(t) or (Any, Any)
+        key_hook = conv.get_structure_hook(key_type)
+        value_hook = conv.get_structure_hook(value_type)
+
+        def structure(value: Any, _type: Any) -> dict[Any, Any]:
+            if type(value) is not dict:
+                raise TypeError(f"expected an object, got {_show(value)}")
+            out = {}
+            for key, item in value.items():
+                try:
+                    out[key_hook(key, key_type)] = value_hook(item, value_type)
+                except Exception as exc:  # any failure is this item's: re-raised with its path
+                    path, message = _locate(exc)
+                    raise DefinitionError(_join(f"[{key!r}]", path), message) from exc
+            return out
+
+        return structure
+
+    def optional_hook(t: Any) -> Callable[[Any, Any], Any]:
+        inner_type = next(a for a in get_args(t) if a is not type(None))
+        inner_hook = conv.get_structure_hook(inner_type)
+
+        def structure(value: Any, _type: Any) -> Any:
+            return None if value is None else inner_hook(value, inner_type)
+
+        return structure
+
+    def literal_hook(t: Any) -> Callable[[Any, Any], Any]:
+        choices = get_args(t)
+        allowed = ", ".join(repr(c) for c in choices)
+
+        def structure(value: Any, _type: Any) -> Any:
+            for choice in choices:
+                if type(value) is type(choice) and value == choice:
+                    return choice
+            raise ValueError(f"{_show(value)} is not one of {allowed}")
+
+        return structure
+
+    def enum_hook(t: Any) -> Callable[[Any, Any], Any]:
+        values = {member.value: member for member in t}
+
+        def structure(value: Any, _type: Any) -> Any:
+            if type(value) in (str, int) and value in values:
+                return values[value]
+            raise ValueError(f"{_show(value)} is not a valid {t.__name__}")
+
+        return structure
+
+    def attrs_hook(t: Any) -> Callable[[Any, Any], Any]:
+        inner = make_dict_structure_fn(t, conv)
+
+        def structure(value: Any, _type: Any) -> Any:
+            if type(value) is not dict:
+                raise TypeError(f"expected an object, got {_show(value)}")
+            return inner(value, t)
+
+        return structure
+
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(bool, _strict(bool, "true or false"))
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook_factory(_is_homogeneous_tuple, tuple_hook)
+    conv.register_structure_hook_factory(_is_mapping, mapping_hook)
+    conv.register_structure_hook_factory(_is_optional, optional_hook)
+    conv.register_structure_hook_factory(_is_literal, literal_hook)
+    conv.register_structure_hook_factory(_is_enum, enum_hook)
+    conv.register_structure_hook_factory(attrs.has, attrs_hook)
+    return conv
+
+
+_converter = _build()
+
+
+# -- frames ---------------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> str:
+    """The compact JSON text of one frame: ``{"type": ..., "version": 1, ...fields}``.
+
+    A ``Secret`` anywhere inside a definition or policy is written as ``"<secret>"``. Raises
+    ``ValueError`` for a message JSON cannot carry (a non-finite float or a lone surrogate inside a
+    ``Result``), which is the sender's bug, not the peer's.
+    """
+    cls = type(message)
+    if cls not in _MESSAGE_CLASSES:
+        raise TypeError(f"not a protocol message: {cls.__name__}")
+    frame = {"type": message.type, "version": PROTOCOL_VERSION, **_converter.unstructure(message)}
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if _has_surrogates(text):
+        raise ValueError("a string in the message is not valid Unicode (a lone surrogate)")
+    return text
+
+
+def decode(
+    frame: str | bytes | bytearray,
+    *,
+    max_bytes: int = MAX_FRAME_BYTES,
+    accept: Collection[type[Message]] | None = None,
+) -> Message:
+    """Read one frame into its message, or raise :class:`ProtocolError`.
+
+    ``frame`` is the text of a WebSocket text frame (``str``, or its UTF-8 ``bytes``). A frame
+    over ``max_bytes`` is refused before it is parsed. ``accept`` limits which message classes
+    this side takes (:data:`FROM_INSTANCE` on a control plane, :data:`FROM_CONTROL` on an
+    instance); another type is refused as ``unknown_type``.
+
+    Checks run in this order: size (``too_large``), UTF-8 and JSON (``bad_json``), a JSON object
+    (``bad_json``), ``version`` (``bad_version``), ``type`` (``unknown_type``), then the fields
+    (``bad_field``, the message starting with the field path). No other exception escapes.
+    """
+    if type(max_bytes) is not int or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    raw = _parse(frame, max_bytes)
+    if type(raw) is not dict:
+        raise ProtocolError("bad_json", f"a frame must be a JSON object, got {_show(raw)}")
+    version = raw.get("version")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        what = "has no version" if version is None else f"has version {_show(version)}"
+        raise _UnsupportedVersion(
+            "bad_version", f"the frame {what}; this side speaks version {PROTOCOL_VERSION}"
+        )
+    name = raw.get("type")
+    cls = MESSAGE_TYPES.get(name) if type(name) is str else None
+    if cls is None:
+        what = "has no type" if name is None else f"has type {_show(name)}, which is unknown"
+        raise ProtocolError("unknown_type", f"the frame {what}")
+    if accept is not None and cls not in accept:
+        raise ProtocolError("unknown_type", f"{name!r} messages are not accepted from this peer")
+    try:
+        return _converter.structure(raw, cls)
+    except Exception as exc:  # the contract: whatever fails, the peer sent a bad field
+        path, message = _locate(exc)
+        text = f"{path}: {message}" if path else message
+        if len(text) > _MAX_ERROR_MESSAGE:
+            text = text[: _MAX_ERROR_MESSAGE - 3] + "..."
+        raise ProtocolError("bad_field", text, ref=_ref(raw)) from exc
+
+
+def error_reply(exc: BaseException) -> Error:
+    """The ``error`` message answering ``exc``.
+
+    A :class:`ProtocolError` keeps its code, message and ``ref``. Anything else becomes
+    ``internal`` naming only the exception's class, so no detail of this side leaks to the peer.
+    """
+    if isinstance(exc, ProtocolError):
+        message = exc.message
+        if _has_surrogates(message):
+            message = message.encode("utf-8", "backslashreplace").decode()
+        if len(message) > MAX_TEXT_LENGTH:
+            message = message[: MAX_TEXT_LENGTH - 3] + "..."
+        ref = exc.ref if _valid_id(exc.ref) else None
+        return Error(code=exc.code, message=message, ref=ref)
+    return Error(code="internal", message=f"internal error ({type(exc).__name__})")
+
+
+def _parse(frame: str | bytes | bytearray, max_bytes: int) -> Any:
+    if isinstance(frame, str):
+        _check_size(len(frame), max_bytes)
+        if not frame.isascii():
+            try:
+                _check_size(len(frame.encode()), max_bytes)
+            except UnicodeEncodeError:
+                raise ProtocolError(
+                    "bad_json", "the frame is not valid UTF-8 (a lone surrogate)"
+                ) from None
+        text = frame
+    elif isinstance(frame, bytes | bytearray):
+        _check_size(len(frame), max_bytes)
+        try:
+            text = bytes(frame).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(
+                "bad_json", f"the frame is not valid UTF-8 (at byte {exc.start})"
+            ) from None
+    else:
+        raise TypeError(f"a frame is str or bytes, not {type(frame).__name__}")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_object_without_duplicates,
+            parse_constant=_refuse_constant,
+        )
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            "bad_json", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ProtocolError(
+            "too_large", f"the frame is {size} bytes or more; the limit is {max_bytes}"
+        )
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_show(key)}")
+            seen.add(key)
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _valid_id(value: object) -> bool:
+    try:
+        _check_id("", value)
+    except DefinitionError:
+        return False
+    return True
+
+
+def _ref(raw: Mapping[str, Any]) -> str | None:
+    request_id = raw.get("request_id")
+    return request_id if _valid_id(request_id) else None

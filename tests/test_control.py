@@ -1,0 +1,257 @@
+"""The control plane over real WebSockets, with scripted fake instances speaking the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from probekit import Result, Secret, Status
+from probekit import protocol as p
+from probekit.control import ControlPlane, ControlSettings, MemorySink
+
+TOKEN = "cp-token-canary-7#q"
+DEF = {"kind": "tcp", "host": "127.0.0.1", "port": 9}
+
+
+class FakeInstance:
+    def __init__(self, conn: ClientConnection, instance_id: str) -> None:
+        self.conn = conn
+        self.instance_id = instance_id
+        self.inbox: asyncio.Queue[p.Message] = asyncio.Queue()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in self.conn:
+                await self.inbox.put(p.decode(frame))
+
+    async def expect(self, kind: type[p.Message], timeout: float = 5.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.inbox.get()
+                if isinstance(message, kind):
+                    return message
+
+    async def send(self, message: p.Message) -> None:
+        await self.conn.send(p.encode(message))
+
+    async def result(self, run: p.Run | None, status: Status, monitor_id: str = "m1") -> str:
+        result_id = uuid.uuid4().hex
+        envelope = p.ResultEnvelope(
+            result_id=result_id,
+            monitor_id=run.monitor_id if run else monitor_id,
+            request_id=run.request_id if run else None,
+            reason=run.reason if run else "scheduled",
+            instance_id=self.instance_id,
+            result=Result(
+                kind="tcp",
+                target="127.0.0.1:9",
+                status=status,
+                started_at=dt.datetime.now(dt.UTC),
+                duration=0.001,
+            ),
+        )
+        await self.send(p.Results(results=(envelope,)))
+        return result_id
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[tuple[ControlPlane, MemorySink]]:
+    sink = MemorySink()
+    settings = ControlSettings(
+        tokens={"office": Secret(TOKEN)}, heartbeat_interval=0.2, tick_interval=0.02
+    )
+    async with ControlPlane(settings, sinks=[sink]) as cp:
+        yield cp, sink
+
+
+async def join(
+    cp: ControlPlane, instance_id: str, holdings: dict[str, int] | None = None
+) -> FakeInstance:
+    conn = await connect(
+        cp.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None
+    )
+    inst = FakeInstance(conn, instance_id)
+    hello = p.Hello(
+        checkpoint_id="office",
+        instance_id=instance_id,
+        software_version="t",
+        kinds=("tcp",),
+        holdings=holdings or {},
+    )
+    await inst.send(hello)
+    return inst
+
+
+async def test_hello_gets_a_full_sync_and_runs_alternate(
+    plane: tuple[ControlPlane, MemorySink],
+) -> None:
+    cp, _ = plane
+    await cp.add_monitor("m1", "office", DEF, interval=0.1)
+    a, b = await join(cp, "a"), await join(cp, "b")
+    sync = await a.expect(p.Sync)
+    assert sync.full and [u.monitor_id for u in sync.upserts] == ["m1"]
+    await b.expect(p.Sync)
+    order: list[str] = []
+    got: asyncio.Queue[tuple[str, p.Run]] = asyncio.Queue()
+
+    async def beats(inst: FakeInstance) -> None:
+        while True:
+            await inst.send(
+                p.Heartbeat(
+                    in_flight=0,
+                    queue_depth=0,
+                    spool_depth=0,
+                    spool_dropped=0,
+                    reconnects=0,
+                    policy={},
+                    sent_at=dt.datetime.now(dt.UTC),
+                )
+            )
+            await asyncio.sleep(0.05)
+
+    async def pump(inst: FakeInstance) -> None:
+        while True:
+            run = await inst.expect(p.Run, timeout=30)
+            await got.put((inst.instance_id, run))
+            await inst.result(run, Status.UP)
+
+    pumps = [asyncio.create_task(f(i)) for i in (a, b) for f in (pump, beats)]
+    try:
+        async with asyncio.timeout(10):
+            while len(order) < 8:
+                instance_id, run = await got.get()
+                assert run.reason == "scheduled"
+                order.append(instance_id)
+    finally:
+        for t in pumps:
+            t.cancel()
+    assert all(x != y for x, y in itertools.pairwise(order)), order
+    rows = await cp.results("m1")
+    assert len(rows) >= 7 and {r["status"] for r in rows} == {"up"}
+    for inst in (a, b):
+        await inst.conn.close()
+
+
+async def test_results_are_stored_acked_and_deduplicated(
+    plane: tuple[ControlPlane, MemorySink],
+) -> None:
+    cp, _ = plane
+    await cp.add_monitor("m1", "office", DEF, interval=3600)
+    a = await join(cp, "a")
+    await a.expect(p.Sync)
+    rid = await a.result(None, Status.UP)
+    ack = await a.expect(p.Ack)
+    assert ack.result_ids == (rid,)
+    # the same result again (at-least-once delivery): acked again, stored once
+    envelope_again = p.ResultEnvelope(
+        result_id=rid,
+        monitor_id="m1",
+        request_id=None,
+        reason="scheduled",
+        instance_id="a",
+        result=Result(
+            kind="tcp",
+            target="x",
+            status=Status.UP,
+            started_at=dt.datetime.now(dt.UTC),
+            duration=0.0,
+        ),
+    )
+    await a.send(p.Results(results=(envelope_again,)))
+    assert (await a.expect(p.Ack)).result_ids == (rid,)
+    assert await cp.result_count() == 1
+    assert cp.duplicates == 1
+    await a.conn.close()
+
+
+async def test_down_is_confirmed_on_the_other_instance_and_alerts_once(
+    plane: tuple[ControlPlane, MemorySink],
+) -> None:
+    cp, sink = plane
+    await cp.add_monitor("m1", "office", DEF, interval=3600)
+    a, b = await join(cp, "a"), await join(cp, "b")
+    await a.expect(p.Sync)
+    await b.expect(p.Sync)
+    await a.result(None, Status.DOWN)
+    confirm = await b.expect(p.Run)
+    assert confirm.reason == "confirm" and confirm.monitor_id == "m1"
+    await b.result(confirm, Status.DOWN)
+    await sink.wait_for(lambda ev: any(e.kind == "alert_opened" for e in ev), timeout=5)
+    kinds = [e.kind for e in sink.events if e.kind != "instance_up"]
+    assert kinds == ["unconfirmed", "alert_opened"]
+    stored = await cp.events()
+    assert [e["kind"] for e in stored][-2:] == ["unconfirmed", "alert_opened"]
+    for inst in (a, b):
+        await inst.conn.close()
+
+
+async def test_a_bad_token_is_refused(plane: tuple[ControlPlane, MemorySink]) -> None:
+    cp, _ = plane
+    with pytest.raises(InvalidStatus) as info:
+        await connect(cp.url, additional_headers={"Authorization": "Bearer wrong"}, proxy=None)
+    assert info.value.response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "bad_json"),
+        ('{"type": "teleport", "version": 1}', "unknown_type"),
+        ('{"type": "heartbeat", "version": 99}', "bad_version"),
+        ('{"type": "results", "version": 1, "results": [{"result_id": 5}]}', "bad_field"),
+        (
+            '{"type": "sync", "version": 1, "full": true, "revision": 1,'
+            ' "upserts": [], "deletes": []}',
+            "unknown_type",
+        ),
+        ("x" * (5 * 1024 * 1024), None),
+    ],
+    ids=["not-json", "unknown-type", "bad-version", "bad-field", "wrong-direction", "oversized"],
+)
+async def test_malformed_frames_get_an_error_and_others_keep_being_served(
+    plane: tuple[ControlPlane, MemorySink], frame: str, code: str | None
+) -> None:
+    cp, _ = plane
+    await cp.add_monitor("m1", "office", DEF, interval=3600)
+    bad, good = await join(cp, "bad"), await join(cp, "good")
+    await bad.expect(p.Sync)
+    await good.expect(p.Sync)
+    await bad.conn.send(frame)
+    if code is None:  # oversized: the server closes that connection (1009)
+        await asyncio.wait_for(bad.task, 5)
+        assert bad.conn.close_code == 1009
+    else:
+        error = await bad.expect(p.Error)
+        assert error.code == code
+    rid = await good.result(None, Status.UP)
+    assert (await good.expect(p.Ack)).result_ids == (rid,)
+    await good.conn.close()
+    if code is not None:
+        await bad.conn.close()
+
+
+async def test_token_never_logged(
+    plane: tuple[ControlPlane, MemorySink], caplog: pytest.LogCaptureFixture
+) -> None:
+    cp, _ = plane
+    caplog.set_level("DEBUG")
+    a = await join(cp, "a")
+    await a.expect(p.Sync)
+    await a.conn.close()
+    with pytest.raises(InvalidStatus):
+        await connect(cp.url, additional_headers={"Authorization": f"Bearer {TOKEN}x"}, proxy=None)
+    ours = [r for r in caplog.records if r.name.startswith("probekit")]
+    assert any("Authorization" in r.getMessage() for r in ours)  # headers were logged, masked
+    assert all(TOKEN not in r.getMessage() for r in ours)
+    assert TOKEN not in json.dumps([repr(cp.settings)])
