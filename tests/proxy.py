@@ -5,35 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from typing import Any
+
+from servers import LoopbackServer
 
 
-class LoopbackProxy:
+class LoopbackProxy(LoopbackServer):
+    """Dials only loopback targets (``resolve`` maps test names to loopback addresses)."""
+
     def __init__(
         self, *, require_auth: bytes | None = None, resolve: dict[str, str] | None = None
     ) -> None:
+        super().__init__()
         self.require_auth = require_auth
         self.resolve = resolve or {}
         self.requests: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> LoopbackProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _target(self, host: str) -> str:
         host = self.resolve.get(host, host)
@@ -41,10 +30,7 @@ class LoopbackProxy:
             raise PermissionError(f"test proxy refuses {host}")
         return host.strip("[]")
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -84,12 +70,8 @@ class LoopbackProxy:
             with contextlib.suppress(Exception):
                 writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
         finally:
-            self._tasks.discard(task)
             if upstream_writer is not None:
                 upstream_writer.transport.abort()
-            with contextlib.suppress(Exception):
-                await writer.drain()
-            writer.transport.abort()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

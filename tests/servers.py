@@ -11,7 +11,7 @@ import json
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 from probekit import Dialer, EgressPolicy, ProbeContext, StaticResolver
 
@@ -142,32 +142,22 @@ async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(response(404, b"not found"))
 
 
-class HttpServer:
-    """A small HTTP/1.1 server on 127.0.0.1 (optionally TLS) that counts its connections."""
+class LoopbackServer:
+    """Base of the in-process test servers: listens on ``host`` (loopback), counts connections,
+    owns one task per connection and cancels them on stop. Subclasses implement ``handle``."""
 
-    def __init__(
-        self,
-        ssl_context: ssl.SSLContext | None = None,
-        handler: Handler | None = None,
-        host: str = "127.0.0.1",
-    ) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
         self.ssl_context = ssl_context
-        self.handler = handler or _default_handler
         self.connections = 0
-        self.requests: list[Request] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def scheme(self) -> str:
-        return "https" if self.ssl_context else "http"
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
-    def url(self, path: str = "/", host: str | None = None) -> str:
-        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
-
-    async def start(self) -> HttpServer:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -182,26 +172,19 @@ class HttpServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1)
 
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    headers[k.strip().lower()] = v.strip()
-            body = b""
-            if "content-length" in headers:
-                body = await reader.readexactly(int(headers["content-length"]))
-            req = Request(method, target, headers, body)
-            self.requests.append(req)
-            await self.handler(req, writer)
+            await self.handle(reader, writer)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             pass
@@ -212,16 +195,50 @@ class HttpServer:
             writer.transport.abort()
 
 
+class HttpServer(LoopbackServer):
+    """A small HTTP/1.1 server on 127.0.0.1 (optionally TLS) that records requests."""
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        handler: Handler | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(ssl_context, host)
+        self.handler = handler or _default_handler
+        self.requests: list[Request] = []
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context else "http"
+
+    def url(self, path: str = "/", host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        body = b""
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        req = Request(method, target, headers, body)
+        self.requests.append(req)
+        await self.handler(req, writer)
+
+
 @contextlib.asynccontextmanager
 async def serving(server: HttpServer) -> AsyncIterator[HttpServer]:
-    await server.start()
-    try:
+    async with server:
         yield server
-    finally:
-        await server.stop()
 
 
-class TcpServer:
+class TcpServer(LoopbackServer):
     """A raw TCP server on 127.0.0.1 running ``handler(reader, writer)`` per connection."""
 
     def __init__(
@@ -229,38 +246,11 @@ class TcpServer:
         handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__(ssl_context)
         self.handler = handler
-        self.ssl_context = ssl_context
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def __aenter__(self) -> TcpServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self.handler(reader, writer)
-            await writer.drain()
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.transport.abort()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.handler(reader, writer)
 
 
 def closed_port() -> int:

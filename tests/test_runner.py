@@ -513,7 +513,7 @@ def _open_fds() -> int:
 
 
 def _is_server_task(task: asyncio.Task[Any]) -> bool:
-    return getattr(task.get_coro(), "__qualname__", "") == "HttpServer._serve"
+    return getattr(task.get_coro(), "__qualname__", "") == "LoopbackServer._serve"
 
 
 async def _foreign_tasks() -> set[asyncio.Task[Any]]:
