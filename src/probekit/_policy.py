@@ -9,6 +9,7 @@ many spellings of one address (``0xa9fea9fe``, ``2852039166``, ``0251.0376.0251.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -75,12 +76,14 @@ def _loose_ipv4(text: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(number)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_host_address(host: str) -> IPAddress | None:
     """Return the IP address ``host`` spells, however oddly, or None for a host name.
 
     Accepts brackets (``[::1]``), IPv6 zone ids (dropped), and every IPv4 form ``inet_aton``
     accepts (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``). The answer is not yet
-    canonical: see :func:`canonical_address`.
+    canonical: see :func:`canonical_address`. Answers are remembered (the same hosts are parsed
+    on every check).
     """
     text = host.strip()
     if text.startswith("[") and text.endswith("]"):
