@@ -241,6 +241,9 @@ class HttpProbe:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
     _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
+    _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], h11.Request]] = (
+        attrs.field(init=False, repr=False, eq=False, hash=False, factory=dict)
+    )
 
     @url.validator
     def _check_url(self, _attribute: attrs.Attribute[str], value: str) -> None:
@@ -329,6 +332,33 @@ class HttpProbe:
             assertions = (_DEFAULT_STATUS, *assertions)
         attempt.assertions.extend(a.evaluate(observation) for a in assertions)
 
+    def _prepare(
+        self, url: _Url, method: str, body: bytes | None, auth: bool, absolute: bool
+    ) -> tuple[str, list[tuple[bytes, bytes]], h11.Request]:
+        """The request line target, headers and h11 request for one hop.
+
+        Built once per distinct hop and remembered: building and validating an h11 request is
+        a sizeable share of a check's CPU, and a probe sends the same request every time.
+        """
+        key = (url, method, body, auth, absolute)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            headers = self._request_headers(url, body, auth)
+            if absolute and self.proxy is not None:
+                proxy_auth = self.proxy.authorization()
+                if proxy_auth:
+                    headers.append((b"Proxy-Authorization", proxy_auth))
+            target = f"{url.scheme}://{url.authority}{url.target}" if absolute else url.target
+            try:
+                request = h11.Request(method=method, target=target, headers=headers)
+            except h11.LocalProtocolError as exc:
+                raise ProbeFailure(ErrorKind.INTERNAL, f"cannot build request: {exc}") from None
+            prepared = (target, headers, request)
+            if len(self._prepared) >= 16:  # redirects to ever-new URLs must not grow it
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        return prepared
+
     def _request_headers(
         self, url: _Url, body: bytes | None, auth: bool
     ) -> list[tuple[bytes, bytes]]:
@@ -384,18 +414,13 @@ class HttpProbe:
         try:
             attempt.address = conn.address
             attempt.record_tls(conn.tls)
-            headers = self._request_headers(url, body, auth)
-            if absolute and self.proxy is not None:
-                proxy_auth = self.proxy.authorization()
-                if proxy_auth:
-                    headers.append((b"Proxy-Authorization", proxy_auth))
-            target = f"{url.scheme}://{url.authority}{url.target}" if absolute else url.target
+            target, headers, request = self._prepare(url, method, body, auth, absolute)
             use_h2 = self.http_version == "2" and (
                 (conn.tls is not None and conn.tls.alpn == "h2") or (not https and not absolute)
             )
             if use_h2:
                 return await _h2_exchange(conn, url, method, target, headers, body, timeline, self)
-            return await _h1_exchange(conn, method, target, headers, body, timeline, self)
+            return await _h1_exchange(conn, method, request, body, timeline, self)
         finally:
             conn.close()
 
@@ -410,15 +435,14 @@ def _parse_url_for_redirect(url: str) -> _Url:
 async def _h1_exchange(
     conn: Connection,
     method: str,
-    target: str,
-    headers: list[tuple[bytes, bytes]],
+    request: h11.Request,
     body: bytes | None,
     timeline: Timeline,
     probe: HttpProbe,
 ) -> _Response:
     h = h11.Connection(h11.CLIENT)
     try:
-        out = h.send(h11.Request(method=method, target=target, headers=headers))
+        out = h.send(request)
         if body:
             out += h.send(h11.Data(data=body))
         out += h.send(h11.EndOfMessage())
