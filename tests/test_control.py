@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -255,3 +257,54 @@ async def test_token_never_logged(
     assert any("Authorization" in r.getMessage() for r in ours)  # headers were logged, masked
     assert all(TOKEN not in r.getMessage() for r in ours)
     assert TOKEN not in json.dumps([repr(cp.settings)])
+
+
+frames = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    ).map(json.dumps),
+    st.builds(
+        lambda t, extra: json.dumps({"type": t, "version": 1, **extra}),
+        st.sampled_from(
+            ["hello", "results", "heartbeat", "error", "sync", "run", "ack", "drain", "x"]
+        ),
+        st.dictionaries(
+            st.sampled_from(["results", "code", "message", "in_flight", "sent_at"]),
+            st.integers() | st.text(max_size=5),
+            max_size=3,
+        ),
+    ),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batch=st.lists(frames, min_size=1, max_size=5))
+def test_random_frames_never_break_the_control_plane(batch: list[str]) -> None:
+    async def scenario() -> None:
+        settings_ = ControlSettings(
+            tokens={"office": Secret(TOKEN)}, heartbeat_interval=5, tick_interval=0.05
+        )
+        async with ControlPlane(settings_, sinks=[]) as cp:
+            good, bad = await join(cp, "good"), await join(cp, "bad")
+            await good.expect(p.Sync)
+            await bad.expect(p.Sync)
+            for frame in batch:
+                with contextlib.suppress(ConnectionClosed):
+                    await bad.conn.send(frame)
+                    reply = await bad.expect(p.Error, timeout=2)
+                    assert reply.code in p.ERROR_CODES
+            rid = await good.result(None, Status.UP)
+            assert (await good.expect(p.Ack)).result_ids == (rid,)
+            await good.conn.close()
+            with contextlib.suppress(Exception):
+                await bad.conn.close()
+
+    asyncio.run(scenario())
