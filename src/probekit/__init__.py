@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         TlsRequired,
     )
     from ._clock import Clock, FakeClock, SystemClock
+    from ._config import Config, load_config, parse_config
     from ._context import ProbeContext
     from ._definitions import (
         DefinitionErrors,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ._dial import Connection, Dialer, Proxy
     from ._errors import ProbeFailure
     from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
+    from ._exporters import json_line, nagios_line, prometheus_text
     from ._http import BasicAuth, HttpProbe
     from ._policy import EgressPolicy
     from ._probe import Probe
@@ -74,6 +76,7 @@ _LAZY: dict[str, str] = {
     "CertExpiry": "._assertions",
     "CertInfo": "._result",
     "Clock": "._clock",
+    "Config": "._config",
     "Connection": "._dial",
     "DefinitionError": "._exceptions",
     "DefinitionErrors": "._definitions",
@@ -117,7 +120,12 @@ _LAZY: dict[str, str] = {
     "TlsRequired": "._assertions",
     "build_probe": "._definitions",
     "converter": "._serialization",
+    "json_line": "._exporters",
+    "load_config": "._config",
+    "nagios_line": "._exporters",
+    "parse_config": "._config",
     "probe_to_dict": "._definitions",
+    "prometheus_text": "._exporters",
     "register_assertion": "._definitions",
     "register_probe": "._definitions",
     "result_from_json": "._serialization",
@@ -150,6 +158,7 @@ __all__ = [
     "CertExpiry",
     "CertInfo",
     "Clock",
+    "Config",
     "Connection",
     "DefinitionError",
     "DefinitionErrors",
@@ -193,7 +202,12 @@ __all__ = [
     "TlsRequired",
     "build_probe",
     "converter",
+    "json_line",
+    "load_config",
+    "nagios_line",
+    "parse_config",
     "probe_to_dict",
+    "prometheus_text",
     "register_assertion",
     "register_probe",
     "result_from_json",
