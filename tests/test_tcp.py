@@ -453,3 +453,20 @@ async def test_result_json_round_trip(
     assert loaded.tls is not None
     assert loaded.tls.chain
     assert loaded.phases[-2].name == "tls"
+
+
+async def test_expect_anchors_match_at_line_starts(ctx: ProbeContext) -> None:
+    async def smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mail ready\r\n")
+        await reader.readline()
+        writer.write(b"221 bye\r\n")
+
+    async with TcpServer(smtp) as server:
+        probe = TcpProbe(
+            "localhost",
+            server.port,
+            steps=(Expect(pattern=r"^220 "), Send(b"QUIT\r\n"), Expect(pattern=r"^221")),
+        )
+        result = await probe.check(ctx)
+    assert result.status is Status.UP, result.summary()
+    assert [a.passed for a in result.assertions] == [True, True]

@@ -81,10 +81,12 @@ class Expect:
     """Read until the bytes received match; give exactly one of ``pattern`` or ``exact``.
 
     ``pattern`` is a regex searched in the bytes received so far by this step, decoded as
-    Latin-1 (so every byte is one character and ``\\xff`` matches byte 0xff). ``exact`` is a
-    byte string (a str is UTF-8 encoded) that must appear. The match is tried after every read,
-    so it is made as soon as possible: ``\\d+`` may match the first digit of a longer number.
-    The bytes through the end of the match are consumed; the rest stay for the next step.
+    Latin-1 (so every byte is one character and ``\\xff`` matches byte 0xff), in multi-line
+    mode: ``^`` and ``$`` match at every line, as line protocols (SMTP, FTP, POP3) expect.
+    ``exact`` is a byte string (a str is UTF-8 encoded) that must appear. The match is tried
+    after every read, so it is made as soon as possible: ``\\d+`` may match the first digit
+    of a longer number. The bytes through the end of the match are consumed; the rest stay for
+    the next step.
     """
 
     pattern: str | None = None
@@ -105,7 +107,7 @@ class Expect:
             if not self.pattern:
                 raise DefinitionError("pattern", "an empty pattern matches anything")
             try:
-                regex = re.compile(self.pattern)
+                regex = re.compile(self.pattern, re.MULTILINE)
             except re.error as exc:
                 raise DefinitionError("pattern", f"invalid regex: {exc}") from None
         elif not self.exact:

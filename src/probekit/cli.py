@@ -705,6 +705,48 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: Ctrl-C)",
+    )
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between runs (2)")
+    parser.add_argument(
+        "--break-after", type=float, default=8.0, help="when the 'web' target breaks (8 s)"
+    )
+    parser.add_argument(
+        "--mend-after", type=float, default=18.0, help="when it is mended again (18 s)"
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    if args.interval <= 0 or (args.duration is not None and args.duration <= 0):
+        raise UsageError("--interval and --duration must be positive")
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        events = await run_demo(
+            args.duration,
+            break_after=args.break_after,
+            mend_after=args.mend_after,
+            interval=args.interval,
+            stop=stop,
+        )
+        opened = sum(1 for e in events if e.kind == "alert_opened")
+        sys.stdout.write(f"probekit demo: done ({opened} alert(s) opened)\n")
+        return 0
+
+    return asyncio.run(go())
+
+
 # -- the table of commands -------------------------------------------------------------------
 
 #: Every subcommand, in the order ``probekit --help`` lists them. A new one is a new entry.
@@ -727,6 +769,18 @@ COMMANDS: list[Command] = [
         description=(
             "Run the monitors of a TOML or JSON config file on their intervals, printing a line "
             "per result, until Ctrl-C or --duration; or, with --once, each monitor once."
+        ),
+    ),
+    Command(
+        "demo",
+        "run a control plane, two checkpoint instances and local targets, and watch a failover",
+        _configure_demo,
+        _run_demo,
+        description=(
+            "Start, all on 127.0.0.1, an HTTP app, an HTTPS app with its own CA and a TCP service, "
+            "a control plane and two checkpoint instances; print results and alerts as they "
+            "happen; break the HTTP app after a while (an unconfirmed error, confirmed on the "
+            "other instance, then an alert) and mend it. Ctrl-C stops everything."
         ),
     ),
 ]

@@ -34,7 +34,7 @@ from . import protocol as p
 from ._clock import Clock, SystemClock
 from ._control_logic import Actions, Alert, ControlLogic, Event, MonitorSpec, RunOrder
 from ._exceptions import DefinitionError
-from ._logging import redacted_logger
+from ._logging import MaskingLogger
 from ._result import Status
 from ._secret import Secret
 from ._serialization import converter
@@ -227,6 +227,8 @@ class ControlPlane:
         self._autonomous: dict[str, bool] = {}
         self.results_stored = 0
         self.duplicates = 0
+        #: Called with each newly stored result envelope (after deduplication), e.g. by a UI.
+        self.result_listeners: list[Callable[[p.ResultEnvelope], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -246,7 +248,11 @@ class ControlPlane:
             ping_interval=self.settings.heartbeat_interval,
             ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
             compression=None,
-            logger=redacted_logger("probekit.control.ws"),  # its header dumps carry the token
+            # websockets logs handshake headers at DEBUG, the instances' tokens among them
+            logger=MaskingLogger(
+                logging.getLogger("probekit.control.ws"),
+                [t.reveal() for t in self.settings.tokens.values()],
+            ),
         )
         self._spawn(self._ticker())
         log.info("control plane listening on %s", self.url)
@@ -502,6 +508,11 @@ class ControlPlane:
         for e in envelopes:
             if e.result_id not in fresh_ids:
                 continue
+            for listener in self.result_listeners:
+                try:
+                    listener(e)
+                except Exception:
+                    log.exception("result listener %r failed", listener)
             if (now - e.result.started_at).total_seconds() > self.settings.stale_after:
                 continue  # an old result uploaded after an outage: stored, not acted on
             actions.extend(
