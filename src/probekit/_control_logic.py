@@ -238,7 +238,7 @@ class ControlLogic:
             if instance is None:
                 continue
             mon.last_instance = instance
-            actions.runs.append(self._order(instance, mon.spec.monitor_id, "scheduled", now))
+            actions.runs.append(self.order(instance, mon.spec.monitor_id, "scheduled", now))
         return actions
 
     def next_wakeup(self) -> float | None:
@@ -338,7 +338,7 @@ class ControlLogic:
             return actions
         mon.first_failure = instance_id
         target = self._pick(mon.spec.checkpoint_id, avoid=instance_id) or instance_id
-        order = self._order(target, mon.spec.monitor_id, "confirm", now)
+        order = self.order(target, mon.spec.monitor_id, "confirm", now)
         mon.confirming = order.request_id
         actions.runs.append(order)
         actions.events.append(
@@ -388,7 +388,7 @@ class ControlLogic:
             choices.remove(avoid)
         return self.rng.choice(choices) if choices else None
 
-    def _order(self, instance_id: str, monitor_id: str, reason: Reason, now: float) -> RunOrder:
+    def order(self, instance_id: str, monitor_id: str, reason: Reason, now: float) -> RunOrder:
         order = RunOrder(instance_id, self._id("run"), monitor_id, reason)
         self.outstanding[order.request_id] = (monitor_id, instance_id, reason, now)
         return order

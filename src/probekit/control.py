@@ -338,7 +338,7 @@ class ControlPlane:
         target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id)), None)
         if target is None:
             return None
-        order = self.logic._order(target, monitor_id, "adhoc", self.clock.monotonic())
+        order = self.logic.order(target, monitor_id, "adhoc", self.clock.monotonic())
         await self._dispatch(Actions(runs=[order]))
         return order.request_id
 
