@@ -85,17 +85,20 @@ async def _pipeline(definition: dict[str, Any], workdir: Path) -> dict[str, floa
             )
         )
         async with instance:
-            while not (plane.connected and instance.stats["definitions"]):  # noqa: ASYNC110 - polling counters
+            while not (plane.connected and instance.stats["definitions"]):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             began = time.perf_counter()
             cpu = time.process_time()
             for _ in range(N):
                 await plane.run_now("m", "i")
-            while (
-                plane.results_stored < N
-                or instance.stats["spool_depth"]
-                or instance.stats["results_acked"] < N
-            ):
+
+            def busy() -> bool:
+                stats = instance.stats
+                return bool(
+                    plane.results_stored < N or stats["spool_depth"] or stats["results_acked"] < N
+                )
+
+            while busy():  # noqa: ASYNC110 - polling counters that have no event to wait on
                 await asyncio.sleep(0.005)
             took = time.perf_counter() - began
             cpu_used = time.process_time() - cpu
