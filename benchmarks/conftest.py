@@ -8,3 +8,43 @@ from pathlib import Path
 _TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+
+import asyncio  # noqa: E402 - kept below the path set-up above
+from typing import ClassVar  # noqa: E402
+
+import attrs  # noqa: E402
+
+from probekit import ProbeContext, Result, Status, Timeouts  # noqa: E402
+
+
+@attrs.frozen
+class FakeProbe:
+    """A probe that succeeds after ``nap`` seconds without touching the network, for measuring
+    the machinery around checks rather than the checks."""
+
+    kind: ClassVar[str] = "fake"
+    name: str = "fake"
+    nap: float = 0.0
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+
+    @property
+    def target(self) -> str:
+        return self.name
+
+    @property
+    def host(self) -> str:
+        return self.name
+
+    async def check(self, ctx: ProbeContext | None = None) -> Result:
+        clock = (ctx or ProbeContext()).clock
+        started = clock.now()
+        if self.nap:
+            await asyncio.sleep(self.nap)
+        return Result(
+            kind=self.kind,
+            target=self.name,
+            status=Status.UP,
+            started_at=started,
+            duration=self.nap,
+        )

@@ -18,18 +18,14 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import attrs
-
+from conftest import FakeProbe
 from probekit import (
-    ProbeContext,
-    Result,
     Runner,
     Secret,
     Status,
     TcpProbe,
-    Timeouts,
     register_probe,
 )
 from probekit.checkpoint import Checkpoint, CheckpointSettings
@@ -38,28 +34,7 @@ from probekit.control import ControlPlane, ControlSettings
 N = 5_000
 
 
-@attrs.frozen
-class Noop:
-    kind: ClassVar[str] = "noop"
-    name: str = "noop"
-    timeouts: Timeouts = attrs.field(factory=Timeouts)
-
-    @property
-    def target(self) -> str:
-        return self.name
-
-    @property
-    def host(self) -> str:
-        return self.name
-
-    async def check(self, ctx: ProbeContext | None = None) -> Result:
-        clock = (ctx or ProbeContext()).clock
-        return Result(
-            kind="noop", target=self.name, status=Status.UP, started_at=clock.now(), duration=0.0
-        )
-
-
-register_probe("noop", Noop)
+register_probe("fake", FakeProbe)
 
 
 async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -124,7 +99,7 @@ def test_pipeline_results_per_second(benchmark: Any) -> None:
         port = server.sockets[0].getsockname()[1]
         try:
             for kind, definition, probe in (
-                ("noop", {"kind": "noop"}, Noop()),
+                ("noop", {"kind": "fake"}, FakeProbe()),
                 (
                     "tcp",
                     {"kind": "tcp", "host": "127.0.0.1", "port": port},

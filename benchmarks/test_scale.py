@@ -18,11 +18,10 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any
 
-import attrs
-
-from probekit import HttpProbe, Monitor, ProbeContext, Result, Runner, Scheduler, Status, Timeouts
+from conftest import FakeProbe
+from probekit import HttpProbe, Monitor, Runner, Scheduler, Timeouts
 
 SLOW_SERVER = r"""
 import asyncio, sys
@@ -104,36 +103,13 @@ def test_ten_thousand_in_flight(benchmark: Any) -> None:
     assert sum(clean.values()) == 10_000, outcome
 
 
-@attrs.frozen
-class Nap:
-    kind: ClassVar[str] = "nap"
-    name: str
-    timeouts: Timeouts = attrs.field(factory=lambda: Timeouts(total=5))
-
-    @property
-    def target(self) -> str:
-        return self.name
-
-    @property
-    def host(self) -> str:
-        return self.name
-
-    async def check(self, ctx: ProbeContext | None = None) -> Result:
-        clock = (ctx or ProbeContext()).clock
-        started = clock.now()
-        await asyncio.sleep(0.005)
-        return Result(
-            kind="nap", target=self.name, status=Status.UP, started_at=started, duration=0.005
-        )
-
-
 def test_scheduler_lateness(benchmark: Any) -> None:
     figures: dict[str, Any] = {}
 
     async def run() -> None:
         async with Runner(max_concurrency=2_000) as runner, Scheduler(runner) as sched:
             for i in range(10_000):
-                sched.add(Monitor(f"m{i}", Nap(f"n{i}"), interval=10))
+                sched.add(Monitor(f"m{i}", FakeProbe(f"n{i}", nap=0.005), interval=10))
             loop_task = asyncio.create_task(sched.run())
             # the peer: how late asyncio.sleep itself wakes up under the same load
             sleep_late: list[float] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -142,7 +143,7 @@ async def _default_handler(req: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(response(404, b"not found"))
 
 
-class LoopbackServer:
+class LoopbackServer(abc.ABC):
     """Base of the in-process test servers: listens on ``host`` (loopback), counts connections,
     owns one task per connection and cancels them on stop. Subclasses implement ``handle``."""
 
@@ -154,8 +155,9 @@ class LoopbackServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @abc.abstractmethod
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Serve one connection (the base closes it afterwards)."""
 
     async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.ssl_context)
