@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import ClassVar
+
+import attrs
+
+from probekit import ProbeContext, Result, Status, Timeouts
 
 _TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
-
-
-import asyncio  # noqa: E402 - kept below the path set-up above
-from typing import ClassVar  # noqa: E402
-
-import attrs  # noqa: E402
-
-from probekit import ProbeContext, Result, Status, Timeouts  # noqa: E402
 
 
 @attrs.frozen
