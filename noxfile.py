@@ -1,4 +1,4 @@
-"""Sessions: `tests`, `lint`, `typecheck` (the default, fast ones), `bench` and `peers`."""
+"""Sessions: `tests`, `lint`, `typecheck` (the default, fast ones), `docs`, `bench` and `peers`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
     session.install("-e", ".", "mypy>=1.10")
     session.run("mypy", "--strict", "src")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs-material + mkdocstrings) in strict mode."""
+    session.install("-e", ".", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session(python=PYTHON)

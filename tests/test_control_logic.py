@@ -213,3 +213,13 @@ def test_a_thousand_simulated_minutes_with_random_failures() -> None:
     assert sum(alerts_opened.values()) >= sum(outages.values()) * 0.8  # long outages are caught
     assert sum(outages.values()) >= 10, outages  # the run really exercised outages
     assert time.monotonic() - began < 30
+
+
+def test_autonomous_checkpoints_get_no_scheduled_runs_but_still_confirmations() -> None:
+    logic, clock = make(monitors=2)
+    logic.autonomous.add("cp")
+    assert advance(logic, clock, 300).runs == []
+    acts = logic.on_result("m0", "i0", None, "scheduled", Status.DOWN)
+    assert [r.reason for r in acts.runs] == ["confirm"]
+    logic.autonomous.discard("cp")
+    assert advance(logic, clock, 61).runs

@@ -144,6 +144,8 @@ class ControlLogic:
         self.instances: dict[str, _Instance] = {}
         self.outstanding: dict[str, tuple[str, str, Reason, float]] = {}
         self.checkpoint_alerts: dict[str, Alert] = {}
+        #: Checkpoints told to run on their own schedule: no scheduled runs are sent to them.
+        self.autonomous: set[str] = set()
         self._ids = itertools.count(1)
 
     # -- definitions ---------------------------------------------------------------------------
@@ -231,6 +233,8 @@ class ControlLogic:
             mon.next_due += interval
             if mon.next_due <= now:  # fell behind: do not burst
                 mon.next_due = now + interval
+            if mon.spec.checkpoint_id in self.autonomous:
+                continue  # its instances schedule it themselves
             busy = any(m == mon.spec.monitor_id for m, *_ in self.outstanding.values())
             if busy:
                 continue

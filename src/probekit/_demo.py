@@ -5,6 +5,8 @@ control plane and two checkpoint instances, all on 127.0.0.1, and prints what ha
 they are stored, with the instance that ran them and their phases, and the alert events. After a
 while it breaks the HTTP app (it answers 500), so the failure is seen on one instance, confirmed on
 the other and alerted; later it mends it and the alert resolves.
+
+:class:`Printer`, which prints those result and event lines, is also ``probekit control``'s.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from ._control_logic import Event
 from ._secret import Secret
 from .protocol import ResultEnvelope
 
-__all__ = ["run_demo"]
+__all__ = ["Printer", "run_demo", "write_line"]
 
 _PAGE = b"<html><body>probekit demo: all is well</body></html>"
 
@@ -87,48 +89,82 @@ class _Targets:
             writer.close()
 
 
-def _line(out: IO[str], text: str) -> None:
+def write_line(out: IO[str], text: str) -> None:
+    """Write one line and flush it (the output is often a pipe, read as it comes)."""
     out.write(text + "\n")
     out.flush()
 
 
-class _Printer:
-    """Prints stored results and alert events as they happen."""
+_EVENT_LABELS: Final = {
+    "unconfirmed": "UNCONFIRMED ERROR",
+    "alert_resolved": "ALERT RESOLVED",
+    "transient": "TRANSIENT",
+    "instance_down": "INSTANCE DOWN",
+    "instance_up": "INSTANCE UP",
+}
+_ALERT_LABELS: Final = {
+    "monitor_down": "CONFIRMED ERROR -> ALERT",
+    "checkpoint_down": "CHECKPOINT DOWN -> ALERT",
+    "flapping": "FLAPPING -> ALERT",
+}
 
-    def __init__(self, out: IO[str], started: float) -> None:
+
+class Printer:
+    """Prints stored results and alert events as they happen, one line each.
+
+    The printer of ``probekit demo`` and ``probekit control``: register :meth:`result` as a
+    control plane's result listener and the printer itself as an alert sink. Each line starts
+    with the seconds since ``started`` (a :func:`time.monotonic` value), or with the wall-clock
+    time when ``started`` is None; monitor ids are padded to ``width``. With ``keep_events``
+    the events are also kept in :attr:`events`.
+    """
+
+    def __init__(
+        self,
+        out: IO[str],
+        started: float | None = None,
+        *,
+        width: int = 7,
+        keep_events: bool = True,
+    ) -> None:
         self.out = out
         self.started = started
+        self.width = width
+        self.keep_events = keep_events
         self.events: list[Event] = []
 
     def stamp(self) -> str:
+        if self.started is None:
+            return time.strftime("%H:%M:%S")
         return f"[{time.monotonic() - self.started:5.1f}s]"
+
+    def line(self, text: str) -> None:
+        write_line(self.out, f"{self.stamp()} {text}")
 
     def result(self, envelope: ResultEnvelope) -> None:
         r = envelope.result
         phases = " ".join(f"{n} {(r.phase(n) or 0) * 1000:.1f}" for n in r.phase_names())
         detail = f"  {r.error.kind.value}: {r.error.message}" if r.error else ""
-        _line(
-            self.out,
-            f"{self.stamp()} {envelope.monitor_id:<7} {r.status.name:<8} on {envelope.instance_id}"
-            f" ({envelope.reason:<9}) {r.duration * 1000:6.1f} ms  [{phases}]{detail}",
+        monitor = envelope.monitor_id or "-"
+        self.line(
+            f"{monitor:<{self.width}} {r.status.name:<8} on {envelope.instance_id}"
+            f" ({envelope.reason:<9}) {r.duration * 1000:6.1f} ms  [{phases}]{detail}"
         )
 
     async def send(self, event: Event) -> None:
-        self.events.append(event)
-        label = {
-            "unconfirmed": "UNCONFIRMED ERROR",
-            "alert_opened": "CONFIRMED ERROR -> ALERT",
-            "alert_resolved": "ALERT RESOLVED",
-            "transient": "TRANSIENT",
-            "instance_down": "INSTANCE DOWN",
-            "instance_up": "INSTANCE UP",
-        }[event.kind]
-        _line(self.out, f"{self.stamp()} *** {label}: {event.message}")
+        if self.keep_events:
+            self.events.append(event)
+        if event.kind == "alert_opened":
+            kind = event.alert.kind if event.alert is not None else "monitor_down"
+            label = _ALERT_LABELS.get(kind, "ALERT")
+        else:
+            label = _EVENT_LABELS.get(event.kind, event.kind.upper())
+        self.line(f"*** {label}: {event.message}")
 
 
 @contextlib.asynccontextmanager
 async def _system(
-    workdir: Path, printer: _Printer, targets: _Targets, interval: float
+    workdir: Path, printer: Printer, targets: _Targets, interval: float
 ) -> AsyncIterator[None]:
     from .checkpoint import Checkpoint, CheckpointSettings
     from .control import ControlPlane, ControlSettings
@@ -192,16 +228,18 @@ async def run_demo(
     out = out or sys.stdout
     stop = stop or asyncio.Event()
     started = time.monotonic()
-    printer = _Printer(out, started)
+    printer = Printer(out, started)
     targets = _Targets()
     await targets.start()
-    _line(out, "probekit demo: targets, a control plane and two checkpoint instances on 127.0.0.1")
-    _line(
+    write_line(
+        out, "probekit demo: targets, a control plane and two checkpoint instances on 127.0.0.1"
+    )
+    write_line(
         out,
         f"  web    http://127.0.0.1:{targets.http_port}/   secure https://localhost:"
         f"{targets.https_port}/   mail tcp 127.0.0.1:{targets.tcp_port}",
     )
-    _line(
+    write_line(
         out,
         f"  every monitor runs every {interval:g} s; 'web' breaks at {break_after:g} s "
         f"and is mended at {mend_after:g} s. Ctrl-C stops.",
@@ -223,11 +261,11 @@ async def run_demo(
                         break
                     while script and elapsed >= script[0][0]:
                         _, what, action = script.pop(0)
-                        _line(out, f"{printer.stamp()} >>> {what}")
+                        printer.line(f">>> {what}")
                         action()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.1)
-                _line(out, f"{printer.stamp()} stopping")
+                printer.line("stopping")
     finally:
         await targets.stop()
     return printer.events

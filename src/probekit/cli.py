@@ -1,5 +1,9 @@
 """The ``probekit`` command line (also ``python -m probekit``).
 
+``check`` runs one check, ``run`` the monitors of a config file, ``demo`` the whole system on
+loopback, ``control`` the reference control plane of a control-plane config file
+(:func:`load_control_config`) and ``checkpoint`` one checkpoint instance.
+
 Each subcommand is a :class:`Command` (its name, help, a function that adds its options and a
 function that runs it) registered in :data:`COMMANDS`; :func:`main` builds the parser from that
 table. Exit codes are the Nagios ones wherever a status is reported (0 OK, 1 WARNING,
@@ -14,14 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import json
 import logging
 import math
+import os
 import random
 import re
 import signal
+import sqlite3
+import ssl
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any, Final, NoReturn
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, TypeGuard
 
 import attrs
 
@@ -33,9 +43,9 @@ from ._assertions import (
     ResponseTime,
     StatusIn,
 )
-from ._config import Config, load_config
+from ._config import DEFAULT_INTERVAL, Config, _kind, _Loader, _parse_json, _parse_toml, load_config
 from ._context import ProbeContext
-from ._definitions import DefinitionErrors
+from ._definitions import DefinitionErrors, build_probe
 from ._dial import Dialer
 from ._exceptions import DefinitionError
 from ._exporters import PROMETHEUS_CONTENT_TYPE, json_line, nagios_line, prometheus_text
@@ -44,11 +54,25 @@ from ._probe import Probe
 from ._result import Result, Status
 from ._runner import Runner
 from ._scheduler import Scheduler
+from ._secret import Secret
 from ._serialization import result_to_json
 from ._timeouts import Timeouts
 from ._tls import TlsOptions
 
-__all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "main"]
+if TYPE_CHECKING:
+    from ._control_logic import MonitorSpec
+    from .checkpoint import CheckpointSettings
+    from .control import ControlPlane, ControlSettings, WebhookSink
+
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "ControlConfig",
+    "UsageError",
+    "build_parser",
+    "load_control_config",
+    "main",
+]
 
 log = logging.getLogger("probekit.cli")
 
@@ -729,22 +753,846 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        events = await run_demo(
-            args.duration,
-            break_after=args.break_after,
-            mend_after=args.mend_after,
-            interval=args.interval,
-            stop=stop,
-        )
+        with _on_stop_signals(stop.set):
+            events = await run_demo(
+                args.duration,
+                break_after=args.break_after,
+                mend_after=args.mend_after,
+                interval=args.interval,
+                stop=stop,
+            )
         opened = sum(1 for e in events if e.kind == "alert_opened")
         sys.stdout.write(f"probekit demo: done ({opened} alert(s) opened)\n")
         return 0
 
     return asyncio.run(go())
+
+
+# -- shared by control and checkpoint -------------------------------------------------------
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    # Its own dest: a subcommand's default would otherwise overwrite `probekit -v COMMAND`.
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="command_verbose",
+        action="count",
+        default=0,
+        help="log more (-vv for debug), as before the command",
+    )
+
+
+@contextlib.contextmanager
+def _on_stop_signals(callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback`` on SIGINT (Ctrl-C) and SIGTERM while inside, instead of dying."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, callback)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_id(value: object) -> TypeGuard[str]:
+    """A protocol id: a non-empty printable string of at most MAX_ID_LENGTH characters."""
+    from .protocol import MAX_ID_LENGTH
+
+    return (
+        isinstance(value, str)
+        and bool(value.strip())
+        and len(value) <= MAX_ID_LENGTH
+        and value.isprintable()
+    )
+
+
+def _token_problem(token: str) -> str | None:
+    if not token:
+        return "the token is empty"
+    if not token.isprintable() or any(c.isspace() for c in token):
+        return "the token must not contain spaces or control characters"
+    return None
+
+
+# -- probekit control ------------------------------------------------------------------------
+
+#: The sections of a control-plane config file, and the keys of its [control] table.
+_CONTROL_SECTIONS: Final = ("control", "checkpoints", "monitors", "webhooks")
+_CONTROL_NUMBERS: Final = ("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after")
+_CONTROL_INTEGERS: Final = ("missed_heartbeats", "max_frame_bytes")
+_CONTROL_KEYS: Final = (
+    *("host", "port", "db", "tls_cert", "tls_key"),
+    *_CONTROL_NUMBERS,
+    *_CONTROL_INTEGERS,
+)
+_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval")
+_ONLY_LOCAL: Final = "secrets are only read from local configuration"
+
+
+@attrs.frozen
+class ControlConfig:
+    """A loaded ``probekit control`` config file (see ``docs/checkpoint.md``)."""
+
+    settings: ControlSettings
+    monitors: tuple[MonitorSpec, ...]
+    webhooks: tuple[WebhookSink, ...]
+
+
+def _configure_control(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the control plane's TOML (or .json) config file",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain ws:// on a non-loopback address (tokens and results in clear text)",
+    )
+    parser.add_argument(
+        "--duration", type=_seconds, metavar="S", help="stop after S seconds (default: Ctrl-C)"
+    )
+    _add_verbose(parser)
+
+
+def load_control_config(
+    path: str | Path,
+    *,
+    insecure: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> ControlConfig:
+    """Load a ``probekit control`` config file: TOML, or JSON when its name ends in ``.json``.
+
+    Raises :class:`~probekit.DefinitionErrors` listing every problem, each with its path
+    (``monitors[2].url: ...``). ``insecure`` allows a non-loopback ``host`` without TLS.
+    Warnings (an inline token, plain ws:// allowed by ``insecure``) go to ``warn``, even when
+    there are errors too; by default they are logged.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DefinitionErrors(
+            [DefinitionError("", f"cannot read {file}: {exc.strerror or exc}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DefinitionErrors([DefinitionError("", f"{file} is not UTF-8: {exc}")]) from None
+    data = _parse_json(text) if file.suffix.lower() == ".json" else _parse_toml(text)
+    loader = _ControlLoader(str(file), insecure)
+    config = loader.load(data)
+    for warning in loader.warnings:
+        (warn or log.warning)(warning)
+    if loader.errors:
+        raise DefinitionErrors(loader.errors)
+    assert config is not None
+    return config
+
+
+class _ControlLoader(_Loader):
+    """Reads a control-plane config, collecting every error with its path."""
+
+    def __init__(self, source: str, insecure: bool) -> None:
+        super().__init__()
+        self.source = source
+        self.insecure = insecure
+        self.warnings: list[str] = []
+
+    def load(self, data: Any) -> ControlConfig | None:
+        from .control import ControlSettings
+
+        if not isinstance(data, Mapping):
+            self.fail("", f"a config file holds a table (object), got {_kind(data)}")
+            return None
+        for key in data:
+            if key not in _CONTROL_SECTIONS:
+                self.fail(str(key), f"unknown section; known: {', '.join(_CONTROL_SECTIONS)}")
+        control = self.control(data.get("control"))
+        tokens = self.checkpoints(data.get("checkpoints"))
+        monitors = self.control_monitors(data.get("monitors"), set(tokens))
+        webhooks = self.webhooks(data.get("webhooks", []))
+        if self.errors:
+            return None
+        settings = ControlSettings(
+            tokens={k: v for k, v in tokens.items() if v is not None}, **control
+        )
+        return ControlConfig(settings, tuple(monitors), tuple(webhooks))
+
+    # -- [control] -----------------------------------------------------------------------------
+
+    def control(self, data: Any) -> dict[str, Any]:
+        if data is None:
+            self.fail("control", "missing: add a [control] table with at least port and db")
+            return {}
+        if not isinstance(data, Mapping):
+            self.fail("control", f"expected a table, got {_kind(data)}")
+            return {}
+        out: dict[str, Any] = {}
+        for key in data:
+            if key not in _CONTROL_KEYS:
+                self.fail(f"control.{key}", f"unknown field; known: {', '.join(_CONTROL_KEYS)}")
+        host = data.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            self.fail("control.host", f"expected an address or host name, got {host!r}")
+        else:
+            out["host"] = host
+        port = data.get("port")
+        if port is None:
+            self.fail("control.port", "required: the port to listen on (0 picks a free one)")
+        elif isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            self.fail("control.port", f"expected a port number (0-65535), got {port!r}")
+        else:
+            out["port"] = port
+        db = data.get("db")
+        if db is None:
+            self.fail("control.db", "required: the SQLite file to keep monitors and results in")
+        elif not isinstance(db, str) or not db:
+            self.fail("control.db", f"expected a file path, got {db!r}")
+        else:
+            out["db_path"] = db
+        for key in _CONTROL_NUMBERS:
+            value = data.get(key)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                self.fail(f"control.{key}", f"expected a positive number of seconds, got {value!r}")
+            else:
+                out[key] = float(value)
+        for key in _CONTROL_INTEGERS:
+            value = data.get(key)
+            if value is None:
+                continue
+            least = 1_048_576 if key == "max_frame_bytes" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                self.fail(f"control.{key}", f"expected an integer >= {least}, got {value!r}")
+            else:
+                out[key] = value
+        context = self.tls(data.get("tls_cert"), data.get("tls_key"))
+        if context is not None:
+            out["ssl_context"] = context
+        has_tls = data.get("tls_cert") is not None or data.get("tls_key") is not None
+        if isinstance(host, str) and host and not has_tls and not _is_loopback(host):
+            if self.insecure:
+                self.warnings.append(
+                    f"control.host: serving plain ws:// on {host}: tokens and results cross the "
+                    "network in clear text"
+                )
+            else:
+                self.fail(
+                    "control.host",
+                    f"{host} is not a loopback address, and without tls_cert and tls_key the "
+                    "tokens and results would cross the network in clear text (ws://); set "
+                    "tls_cert and tls_key, or pass --insecure",
+                )
+        return out
+
+    def tls(self, cert: Any, key: Any) -> ssl.SSLContext | None:
+        if cert is None and key is None:
+            return None
+        bad = False
+        for name, value in (("tls_cert", cert), ("tls_key", key)):
+            if value is None:
+                other = "tls_key" if name == "tls_cert" else "tls_cert"
+                self.fail(f"control.{name}", f"required with {other}: a PEM file")
+                bad = True
+            elif not isinstance(value, str) or not value:
+                self.fail(f"control.{name}", f"expected a PEM file path, got {value!r}")
+                bad = True
+        if bad:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.fail("control.tls_cert", f"cannot load {cert} with the key {key}: {reason}")
+            return None
+        return context
+
+    # -- [[checkpoints]] -----------------------------------------------------------------------
+
+    def checkpoints(self, data: Any) -> dict[str, Secret | None]:
+        """Checkpoint ids and their tokens (None where the token is broken: already reported)."""
+        out: dict[str, Secret | None] = {}
+        if data is None or data == []:
+            self.fail(
+                "checkpoints", "no checkpoints: add a [[checkpoints]] table with an id and a token"
+            )
+            return out
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail("checkpoints", f"expected a list of checkpoint tables, got {_kind(data)}")
+            return out
+        seen_tokens: dict[str, int] = {}
+        seen_ids: dict[str, int] = {}
+        for i, item in enumerate(data):
+            path = f"checkpoints[{i}]"
+            if not isinstance(item, Mapping):
+                self.fail(path, f"expected a table, got {_kind(item)}")
+                continue
+            for key in item:
+                if key not in ("id", "token"):
+                    self.fail(f"{path}.{key}", "unknown field; known: id, token")
+            checkpoint_id = item.get("id")
+            if not _is_id(checkpoint_id):
+                self.fail(
+                    f"{path}.id",
+                    "required: a non-empty printable string of at most 200 characters, "
+                    f"got {checkpoint_id!r}",
+                )
+                checkpoint_id = None
+            elif checkpoint_id in seen_ids:
+                self.fail(
+                    f"{path}.id",
+                    f"duplicate id {checkpoint_id!r}, also used by checkpoints"
+                    f"[{seen_ids[checkpoint_id]}]",
+                )
+                checkpoint_id = None
+            token = self.token(item.get("token"), f"{path}.token")
+            if token is not None:
+                first = seen_tokens.setdefault(token.reveal(), i)
+                if first != i:
+                    self.fail(
+                        f"{path}.token",
+                        f"the same token as checkpoints[{first}]; each checkpoint needs its own",
+                    )
+                    token = None
+            if checkpoint_id is not None:
+                seen_ids[checkpoint_id] = i
+                out[checkpoint_id] = token
+        return out
+
+    def token(self, source: Any, where: str) -> Secret | None:
+        if source is None:
+            self.fail(where, 'required: {env = "VAR"} or {file = "PATH"}')
+            return None
+        if isinstance(source, str):
+            self.warnings.append(
+                f"{where}: the token is written in {self.source}, where anyone who can read the "
+                'file can use it; prefer {env = "VAR"} or {file = "PATH"}'
+            )
+            token: Secret | None = Secret(source)
+        else:
+            token = self.read_secret(source, where)
+        if token is None:
+            return None
+        problem = _token_problem(token.reveal())
+        if problem is not None:
+            self.fail(where, problem)
+            return None
+        return token
+
+    # -- [[monitors]] --------------------------------------------------------------------------
+
+    def control_monitors(self, data: Any, checkpoint_ids: set[str]) -> list[MonitorSpec]:
+        from ._control_logic import MonitorSpec
+
+        if data is None or data == []:
+            self.fail("monitors", "no monitors: add at least one [[monitors]] table")
+            return []
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail("monitors", f"expected a list of monitor tables, got {_kind(data)}")
+            return []
+        out: list[MonitorSpec] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(data):
+            path = f"monitors[{i}]"
+            if not isinstance(item, Mapping):
+                self.fail(path, f"expected a table, got {_kind(item)}")
+                continue
+            before = len(self.errors)
+            monitor_id = item.get("id")
+            if not _is_id(monitor_id):
+                self.fail(
+                    f"{path}.id",
+                    "required: a non-empty printable string of at most 200 characters, "
+                    f"got {monitor_id!r}",
+                )
+            elif monitor_id in seen:
+                self.fail(
+                    f"{path}.id",
+                    f"duplicate id {monitor_id!r}, also used by monitors[{seen[monitor_id]}]",
+                )
+            else:
+                seen[monitor_id] = i
+            checkpoint = item.get("checkpoint")
+            if checkpoint is None:
+                self.fail(f"{path}.checkpoint", "required: the id of the checkpoint that runs it")
+            elif checkpoint not in checkpoint_ids:
+                known = ", ".join(sorted(checkpoint_ids)) or "none"
+                self.fail(
+                    f"{path}.checkpoint",
+                    f"no [[checkpoints]] table has the id {checkpoint!r}; known: {known}",
+                )
+            interval = item.get("interval", DEFAULT_INTERVAL)
+            if (
+                isinstance(interval, bool)
+                or not isinstance(interval, int | float)
+                or not math.isfinite(interval)
+                or interval <= 0
+            ):
+                self.fail(
+                    f"{path}.interval", f"expected a positive number of seconds, got {interval!r}"
+                )
+            definition = {k: v for k, v in item.items() if k not in _MONITOR_OWN_KEYS}
+            self.definition(definition, path)
+            if len(self.errors) > before:
+                continue
+            assert isinstance(monitor_id, str)
+            assert isinstance(checkpoint, str)
+            out.append(MonitorSpec(monitor_id, checkpoint, float(interval), definition))
+        return out
+
+    def definition(self, definition: dict[str, Any], path: str) -> None:
+        """Check a definition as a checkpoint will build it; secrets only by reference."""
+        from . import protocol
+
+        references: list[Secret] = []
+
+        def lookup(name: str) -> Secret:
+            secret = Secret(f"<{name}>")  # resolved by the checkpoint (--secret NAME=ENVVAR)
+            references.append(secret)
+            return secret
+
+        try:
+            probe = build_probe(definition, secrets=lookup, local=False, path=path)
+        except DefinitionErrors as exc:
+            for error in exc.errors:
+                if error.message.endswith(_ONLY_LOCAL):
+                    error = DefinitionError(
+                        error.path,
+                        "a definition is sent to the checkpoint, which reads its secrets itself: "
+                        'write {secret = "NAME"} and start the checkpoint with '
+                        "--secret NAME=ENVVAR",
+                    )
+                self.errors.append(error)
+            return
+        known = {id(s) for s in references}
+        for where in _inline_secrets(probe, path, known):
+            self.fail(
+                where,
+                "an inline secret would be sent to the checkpoint as it is: write "
+                '{secret = "NAME"} and start the checkpoint with --secret NAME=ENVVAR',
+            )
+        try:
+            json.dumps(definition, allow_nan=False)
+            protocol.MonitorDefinition(
+                monitor_id="check", revision=1, interval=1.0, definition=definition
+            )
+        except (TypeError, ValueError) as exc:
+            self.fail(path, f"cannot be sent to a checkpoint as JSON: {exc}")
+
+    # -- [[webhooks]] --------------------------------------------------------------------------
+
+    def webhooks(self, data: Any) -> list[WebhookSink]:
+        from .control import WebhookSink
+
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail("webhooks", f"expected a list of webhook tables, got {_kind(data)}")
+            return []
+        out: list[WebhookSink] = []
+        for i, item in enumerate(data):
+            path = f"webhooks[{i}]"
+            if not isinstance(item, Mapping):
+                self.fail(path, f"expected a table, got {_kind(item)}")
+                continue
+            before = len(self.errors)
+            for key in item:
+                if key not in ("url", "headers", "timeout"):
+                    self.fail(f"{path}.{key}", "unknown field; known: url, headers, timeout")
+            url = item.get("url")
+            if not isinstance(url, str) or not url:
+                self.fail(f"{path}.url", f"required: an http:// or https:// URL, got {url!r}")
+            headers = item.get("headers", {})
+            if not isinstance(headers, Mapping) or not all(
+                isinstance(v, str) for v in headers.values()
+            ):
+                self.fail(f"{path}.headers", "expected a table of header names and text values")
+            timeout = item.get("timeout", 5.0)
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout)
+                or timeout <= 0
+            ):
+                self.fail(
+                    f"{path}.timeout", f"expected a positive number of seconds, got {timeout!r}"
+                )
+            if len(self.errors) > before:
+                continue
+            assert isinstance(url, str)
+            try:
+                out.append(WebhookSink(url, headers=dict(headers), timeout=float(timeout)))
+            except DefinitionErrors as exc:
+                self.errors.extend(e.under(path) for e in exc.errors)
+            except DefinitionError as exc:
+                self.errors.append(exc.under(path))
+        return out
+
+
+def _inline_secrets(value: Any, path: str, references: set[int]) -> Iterator[str]:
+    """The paths of the Secret values in a built probe that did not come from a reference."""
+    if isinstance(value, Secret):
+        if id(value) not in references:
+            yield path
+    elif attrs.has(type(value)):
+        for field in attrs.fields(type(value)):
+            if field.init:
+                name = field.alias or field.name.lstrip("_")
+                yield from _inline_secrets(getattr(value, field.name), f"{path}.{name}", references)
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            yield from _inline_secrets(item, f"{path}[{i}]", references)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _inline_secrets(item, f"{path}.{key}", references)
+
+
+async def _apply_monitors(plane: ControlPlane, monitors: Sequence[MonitorSpec]) -> None:
+    """Make the plane's monitors those of the config file (the file is the source of truth)."""
+    wanted = {m.monitor_id for m in monitors}
+    for monitor_id in plane.monitors:
+        if monitor_id not in wanted:
+            await plane.remove_monitor(monitor_id)
+    for spec in monitors:
+        await plane.add_monitor(spec.monitor_id, spec.checkpoint_id, spec.definition, spec.interval)
+
+
+def _run_control(args: argparse.Namespace) -> int:
+    from ._demo import Printer
+    from .control import ControlPlane
+
+    config = load_control_config(
+        args.config,
+        insecure=args.insecure,
+        warn=lambda text: _err(f"probekit control: warning: {text}"),
+    )
+
+    async def serve() -> None:
+        width = max(len(m.monitor_id) for m in config.monitors)
+        printer = Printer(sys.stdout, width=width, keep_events=False)
+        stop = asyncio.Event()
+        with _on_stop_signals(stop.set):
+            plane = ControlPlane(config.settings, sinks=[printer, *config.webhooks])
+            try:
+                await plane.start()
+            except (OSError, sqlite3.Error) as exc:
+                await plane.stop()
+                raise UsageError(f"cannot start the control plane: {exc}") from None
+            try:
+                plane.result_listeners.append(printer.result)
+                await _apply_monitors(plane, config.monitors)
+                checkpoints = ", ".join(sorted(config.settings.tokens))
+                count = len(config.monitors)
+                printer.line(
+                    f"probekit control: listening on {plane.url} (checkpoints: {checkpoints}; "
+                    f"{count} monitor{'s' if count != 1 else ''})"
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(args.duration):
+                        await stop.wait()
+                printer.line("probekit control: stopping")
+            finally:
+                await plane.stop()
+            printer.line(
+                f"probekit control: stopped ({plane.results_stored} results stored, "
+                f"{plane.duplicates} duplicates dropped)"
+            )
+
+    asyncio.run(serve())
+    return 0
+
+
+# -- probekit checkpoint ---------------------------------------------------------------------
+
+
+def _configure_checkpoint(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_argument_group("control channel")
+    who.add_argument("--url", required=True, metavar="URL", help="the control plane's wss:// URL")
+    token = who.add_mutually_exclusive_group(required=True)
+    token.add_argument(
+        "--token-env", metavar="NAME", help="read the bearer token from this environment variable"
+    )
+    token.add_argument("--token-file", metavar="PATH", help="read the bearer token from this file")
+    who.add_argument("--checkpoint-id", required=True, metavar="ID", help="the checkpoint's id")
+    who.add_argument(
+        "--instance-id",
+        required=True,
+        metavar="ID",
+        help="this instance's id: unique in the checkpoint, stable across restarts",
+    )
+    who.add_argument(
+        "--ca-file", metavar="FILE", help="verify the control plane against the CAs in this file"
+    )
+    who.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a ws:// URL (clear text; for loopback and tests)",
+    )
+    who.add_argument(
+        "--heartbeat-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds between heartbeats (default 5; match the control plane's)",
+    )
+    local = parser.add_argument_group("local settings")
+    local.add_argument(
+        "--spool", required=True, metavar="PATH", help="the SQLite spool file of this instance"
+    )
+    local.add_argument(
+        "--spool-max-entries",
+        type=_integer(1),
+        default=100_000,
+        metavar="N",
+        help="results the spool holds before evicting the oldest (default 100000)",
+    )
+    local.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="never dial this network (repeatable)",
+    )
+    local.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="dial only these networks (repeatable)",
+    )
+    local.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=ENVVAR",
+        help='resolve {secret = "NAME"} in definitions from environment variable ENVVAR',
+    )
+    local.add_argument(
+        "--strip-addresses",
+        action="store_true",
+        help="leave resolved IP addresses out of results",
+    )
+    local.add_argument(
+        "--strip-messages",
+        action="store_true",
+        help="leave error messages and observed response texts out of results",
+    )
+    local.add_argument(
+        "--strip-tls-chain",
+        action="store_true",
+        help="leave certificate chains out of results",
+    )
+    local.add_argument(
+        "--autonomous",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the synced monitors on a local schedule while disconnected (default: yes)",
+    )
+    local.add_argument(
+        "--concurrency",
+        type=_integer(1),
+        default=100,
+        metavar="N",
+        help="checks at once (default 100)",
+    )
+    local.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="on stopping, wait at most S seconds for acks (default 10)",
+    )
+    local.add_argument(
+        "--metrics-port",
+        type=_integer(0, 65535),
+        metavar="N",
+        help="serve /metrics and /ready on this port (0: any free port)",
+    )
+    local.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to serve /metrics and /ready on (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--duration", type=_seconds, metavar="S", help="drain and stop after S seconds"
+    )
+    _add_verbose(parser)
+
+
+#: Which option sets each CheckpointSettings field, for error messages.
+_CHECKPOINT_OPTIONS: Final = {
+    "url": "--url",
+    "token": "--token-env/--token-file",
+    "checkpoint_id": "--checkpoint-id",
+    "instance_id": "--instance-id",
+    "spool_path": "--spool",
+    "ca_file": "--ca-file",
+    "metrics_host": "--metrics-host",
+    "metrics_port": "--metrics-port",
+    "secrets": "--secret",
+}
+
+
+def _read_token(args: argparse.Namespace, problems: _Problems) -> Secret | None:
+    if args.token_env is not None:
+        option = "--token-env"
+        value = os.environ.get(args.token_env)
+        if value is None:
+            problems.add(option, f"environment variable {args.token_env} is not set")
+            return None
+    else:
+        option = "--token-file"
+        try:
+            value = Path(args.token_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            problems.add(option, f"cannot read {args.token_file}: {exc.strerror or exc}")
+            return None
+        except UnicodeDecodeError:
+            problems.add(option, f"{args.token_file} is not UTF-8 text")
+            return None
+    problem = _token_problem(value)
+    if problem is not None:
+        problems.add(option, problem)
+        return None
+    return Secret(value)
+
+
+def _read_secrets(specs: Sequence[str], problems: _Problems) -> dict[str, Secret]:
+    out: dict[str, Secret] = {}
+    for spec in specs:
+        name, sep, variable = spec.partition("=")
+        if not sep or not name or not variable:
+            problems.add("--secret", f"expected NAME=ENVVAR, got {spec!r}")
+            continue
+        value = os.environ.get(variable)
+        if value is None:
+            problems.add("--secret", f"{name}: environment variable {variable} is not set")
+            continue
+        out[name] = Secret(value)
+    return out
+
+
+def _checkpoint_settings(args: argparse.Namespace) -> CheckpointSettings:
+    from urllib.parse import urlsplit
+
+    from .checkpoint import CheckpointSettings
+
+    problems = _Problems()
+    policy = _policy(args.allow, args.deny, problems)
+    token = _read_token(args, problems)
+    secrets = _read_secrets(args.secret, problems)
+    try:
+        parts = urlsplit(args.url)
+        scheme, host = parts.scheme, parts.hostname or ""
+    except ValueError:
+        scheme, host = "", ""
+    if scheme == "ws" and not args.insecure:
+        problems.add(
+            "--url",
+            "ws:// would send the token and every result in clear text; use wss://, "
+            "or pass --insecure (meant for loopback and tests)",
+        )
+    settings = None
+    with problems.about("--url", _CHECKPOINT_OPTIONS):
+        settings = CheckpointSettings(
+            url=args.url,
+            # A stand-in when the token could not be read, so the other options are checked too.
+            token=token or Secret("unread"),
+            checkpoint_id=args.checkpoint_id,
+            instance_id=args.instance_id,
+            spool_path=args.spool,
+            spool_max_entries=args.spool_max_entries,
+            policy=policy,
+            ca_file=args.ca_file,
+            # ws:// without --insecure is already reported above, in the command line's words.
+            insecure=args.insecure or scheme == "ws",
+            max_concurrency=args.concurrency,
+            heartbeat_interval=args.heartbeat_interval,
+            drain_timeout=args.drain_timeout,
+            autonomous_when_disconnected=args.autonomous,
+            strip_addresses=args.strip_addresses,
+            strip_tls_chain=args.strip_tls_chain,
+            strip_messages=args.strip_messages,
+            secrets=secrets,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+        )
+    problems.raise_any()
+    assert settings is not None
+    if scheme == "ws" and not _is_loopback(host):
+        _err(
+            f"probekit checkpoint: warning: ws://{host} is not a loopback address: the token "
+            "and every result cross the network in clear text"
+        )
+    return settings
+
+
+def _run_checkpoint(args: argparse.Namespace) -> int:
+    from ._spool import SpoolError
+    from .checkpoint import Checkpoint
+
+    settings = _checkpoint_settings(args)
+    try:
+        checkpoint = Checkpoint(settings)
+    except DefinitionError as exc:
+        option = _option_for(exc.path, "--url", _CHECKPOINT_OPTIONS)
+        raise UsageError(f"{option}: {exc.message}") from None
+    prog = "probekit checkpoint"
+
+    async def serve() -> None:
+        with _on_stop_signals(checkpoint.request_drain):
+            task = asyncio.create_task(checkpoint.run())
+            _err(
+                f"{prog}: instance {settings.instance_id} of checkpoint {settings.checkpoint_id}, "
+                f"control plane {settings.url}, spool {settings.spool_path}"
+            )
+            if settings.metrics_port is not None:
+                # The checkpoint has no public "serving" event; it binds the port first thing.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10.0):
+                        while checkpoint.metrics_address is None and not task.done():  # noqa: ASYNC110
+                            await asyncio.sleep(0.01)
+                if checkpoint.metrics_address is not None:
+                    host, port = checkpoint.metrics_address
+                    _err(f"{prog}: /metrics and /ready at http://{host}:{port}/")
+            done, _ = await asyncio.wait({task}, timeout=args.duration)
+            if not done:
+                checkpoint.request_drain()
+            try:
+                await task
+            except SpoolError as exc:
+                raise UsageError(f"--spool: {exc}") from None
+            except OSError as exc:
+                raise UsageError(f"--metrics-port: cannot listen: {exc}") from None
+        stats = checkpoint.stats
+        _err(
+            f"{prog}: drained: {stats['results_produced']} results produced, "
+            f"{stats['results_acked']} acked, {stats['spool_depth']} left in the spool"
+        )
+
+    asyncio.run(serve())
+    return 0
 
 
 # -- the table of commands -------------------------------------------------------------------
@@ -783,6 +1631,30 @@ COMMANDS: list[Command] = [
             "other instance, then an alert) and mend it. Ctrl-C stops everything."
         ),
     ),
+    Command(
+        "control",
+        "run the reference control plane of a config file",
+        _configure_control,
+        _run_control,
+        description=(
+            "Run the reference control plane: checkpoint instances dial in with their "
+            "checkpoint's token, it sends them the monitors of the config file, schedules runs "
+            "across them, confirms failures on another instance and raises alerts. Prints a line "
+            "per stored result and per alert event, until Ctrl-C, SIGTERM or --duration."
+        ),
+    ),
+    Command(
+        "checkpoint",
+        "run one checkpoint instance, dialling out to a control plane",
+        _configure_checkpoint,
+        _run_checkpoint,
+        description=(
+            "Run one instance of a private checkpoint: it dials out to the control plane at "
+            "--url, runs the checks it is sent under the local egress policy, spools every "
+            "result until the control plane acks it. Ctrl-C or SIGTERM drains it (in-flight "
+            "checks finish, results are flushed) and it exits with 0."
+        ),
+    ),
 ]
 
 
@@ -818,7 +1690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    verbosity = args.verbose + getattr(args, "command_verbose", 0)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     command: Command = args.command
     prog = f"probekit {command.name}"

@@ -298,8 +298,18 @@ class ControlPlane:
     async def add_monitor(
         self, monitor_id: str, checkpoint_id: str, definition: Mapping[str, Any], interval: float
     ) -> MonitorSpec:
-        """Add or change a monitor; instances of its checkpoint get a delta sync at once."""
+        """Add or change a monitor; instances of its checkpoint get a delta sync at once.
+
+        Adding a monitor exactly as it is already defined changes nothing (its revision stays,
+        so instances need not rebuild it).
+        """
         old = self._specs.get(monitor_id)
+        if old is not None and (old.checkpoint_id, old.interval, old.definition) == (
+            checkpoint_id,
+            float(interval),
+            dict(definition),
+        ):
+            return old
         spec = MonitorSpec(
             monitor_id,
             checkpoint_id,
@@ -319,6 +329,11 @@ class ControlPlane:
         await self._broadcast(checkpoint_id, self._sync([spec], []))
         return spec
 
+    @property
+    def monitors(self) -> dict[str, MonitorSpec]:
+        """The monitors defined now, by id (a copy)."""
+        return dict(self._specs)
+
     async def remove_monitor(self, monitor_id: str) -> None:
         spec = self._specs.pop(monitor_id, None)
         if spec is None:
@@ -330,6 +345,10 @@ class ControlPlane:
     async def set_autonomous(self, checkpoint_id: str, autonomous: bool) -> None:
         """Tell a checkpoint's instances to run their definitions on their own (or to stop)."""
         self._autonomous[checkpoint_id] = autonomous
+        if autonomous:
+            self.logic.autonomous.add(checkpoint_id)
+        else:
+            self.logic.autonomous.discard(checkpoint_id)
         await self._broadcast(checkpoint_id, self._sync([], []))
 
     async def run_now(self, monitor_id: str, instance_id: str | None = None) -> str | None:
