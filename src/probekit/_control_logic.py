@@ -245,10 +245,6 @@ class ControlLogic:
             actions.runs.append(self.order(instance, mon.spec.monitor_id, "scheduled", now))
         return actions
 
-    def next_wakeup(self) -> float | None:
-        dues = [m.next_due for m in self.monitors.values()]
-        return min(dues) if dues else None
-
     def _detect_silence(self, now: float, actions: Actions) -> None:
         limit = self.missed_heartbeats * self.heartbeat_interval
         for instance_id, inst in self.instances.items():
