@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import io
 import json
 import re
 import signal
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,8 +26,8 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from probekit import ErrorKind, Status, result_from_json
-from probekit.cli import COMMANDS, build_parser, main
+from probekit import ErrorKind, Phase, ProbeError, Result, Status, cli, result_from_json
+from probekit.cli import COMMANDS, _loop_factory, build_parser, main
 from servers import closed_port
 
 NAGIOS = re.compile(
@@ -547,3 +551,148 @@ def test_console_script_is_declared() -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "probekit"]
     assert script.value == "probekit.cli:main"
     assert script.load() is main
+
+
+# -- uvloop -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_uvloop(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.AbstractEventLoop]:
+    """Make ``import uvloop`` give a stand-in whose loops (asyncio's own) are recorded."""
+    made: list[asyncio.AbstractEventLoop] = []
+
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        loop = asyncio.SelectorEventLoop()
+        made.append(loop)
+        return loop
+
+    module = types.ModuleType("uvloop")
+    module.new_event_loop = new_event_loop  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uvloop", module)
+    return made
+
+
+def _monitors_file(tmp_path: Path, port: int) -> str:
+    path = tmp_path / "monitors.toml"
+    path.write_text(f'[[monitors]]\nkind = "tcp"\nhost = "127.0.0.1"\nport = {port}\n')
+    return str(path)
+
+
+def test_commands_run_on_uvloop_when_it_is_importable(
+    web: str, tmp_path: Path, fake_uvloop: list[asyncio.AbstractEventLoop]
+) -> None:
+    assert main(["check", "http", web]) == 0
+    assert len(fake_uvloop) == 1
+    assert main(["run", _monitors_file(tmp_path, closed_port()), "--once"]) == 2
+    assert len(fake_uvloop) == 2
+    assert all(loop.is_closed() for loop in fake_uvloop)
+
+
+def test_no_uvloop_opts_out(
+    web: str, tmp_path: Path, fake_uvloop: list[asyncio.AbstractEventLoop]
+) -> None:
+    assert main(["--no-uvloop", "check", "http", web]) == 0
+    assert main(["--no-uvloop", "run", _monitors_file(tmp_path, closed_port()), "--once"]) == 2
+    assert fake_uvloop == []
+
+
+def test_commands_run_without_uvloop_installed(
+    web: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert _loop_factory(True) is None
+    assert main(["check", "http", web]) == 0
+    assert main(["run", _monitors_file(tmp_path, closed_port()), "--once"]) == 2
+
+
+def test_every_command_runs_its_loop_through_the_uvloop_choice() -> None:
+    source = Path(cli.__file__).read_text()
+    assert "asyncio.run(" not in source.replace("_asyncio_run(", "")
+    assert _loop_factory(False) is None
+
+
+def test_the_real_uvloop_is_used_when_installed(web: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    seen: list[str] = []
+    original = cli._check_once
+
+    async def spy(probe: Any, context: Any) -> Any:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+        return await original(probe, context)
+
+    monkeypatch.setattr(cli, "_check_once", spy)
+    assert _loop_factory(True) is uvloop.new_event_loop
+    assert main(["check", "http", web]) == 0
+    assert main(["--no-uvloop", "check", "http", web]) == 0
+    assert seen[0].startswith("uvloop")
+    assert not seen[1].startswith("uvloop")
+
+
+# -- the live table (rich) ----------------------------------------------------------------------
+
+
+def _recorded_results() -> dict[str, Result]:
+    started = dt.datetime(2026, 11, 26, 14, 22, 14, tzinfo=dt.UTC)
+    return {
+        "intranet": Result(
+            kind="http",
+            target="https://intranet.example/health",
+            status=Status.UP,
+            started_at=started,
+            duration=0.0123,
+            phases=(Phase("resolve", 0.0, 0.0004), Phase("connect", 0.0004, 0.0008)),
+            metrics={"status_code": 200.0},
+        ),
+        "db": Result(
+            kind="tcp",
+            target="db.internal:5432",
+            status=Status.DOWN,
+            started_at=started,
+            duration=0.001,
+            error=ProbeError(ErrorKind.CONNECT, "connection refused", phase="connect"),
+            phases=(Phase("connect", 0.0, 0.001),),
+        ),
+    }
+
+
+def test_live_table_renders_status_duration_and_phases() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=160, color_system="truecolor")
+    console.print(cli._live_table(["intranet", "db", "mail"], _recorded_results()))
+    text = console.export_text(clear=False)
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
+    assert "UP" in rows["intranet"]
+    assert "12.3 ms" in rows["intranet"]
+    assert "resolve 0.4 connect 0.8" in rows["intranet"]
+    assert "status 200" in rows["intranet"]
+    assert "DOWN" in rows["db"]
+    assert "connect during connect: connection refused" in rows["db"]
+    assert "waiting" in rows["mail"]  # not run yet
+    html = console.export_html()
+    assert "color: #008000" in html or "color: #00ff00" in html  # UP is green
+
+
+def test_live_table_only_on_a_terminal_with_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli._rich_live(["a"]) is None  # captured standard output is not a terminal
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli._rich_live(["a"]) is not None
+    monkeypatch.setitem(sys.modules, "rich.live", None)  # rich not installed
+    assert cli._rich_live(["a"]) is None
+
+
+def test_run_shows_the_live_table_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "200")
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    assert main(["run", _monitors_file(tmp_path, closed_port()), "--duration", "1.5"]) == 0
+    output = screen.getvalue()
+    assert "monitor" in output
+    assert "DOWN" in output
+    assert "connect during connect" in output

@@ -1,29 +1,96 @@
-"""Every ```python block in README.md and docs/ runs as written.
+"""Every code example in README.md and docs/ is executed or validated here.
 
-The blocks run in-process with the event loop's connect guarded: any attempt to connect to a
-non-loopback address fails the test instead of sending a packet.
+What each fence language means, and how it is checked:
+
+- ```python: runs as written, in-process, with the event loop's connect guarded: any attempt to
+  connect to a non-loopback address fails the test instead of sending a packet.
+- ```py: a fragment of a larger program (undefined names, top-level ``await``); it must compile.
+- ```toml: a config file. One with ``[control]`` or ``[[checkpoints]]`` loads through
+  ``probekit.cli.load_control_config``, any other through ``probekit.load_config``, with the
+  environment variables and files it names provided by the test. A block preceded by
+  ``<!-- fragment -->`` is deliberately partial and only has to parse as TOML.
+- ```json: must parse. The result example in results.md must load with ``result_from_json``. The
+  protocol messages in protocol.md are decoded by ``test_the_documented_examples_decode`` in
+  tests/test_protocol.py, so they are only checked for JSON validity here.
+- ```sh: every command line (after an optional ``$ `` prompt and ``VAR=value`` assignments) that
+  starts with ``probekit`` or ``python -m probekit`` runs in a subprocess, against loopback servers
+  started by this module, and must exit with the code its comment notes (``# exit N`` or
+  ``(exit N...)``). Ports 8080 (HTTP), 8443 (HTTPS, CA in ``ca.pem``), 2525 (SMTP-like) and 6379
+  (Redis-like) on 127.0.0.1 are replaced by the live servers' ports; config files the commands
+  name are written by ``_files``. Skipped by rule: long-running commands (``probekit control``,
+  ``probekit checkpoint``, ``probekit demo``, ``probekit run`` without ``--once`` or
+  ``--duration``), which tests/test_cli_control.py and tests/test_demo.py cover. In a block with
+  ``$ `` prompts only prompted lines are commands, and for a command that exits 3 (invalid input,
+  so no timings in its output) every line of the transcript below it must be printed. Other lines
+  in an sh block are output, installation (``pip``, ``nox``, ``apt-get``), benchmarks or shell
+  plumbing and are not run.
+- ```text: output, diagrams and synopses; nothing to run.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio.selector_events
 import ipaddress
+import json
+import os
 import re
+import shlex
+import socketserver
+import ssl
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+
+from probekit import DefinitionErrors, load_config, result_from_json
+from probekit.cli import load_control_config
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+FRAGMENT = "<!-- fragment -->"
+LANGUAGES = {"python", "py", "toml", "json", "sh", "text"}
+LONG_RUNNING = {"control", "checkpoint", "demo"}
 
 
-def _blocks() -> list[Any]:
-    out = []
+def _fences() -> Iterator[tuple[str, str, str, bool]]:
+    """(language, code, id, marked as a fragment) for every fenced block."""
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
-        for i, match in enumerate(BLOCK.finditer(path.read_text())):
-            out.append(pytest.param(match.group(1), id=f"{path.relative_to(ROOT)}#{i}"))
-    return out
+        text = path.read_text()
+        for i, match in enumerate(FENCE.finditer(text)):
+            before = text[: match.start()].rstrip().splitlines()
+            fragment = bool(before) and before[-1].strip() == FRAGMENT
+            yield match.group(1), match.group(2), f"{path.relative_to(ROOT)}#{i}", fragment
+
+
+def _blocks(*languages: str) -> list[Any]:
+    return [
+        pytest.param(code, fragment, id=name)
+        for language, code, name, fragment in _fences()
+        if language in languages
+    ]
+
+
+def test_every_block_has_a_known_language() -> None:
+    unknown = [name for language, _, name, _ in _fences() if language not in LANGUAGES]
+    assert not unknown, f"code blocks with no or an unknown language: {unknown}"
+
+
+def test_there_are_examples() -> None:
+    assert len(_blocks("python")) >= 5
+    assert len(_blocks("toml")) >= 3
+    assert len(_blocks("json")) >= 5
+    assert len(_commands()) >= 8
+
+
+# -- python -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -41,11 +108,285 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return attempts
 
 
-def test_there_are_examples() -> None:
-    assert len(_blocks()) >= 5
-
-
-@pytest.mark.parametrize("code", _blocks())
-def test_example_runs(code: str, loopback_only: list[Any]) -> None:
+@pytest.mark.parametrize(("code", "fragment"), _blocks("python"))
+def test_example_runs(code: str, fragment: bool, loopback_only: list[Any]) -> None:
     namespace: dict[str, Any] = {"__name__": "__doc_example__"}
     exec(compile(code, "<doc example>", "exec"), namespace)  # noqa: S102 - our own docs
+
+
+@pytest.mark.parametrize(("code", "fragment"), _blocks("py"))
+def test_fragment_compiles(code: str, fragment: bool) -> None:
+    compile(code, "<doc fragment>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+# -- toml ---------------------------------------------------------------------------------------
+
+# The secret files and TLS files the examples name, and what the test puts in their place.
+SECRET_FILES = ("/run/secrets/db-password", "/run/secrets/office-token")
+
+
+@pytest.mark.parametrize(("code", "fragment"), _blocks("toml"))
+def test_config_loads(
+    code: str, fragment: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tomllib.loads(code)
+    if fragment:
+        return
+    for name in set(re.findall(r'env = "(\w+)"', code)):
+        monkeypatch.setenv(name, f"doc-{name.lower()}-0123456789abcdef0123456789")
+    for index, doc_path in enumerate(SECRET_FILES):
+        stand_in = tmp_path / f"secret-{index}"
+        stand_in.write_text("doc-secret-0123456789abcdef0123456789\n")
+        code = code.replace(f'"{doc_path}"', json.dumps(str(stand_in)))
+    if "control" in data or "checkpoints" in data:
+        ca = trustme.CA()
+        leaf = ca.issue_cert("control.example")
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "control.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / "control-key.pem"))
+        code = code.replace('"/etc/probekit/', json.dumps(str(tmp_path) + "/")[:-1])
+        code = code.replace('"/var/lib/probekit/', json.dumps(str(tmp_path) + "/")[:-1])
+        path = tmp_path / "control.toml"
+        path.write_text(code)
+        config = load_control_config(path)
+        assert config is not None
+    else:
+        path = tmp_path / "monitors.toml"
+        path.write_text(code)
+        try:
+            config_ = load_config(path)
+        except DefinitionErrors as exc:  # pragma: no cover - the failure message
+            pytest.fail(f"documented config does not load: {exc.errors}")
+        assert config_.monitors
+
+
+# -- json ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "fragment"), _blocks("json"))
+def test_json_parses(code: str, fragment: bool) -> None:
+    data = json.loads(code)
+    if isinstance(data, dict) and "schema_version" in data and "phases" in data:
+        result = result_from_json(code)  # a result in the documented schema
+        assert result.target == data["target"]
+
+
+def test_the_result_example_is_checked() -> None:
+    examples = [code for _, code, _, _ in _fences() if '"schema_version"' in code]
+    assert examples, "docs/results.md lost its JSON result example"
+
+
+# -- sh -----------------------------------------------------------------------------------------
+
+PROMPT = re.compile(r"^(\$ )?((?:\w+=\S* )*)(probekit|python -m probekit)( .*)?$")
+EXIT = re.compile(r"#.*\bexit (\d)\b")
+DOC_PORTS = {"http": 8080, "https": 8443, "smtp": 2525, "redis": 6379}
+
+
+def _argv(line: str) -> list[str]:
+    match = PROMPT.match(line)
+    assert match is not None
+    return shlex.split(match.group(4) or "", comments=True)
+
+
+def _commands(*, long_running: bool = False) -> list[Any]:
+    """Every command line of every sh block, continuation lines joined: the ones that finish on
+    their own, or (``long_running=True``) the ones that run until stopped."""
+    out = []
+    for language, code, name, _ in _fences():
+        if language != "sh":
+            continue
+        lines = code.replace("\\\n", " ").splitlines()
+        transcript = any(line.startswith("$ ") for line in lines)  # then the rest is output
+        for number, line in enumerate(lines):
+            match = PROMPT.match(line.strip())
+            if match and (match.group(1) or not transcript):
+                output = []
+                for following in lines[number + 1 :]:
+                    if following.startswith("$ "):
+                        break
+                    output.append(following.strip())
+                if _long_running(_argv(line.strip())) == long_running:
+                    out.append(pytest.param(line.strip(), output, id=f"{name}:{number}"))
+    return out
+
+
+def _long_running(argv: list[str]) -> bool:
+    command = argv[0] if argv else ""
+    if command in LONG_RUNNING:
+        return True
+    return command == "run" and "--once" not in argv and "--duration" not in argv
+
+
+class _Http(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Smtp(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(b"220 mail.test ESMTP\r\n")
+        if self.rfile.readline().startswith(b"EHLO"):
+            self.wfile.write(b"250 mail.test\r\n")
+
+
+class _Redis(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        if self.rfile.readline().strip() == b"PING":
+            self.wfile.write(b"+PONG\r\n")
+
+
+class _Tcp(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _files(ports: dict[str, int], ca_file: str) -> dict[str, str]:
+    """The config files the documented commands name."""
+    return {
+        # cli.md: `intranet` is up and `db` is down.
+        "monitors.toml": f"""
+[[monitors]]
+id = "intranet"
+kind = "http"
+url = "https://127.0.0.1:{ports["https"]}/"
+tls = {{ ca_file = "{ca_file}" }}
+
+[[monitors]]
+id = "db"
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+""",
+        # cli.md: two errors.
+        "typo.toml": """
+[[monitors]]
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+interval = -1
+
+[[monitors]]
+id = "b"
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+
+[[monitors]]
+id = "c"
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+
+[[monitors]]
+kind = "http"
+url = "http://127.0.0.1/"
+assertions = [{ type = "status_in", codes = [200] }, { type = "body_matches", pattern = "(" }]
+""",
+        # config.md: the five errors it shows.
+        "broken.toml": """
+[policy]
+deny = ["10.0.0.0/33"]
+
+[[monitors]]
+id = "web"
+kind = "http"
+url = "http://127.0.0.1/"
+interval = -5
+
+[[monitors]]
+id = "web"
+kind = "http"
+url = "http://127.0.0.1/"
+
+[[monitors]]
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+bearer_token = { env = "TOKEN" }
+
+[[monitors]]
+kind = "http"
+url = "http://127.0.0.1/x"
+assertions = [{ type = "status_in", codes = [200] }, { type = "body_matches", pattern = "(" }]
+""",
+    }
+
+
+@pytest.fixture(scope="module")
+def doc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[int, int]]]:
+    """A directory with the example files, and live servers standing in for the doc ports."""
+    home = tmp_path_factory.mktemp("doc-world")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(home / "ca.pem"))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(tls)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Http)
+    https = ThreadingHTTPServer(("127.0.0.1", 0), _Http)
+    https.socket = tls.wrap_socket(https.socket, server_side=True)
+    servers: dict[str, socketserver.BaseServer] = {
+        "http": http,
+        "https": https,
+        "smtp": _Tcp(("127.0.0.1", 0), _Smtp),
+        "redis": _Tcp(("127.0.0.1", 0), _Redis),
+    }
+    ports = {name: int(server.socket.getsockname()[1]) for name, server in servers.items()}  # type: ignore[attr-defined]
+    for name, text in _files(ports, str(home / "ca.pem")).items():
+        (home / name).write_text(text)
+    for server in servers.values():
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield home, {DOC_PORTS[name]: port for name, port in ports.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("line", "output"), _commands(long_running=True))
+def test_long_running_commands_are_exercised_elsewhere(line: str, output: list[str]) -> None:
+    """`control`, `checkpoint`, `demo` and `run` without an end run until stopped; their own
+    tests start them as subprocesses and stop them (test_cli_control.py, test_demo.py,
+    test_cli.py). This checks the documented subcommand is one of those."""
+    command = _argv(line)[0]
+    covering = {
+        "control": "test_cli_control.py",
+        "checkpoint": "test_cli_control.py",
+        "demo": "test_demo.py",
+        "run": "test_cli.py",
+    }[command]
+    source = (Path(__file__).parent / covering).read_text()
+    assert f'"{command}"' in source, f"{covering} does not start `probekit {command}`"
+
+
+@pytest.mark.parametrize(("line", "output"), _commands())
+def test_command_runs(line: str, output: list[str], doc_world: tuple[Path, dict[int, int]]) -> None:
+    home, ports = doc_world
+    match = PROMPT.match(line)
+    assert match is not None
+    argv = _argv(line)
+    expected = EXIT.search(line)
+    assert expected, f"the documented command does not say its exit code (# exit N): {line}"
+    argv = [
+        re.sub(
+            r"(127\.0\.0\.1|localhost):(\d+)",
+            lambda m: f"{m.group(1)}:{ports.get(int(m.group(2)), int(m.group(2)))}",
+            arg,
+        )
+        for arg in argv
+    ]
+    env = dict(os.environ)
+    for assignment in match.group(2).split():
+        name, _, value = assignment.partition("=")
+        env[name] = value
+    done = subprocess.run(
+        [sys.executable, "-m", "probekit", *argv],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == int(expected.group(1)), (done.stdout, done.stderr)
+    if done.returncode == 3:  # invalid input: the transcript's error lines have no timings
+        shown = (done.stdout + done.stderr).splitlines()
+        for expected_line in output:
+            assert any(expected_line in printed for printed in shown), (expected_line, shown)

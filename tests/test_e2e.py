@@ -187,9 +187,12 @@ async def test_both_instances_gone_raise_one_checkpoint_alert_then_it_resolves(
     tmp_path: Path,
 ) -> None:
     sink = MemorySink()
-    async with ControlPlane(plane_settings(tmp_path / "control.db"), sinks=[sink]) as cp:
+    async with (
+        serving(HttpServer()) as web,  # a healthy target: only the checkpoint goes down
+        ControlPlane(plane_settings(tmp_path / "control.db"), sinks=[sink]) as cp,
+    ):
         await cp.add_monitor(
-            "web", "office", {"kind": "tcp", "host": "127.0.0.1", "port": 9}, interval=0.5
+            "web", "office", {"kind": "tcp", "host": "127.0.0.1", "port": web.port}, interval=0.5
         )
         a = Checkpoint(instance_settings(cp.url, "a", tmp_path / "a.db"))
         b = Checkpoint(instance_settings(cp.url, "b", tmp_path / "b.db"))

@@ -29,9 +29,9 @@ import signal
 import sqlite3
 import ssl
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, TypeGuard
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, TypeGuard, TypeVar
 
 import attrs
 
@@ -60,6 +60,9 @@ from ._timeouts import Timeouts
 from ._tls import TlsOptions
 
 if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.table import Table as RichTable
+
     from ._control_logic import MonitorSpec
     from .checkpoint import CheckpointSettings
     from .control import ControlPlane, ControlSettings, WebhookSink
@@ -464,6 +467,29 @@ def _policy(allow: Sequence[str], deny: Sequence[str], problems: _Problems) -> E
     return policy
 
 
+_T = TypeVar("_T")
+
+
+def _loop_factory(use_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory the commands run on: uvloop's when ``use_uvloop`` and uvloop is
+    importable (``pip install probekit[speed]``), else ``None`` (asyncio's default loop)."""
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _asyncio_run(main: Coroutine[Any, Any, _T], args: argparse.Namespace) -> _T:
+    """Run ``main`` to completion on uvloop unless it is missing or ``--no-uvloop`` was given."""
+    factory = _loop_factory(not getattr(args, "no_uvloop", False))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def _run_check(args: argparse.Namespace) -> int:
     problems = _Problems()
     policy = _policy(args.allow, args.deny, problems)
@@ -477,7 +503,7 @@ def _run_check(args: argparse.Namespace) -> int:
         raise
     assert probe is not None
     context = ProbeContext(dialer=Dialer(policy=policy))
-    result = asyncio.run(_check_once(probe, context))
+    result = _asyncio_run(_check_once(probe, context), args)
     if args.output == "json":
         _out(result_to_json(result))
     elif args.output == "nagios":
@@ -571,9 +597,9 @@ def _run_monitors(args: argparse.Namespace) -> int:
             raise UsageError(f"--jsonl: cannot open {args.jsonl}: {exc.strerror}") from None
     try:
         if args.once:
-            return asyncio.run(_once(config, args, jsonl))
+            return _asyncio_run(_once(config, args, jsonl), args)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_forever(config, args, jsonl))
+            _asyncio_run(_forever(config, args, jsonl), args)
         return 0
     finally:
         if jsonl is not None:
@@ -610,10 +636,16 @@ async def _once(config: Config, args: argparse.Namespace, jsonl: IO[str] | None)
 async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | None) -> None:
     latest: dict[str, Result] = {}
 
+    ids = [monitor.monitor_id for monitor in config.monitors]
+    live = _rich_live(ids)
+
     def on_result(monitor_id: str, result: Result) -> None:
         latest[monitor_id] = result
         if jsonl is not None:
             jsonl.write(json_line(result, monitor=monitor_id) + "\n")
+        if live is not None:
+            live.update(_live_table(ids, latest), refresh=True)
+            return
         _out(_live_line(monitor_id, result))
         sys.stdout.flush()
 
@@ -630,6 +662,8 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
             _runner(config, args) as runner,
             Scheduler(runner, on_result, jitter=args.jitter) as scheduler,
         ):
+            if live is not None:
+                live.start(refresh=True)
             if args.metrics_port is not None:
                 server = await _serve_metrics(
                     args.metrics_host, args.metrics_port, lambda: prometheus_text(latest)
@@ -641,6 +675,8 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
                 scheduler.add(monitor, first_in=first)
             await _until_stopped(scheduler, stop, args.duration)
     finally:
+        if live is not None:
+            live.stop()
         if server is not None:
             server.close()
             with contextlib.suppress(TimeoutError):
@@ -720,6 +756,50 @@ def _live_line(monitor_id: str, result: Result) -> str:
     return " ".join(parts)
 
 
+_STATUS_STYLES: Final = {
+    Status.UP: "bold green",
+    Status.DEGRADED: "bold yellow",
+    Status.DOWN: "bold red",
+    Status.UNKNOWN: "bold magenta",
+}
+
+
+def _rich_live(monitor_ids: Sequence[str]) -> Live | None:
+    """A live terminal table when standard output is a terminal and rich is installed
+    (``pip install probekit[cli]``); ``None`` means plain lines, one per result."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.live import Live
+    except ImportError:
+        return None
+    return Live(_live_table(monitor_ids, {}), auto_refresh=False, redirect_stderr=False)
+
+
+def _live_table(monitor_ids: Sequence[str], latest: Mapping[str, Result]) -> RichTable:
+    """The ``probekit run`` live table: a row per monitor with its latest result."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="probekit run", title_justify="left", expand=False)
+    for column in ("monitor", "status", "last check", "duration", "phases (ms)", "detail"):
+        table.add_column(column, justify="right" if column == "duration" else "left")
+    for monitor_id in monitor_ids:
+        result = latest.get(monitor_id)
+        if result is None:
+            table.add_row(monitor_id, Text("waiting", style="dim"), "", "", "", "")
+            continue
+        table.add_row(
+            monitor_id,
+            Text(result.status.name, style=_STATUS_STYLES[result.status]),
+            result.started_at.astimezone().strftime("%H:%M:%S"),
+            f"{result.duration * 1000:.1f} ms",
+            _phases(result),
+            _detail(result),
+        )
+    return table
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
@@ -765,7 +845,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         sys.stdout.write(f"probekit demo: done ({opened} alert(s) opened)\n")
         return 0
 
-    return asyncio.run(go())
+    return _asyncio_run(go(), args)
 
 
 # -- shared by control and checkpoint -------------------------------------------------------
@@ -1318,7 +1398,7 @@ def _run_control(args: argparse.Namespace) -> int:
                 f"{plane.duplicates} duplicates dropped)"
             )
 
-    asyncio.run(serve())
+    _asyncio_run(serve(), args)
     return 0
 
 
@@ -1591,7 +1671,7 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
             f"{stats['results_acked']} acked, {stats['spool_depth']} left in the spool"
         )
 
-    asyncio.run(serve())
+    _asyncio_run(serve(), args)
     return 0
 
 
@@ -1666,6 +1746,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-vv for debug)"
+    )
+    parser.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="run on asyncio's own event loop even when uvloop is installed",
     )
     commands = parser.add_subparsers(
         title="commands", dest="command_name", metavar="COMMAND", parser_class=_Parser
