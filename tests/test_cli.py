@@ -696,3 +696,26 @@ def test_run_shows_the_live_table_on_a_terminal(
     assert "monitor" in output
     assert "DOWN" in output
     assert "connect during connect" in output
+
+
+def test_run_once_shows_a_progress_bar_on_a_terminal(
+    tmp_path: Path, web: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    assert cli._rich_progress() is not None
+    assert main(["run", str(config_file(tmp_path, web)), "--once"]) == 2
+    output = screen.getvalue()
+    assert "checking" in output  # the bar was drawn
+    rows = [
+        line.split()[:2]
+        for line in output.splitlines()
+        if line.split()[:1] in (["web"], ["broken"])
+    ]
+    assert ["web", "UP"] in rows and ["broken", "DOWN"] in rows
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # rich not installed: no bar
+    assert cli._rich_progress() is None

@@ -612,8 +612,21 @@ def _runner(config: Config, args: argparse.Namespace) -> Runner:
 
 
 async def _once(config: Config, args: argparse.Namespace, jsonl: IO[str] | None) -> int:
+    probes = [m.probe for m in config.monitors]
+    progress = _rich_progress()
     async with _runner(config, args) as runner:
-        results = await runner.run_all([m.probe for m in config.monitors])
+        if progress is None:
+            results = await runner.run_all(probes)
+        else:
+            with progress:
+                bar = progress.add_task("checking", total=len(probes))
+
+                async def one(probe: Probe) -> Result:
+                    result = await runner.check(probe)
+                    progress.advance(bar)
+                    return result
+
+                results = list(await asyncio.gather(*(one(p) for p in probes)))
     rows = [["MONITOR", "STATUS", "TIME", "PHASES (ms)", "DETAIL"]]
     worst = Status.UP
     for monitor, result in zip(config.monitors, results, strict=True):
@@ -762,6 +775,18 @@ _STATUS_STYLES: Final = {
     Status.DOWN: "bold red",
     Status.UNKNOWN: "bold magenta",
 }
+
+
+def _rich_progress() -> Any:
+    """A progress bar for ``run --once`` when standard output is a terminal and rich is
+    installed; ``None`` otherwise (then only the table is printed)."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.progress import Progress
+    except ImportError:
+        return None
+    return Progress(transient=True)
 
 
 def _rich_live(monitor_ids: Sequence[str]) -> Live | None:
