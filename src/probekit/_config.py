@@ -61,6 +61,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     Raises :class:`~probekit.DefinitionErrors` listing every problem (an unreadable file, a
     syntax error with its line and column, or each invalid field with its path).
     """
+    return parse_config(read_config_file(path))
+
+
+def read_config_file(path: str | os.PathLike[str]) -> Any:
+    """The parsed contents of a TOML (or, for ``*.json``, JSON) config file.
+
+    Raises :class:`~probekit.DefinitionErrors` for an unreadable file or a syntax error (with
+    its line and column).
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -70,8 +79,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         ) from None
     except UnicodeDecodeError as exc:
         raise DefinitionErrors([DefinitionError("", f"{file} is not UTF-8: {exc}")]) from None
-    data = _parse_json(text) if file.suffix.lower() == ".json" else _parse_toml(text)
-    return parse_config(data)
+    return _parse_json(text) if file.suffix.lower() == ".json" else _parse_toml(text)
 
 
 def _parse_toml(text: str) -> Any:

@@ -43,7 +43,7 @@ from ._assertions import (
     ResponseTime,
     StatusIn,
 )
-from ._config import DEFAULT_INTERVAL, Config, _kind, _Loader, _parse_json, _parse_toml, load_config
+from ._config import DEFAULT_INTERVAL, Config, _kind, _Loader, load_config, read_config_file
 from ._context import ProbeContext
 from ._definitions import DefinitionErrors, build_probe
 from ._dial import Dialer
@@ -989,17 +989,8 @@ def load_control_config(
     Warnings (an inline token, plain ws:// allowed by ``insecure``) go to ``warn``, even when
     there are errors too; by default they are logged.
     """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DefinitionErrors(
-            [DefinitionError("", f"cannot read {file}: {exc.strerror or exc}")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DefinitionErrors([DefinitionError("", f"{file} is not UTF-8: {exc}")]) from None
-    data = _parse_json(text) if file.suffix.lower() == ".json" else _parse_toml(text)
-    loader = _ControlLoader(str(file), insecure)
+    data = read_config_file(path)
+    loader = _ControlLoader(str(path), insecure)
     config = loader.load(data)
     for warning in loader.warnings:
         (warn or log.warning)(warning)
