@@ -64,6 +64,18 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(read_config_file(path))
 
 
+def interval_problem(value: object) -> str | None:
+    """Why ``value`` is not a monitor interval (a positive, finite number of seconds), or None."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        return f"expected a positive number of seconds, got {value!r}"
+    return None
+
+
 def read_config_file(path: str | os.PathLike[str]) -> Any:
     """The parsed contents of a TOML (or, for ``*.json``, JSON) config file.
 
@@ -266,17 +278,8 @@ class _Loader:
             )
             monitor_id = None
         interval = merged.get("interval", DEFAULT_INTERVAL)
-        if (
-            isinstance(interval, bool)
-            or not isinstance(interval, int | float)
-            or not math.isfinite(interval)
-            or interval <= 0
-        ):
-            self.fail(
-                f"{path}.interval",
-                f"expected a positive number of seconds, got {interval!r}"
-                + _from_defaults("interval", defaults, item),
-            )
+        if (problem := interval_problem(interval)) is not None:
+            self.fail(f"{path}.interval", problem + _from_defaults("interval", defaults, item))
         definition = {k: v for k, v in merged.items() if k not in _MONITOR_KEYS}
         probe: Any = None
         try:

@@ -43,7 +43,15 @@ from ._assertions import (
     ResponseTime,
     StatusIn,
 )
-from ._config import DEFAULT_INTERVAL, Config, _kind, _Loader, load_config, read_config_file
+from ._config import (
+    DEFAULT_INTERVAL,
+    Config,
+    _kind,
+    _Loader,
+    interval_problem,
+    load_config,
+    read_config_file,
+)
 from ._context import ProbeContext
 from ._definitions import DefinitionErrors, build_probe
 from ._dial import Dialer
@@ -1240,15 +1248,8 @@ class _ControlLoader(_Loader):
                     f"no [[checkpoints]] table has the id {checkpoint!r}; known: {known}",
                 )
             interval = item.get("interval", DEFAULT_INTERVAL)
-            if (
-                isinstance(interval, bool)
-                or not isinstance(interval, int | float)
-                or not math.isfinite(interval)
-                or interval <= 0
-            ):
-                self.fail(
-                    f"{path}.interval", f"expected a positive number of seconds, got {interval!r}"
-                )
+            if (problem := interval_problem(interval)) is not None:
+                self.fail(f"{path}.interval", problem)
             definition = {k: v for k, v in item.items() if k not in _MONITOR_OWN_KEYS}
             self.definition(definition, path)
             if len(self.errors) > before:
