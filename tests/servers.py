@@ -14,7 +14,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self
 
-from probekit import Dialer, EgressPolicy, ProbeContext, StaticResolver
+from probekit import Connection, Dialer, EgressPolicy, ProbeContext, StaticResolver, tcp_connect
 
 
 class NonLoopbackDial(AssertionError):
@@ -31,15 +31,12 @@ class GuardedConnector:
         self.dialled: list[tuple[str, int]] = []
         self.refused: list[tuple[str, int]] = []
 
-    async def __call__(
-        self, ip: str, port: int, source: tuple[str, int] | None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def __call__(self, ip: str, port: int, source: tuple[str, int] | None) -> Connection:
         if not ipaddress.ip_address(ip).is_loopback:
             self.refused.append((ip, port))
             raise NonLoopbackDial(f"test tried to dial {ip}:{port}")
         self.dialled.append((ip, port))
-        reader, writer = await asyncio.open_connection(ip, port, local_addr=source)
-        return reader, writer
+        return await tcp_connect(ip, port, source)
 
 
 def make_context(

@@ -12,6 +12,7 @@ import typing as _typing
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+
     from ._assertions import (
         Assertion,
         BodyContains,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
         register_assertion,
         register_probe,
     )
-    from ._dial import Connection, Dialer, Proxy
+    from ._dial import Connection, Dialer, Proxy, tcp_connect
     from ._errors import ProbeFailure
     from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
     from ._exporters import json_line, nagios_line, prometheus_text
@@ -130,6 +131,7 @@ _LAZY: dict[str, str] = {
     "register_probe": "._definitions",
     "result_from_json": "._serialization",
     "result_to_json": "._serialization",
+    "tcp_connect": "._dial",
 }
 
 
@@ -212,4 +214,5 @@ __all__ = [
     "register_probe",
     "result_from_json",
     "result_to_json",
+    "tcp_connect",
 ]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import attrs
 
@@ -27,18 +27,30 @@ from ._timeline import Timeline
 from ._timeouts import Timeouts
 from ._tls import TlsOptions, ssl_context, tls_info
 
-__all__ = ["Connection", "Connector", "Dialer", "Proxy", "TlsVerifyFailure", "format_address"]
+__all__ = [
+    "Connection",
+    "Connector",
+    "Dialer",
+    "Proxy",
+    "TlsVerifyFailure",
+    "format_address",
+    "tcp_connect",
+]
 
 log = logging.getLogger("probekit.dial")
 
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-#: Opens a TCP connection to an already-checked IP. Tests substitute one that refuses
-#: anything but loopback, so a policy bug cannot send a packet anywhere else.
-Connector = Callable[[str, int, "tuple[str, int] | None"], Awaitable[Streams]]
+_PROXY_HEAD = 16 * 1024
+
+#: Opens a TCP connection to an already-checked IP and returns it as a :class:`Connection`
+#: (the default is :func:`tcp_connect`). Tests substitute one that refuses anything but
+#: loopback, so a policy bug cannot send a packet anywhere else.
+Connector = Callable[[str, int, "tuple[str, int] | None"], Awaitable["Connection"]]
 Preference = Literal["auto", "ipv4", "ipv6"]
 T = TypeVar("T")
 
-_STREAM_LIMIT = 64 * 1024
+#: Reading pauses when this much is buffered and not yet read, and resumes below a quarter.
+_HIGH_WATER = 256 * 1024
+_NO_ADDRESS: IPAddress = ipaddress.IPv4Address(0)
 
 
 async def within(limit: float | None, awaitable: Awaitable[T]) -> T:
@@ -57,12 +69,19 @@ def format_address(ip: IPAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-async def _open(ip: str, port: int, source: tuple[str, int] | None) -> Streams:
-    reader, writer = await asyncio.open_connection(ip, port, local_addr=source, limit=_STREAM_LIMIT)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return reader, writer
+async def tcp_connect(ip: str, port: int, source: tuple[str, int] | None = None) -> Connection:
+    """The default :data:`Connector`: a plain TCP connection to ``ip:port`` (no checks).
+
+    A custom connector typically checks the address and then calls this.
+    """
+    loop = asyncio.get_running_loop()
+    _transport, conn = await loop.create_connection(Connection, ip, port, local_addr=source)
+    return conn
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class TlsVerifyFailure(ProbeFailure):
@@ -108,32 +127,186 @@ class Proxy:
         return f"Basic {token}".encode()
 
 
-class Connection:
-    """An open TCP connection from the dial path (possibly TLS, possibly through a proxy)."""
+class Connection(asyncio.Protocol):
+    """An open TCP connection from the dial path (possibly TLS, possibly through a proxy).
 
-    __slots__ = ("ip", "port", "reader", "tls", "via_proxy", "writer")
+    It is the asyncio protocol of its own transport: received bytes go into one buffer that
+    :meth:`read` takes from, with no stream objects in between. This is the hot path of every
+    check, so it is kept small.
+    """
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: IPAddress, port: int
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.ip = ip
-        self.port = port
+    __slots__ = (
+        "_buffer",
+        "_drain_waiter",
+        "_eof",
+        "_error",
+        "_lost",
+        "_reading_paused",
+        "_waiter",
+        "_writing_paused",
+        "ip",
+        "port",
+        "tls",
+        "transport",
+        "upgrading",
+        "via_proxy",
+    )
+
+    transport: asyncio.Transport
+
+    def __init__(self) -> None:
+        self.ip = _NO_ADDRESS
+        self.port = 0
         self.tls: TlsInfo | None = None
         self.via_proxy = False
+        #: Set while (and after) TLS is being started, so EOF is handled as TLS expects.
+        self.upgrading = False
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._lost = False
+        self._error: BaseException | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        self._wake()
+        if not self._reading_paused and len(buffer) > _HIGH_WATER:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Keep a plain connection open for writing (a half close); TLS ignores the answer.
+        return not self.upgrading
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = self._lost = True
+        if exc is not None:
+            self._error = exc
+        self._wake()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- for probes ---------------------------------------------------------------------
 
     @property
     def address(self) -> str:
         return format_address(self.ip, self.port)
 
-    async def read(self, size: int, limit: float | None) -> bytes:
-        """Read up to ``size`` bytes (b"" at EOF), waiting at most ``limit`` seconds if given."""
-        return await within(limit, self.reader.read(size))
+    @property
+    def buffered(self) -> int:
+        """How many received bytes have not been read yet."""
+        return len(self._buffer)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self._lost:
+            raise self._error or ConnectionResetError("connection lost")
+        if not self._writing_paused:
+            return
+        waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+        if self._lost:
+            raise self._error or ConnectionResetError("connection lost")
+
+    async def _wait(self, limit: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if limit is None else loop.call_later(limit, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def read(self, size: int, limit: float | None = None) -> bytes:
+        """Read up to ``size`` bytes (b"" at EOF), waiting at most ``limit`` seconds if given.
+
+        A connection reset while waiting raises the transport's error.
+        """
+        buffer = self._buffer
+        if not buffer and not self._eof:
+            await self._wait(limit)
+        if not buffer:
+            if self._error is not None:
+                raise self._error
+            return b""
+        if len(buffer) <= size:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:size])
+            del buffer[:size]
+        if self._reading_paused and len(buffer) < _HIGH_WATER // 4:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def read_until(
+        self, separator: bytes, max_bytes: int, limit: float | None, what: str
+    ) -> bytes:
+        """Read through ``separator``; the bytes after it stay buffered for :meth:`read`.
+
+        Raises a protocol failure naming ``what`` when ``max_bytes`` pass without it, or the
+        connection closes first.
+        """
+        buffer = self._buffer
+        while True:
+            found = buffer.find(separator)
+            if found >= 0:
+                end = found + len(separator)
+                if end > max_bytes:
+                    break
+                data = bytes(buffer[:end])
+                del buffer[:end]
+                return data
+            if len(buffer) > max_bytes:
+                break
+            if self._eof:
+                if self._error is not None:
+                    raise self._error
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL, f"connection closed before the end of the {what}"
+                )
+            await self._wait(limit)
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"{what} exceeds {max_bytes} bytes")
 
     def close(self) -> None:
         """Close at once, without waiting to flush: a probe has read all it needs."""
-        transport = self.writer.transport
+        transport = self.transport
         if not transport.is_closing():
             transport.abort()
 
@@ -161,7 +334,7 @@ class Dialer:
         self.prefer = prefer
         self.family = family
         self.source = (source_address, 0) if source_address else None
-        self.connector: Connector = connector or _open
+        self.connector: Connector = connector or tcp_connect
 
     async def resolve(
         self, host: str, timeline: Timeline, timeouts: Timeouts, *, family: Family | None = None
@@ -214,7 +387,7 @@ class Dialer:
             for ip in addresses:
                 try:
                     opening = self.connector(str(ip), port, self.source)
-                    reader, writer = await within(timeouts.connect, opening)
+                    conn = await within(timeouts.connect, opening)
                 except OSError as exc:
                     log.debug("connect to %s failed: %s", format_address(ip, port), exc)
                     last = exc
@@ -224,7 +397,9 @@ class Dialer:
                         raise
                     last = exc
                     continue
-                return Connection(reader, writer, ip, port)
+                conn.ip = ip
+                conn.port = port
+                return conn
             assert last is not None
             raise last
 
@@ -278,14 +453,8 @@ class Dialer:
         auth = proxy.authorization()
         if auth:
             lines.append(b"Proxy-Authorization: " + auth)
-        conn.writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        async with asyncio.timeout(timeouts.read):
-            try:
-                head = await conn.reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                raise ProbeFailure(ErrorKind.PROTOCOL, "proxy response headers too large") from None
-            except asyncio.IncompleteReadError:
-                raise ProbeFailure(ErrorKind.PROTOCOL, "proxy closed the connection") from None
+        conn.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        head = await conn.read_until(b"\r\n\r\n", _PROXY_HEAD, timeouts.read, "proxy response")
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[1].isdigit():
@@ -310,7 +479,7 @@ class Dialer:
         ctx = ssl_context(options)
         # Plain-text bytes already buffered would be read back as if they had come through TLS
         # (the STARTTLS injection flaw); a correct server sends nothing before the handshake.
-        buffered = len(getattr(conn.reader, "_buffer", b""))
+        buffered = conn.buffered
         if buffered:
             raise ProbeFailure(
                 ErrorKind.PROTOCOL, f"{buffered} unexpected plain-text bytes before the TLS upgrade"
@@ -318,15 +487,19 @@ class Dialer:
         failure: ssl.SSLCertVerificationError | None = None
         with timeline.phase("tls"):
             try:
-                handshake = conn.writer.start_tls(ctx, server_hostname=server_name)
-                await within(timeouts.tls, handshake)
+                conn.upgrading = True
+                loop = asyncio.get_running_loop()
+                handshake = loop.start_tls(conn.transport, conn, ctx, server_hostname=server_name)
+                transport = await within(timeouts.tls, handshake)
+                assert transport is not None
+                conn.transport = transport
             except ssl.SSLCertVerificationError as exc:
                 failure = exc
         if failure is not None:
             timeline.current = "tls"
             chain = await self._diagnose(conn, server_name, options, timeouts)
             raise TlsVerifyFailure(f"certificate verify failed: {failure.verify_message}", chain)
-        ssl_object = conn.writer.get_extra_info("ssl_object")
+        ssl_object = conn.transport.get_extra_info("ssl_object")
         conn.tls = tls_info(ssl_object, server_name, verified=options.verify)
         return conn.tls
 
@@ -343,13 +516,19 @@ class Dialer:
         insecure = attrs.evolve(options, verify=False)
         try:
             async with asyncio.timeout(timeouts.tls or 2.0):
-                _reader, writer = await self.connector(str(conn.ip), conn.port, self.source)
+                probe = await self.connector(str(conn.ip), conn.port, self.source)
                 try:
-                    await writer.start_tls(ssl_context(insecure), server_hostname=server_name)
-                    ssl_object = writer.get_extra_info("ssl_object")
+                    probe.upgrading = True
+                    loop = asyncio.get_running_loop()
+                    transport = await loop.start_tls(
+                        probe.transport, probe, ssl_context(insecure), server_hostname=server_name
+                    )
+                    assert transport is not None
+                    probe.transport = transport
+                    ssl_object = transport.get_extra_info("ssl_object")
                     return tls_info(ssl_object, server_name, verified=False)
                 finally:
-                    writer.transport.abort()
+                    probe.close()
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.debug("could not fetch the chain of %s for diagnosis: %s", conn.address, exc)
             return None

@@ -448,9 +448,9 @@ async def _h1_exchange(
         out += h.send(h11.EndOfMessage())
     except h11.LocalProtocolError as exc:
         raise ProbeFailure(ErrorKind.INTERNAL, f"cannot build request: {exc}") from None
-    conn.writer.write(out)
+    conn.write(out)
     if body and len(body) > _READ:
-        await conn.writer.drain()
+        await conn.drain()
     read_limit = probe.timeouts.read
     response = _Response()
     sink: _BodySink | None = None
@@ -522,7 +522,7 @@ async def _h2_exchange(
     ]
     request += [(k.lower(), v) for k, v in headers if k.lower() not in _H2_FORBIDDEN]
     h.send_headers(stream, request, end_stream=not body)
-    writer = conn.writer
+    writer = conn
     pending = body or b""
     response = _Response()
     response.http_version = "2"

@@ -318,10 +318,10 @@ class _Exchange:
         attempt.record_tls(info)
 
     async def _send(self, step: Send) -> None:
-        writer = self.conn.writer
-        writer.write(step.data)
+        conn = self.conn
+        conn.write(step.data)
         self.sent += len(step.data)
-        await writer.drain()
+        await conn.drain()
 
     async def _expect(self, step: Expect) -> None:
         cap = self.probe.max_bytes
