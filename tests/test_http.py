@@ -253,6 +253,23 @@ async def test_method_headers_body_query_are_sent(
     assert seen.body == b'{"k": 1}'
 
 
+async def test_request_head_on_the_wire(http_server: HttpServer, ctx: ProbeContext) -> None:
+    """Non-ASCII paths go out percent-encoded (UTF-8); Latin-1 header values go out as is."""
+    probe = HttpProbe(http_server.url("/echo?q=caf\u00e9"), headers={"X-Name": "M\u00fcller"})
+    result = await probe.check(ctx)
+    assert result.status is Status.UP, result.summary()
+    seen = http_server.requests[-1]
+    assert seen.target == "/echo?q=caf%C3%A9"
+    assert seen.headers["x-name"] == "M\u00fcller"
+    assert seen.headers["connection"] == "close"
+    assert seen.headers["user-agent"].startswith("probekit/")
+
+
+def test_international_host_names_are_idna_encoded() -> None:
+    probe = HttpProbe("http://b\u00fccher.test/")
+    assert probe.host == "xn--bcher-kva.test"
+
+
 async def test_basic_and_bearer_auth(http_server: HttpServer, ctx: ProbeContext) -> None:
     await HttpProbe(http_server.url("/echo"), basic_auth=BasicAuth("ops", Secret("pa55"))).check(
         ctx
@@ -472,6 +489,13 @@ INVALID = [
     ({"url": "http://h/", "max_redirects": -1}, "max_redirects"),
     ({"url": "http://h/", "max_body_bytes": "big"}, "max_body_bytes"),
     ({"url": "http://h/", "headers": {"X": "a\r\nb"}}, "headers[0]"),
+    ({"url": "http://h/", "headers": {"X Y": "a"}}, "headers[0]"),
+    ({"url": "http://h/", "headers": {"": "a"}}, "headers[0]"),
+    ({"url": "http://h/", "headers": [("Ok", "1"), ("X:", "a")]}, "headers[1]"),
+    ({"url": "http://h/", "headers": {"X": "snowman \u2603"}}, "headers[0]"),
+    ({"url": "http://h/", "host_header": "a b"}, "host_header"),
+    ({"url": "http://h/", "host_header": ""}, "host_header"),
+    ({"url": "http://h/", "host_header": "caf\u00e9.test"}, "host_header"),
     ({"url": "http://h/", "http_version": "3"}, "http_version"),
     ({"url": "http://h/", "assertions": ("not an assertion",)}, "assertions[0]"),
     (

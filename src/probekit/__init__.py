@@ -12,7 +12,6 @@ import typing as _typing
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-
     from ._assertions import (
         Assertion,
         BodyContains,

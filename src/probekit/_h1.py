@@ -14,8 +14,9 @@ Rules (RFC 9110 / RFC 9112), and the choices made where the RFCs leave room:
 * Header names are RFC 9110 tokens; values are stripped of spaces and tabs at both ends and may
   hold visible ASCII, spaces, tabs and obs-text (0x80-0xFF, decoded as latin-1). Any other
   control character (NUL, a bare CR, DEL, ...) is an error. Obsolete line folding is
-  *accepted*: a line starting with a space or tab is joined onto the previous line with one
-  space (as h11 does); a continuation before the first header is an error.
+  *accepted*: a line starting with a space or tab is joined onto the previous line, and the
+  whitespace around the fold becomes exactly one space (RFC 9112 section 5.2 allows replacing
+  an obs-fold with spaces); a continuation line before the first header is an error.
 * Interim 1xx responses other than 101 are parsed and discarded; 101 is final and has no body.
 * Each head (status line, headers and the blank line) may be at most ``max_head_bytes``; the
   limit is checked as bytes arrive, so the parser never holds more than that waiting for the
@@ -67,12 +68,11 @@ _FAILED = 8
 # obs-text. Possessive quantifiers keep every match linear in the input.
 _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*+))?")
 _PREFIXES = (b"HTTP/1.1 ", b"HTTP/1.0 ")
-_TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+_TCHAR = r"[-!#$%&'*+.^_`|~0-9A-Za-z]"
 _VALUE = r"[\t\x20-\x7e\x80-\xff]"
 # One well-formed header line, decoded as latin-1; used with findall over a whole header block.
-_FIELD_LINE_RE = re.compile(rf"^({_TOKEN}++):[ \t]*+({_VALUE}*+)\r?\n", re.MULTILINE)
-_FIELD_RE = re.compile(rf"({_TOKEN}++):[ \t]*+({_VALUE}*+)")
-_TOKEN_RE = re.compile(rf"{_TOKEN}++")
+_FIELD_LINE_RE = re.compile(rf"^({_TCHAR}++):[ \t]*+({_VALUE}*+)\r?\n", re.MULTILINE)
+_TOKEN_RE = re.compile(rf"{_TCHAR}++")
 _VALUE_RE = re.compile(rf"{_VALUE}*+")
 _HEX_RE = re.compile(rb"[0-9A-Fa-f]++")
 _NO_BODY_STATUS = frozenset({101, 204, 304})
@@ -81,7 +81,7 @@ _CLOSED = "connection closed before the response ended"
 
 def _excerpt(data: bytes | bytearray | str) -> str:
     """A short, printable rendering of offending input for an error message."""
-    if isinstance(data, str):
+    if isinstance(data, str):  # a header line, decoded as latin-1: show the bytes again
         data = data.encode("latin-1")
     text = repr(bytes(data[:_EXCERPT]))
     return text + "..." if len(data) > _EXCERPT else text
@@ -114,6 +114,33 @@ def _status_error(line: bytes | bytearray) -> ProbeFailure:
     return _fail(f"invalid character in reason phrase: {shown}")
 
 
+def _status_line(src: bytes | bytearray, start: int, nl1: int) -> re.Match[bytes]:
+    """Match the status line ``src[start:nl1]`` (less a trailing CR) or say what is wrong."""
+    stop = nl1 - 1 if nl1 > start and src[nl1 - 1] == 13 else nl1
+    match = _STATUS_RE.fullmatch(src, start, stop)
+    if match is None:
+        raise _status_error(src[start:stop])
+    return match
+
+
+def _content_length(values: list[str]) -> int:
+    """The one length all Content-Length headers (and their comma lists) agree on."""
+    length = -1
+    for value in values:
+        for part in value.split(","):
+            digits = part.strip(" \t")
+            if not (digits.isascii() and digits.isdigit()):
+                raise _fail(f"invalid Content-Length: {_excerpt(value)}")
+            if len(digits) > 18:
+                raise _fail(f"Content-Length has more than 18 digits: {_excerpt(value)}")
+            number = int(digits)
+            if length < 0:
+                length = number
+            elif number != length:
+                raise _fail(f"conflicting Content-Length values: {length} and {number}")
+    return length
+
+
 def _fold(text: str, what: str) -> list[str]:
     """Split a header block into logical lines, joining obs-fold continuations."""
     lines: list[str] = []
@@ -122,7 +149,7 @@ def _fold(text: str, what: str) -> list[str]:
         if line[:1] in (" ", "\t"):
             if not lines:
                 raise _fail(f"{what} block starts with a continuation line: {_excerpt(line)}")
-            lines[-1] += " " + line.lstrip(" \t")
+            lines[-1] = lines[-1].rstrip(" \t") + " " + line.lstrip(" \t")
         else:
             lines.append(line)
     return lines
@@ -214,8 +241,7 @@ class ResponseParser:
                 return [data]
         if state == _DONE:
             return []
-        if state == _FAILED:
-            assert self._error is not None
+        if state == _FAILED and self._error is not None:
             raise self._error
         try:
             if not data:
@@ -243,7 +269,7 @@ class ResponseParser:
             state = self._state
             if state == _HEAD:
                 pos = self._head(data, pos)
-            elif state == _LENGTH or state == _CHUNK_DATA:
+            elif state in (_LENGTH, _CHUNK_DATA):
                 remaining = self._remaining
                 if end - pos < remaining:
                     out.append(data[pos:] if pos else data)
@@ -280,6 +306,7 @@ class ResponseParser:
         """
         buf = self._buf
         src: bytes | bytearray
+        match: re.Match[bytes] | None = None
         if buf:
             old = len(buf)
             # Only what could still belong to a head within the limit is copied.
@@ -298,7 +325,7 @@ class ResponseParser:
                 if not (_PREFIXES[0].startswith(first) or _PREFIXES[1].startswith(first)):
                     raise _status_error(src[start : start + _EXCERPT + 1])
                 return self._more(data, src, start, len(src), -1)
-            self._status_line(src, start, nl1)  # reject a bad status line early
+            match = _status_line(src, start, nl1)  # a bad status line fails at once
             scan = nl1
         # The head ends at the first empty line: "\n\r\n" or "\n\n".
         crlf = src.find(b"\n\r\n", scan)
@@ -311,7 +338,8 @@ class ResponseParser:
             return self._more(data, src, start, max(len(src) - 2, nl1), nl1)
         if head_end - start > self._max_head:
             raise _fail(f"response head exceeds {self._max_head} bytes")
-        version, status, reason = self._status_line(src, start, nl1)
+        if match is None:
+            match = _status_line(src, start, nl1)
         if block_end > nl1 + 1:
             text = src[nl1 + 1 : block_end].decode("latin-1")
             fields = _FIELD_LINE_RE.findall(text)
@@ -324,16 +352,17 @@ class ResponseParser:
         if src is buf:
             self._buf = bytearray()
             self._line1 = -1
-        new_pos = head_end - base
-        if 100 <= status < 200 and status != 101:
-            return new_pos  # interim response: discard it, the next head follows
-        self.http_version = version
+        version, code, reason = match.groups()
+        status = int(code)
+        if status < 200 and status != 101:
+            return head_end - base  # an interim response: discarded, the next head follows
+        self.http_version = "1.1" if version == b"1" else "1.0"
         self.status = status
-        self.reason = reason
+        self.reason = reason.decode("latin-1").strip(" \t") if reason else ""
         self.headers = headers
         self.head_done = True
         self._framing(status, headers)
-        return new_pos
+        return head_end - base
 
     def _more(self, data: bytes, src: bytes | bytearray, start: int, scan: int, nl1: int) -> int:
         """Keep an incomplete head (``src[start:]``) for the next feed, within the limit."""
@@ -348,61 +377,47 @@ class ResponseParser:
         self._line1 = nl1
         return len(data)
 
-    def _status_line(self, src: bytes | bytearray, start: int, nl1: int) -> tuple[str, int, str]:
-        stop = nl1 - 1 if nl1 > start and src[nl1 - 1] == 13 else nl1
-        line = src[start:stop]
-        match = _STATUS_RE.fullmatch(line)
-        if match is None:
-            raise _status_error(line)
-        version, code, reason = match.groups()
-        return (
-            "1.1" if version == b"1" else "1.0",
-            int(code),
-            reason.decode("latin-1").strip(" \t") if reason else "",
-        )
-
     def _framing(self, status: int, headers: list[tuple[str, str]]) -> None:
         if self._head_request or status in _NO_BODY_STATUS:
             self._finish()
             return
-        length = -1
-        codings: list[str] | None = None
+        lengths: list[str] | None = None
+        encodings: list[str] | None = None
         for name, value in headers:
             if name == "content-length":
-                for part in value.split(","):
-                    digits = part.strip(" \t")
-                    if not (digits.isascii() and digits.isdigit()):
-                        raise _fail(f"invalid Content-Length: {_excerpt(value)}")
-                    if len(digits) > 18:
-                        raise _fail(f"Content-Length has more than 18 digits: {_excerpt(value)}")
-                    number = int(digits)
-                    if length < 0:
-                        length = number
-                    elif number != length:
-                        raise _fail(f"conflicting Content-Length values: {length} and {number}")
+                if lengths is None:
+                    lengths = [value]
+                else:
+                    lengths.append(value)
             elif name == "transfer-encoding":
-                if codings is None:
-                    codings = []
-                codings.extend(c.strip(" \t").lower() for c in value.split(","))
-        if codings is not None:
+                if encodings is None:
+                    encodings = [value]
+                else:
+                    encodings.append(value)
+        if encodings is not None:  # Transfer-Encoding wins; Content-Length is ignored
+            codings = [c.strip(" \t").lower() for v in encodings for c in v.split(",")]
             codings = [c for c in codings if c]
             if codings.count("chunked") > 1:
                 raise _fail("Transfer-Encoding applies chunked more than once")
-            if codings and codings[-1] == "chunked":
-                self._state = _CHUNK_SIZE
-            else:
-                self._state = _UNTIL_EOF
-        elif length == 0:
-            self._finish()
-        elif length > 0:
+            self._state = _CHUNK_SIZE if codings and codings[-1] == "chunked" else _UNTIL_EOF
+            return
+        if lengths is None:
+            self._state = _UNTIL_EOF
+            return
+        value = lengths[0]
+        if len(lengths) == 1 and value.isdigit() and value.isascii() and len(value) <= 18:
+            length = int(value)
+        else:
+            length = _content_length(lengths)
+        if length:
             self._state = _LENGTH
             self._remaining = length
         else:
-            self._state = _UNTIL_EOF
+            self._finish()
 
     # -- chunked bodies ------------------------------------------------------------------------
 
-    def _line(self, data: bytes, pos: int, limit: int, too_long: str) -> tuple[bytes | None, int]:
+    def _line(self, data: bytes, pos: int, limit: int) -> tuple[bytes | None, int]:
         """Take one line (at most ``limit`` bytes with its LF) starting at ``data[pos]``.
 
         Returns the line without its line ending and the position after it, or ``(None,
@@ -413,7 +428,9 @@ class ResponseParser:
         nl = data.find(b"\n", pos, pos + limit - have)
         if nl < 0:
             if have + len(data) - pos >= limit:
-                raise _fail(too_long)
+                if self._state == _CHUNK_SIZE:
+                    raise _fail(f"chunk size line exceeds {MAX_CHUNK_LINE} bytes")
+                raise _fail(f"response trailers exceed {self._max_head} bytes")
             buf += data[pos:]
             return None, len(data)
         line = data[pos:nl]
@@ -425,9 +442,7 @@ class ResponseParser:
         return line, nl + 1
 
     def _chunk_size(self, data: bytes, pos: int) -> int:
-        line, pos = self._line(
-            data, pos, MAX_CHUNK_LINE, f"chunk size line exceeds {MAX_CHUNK_LINE} bytes"
-        )
+        line, pos = self._line(data, pos, MAX_CHUNK_LINE)
         if line is None:
             return pos
         digits = line.partition(b";")[0].rstrip(b" \t")
@@ -467,9 +482,7 @@ class ResponseParser:
     def _trailer(self, data: bytes, pos: int) -> int:
         used = self._trailer_bytes
         have = len(self._buf)
-        line, new_pos = self._line(
-            data, pos, self._max_head - used, f"response trailers exceed {self._max_head} bytes"
-        )
+        line, new_pos = self._line(data, pos, self._max_head - used)
         if line is None:
             return new_pos
         self._trailer_bytes = used + have + new_pos - pos

@@ -1,10 +1,10 @@
 """HttpProbe: HTTP(S) checks with real phase timings, on the shared dial path.
 
-HTTP/1.1 is spoken with h11 (the sans-io parser under httpx) over the dial path's own streams,
-which keeps the per-check cost low and makes the phase boundaries exact: ``processing`` runs from
-the last request byte written to the first response byte read, ``transfer`` from there to the end
-of the body. HTTP/2 uses the h2 state machine on the same streams (ALPN over TLS, prior
-knowledge over plain text).
+HTTP/1.1 responses are read by a lean, strict parser (``_h1``) over the dial path's own
+connection, which keeps the per-check cost low and makes the phase boundaries exact:
+``processing`` runs from the last request byte written to the first response byte read,
+``transfer`` from there to the end of the body. HTTP/2 uses the h2 state machine on the same
+connection (ALPN over TLS, prior knowledge over plain text).
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import base64
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import attrs
-import h11
 
 from ._assertions import Assertion, Observation, StatusIn, assertion_tuple
 from ._context import ProbeContext
 from ._dial import Connection, Proxy
 from ._errors import ProbeFailure
 from ._exceptions import DefinitionError
+from ._h1 import ResponseParser
 from ._policy import parse_host_address
 from ._probe import Attempt, execute
 from ._resolver import Family
@@ -35,9 +35,11 @@ from ._tls import TlsOptions
 __all__ = ["BasicAuth", "HttpProbe"]
 
 _READ = 64 * 1024
+_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_STATUS = StatusIn(ranges=((200, 299),))
 _UA = b"probekit/0.1"
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 #: Headers HTTP/2 forbids (RFC 9113 §8.2.2); dropped from user headers when speaking h2.
 _H2_FORBIDDEN = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
@@ -74,6 +76,17 @@ def _pairs(
             raise DefinitionError(f"{field}[{i}]", "names and values must be strings")
         if any(c in name + val for c in "\r\n\0"):
             raise DefinitionError(f"{field}[{i}]", "names and values may not contain CR, LF or NUL")
+        if field == "headers":
+            if not name or not _TOKEN.issuperset(name):
+                raise DefinitionError(
+                    f"{field}[{i}]", f"{name!r} is not a valid header name (RFC 9110 token)"
+                )
+            try:
+                val.encode("latin-1")
+            except UnicodeEncodeError:
+                raise DefinitionError(
+                    f"{field}[{i}]", f"the value of {name!r} is not Latin-1 text"
+                ) from None
         out.append((name, val))
     return tuple(out)
 
@@ -130,6 +143,12 @@ def _parse_url(url: str, field: str = "url") -> _Url:
         )
     if not parts.hostname:
         raise DefinitionError(field, f"no host in {url!r}")
+    hostname = parts.hostname
+    if not hostname.isascii():
+        try:
+            hostname = hostname.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise DefinitionError(field, f"bad international host name in {url!r}: {exc}") from None
     if parts.username is not None or parts.password is not None:
         raise DefinitionError(field, "put credentials in basic_auth, not in the URL")
     try:
@@ -137,7 +156,9 @@ def _parse_url(url: str, field: str = "url") -> _Url:
     except ValueError as exc:
         raise DefinitionError(field, f"{exc} in {url!r}") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Url(parts.scheme, parts.hostname, port, target)
+    if not target.isascii():  # a request line is ASCII: percent-encode the rest as UTF-8
+        target = quote(target, safe=_ASCII_PRINTABLE)
+    return _Url(parts.scheme, hostname, port, target)
 
 
 class _Response:
@@ -241,8 +262,8 @@ class HttpProbe:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
     _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
-    _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], h11.Request]] = (
-        attrs.field(init=False, repr=False, eq=False, hash=False, factory=dict)
+    _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], bytes]] = attrs.field(
+        init=False, repr=False, eq=False, hash=False, factory=dict
     )
 
     @url.validator
@@ -257,6 +278,15 @@ class HttpProbe:
         if self.http_version not in ("1.1", "2"):
             raise DefinitionError(
                 "http_version", f"expected '1.1' or '2', got {self.http_version!r}"
+            )
+        if self.host_header is not None and (
+            not self.host_header
+            or not self.host_header.isascii()
+            or not self.host_header.isprintable()
+            or " " in self.host_header
+        ):
+            raise DefinitionError(
+                "host_header", f"expected a host[:port] in ASCII, got {self.host_header!r}"
             )
         if self.basic_auth is not None and self.bearer_token is not None:
             raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
@@ -334,11 +364,12 @@ class HttpProbe:
 
     def _prepare(
         self, url: _Url, method: str, body: bytes | None, auth: bool, absolute: bool
-    ) -> tuple[str, list[tuple[bytes, bytes]], h11.Request]:
-        """The request line target, headers and h11 request for one hop.
+    ) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
+        """The request line target, headers and the HTTP/1.1 request head for one hop.
 
-        Built once per distinct hop and remembered: building and validating an h11 request is
-        a sizeable share of a check's CPU, and a probe sends the same request every time.
+        Built once per distinct hop and remembered: a probe sends the same request every time.
+        Every part was checked when the probe was defined (header names are tokens, nothing
+        holds CR, LF or NUL, the target is ASCII).
         """
         key = (url, method, body, auth, absolute)
         prepared = self._prepared.get(key)
@@ -349,11 +380,9 @@ class HttpProbe:
                 if proxy_auth:
                     headers.append((b"Proxy-Authorization", proxy_auth))
             target = f"{url.scheme}://{url.authority}{url.target}" if absolute else url.target
-            try:
-                request = h11.Request(method=method, target=target, headers=headers)
-            except h11.LocalProtocolError as exc:
-                raise ProbeFailure(ErrorKind.INTERNAL, f"cannot build request: {exc}") from None
-            prepared = (target, headers, request)
+            lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+            lines += [name + b": " + value for name, value in headers]
+            prepared = (target, headers, b"\r\n".join(lines) + b"\r\n\r\n")
             if len(self._prepared) >= 16:  # redirects to ever-new URLs must not grow it
                 self._prepared.clear()
             self._prepared[key] = prepared
@@ -371,7 +400,7 @@ class HttpProbe:
             if lname == "host":
                 continue
             names.add(lname)
-            headers.append((name.encode(), value.encode()))
+            headers.append((name.encode(), value.encode("latin-1")))
         if "user-agent" not in names:
             headers.append((b"User-Agent", _UA))
         if "accept" not in names:
@@ -435,62 +464,39 @@ def _parse_url_for_redirect(url: str) -> _Url:
 async def _h1_exchange(
     conn: Connection,
     method: str,
-    request: h11.Request,
+    request: bytes,
     body: bytes | None,
     timeline: Timeline,
     probe: HttpProbe,
 ) -> _Response:
-    h = h11.Connection(h11.CLIENT)
-    try:
-        out = h.send(request)
-        if body:
-            out += h.send(h11.Data(data=body))
-        out += h.send(h11.EndOfMessage())
-    except h11.LocalProtocolError as exc:
-        raise ProbeFailure(ErrorKind.INTERNAL, f"cannot build request: {exc}") from None
-    conn.write(out)
-    if body and len(body) > _READ:
-        await conn.drain()
+    if body:
+        conn.write(request + body if len(body) <= _READ else request)
+        if len(body) > _READ:
+            conn.write(body)
+            await conn.drain()
+    else:
+        conn.write(request)
     read_limit = probe.timeouts.read
+    parser = ResponseParser(head_request=method == "HEAD")
     response = _Response()
     sink: _BodySink | None = None
-    try:
-        with timeline.phase("processing"):
-            data = await conn.read(_READ, read_limit)
-        with timeline.phase("transfer"):
-            while True:
-                h.receive_data(data)
-                while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
-                        break
-                    if isinstance(event, h11.Response):
-                        response.status = event.status_code
-                        response.http_version = event.http_version.decode()
-                        response.headers = [
-                            (k.decode().lower(), v.decode("latin-1")) for k, v in event.headers
-                        ]
-                        sink = _BodySink(response, probe.max_body_bytes)
-                        if method == "HEAD":
-                            return response
-                    elif isinstance(event, h11.InformationalResponse):
-                        continue
-                    elif isinstance(event, h11.Data):
-                        assert sink is not None
-                        if not sink.feed(event.data):
-                            return response
-                    elif (
-                        isinstance(event, h11.EndOfMessage | h11.ConnectionClosed)
-                        or event is h11.PAUSED
-                    ):
+    with timeline.phase("processing"):
+        data = await conn.read(_READ, read_limit)
+    with timeline.phase("transfer"):
+        while True:
+            chunks = parser.feed(data)
+            if sink is None and parser.head_done:
+                response.status = parser.status
+                response.http_version = parser.http_version
+                response.headers = parser.headers
+                sink = _BodySink(response, probe.max_body_bytes)
+            if sink is not None:
+                for chunk in chunks:
+                    if not sink.feed(chunk):
                         return response
-                if not data:
-                    raise ProbeFailure(
-                        ErrorKind.PROTOCOL, "connection closed before the response ended"
-                    )
-                data = await conn.read(_READ, read_limit)
-    except h11.RemoteProtocolError as exc:
-        raise ProbeFailure(ErrorKind.PROTOCOL, f"invalid HTTP response: {exc}") from None
+            if parser.done:
+                return response
+            data = await conn.read(_READ, read_limit)
 
 
 async def _h2_exchange(

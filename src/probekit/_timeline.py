@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 from ._clock import Clock
 from ._result import Phase
@@ -30,20 +29,39 @@ class Timeline:
         """Seconds since the check started."""
         return self._clock.monotonic() - self.start
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the body as phase ``name``; a failing phase is recorded up to the failure."""
-        previous = self.current
-        self.current = name
-        begin = self._clock.monotonic()
-        try:
-            yield
-        except BaseException:
-            self.add(name, begin, self._clock.monotonic())
-            raise
-        self.add(name, begin, self._clock.monotonic())
-        self.current = previous
+    def phase(self, name: str) -> _PhaseScope:
+        """Time the body (a ``with`` block) as phase ``name``.
+
+        A failing phase is recorded up to the failure and stays ``current``.
+        """
+        return _PhaseScope(self, name)
 
     def add(self, name: str, begin: float, end: float) -> None:
         """Record a phase measured elsewhere, from absolute monotonic readings."""
         self.phases.append(Phase(name, begin - self.start, end - begin))
+
+
+class _PhaseScope:
+    # A plain class rather than @contextmanager: this runs several times per check.
+    __slots__ = ("begin", "name", "previous", "timeline")
+
+    def __init__(self, timeline: Timeline, name: str) -> None:
+        self.timeline = timeline
+        self.name = name
+
+    def __enter__(self) -> None:
+        timeline = self.timeline
+        self.previous = timeline.current
+        timeline.current = self.name
+        self.begin = timeline._clock.monotonic()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        timeline = self.timeline
+        timeline.add(self.name, self.begin, timeline._clock.monotonic())
+        if exc_type is None:
+            timeline.current = self.previous
