@@ -72,17 +72,32 @@ _Item = tuple[int, Result] | _Wake | _Failed | _Closed
 class _Stream:
     """The state of one ``stream``/``run_all`` call: its window, queue and tasks."""
 
-    __slots__ = ("outstanding", "queue", "source_done", "tasks", "window")
+    __slots__ = (
+        "forget_task",
+        "outstanding",
+        "queue",
+        "runner_tasks",
+        "source_done",
+        "tasks",
+        "window",
+    )
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, runner_tasks: set[asyncio.Task[None]]) -> None:
         # A token is taken before a probe is pulled and given back when its result is handed to
         # the consumer, so pulled-but-undelivered probes never exceed ``window``: this is the
         # backpressure that makes a slow consumer slow the producer.
         self.window = asyncio.Semaphore(window)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.runner_tasks = runner_tasks
+        self.forget_task = self.forget  # bound once, not once per task
         self.outstanding = 0
         self.source_done = False
+
+    def forget(self, task: asyncio.Task[None]) -> None:
+        """Done callback of every task of the stream (one callback rather than two per task)."""
+        self.tasks.discard(task)
+        self.runner_tasks.discard(task)
 
 
 @attrs.frozen
@@ -349,7 +364,7 @@ class Runner:
         self, probes: Iterable[Probe] | AsyncIterable[Probe]
     ) -> AsyncGenerator[tuple[int, Result], None]:
         self._require_open()
-        stream = _Stream(2 * self._max_concurrency)
+        stream = _Stream(2 * self._max_concurrency, self._tasks)
         self._streams.add(stream)
         try:
             self._spawn(stream, self._produce(probes, stream))
@@ -371,8 +386,7 @@ class Runner:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         stream.tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(stream.tasks.discard)
+        task.add_done_callback(stream.forget_task)
 
     async def _produce(
         self, probes: Iterable[Probe] | AsyncIterable[Probe], stream: _Stream
