@@ -17,6 +17,7 @@ from typing import Literal, TypeVar, cast
 
 import attrs
 
+from ._deadline import after
 from ._errors import ProbeFailure
 from ._exceptions import DefinitionError
 from ._policy import EgressPolicy, IPAddress, parse_host_address
@@ -61,7 +62,7 @@ async def within(limit: float | None, awaitable: Awaitable[T]) -> T:
     """
     if limit is None:
         return await awaitable
-    async with asyncio.timeout(limit):
+    with after(limit):
         return await awaitable
 
 

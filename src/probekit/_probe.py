@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar, Protocol, runtime_checkable
 
 from ._context import ProbeContext, default_context
+from ._deadline import after
 from ._dial import TlsVerifyFailure
 from ._errors import classify
 from ._result import AssertionOutcome, ErrorKind, ProbeError, Result, Status, TlsInfo
@@ -87,7 +88,7 @@ async def execute(
         deadline = min(deadline, ctx.deadline)
     error: ProbeError | None = None
     try:
-        async with asyncio.timeout(max(deadline - clock.monotonic(), 0.0)):
+        with after(max(deadline - clock.monotonic(), 0.0)):
             await body(attempt)
     except TlsVerifyFailure as exc:
         attempt.record_tls(exc.tls)

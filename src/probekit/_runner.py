@@ -30,6 +30,7 @@ from typing import Any, Final, Self
 import attrs
 
 from ._context import ProbeContext, default_context
+from ._deadline import after
 from ._exceptions import DefinitionError
 from ._probe import Probe
 from ._result import ErrorKind, ProbeError, Result, Status
@@ -514,19 +515,19 @@ class Runner:
         started_at = clock.now()
         ctx = base.with_deadline(start + spec.total)
         budget = spec.total if ctx.deadline is None else max(ctx.deadline - start, 0.0)
-        scope = asyncio.timeout(budget + self._grace)
+        scope = after(budget + self._grace)
         try:
-            async with scope:
+            with scope:
                 result = await spec.check(ctx)
         except TimeoutError as exc:
-            if not scope.expired():
+            if not scope.expired:
                 return self._internal(spec, exc, started_at, clock.monotonic() - start)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a probe's bug becomes an UNKNOWN result
             return self._internal(spec, exc, started_at, clock.monotonic() - start)
         else:
-            if not scope.expired():
+            if not scope.expired:
                 if isinstance(result, Result):
                     return result
                 problem = TypeError(f"check() returned {type(result).__name__}, not a Result")
