@@ -71,6 +71,22 @@ PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 QUIET = 0.25
 OTHER = "other (not ours)"
 
+#: The prober's processes when it runs as a ProcessRunner: one per core, as on a checkpoint.
+CORES = os.cpu_count() or 1
+#: probekit's throughput variants: (name, on uvloop, as a ProcessRunner of CORES processes).
+VARIANTS = (
+    ("probekit", False, False),
+    ("probekit_uvloop", True, False),
+    ("probekit_processes", False, True),
+    ("probekit_processes_uvloop", True, True),
+)
+VARIANT_LABELS = {
+    "probekit": "",
+    "probekit_uvloop": " (uvloop)",
+    "probekit_processes": f" ({CORES} processes)",
+    "probekit_processes_uvloop": f" ({CORES} processes, uvloop)",
+}
+
 #: Issue 3's targets: measure key -> (comparison, bound, text).
 TARGETS = {
     "http_rate": (">=", 2.0, "ratio >= 2.0"),
@@ -555,9 +571,16 @@ def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def run_probekit(
-    peers: Peers, kind: str, duration: float, *, uvloop: bool, warmup: int
+    peers: Peers,
+    kind: str,
+    duration: float,
+    *,
+    uvloop: bool,
+    warmup: int,
+    processes: int | None = None,
 ) -> dict[str, Any]:
     spec = {
+        "processes": processes,
         "mode": "throughput",
         "kind": kind,
         "http_port": peers.http_port,
@@ -732,11 +755,16 @@ def _probe(spec: dict[str, Any]) -> Any:
 
 
 async def _throughput(spec: dict[str, Any]) -> dict[str, Any]:
-    from probekit import Runner
+    from probekit import ProcessRunner, Runner
 
     probe = _probe(spec)
-    async with Runner(max_concurrency=spec["concurrency"]) as runner:
-        await runner.run_all([probe] * spec["warmup"])
+    processes = spec.get("processes")
+    runner: Any
+    if processes:
+        loop = "uvloop" if spec.get("uvloop") else "asyncio"
+        runner = ProcessRunner(processes, spec["concurrency"], loop=loop)
+    else:
+        runner = Runner(max_concurrency=spec["concurrency"])
     counts: collections.Counter[str] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
     limit, duration = spec["max_probes"], spec["duration"]
@@ -748,22 +776,31 @@ async def _throughput(spec: dict[str, Any]) -> dict[str, Any]:
                 return
             yield probe
 
-    cpu0 = {name: sum(proc_cpu(p) for p in pids) for name, pids in watched.items()}
-    ticks0 = machine_ticks()
-    process0 = time.process_time()
-    start = time.perf_counter()
-    async with Runner(max_concurrency=spec["concurrency"]) as runner:
+    async with runner:
+        await runner.run_all([probe] * spec["warmup"])
+        workers = list(runner.pids) if processes else []
+        cpu0 = {name: sum(proc_cpu(p) for p in pids) for name, pids in watched.items()}
+        workers0 = sum(proc_cpu(p) for p in workers)
+        ticks0 = machine_ticks()
+        process0 = time.process_time()
+        start = time.perf_counter()
         async for result in runner.stream(probes(start + duration)):
             counts[result.status.name] += 1
             if not result.ok:
                 errors[result.summary().split(" ", 2)[2][:160]] += 1
-    seconds = time.perf_counter() - start
-    cpu = time.process_time() - process0
-    ticks1 = machine_ticks()
-    watched_cpu = {
-        name: sum(proc_cpu(p) for p in pids) - cpu0[name] for name, pids in watched.items()
-    }
+        seconds = time.perf_counter() - start
+        # The prober's CPU: this process, plus its worker processes when there are some.
+        cpu = time.process_time() - process0 + sum(proc_cpu(p) for p in workers) - workers0
+        ticks1 = machine_ticks()
+        watched_cpu = {
+            name: sum(proc_cpu(p) for p in pids) - cpu0[name] for name, pids in watched.items()
+        }
+        restarts = runner.restarts if processes else 0
     n = sum(counts.values())
+    if processes:
+        what = f"ProcessRunner({processes}, {spec['concurrency']}, loop={loop!r})"
+    else:
+        what = f"Runner(max_concurrency={spec['concurrency']})"
     return {
         "probes": n,
         "seconds": seconds,
@@ -773,6 +810,8 @@ async def _throughput(spec: dict[str, Any]) -> dict[str, Any]:
         "statuses": dict(counts),
         "errors": dict(errors.most_common(5)),
         "loop": type(asyncio.get_running_loop()).__module__,
+        "processes": processes or 1,
+        "worker_restarts": restarts,
         "watched_cpu_s": watched_cpu,
         "cores": {
             "prober": round(cpu / seconds, 3),
@@ -782,7 +821,7 @@ async def _throughput(spec: dict[str, Any]) -> dict[str, Any]:
                 busy_cores(ticks0, ticks1) - (cpu + sum(watched_cpu.values())) / seconds, 3
             ),
         },
-        "command": f"Runner(max_concurrency={spec['concurrency']}).stream(<{n} x {probe!r}>)",
+        "command": f"{what}.stream(<{n} x {probe!r}>)",
     }
 
 
@@ -890,7 +929,7 @@ def build_table(data: dict[str, Any]) -> list[dict[str, Any]]:
         worst = max(r["cores"][OTHER] for r in runs)
         return f"; DISTURBED: other processes used {worst:.2f} cores" if worst > QUIET else ""
 
-    variants = (("probekit", ""), ("probekit_uvloop", " (uvloop)"))
+    variants = tuple((name, label) for name, label in VARIANT_LABELS.items())
     runs = [
         (
             kind,
@@ -1032,7 +1071,7 @@ def render_cores(data: dict[str, Any]) -> str:
     for kind, section in data["throughput"].items():
         for variant, r in section.items():
             cores = ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
-            out.append(f"  {kind:5} {variant:17} {cores}")
+            out.append(f"  {kind:5} {variant:25} {cores}")
     return "\n".join(out)
 
 
@@ -1078,14 +1117,21 @@ def measure(args: argparse.Namespace, bins: dict[str, str], workdir: Path) -> di
                 functools.partial(run_blackbox, peers, kind, duration),
                 tries,
             )
-            for variant, on_uvloop in (("probekit", False), ("probekit_uvloop", True)):
+            for variant, on_uvloop, processes in VARIANTS:
                 if on_uvloop and not uvloop:
                     continue
-                log(f"{kind}: {variant} Runner, {duration:g} s")
+                how = f"ProcessRunner ({CORES} processes)" if processes else "Runner"
+                log(f"{kind}: {variant} {how}, {duration:g} s")
                 section[variant] = measured(
                     f"{kind} {variant}",
                     functools.partial(
-                        run_probekit, peers, kind, duration, uvloop=on_uvloop, warmup=200
+                        run_probekit,
+                        peers,
+                        kind,
+                        duration,
+                        uvloop=on_uvloop,
+                        warmup=200,
+                        processes=CORES if processes else None,
                     ),
                     tries,
                 )

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._exporters import json_line, nagios_line, prometheus_text
     from ._http import BasicAuth, HttpProbe
     from ._policy import EgressPolicy
+    from ._pool import ProcessRunner
     from ._probe import Probe
     from ._resolver import AiodnsResolver, Resolver, StaticResolver
     from ._result import (
@@ -97,6 +98,7 @@ _LAZY: dict[str, str] = {
     "ProbeError": "._result",
     "ProbeFailure": "._errors",
     "ProbekitError": "._exceptions",
+    "ProcessRunner": "._pool",
     "ProtocolVersionError": "._exceptions",
     "Proxy": "._dial",
     "Resolver": "._resolver",
@@ -180,6 +182,7 @@ __all__ = [
     "ProbeError",
     "ProbeFailure",
     "ProbekitError",
+    "ProcessRunner",
     "ProtocolVersionError",
     "Proxy",
     "Resolver",
