@@ -441,3 +441,23 @@ async def test_worker_log_records_are_logged_again_in_the_parent(
     assert "[worker 0]" in relayed[0].getMessage()
     assert "int is not a probe" in relayed[0].getMessage()
     assert relayed[0].levelname == "WARNING"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.05])
+async def test_closing_while_a_worker_restarts_leaves_no_process(pause: float) -> None:
+    """The pool is closed as soon as a crash is reported (before the restart begins), or
+    ``pause`` later, while the new worker is still starting (it takes longer than 50 ms to
+    import probekit): in both cases no process may outlive the pool."""
+    before = children()
+    pool = ProcessRunner(processes=1, max_concurrency=2)
+    async with asyncio.timeout(PATIENCE):
+        await pool.__aenter__()
+        first = set(pool.pids)
+        async for result in pool.stream([CrashProbe("boom", after=0.01)]):
+            assert result.error is not None and "exited" in result.error.message
+            break
+        await asyncio.sleep(pause)
+        await pool.aclose()
+    if pause:
+        assert pool.restarts == 1  # the restart had begun when the pool closed
+    await wait_gone(first, children_before=before)

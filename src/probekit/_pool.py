@@ -288,6 +288,14 @@ class ProcessRunner:
                 process.kill()
             await process.wait()
             return
+        except BaseException:
+            # Cancelled while starting (the pool is closing): leave no process behind.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(_STOP_WAIT):
+                    await process.wait()
+            raise
         log.debug("worker %d ready: %r", worker.slot, ready)
         worker.alive = True
         worker.broken = None
@@ -370,9 +378,16 @@ class ProcessRunner:
         worker.alive = False
         if self._state == "closed":
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        code = await process.wait()
+        # Its output ended: it is exiting, or is broken and is made to. (Signalling at once
+        # would race the child watcher: Popen.send_signal reaps an exited child itself, and
+        # the exit code would be lost.)
+        try:
+            async with asyncio.timeout(_STOP_WAIT):
+                code = await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            code = await process.wait()
         message = (
             f"worker process {worker.slot} (pid {process.pid}) exited with code {code}"
             f"{problem} while this check ran"
@@ -385,12 +400,15 @@ class ProcessRunner:
             pending.stream.queue.put_nowait((pending.index, _unknown(pending.probe, message)))
         if worker.sender is not None:
             worker.sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker.sender
+            # asyncio.wait, not `await sender`: a cancellation of *this* task (the pool
+            # closing) must propagate, not be mistaken for the sender's and swallowed.
+            await asyncio.wait([worker.sender])
         # The old process's log relay ends by itself at the end of its stderr (the last lines
         # are often why it died).
         worker.tasks = [t for t in worker.tasks if not t.done()]
         worker.relays = [t for t in worker.relays if not t.done()]
+        if self._state == "closed":
+            return
         self._restarts += 1
         await self._start(worker)
         if worker.broken is not None:
