@@ -420,6 +420,47 @@ def test_run_once_all_up_exits_0(
     assert out.splitlines()[1].split()[:2] == ["web", "UP"]
 
 
+def test_run_once_in_worker_processes(
+    tmp_path: Path, web: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(
+        capsys, "run", str(config_file(tmp_path, web)), "--once", "--processes", "2"
+    )
+    assert code == 2
+    _header, *rows = out.splitlines()
+    assert [row.split()[:2] for row in rows] == [
+        ["web", "UP"],
+        ["web-tcp", "UP"],
+        ["broken", "DOWN"],
+        ["closed", "DOWN"],
+    ]
+
+
+def test_run_on_schedule_in_worker_processes_with_the_config_policy(
+    tmp_path: Path, web: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "deny.toml"
+    path.write_text(
+        f'[policy]\ndeny = ["127.0.0.0/8"]\n'
+        f'[[monitors]]\nid = "web"\nkind = "http"\nurl = "{web}/"\ninterval = 0.3\n'
+    )
+    code, out, _ = run_cli(capsys, "run", str(path), "--processes", "2", "--duration", "1.2")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) >= 2, out
+    assert all(" web DOWN " in line and "policy_denied" in line for line in lines), out
+
+
+def test_run_processes_must_be_positive(
+    tmp_path: Path, web: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        capsys, "run", str(config_file(tmp_path, web)), "--once", "--processes", "0"
+    )
+    assert code == 3
+    assert "--processes" in err
+
+
 def test_run_policy_from_the_config_applies(
     tmp_path: Path, web: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

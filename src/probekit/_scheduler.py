@@ -17,6 +17,7 @@ import attrs
 
 from ._clock import Clock, SystemClock
 from ._exceptions import DefinitionError
+from ._pool import ProcessRunner
 from ._probe import Probe
 from ._result import Result
 from ._runner import Runner
@@ -61,6 +62,8 @@ class _Entry:
 class Scheduler:
     """Runs each monitor every ``interval`` seconds through a :class:`Runner`.
 
+    A :class:`ProcessRunner` works too: the scheduler only calls its ``check``.
+
     * The first run of a monitor is placed at a random offset within ``spread * interval`` of
       when it was added, so a thousand monitors added at once do not all start together; then it
       runs every ``interval`` seconds on a fixed grid (no drift), each start moved by up to
@@ -80,7 +83,7 @@ class Scheduler:
 
     def __init__(
         self,
-        runner: Runner,
+        runner: Runner | ProcessRunner,
         on_result: OnResult | None = None,
         *,
         clock: Clock | None = None,

@@ -58,6 +58,7 @@ from ._dial import Dialer
 from ._exceptions import DefinitionError
 from ._exporters import PROMETHEUS_CONTENT_TYPE, json_line, nagios_line, prometheus_text
 from ._policy import EgressPolicy
+from ._pool import ProcessRunner
 from ._probe import Probe
 from ._result import Result, Status
 from ._runner import Runner
@@ -588,6 +589,14 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="move each run by up to F x its interval at random (default 0)",
     )
+    parser.add_argument(
+        "--processes",
+        type=_integer(1),
+        default=1,
+        metavar="N",
+        help="run the checks in N worker processes (a ProcessRunner); --concurrency is the "
+        "total over them (default 1: in this process)",
+    )
 
 
 def _run_monitors(args: argparse.Namespace) -> int:
@@ -614,7 +623,15 @@ def _run_monitors(args: argparse.Namespace) -> int:
             jsonl.close()
 
 
-def _runner(config: Config, args: argparse.Namespace) -> Runner:
+def _runner(config: Config, args: argparse.Namespace) -> Runner | ProcessRunner:
+    if args.processes > 1:
+        return ProcessRunner(
+            args.processes,
+            args.concurrency,
+            retries=args.retries,
+            policy=config.policy,
+            loop="asyncio" if getattr(args, "no_uvloop", False) else "auto",
+        )
     context = ProbeContext(dialer=Dialer(policy=config.policy))
     return Runner(max_concurrency=args.concurrency, retries=args.retries, context=context)
 
