@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -23,8 +22,17 @@ from typing import Any, Final, Literal, Self
 from ._exceptions import DefinitionError
 from ._policy import EgressPolicy
 from ._probe import Probe
-from ._result import ErrorKind, ProbeError, Result, Status
-from ._runner import _attr, _check_source, _host_key, _label, _natural, _seconds
+from ._result import Result
+from ._runner import (
+    _attr,
+    _check_source,
+    _host_key,
+    _label,
+    _natural,
+    _seconds,
+    pull,
+    unknown_result,
+)
 from ._worker import HEADER, MAX_FRAME, dumps
 
 __all__ = ["ProcessRunner"]
@@ -34,18 +42,6 @@ log = logging.getLogger("probekit.pool")
 LoopName = Literal["auto", "asyncio", "uvloop"]
 _CACHE: Final = 4096
 _STOP_WAIT: Final = 2.0
-
-
-def _unknown(probe: object, message: str) -> Result:
-    kind, target = _label(probe)
-    return Result(
-        kind=kind,
-        target=target,
-        status=Status.UNKNOWN,
-        started_at=dt.datetime.now(dt.UTC),
-        duration=0.0,
-        error=ProbeError(ErrorKind.INTERNAL, message),
-    )
 
 
 class _Done:
@@ -397,7 +393,7 @@ class ProcessRunner:
         lost = [seq for seq in worker.pending if seq not in unsent]
         for seq in lost:
             pending = worker.pending.pop(seq)
-            pending.stream.queue.put_nowait((pending.index, _unknown(pending.probe, message)))
+            pending.stream.queue.put_nowait((pending.index, unknown_result(pending.probe, message)))
         if worker.sender is not None:
             worker.sender.cancel()
             # asyncio.wait, not `await sender`: a cancellation of *this* task (the pool
@@ -417,7 +413,7 @@ class ProcessRunner:
             for seq, _payload in queued:
                 pending = worker.pending.pop(seq)
                 pending.stream.queue.put_nowait(
-                    (pending.index, _unknown(pending.probe, worker.broken))
+                    (pending.index, unknown_result(pending.probe, worker.broken))
                 )
 
     # -- running -------------------------------------------------------------------------------
@@ -479,24 +475,8 @@ class ProcessRunner:
         """Send probes to workers as the window allows, then say how many there were."""
         index = 0
         try:
-            if isinstance(probes, AsyncIterable):
-                aiterator = aiter(probes)
-                while True:
-                    await stream.window.acquire()
-                    try:
-                        probe: object = await anext(aiterator)
-                    except StopAsyncIteration:
-                        break
-                    self._submit(stream, index, probe)
-                    index += 1
-            else:
-                iterator = iter(probes)
-                while True:
-                    await stream.window.acquire()
-                    try:
-                        probe = next(iterator)
-                    except StopIteration:
-                        break
+            async with contextlib.aclosing(pull(probes, stream.window)) as source:
+                async for probe in source:
                     self._submit(stream, index, probe)
                     index += 1
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, who raises it
@@ -530,13 +510,12 @@ class ProcessRunner:
             payload = self._payload(probe)
         except Exception as exc:  # noqa: BLE001 - reported as this probe's result
             log.warning("cannot send %r to a worker process: %r", _label(probe), exc)
-            stream.queue.put_nowait(
-                (index, _unknown(probe, f"cannot send the probe to a worker process: {exc!r}"))
-            )
+            message = f"cannot send the probe to a worker process: {exc!r}"
+            stream.queue.put_nowait((index, unknown_result(probe, message)))
             return
         worker = self._choose(probe)
         if worker is None:
-            stream.queue.put_nowait((index, _unknown(probe, "no worker process is running")))
+            stream.queue.put_nowait((index, unknown_result(probe, "no worker process is running")))
             return
         self._seq += 1
         worker.pending[self._seq] = _Pending(stream, index, probe)

@@ -156,6 +156,45 @@ def _label(probe: object) -> tuple[str, str]:
     return kind, target
 
 
+def unknown_result(probe: object, message: str, started_at: dt.datetime | None = None) -> Result:
+    """An ``UNKNOWN``/``internal`` result about ``probe`` (anything), for when it could not run."""
+    kind, target = _label(probe)
+    return Result(
+        kind=kind,
+        target=target,
+        status=Status.UNKNOWN,
+        started_at=started_at or dt.datetime.now(dt.UTC),
+        duration=0.0,
+        error=ProbeError(ErrorKind.INTERNAL, message),
+    )
+
+
+async def pull(
+    probes: Iterable[Probe] | AsyncIterable[Probe], window: asyncio.Semaphore
+) -> AsyncGenerator[Probe, None]:
+    """Yield the probes of a sync or async source one by one, each after taking a ``window``
+    token: the backpressure of ``stream`` (the token is given back when its result is
+    consumed)."""
+    if isinstance(probes, AsyncIterable):
+        aiterator = aiter(probes)
+        while True:
+            await window.acquire()
+            try:
+                probe = await anext(aiterator)
+            except StopAsyncIteration:
+                return
+            yield probe
+    else:
+        iterator = iter(probes)
+        while True:
+            await window.acquire()
+            try:
+                probe = next(iterator)
+            except StopIteration:
+                return
+            yield probe
+
+
 def _short_repr(obj: object) -> str:
     try:
         text = repr(obj)
@@ -394,26 +433,9 @@ class Runner:
     ) -> None:
         """Pull probes one by one, each only when the window has room, and start them."""
         try:
-            index = 0
-            if isinstance(probes, AsyncIterable):
-                aiterator = aiter(probes)
-                while True:
-                    await stream.window.acquire()
-                    try:
-                        probe: Probe = await anext(aiterator)
-                    except StopAsyncIteration:
-                        break
-                    if not self._start(stream, index, probe):
-                        return
-                    index += 1
-            else:
-                iterator = iter(probes)
-                while True:
-                    await stream.window.acquire()
-                    try:
-                        probe = next(iterator)
-                    except StopIteration:
-                        break
+            async with contextlib.aclosing(pull(probes, stream.window)) as source:
+                index = 0
+                async for probe in source:
                     if not self._start(stream, index, probe):
                         return
                     index += 1
@@ -469,16 +491,8 @@ class Runner:
         spec = self._inspect(probe)
         if isinstance(spec, str):
             log.warning("%s; reporting UNKNOWN", spec)
-            kind, target = _label(probe)
             ctx = self._context or default_context()
-            return Result(
-                kind=kind,
-                target=target,
-                status=Status.UNKNOWN,
-                started_at=ctx.clock.now(),
-                duration=0.0,
-                error=ProbeError(ErrorKind.INTERNAL, spec),
-            )
+            return unknown_result(probe, spec, ctx.clock.now())
         host_slot = self._host_acquire(spec.host) if spec.host is not None else None
         try:
             attempts = 0

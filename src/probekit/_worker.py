@@ -18,7 +18,6 @@ writes to standard output land on standard error too, so they cannot corrupt the
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import io
 import json
 import logging
@@ -30,8 +29,8 @@ from typing import Any, BinaryIO
 
 from ._context import ProbeContext
 from ._dial import Dialer
-from ._result import ErrorKind, ProbeError, Result, Status
-from ._runner import Runner, _label
+from ._result import Result
+from ._runner import Runner, unknown_result
 from ._secret import Secret
 
 __all__ = ["HEADER", "MAX_FRAME", "dumps", "loads", "main"]
@@ -94,18 +93,6 @@ def _read_settings(stream: BinaryIO) -> dict[str, Any]:
     return settings
 
 
-def _internal(probe: object, message: str) -> Result:
-    kind, target = _label(probe)
-    return Result(
-        kind=kind,
-        target=target,
-        status=Status.UNKNOWN,
-        started_at=dt.datetime.now(dt.UTC),
-        duration=0.0,
-        error=ProbeError(ErrorKind.INTERNAL, message),
-    )
-
-
 async def _serve(settings: dict[str, Any], frames_out: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
@@ -133,7 +120,7 @@ async def _serve(settings: dict[str, Any], frames_out: int) -> None:
                 try:
                     dumps(result)
                 except Exception as exc:  # noqa: BLE001
-                    result = _internal(result, f"the result could not be sent back: {exc!r}")
+                    result = unknown_result(result, f"the result could not be sent back: {exc!r}")
                 good.append((seq, result))
             payload = dumps(good)
         writer.write(_frame(payload))
@@ -165,7 +152,9 @@ async def _serve(settings: dict[str, Any], frames_out: int) -> None:
                 try:
                     probe = loads(payload)
                 except Exception as exc:  # noqa: BLE001 - reported as this check's result
-                    deliver(seq, _internal(None, f"the worker could not load the probe: {exc!r}"))
+                    deliver(
+                        seq, unknown_result(None, f"the worker could not load the probe: {exc!r}")
+                    )
                     return
                 if len(probes) >= _CACHE:
                     probes.clear()
