@@ -1007,3 +1007,37 @@ async def test_a_full_spool_drops_the_oldest_and_counts_them(target: HttpServer)
         if line.startswith("probekit_checkpoint_spool_dropped_total{")
     )
     assert int(dropped.rsplit(" ", 1)[1]) >= 3
+
+
+async def test_checks_can_run_in_worker_processes(target: HttpServer) -> None:
+    """processes=2: the checkpoint's checks run in a ProcessRunner; results flow as usual."""
+    async with control() as server:
+        settings = settings_for(server.url, processes=2, max_concurrency=4)
+        async with Checkpoint(settings) as cp:
+            await server.hello()
+            await server.send(sync(("m1", http_def(target.url("/ok")))))
+            await eventually(lambda: cp.holdings == {"m1": 1})
+            for i in range(4):
+                await server.send(p.Run(request_id=f"r{i}", reason="adhoc", monitor_id="m1"))
+            envelopes = [
+                await server.envelope(lambda e, i=i: e.request_id == f"r{i}") for i in range(4)
+            ]
+            await eventually(lambda: cp.stats["results_acked"] == 4)
+            stats = cp.stats
+            pool = cp._runner  # white-box: the checks really ran in worker processes
+            assert isinstance(pool, probekit.ProcessRunner)
+            assert len(pool.pids) == 2
+    assert [e.result.status for e in envelopes] == [Status.UP] * 4
+    assert all(e.result.address == f"127.0.0.1:{target.port}" for e in envelopes)
+    assert stats["in_flight"] == 0
+    assert stats["results_produced"] == 4
+
+
+def test_worker_processes_refuse_a_context_they_cannot_have(
+    connector: GuardedConnector,
+) -> None:
+    settings = settings_for("ws://127.0.0.1:1/", processes=2)
+    with pytest.raises(DefinitionError) as info:
+        Checkpoint(settings, context=make_context(connector=connector))
+    assert info.value.path == "context"
+    assert "connector" in str(info.value)

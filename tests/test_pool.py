@@ -24,19 +24,22 @@ import pytest
 from poolprobes import CrashProbe, PidProbe
 from probekit import (
     DefinitionError,
+    Dialer,
     EgressPolicy,
     ErrorKind,
+    FakeClock,
     HttpProbe,
     Probe,
     ProbeContext,
     ProcessRunner,
     Result,
     Secret,
+    StaticResolver,
     Status,
     Timeouts,
     result_to_json,
 )
-from servers import HttpServer
+from servers import GuardedConnector, HttpServer
 
 #: No single step of these tests may take longer; a hang fails the test instead of the run.
 PATIENCE = 20.0
@@ -461,3 +464,62 @@ async def test_closing_while_a_worker_restarts_leaves_no_process(pause: float) -
     if pause:
         assert pool.restarts == 1  # the restart had begun when the pool closed
     await wait_gone(first, children_before=before)
+
+
+async def test_a_context_gives_the_workers_its_resolver_and_policy(
+    http_server: HttpServer,
+) -> None:
+    """A StaticResolver's answers reach the workers (the name exists nowhere else), and so
+    does the policy of the context's dialer."""
+    resolver = StaticResolver({"web.pool.test": ["127.0.0.1"]})
+    allowed = ProbeContext(dialer=Dialer(resolver=resolver, prefer="ipv4"))
+    denied = ProbeContext(
+        dialer=Dialer(resolver=resolver, policy=EgressPolicy(deny=["127.0.0.0/8", "::1/128"]))
+    )
+    probe = HttpProbe(http_server.url("/", host="web.pool.test"))
+    async with asyncio.timeout(PATIENCE):
+        async with ProcessRunner(processes=2, max_concurrency=4, context=allowed) as pool:
+            up = await pool.run_all([probe] * 4)
+        connections = http_server.connections
+        async with ProcessRunner(processes=1, max_concurrency=4, context=denied) as pool:
+            down = await pool.check(probe)
+    assert [r.status for r in up] == [Status.UP] * 4, [r.summary() for r in up]
+    assert {r.address for r in up} == {f"127.0.0.1:{http_server.port}"}
+    assert down.status is Status.DOWN
+    assert down.error is not None and down.error.kind is ErrorKind.POLICY_DENIED
+    assert http_server.connections == connections  # the denied check dialled nothing
+
+
+@pytest.mark.parametrize(
+    ("make", "path", "words"),
+    [
+        (
+            lambda: {"context": ProbeContext(dialer=Dialer(connector=GuardedConnector()))},
+            "context",
+            "connector",
+        ),
+        (lambda: {"context": ProbeContext(clock=FakeClock())}, "context", "clock"),
+        (lambda: {"context": ProbeContext(), "policy": EgressPolicy()}, "policy", "not both"),
+        (lambda: {"context": "not a context"}, "context", "ProbeContext"),
+    ],
+)
+def test_what_cannot_cross_a_process_boundary_is_refused(make: Any, path: str, words: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        ProcessRunner(processes=1, **make())
+    assert info.value.path == path
+    assert words in str(info.value)
+
+
+async def test_in_flight_counts_checks_sent_and_not_answered() -> None:
+    probes = [PidProbe(f"p{i}", nap=0.3) for i in range(6)]
+    async with asyncio.timeout(PATIENCE), ProcessRunner(processes=2, max_concurrency=4) as pool:
+        assert pool.in_flight == 0
+        task = asyncio.create_task(pool.run_all(probes))
+        seen = 0
+        while not task.done():
+            seen = max(seen, pool.in_flight)
+            await asyncio.sleep(0.02)
+        results = await task
+        assert pool.in_flight == 0
+    assert [r.status for r in results] == [Status.UP] * 6
+    assert 4 <= seen <= 6  # at least the running ones; never more than were sent

@@ -19,9 +19,13 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterab
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from ._clock import SystemClock
+from ._context import ProbeContext
+from ._dial import Dialer, tcp_connect
 from ._exceptions import DefinitionError
 from ._policy import EgressPolicy
 from ._probe import Probe
+from ._resolver import AiodnsResolver, StaticResolver
 from ._result import Result
 from ._runner import (
     _attr,
@@ -42,6 +46,45 @@ log = logging.getLogger("probekit.pool")
 LoopName = Literal["auto", "asyncio", "uvloop"]
 _CACHE: Final = 4096
 _STOP_WAIT: Final = 2.0
+
+
+def worker_dialing(context: ProbeContext | None, policy: EgressPolicy | None) -> dict[str, Any]:
+    """What of a context the worker processes can have: policy, resolver, address options and
+    secrets. Raises :class:`DefinitionError` for what cannot cross a process boundary."""
+    if context is not None and policy is not None:
+        raise DefinitionError("policy", "give policy or context, not both")
+    if context is None:
+        context = ProbeContext(dialer=Dialer(policy=policy or EgressPolicy()))
+    if not isinstance(context, ProbeContext):
+        raise DefinitionError("context", f"must be a ProbeContext, got {type(context).__name__}")
+    dialer = context.dialer
+    if dialer.connector is not tcp_connect:
+        raise DefinitionError(
+            "context", "a custom connector cannot be used in worker processes; use a Runner"
+        )
+    if type(context.clock) is not SystemClock:
+        raise DefinitionError(
+            "context", "a custom clock cannot be used in worker processes; use a Runner"
+        )
+    resolver = dialer.resolver
+    if type(resolver) is AiodnsResolver:
+        portable: object = ("aiodns", resolver.nameservers, resolver.tries)
+    elif type(resolver) is StaticResolver:
+        answers = {name: [str(a) for a in found] for name, found in resolver.answers.items()}
+        portable = ("static", answers)
+    else:
+        raise DefinitionError(
+            "context",
+            f"a {type(resolver).__name__} cannot be used in worker processes; use a Runner",
+        )
+    return {
+        "policy": dialer.policy,
+        "resolver": portable,
+        "prefer": dialer.prefer,
+        "family": dialer.family,
+        "source_address": dialer.source[0] if dialer.source else None,
+        "secrets": dict(context.secrets),
+    }
 
 
 class _Done:
@@ -118,9 +161,12 @@ class ProcessRunner:
       an ``UNKNOWN``/``internal`` result saying so.
     * Each check goes to the least busy worker. With ``per_host`` set, all probes of one host
       go to the same worker, so the per-host limit holds over the whole pool.
-    * ``policy`` is the egress policy of every worker (the default policy when None). The
-      workers resolve names themselves; a custom dialer, resolver or connector cannot cross a
-      process boundary, so use a :class:`Runner` for those.
+    * ``policy`` is the egress policy of every worker (the default policy when None). Or give
+      a ``context``: its dialer's policy, resolver (:class:`AiodnsResolver` with its name
+      servers, or :class:`StaticResolver`), address preference, family and source address, and
+      its secrets, are given to every worker. What cannot cross a process boundary (a custom
+      connector, resolver class or clock) is refused with a :class:`DefinitionError`: use a
+      :class:`Runner` for those.
     * If a worker process dies, every check it was running gives ``UNKNOWN``/``internal``
       ("worker process ... exited"), and the worker is started again for what follows
       (``restarts`` counts this). A worker that cannot be started takes no more checks.
@@ -141,6 +187,7 @@ class ProcessRunner:
         retry_backoff_max: float = 10.0,
         grace: float = 0.1,
         policy: EgressPolicy | None = None,
+        context: ProbeContext | None = None,
         loop: LoopName = "auto",
         start_timeout: float = 30.0,
     ) -> None:
@@ -155,7 +202,7 @@ class ProcessRunner:
         self._start_timeout = _seconds("start_timeout", start_timeout)
         if policy is not None and not isinstance(policy, EgressPolicy):
             raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
-        self._policy = policy if policy is not None else EgressPolicy()
+        self._dialing = worker_dialing(context, policy)
         if loop not in ("auto", "asyncio", "uvloop"):
             raise DefinitionError("loop", f"expected auto, asyncio or uvloop, got {loop!r}")
         if loop == "uvloop":
@@ -179,6 +226,11 @@ class ProcessRunner:
     def processes(self) -> int:
         """How many worker processes the pool runs."""
         return len(self._workers)
+
+    @property
+    def in_flight(self) -> int:
+        """Checks sent to the workers and not answered yet (running or waiting for a slot)."""
+        return sum(len(w.pending) - len(w.outbox) for w in self._workers)
 
     @property
     def restarts(self) -> int:
@@ -245,7 +297,7 @@ class ProcessRunner:
             "retry_backoff": self._retry_backoff,
             "retry_backoff_max": self._retry_backoff_max,
             "grace": self._grace,
-            "policy": self._policy,
+            "dialing": self._dialing,
             "loop": loop,
             "sys_path": list(sys.path),
             "log_level": logging.getLogger("probekit").getEffectiveLevel(),

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 from ._context import ProbeContext
 from ._dial import Dialer
+from ._resolver import AiodnsResolver, Resolver, StaticResolver
 from ._result import Result
 from ._runner import Runner, unknown_result
 from ._secret import Secret
@@ -93,6 +94,25 @@ def _read_settings(stream: BinaryIO) -> dict[str, Any]:
     return settings
 
 
+def _context(dialing: dict[str, Any]) -> ProbeContext:
+    """The worker's ProbeContext, rebuilt from what the parent sent (see worker_dialing)."""
+    kind, *options = dialing["resolver"]
+    resolver: Resolver
+    if kind == "static":
+        resolver = StaticResolver(options[0])
+    else:
+        nameservers, tries = options
+        resolver = AiodnsResolver(nameservers, tries=tries)
+    dialer = Dialer(
+        policy=dialing["policy"],
+        resolver=resolver,
+        prefer=dialing["prefer"],
+        family=dialing["family"],
+        source_address=dialing["source_address"],
+    )
+    return ProbeContext(dialer=dialer, secrets=dialing["secrets"])
+
+
 async def _serve(settings: dict[str, Any], frames_out: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
@@ -132,7 +152,7 @@ async def _serve(settings: dict[str, Any], frames_out: int) -> None:
             flush_scheduled = True
             loop.call_soon(flush)
 
-    context = ProbeContext(dialer=Dialer(policy=settings["policy"]))
+    context = _context(settings["dialing"])
     probes: dict[bytes, object] = {}
     tasks: set[asyncio.Task[None]] = set()
 

@@ -95,6 +95,7 @@ from ._dial import Dialer
 from ._exceptions import DefinitionError
 from ._logging import MaskingLogger
 from ._policy import EgressPolicy
+from ._pool import ProcessRunner, worker_dialing
 from ._probe import Probe
 from ._result import ErrorKind, ProbeError, Result, Status
 from ._runner import Runner
@@ -235,7 +236,10 @@ class CheckpointSettings:
     ``policy`` is the egress policy every check runs under; ``secrets`` resolves
     ``{"secret": NAME}`` references in definitions. ``max_concurrency`` bounds the checks that
     execute at once and ``max_queued_runs`` the run commands accepted and not yet finished
-    (beyond it a run is refused with an ``error``).
+    (beyond it a run is refused with an ``error``). ``processes`` above 1 runs the checks in
+    that many worker processes (a :class:`~probekit.ProcessRunner`, ``max_concurrency`` being
+    the total), to use more than one core; the context given to the checkpoint must then be
+    one that can cross a process boundary (no custom connector, resolver class or clock).
 
     Timing, in seconds: ``heartbeat_interval``; ``reconnect_initial`` and ``reconnect_max`` (the
     backoff range); ``ping_interval`` and ``ping_timeout`` (dead-peer detection);
@@ -259,6 +263,7 @@ class CheckpointSettings:
     ca_file: str | None = attrs.field(default=None, validator=_optional_text)
     insecure: bool = attrs.field(default=False, validator=_flag)
     max_concurrency: int = attrs.field(default=100, validator=_positive_int)
+    processes: int = attrs.field(default=1, validator=_positive_int)
     max_queued_runs: int = attrs.field(default=10_000, validator=_positive_int)
     heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds)
     batch_size: int = attrs.field(default=500, validator=_positive_int)
@@ -559,6 +564,9 @@ class Checkpoint:
         self.settings: Final = settings
         self._clock: Clock = clock or (context.clock if context is not None else SystemClock())
         self._context = _local_context(settings, context, self._clock)
+        if settings.processes > 1:
+            # Refused now, not when it starts: what a worker process cannot be given.
+            worker_dialing(self._context, None)
         self._ssl = _ssl_context(settings)
         self._ws_logger = MaskingLogger(
             logging.getLogger("websockets.client"), [settings.token.reveal()]
@@ -569,7 +577,7 @@ class Checkpoint:
         self._window = _WINDOW_BATCHES * settings.batch_size
         self._state = "new"
         self._task: asyncio.Task[None] | None = None
-        self._runner: Runner | None = None
+        self._runner: Runner | ProcessRunner | None = None
         self._scheduler: Scheduler | None = None
         self._held: dict[str, _Held] = {}
         self._autonomous_sync = False
@@ -715,7 +723,16 @@ class Checkpoint:
                     host, port = server.sockets[0].getsockname()[:2]
                     self._metrics_address = (str(host), int(port))
                     log.info("serving /metrics and /ready on %s:%d", host, port)
-                async with Runner(self.settings.max_concurrency, context=self._context) as runner:
+                runner: Runner | ProcessRunner
+                if self.settings.processes > 1:
+                    runner = ProcessRunner(
+                        self.settings.processes,
+                        self.settings.max_concurrency,
+                        context=self._context,
+                    )
+                else:
+                    runner = Runner(self.settings.max_concurrency, context=self._context)
+                async with runner:
                     self._runner = runner
                     self._scheduler = Scheduler(runner, self._on_scheduled, clock=self._clock)
                     try:

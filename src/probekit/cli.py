@@ -1530,6 +1530,13 @@ def _configure_checkpoint(parser: argparse.ArgumentParser) -> None:
         help="checks at once (default 100)",
     )
     local.add_argument(
+        "--processes",
+        type=_integer(1),
+        default=1,
+        metavar="N",
+        help="run the checks in N worker processes; --concurrency is the total (default 1)",
+    )
+    local.add_argument(
         "--drain-timeout",
         type=_seconds,
         default=10.0,
@@ -1642,6 +1649,7 @@ def _checkpoint_settings(args: argparse.Namespace) -> CheckpointSettings:
             # ws:// without --insecure is already reported above, in the command line's words.
             insecure=args.insecure or scheme == "ws",
             max_concurrency=args.concurrency,
+            processes=args.processes,
             heartbeat_interval=args.heartbeat_interval,
             drain_timeout=args.drain_timeout,
             autonomous_when_disconnected=args.autonomous,
