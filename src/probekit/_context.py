@@ -37,7 +37,8 @@ class ProbeContext:
     def with_deadline(self, deadline: float | None) -> ProbeContext:
         if deadline is None or (self.deadline is not None and self.deadline <= deadline):
             return self
-        return attrs.evolve(self, deadline=deadline)
+        # The constructor, not attrs.evolve: this runs for every check, and evolve is slow.
+        return ProbeContext(self.dialer, self.clock, deadline, self.secrets)
 
 
 _default: ProbeContext | None = None

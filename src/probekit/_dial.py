@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import logging
 import ssl
@@ -66,8 +67,16 @@ async def within(limit: float | None, awaitable: Awaitable[T]) -> T:
         return await awaitable
 
 
+@functools.lru_cache(maxsize=4096)
+def _text(ip: IPAddress) -> str:
+    # str() of an ipaddress object is pure Python and runs twice per check; checks repeat
+    # their addresses, so remembering it is cheap.
+    return str(ip)
+
+
 def format_address(ip: IPAddress, port: int) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    text = _text(ip)
+    return f"[{text}]:{port}" if ip.version == 6 else f"{text}:{port}"
 
 
 async def tcp_connect(ip: str, port: int, source: tuple[str, int] | None = None) -> Connection:
@@ -397,7 +406,7 @@ class Dialer:
         with timeline.phase("connect"):
             for ip in addresses:
                 try:
-                    opening = self.connector(str(ip), port, self.source)
+                    opening = self.connector(_text(ip), port, self.source)
                     if timeouts.connect is None:
                         conn = await opening
                     else:
