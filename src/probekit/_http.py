@@ -469,13 +469,12 @@ async def _h1_exchange(
     timeline: Timeline,
     probe: HttpProbe,
 ) -> _Response:
-    if body:
-        conn.write(request + body if len(body) <= _READ else request)
-        if len(body) > _READ:
-            conn.write(body)
-            await conn.drain()
-    else:
+    if body and len(body) > _READ:
         conn.write(request)
+        conn.write(body)
+        await conn.drain()
+    else:
+        conn.write(request + body if body else request)
     read_limit = probe.timeouts.read
     parser = ResponseParser(head_request=method == "HEAD")
     response = _Response()
@@ -496,6 +495,10 @@ async def _h1_exchange(
                         return response
             if parser.done:
                 return response
+            if not data:  # the parser ends or refuses every message at EOF; never spin here
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL, "connection closed before the response ended"
+                )
             data = await conn.read(_READ, read_limit)
 
 
@@ -528,7 +531,6 @@ async def _h2_exchange(
     ]
     request += [(k.lower(), v) for k, v in headers if k.lower() not in _H2_FORBIDDEN]
     h.send_headers(stream, request, end_stream=not body)
-    writer = conn
     pending = body or b""
     response = _Response()
     response.http_version = "2"
@@ -544,7 +546,7 @@ async def _h2_exchange(
             h.send_data(stream, chunk, end_stream=not pending)
 
     push_body()
-    writer.write(h.data_to_send())
+    conn.write(h.data_to_send())
     read_limit = probe.timeouts.read
     phase = "processing"
     try:
@@ -587,7 +589,7 @@ async def _h2_exchange(
                         )
                     elif isinstance(event, h2.events.WindowUpdated):
                         push_body()
-                writer.write(h.data_to_send())
+                conn.write(h.data_to_send())
                 data = await conn.read(_READ, read_limit)
     except h2.exceptions.ProtocolError as exc:
         raise ProbeFailure(
