@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from probekit import Result, Secret, Status
 from probekit import protocol as p
-from probekit.control import ControlPlane, ControlSettings, MemorySink
+from probekit.control import ControlPlane, ControlSettings, MemorySink, split_sync
 
 TOKEN = "cp-token-canary-7#q"
 DEF = {"kind": "tcp", "host": "127.0.0.1", "port": 9}
@@ -308,3 +308,82 @@ def test_random_frames_never_break_the_control_plane(batch: list[str]) -> None:
                 await bad.conn.close()
 
     asyncio.run(scenario())
+
+
+def _big_definition(i: int) -> dict[str, Any]:
+    """A TCP definition of about 1 KB (a long send step), so a few thousand exceed a frame."""
+    return {
+        "kind": "tcp",
+        "host": "127.0.0.1",
+        "port": 9,
+        "steps": [{"send": f"HELLO {i} " + "x" * 1000}, {"expect": "OK"}],
+    }
+
+
+def _sync_of(n: int, *, full: bool, deletes: tuple[str, ...] = ()) -> p.Sync:
+    return p.Sync(
+        full=full,
+        revision=n,
+        upserts=tuple(
+            p.MonitorDefinition(
+                monitor_id=f"m{i}", revision=1, interval=60.0, definition=_big_definition(i)
+            )
+            for i in range(n)
+        ),
+        deletes=deletes,
+    )
+
+
+def test_a_sync_larger_than_a_frame_is_split_in_order() -> None:
+    sync = _sync_of(3000, full=True)
+    assert len(p.encode(sync).encode()) > p.MAX_FRAME_BYTES  # the case at hand
+    parts = split_sync(sync)
+    assert len(parts) >= 3
+    assert all(len(p.encode(part).encode()) <= p.MAX_FRAME_BYTES for part in parts)
+    assert parts[0].full and not any(part.full for part in parts[1:])
+    assert [u for part in parts for u in part.upserts] == list(sync.upserts)
+    assert all(p.decode(p.encode(part)) == part for part in parts)  # each decodes as sent
+
+
+def test_a_delta_split_keeps_every_delete_after_the_upserts() -> None:
+    deletes = tuple(f"gone{i}" for i in range(50))
+    sync = _sync_of(2000, full=False, deletes=deletes)
+    parts = split_sync(sync, limit=200_000)
+    assert all(len(p.encode(part).encode()) <= 200_000 for part in parts)
+    assert not any(part.full for part in parts)
+    assert [u for part in parts for u in part.upserts] == list(sync.upserts)
+    assert [d for part in parts for d in part.deletes] == list(deletes)
+
+
+def test_a_definition_larger_than_a_frame_is_left_out_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    huge = p.MonitorDefinition(
+        monitor_id="huge",
+        revision=1,
+        interval=60.0,
+        definition={"kind": "tcp", "host": "h", "port": 1, "steps": [{"send": "x" * 5000}]},
+    )
+    small = p.MonitorDefinition(monitor_id="small", revision=1, interval=60.0, definition=DEF)
+    parts = split_sync(p.Sync(full=True, revision=1, upserts=(huge, small), deletes=()), limit=3000)
+    assert parts[0].full
+    assert [u.monitor_id for part in parts for u in part.upserts] == ["small"]
+    assert "huge" in caplog.text and "not sent" in caplog.text
+
+
+async def test_an_instance_gets_thousands_of_definitions_in_frames_it_accepts(
+    plane: tuple[ControlPlane, MemorySink],
+) -> None:
+    cp, _ = plane
+    for i in range(1500):
+        await cp.add_monitor(f"m{i}", "office", _big_definition(i), interval=3600)
+    inst = await join(cp, "a")  # decodes with the default 1 MiB limit
+    first = await inst.expect(p.Sync)
+    assert first.full
+    received = [u.monitor_id for u in first.upserts]
+    while len(received) < 1500:
+        more = await inst.expect(p.Sync)
+        assert not more.full
+        received += [u.monitor_id for u in more.upserts]
+    assert sorted(received) == sorted(f"m{i}" for i in range(1500))
+    assert not inst.task.done()  # the reader never met a frame it refused

@@ -39,7 +39,15 @@ from ._result import Status
 from ._secret import Secret
 from ._serialization import converter
 
-__all__ = ["AlertSink", "ControlPlane", "ControlSettings", "LogSink", "MemorySink", "WebhookSink"]
+__all__ = [
+    "AlertSink",
+    "ControlPlane",
+    "ControlSettings",
+    "LogSink",
+    "MemorySink",
+    "WebhookSink",
+    "split_sync",
+]
 
 log = logging.getLogger("probekit.control")
 T = TypeVar("T")
@@ -199,6 +207,42 @@ class _Peer:
         self.conn = conn
         self.checkpoint_id = checkpoint_id
         self.instance_id = instance_id
+
+
+def _frame_size(message: p.Message) -> int:
+    return len(p.encode(message).encode("utf-8"))
+
+
+def split_sync(sync: p.Sync, limit: int = p.MAX_FRAME_BYTES) -> list[p.Sync]:
+    """``sync`` as messages that each encode to at most ``limit`` bytes, to send in order.
+
+    The first part keeps ``full`` (a full sync replaces what the instance holds, so it must
+    come first); the others are deltas carrying the remaining upserts, then deletes. A single
+    definition larger than a frame cannot be sent at all: it is left out and logged.
+    """
+    if _frame_size(sync) <= limit:
+        return [sync]
+    if len(sync.upserts) > 1:
+        half = len(sync.upserts) // 2
+        head = attrs.evolve(sync, upserts=sync.upserts[:half], deletes=())
+        tail = attrs.evolve(sync, full=False, upserts=sync.upserts[half:])
+        return split_sync(head, limit) + split_sync(tail, limit)
+    if sync.upserts and sync.deletes:
+        head = attrs.evolve(sync, deletes=())
+        tail = attrs.evolve(sync, full=False, upserts=())
+        return split_sync(head, limit) + split_sync(tail, limit)
+    if len(sync.deletes) > 1:
+        half = len(sync.deletes) // 2
+        head = attrs.evolve(sync, deletes=sync.deletes[:half])
+        tail = attrs.evolve(sync, full=False, deletes=sync.deletes[half:])
+        return split_sync(head, limit) + split_sync(tail, limit)
+    (upsert,) = sync.upserts
+    log.error(
+        "monitor %s: its definition takes more than one frame (%d bytes); it is not sent",
+        upsert.monitor_id,
+        limit,
+    )
+    return [attrs.evolve(sync, upserts=())]
 
 
 class ControlPlane:
@@ -589,8 +633,11 @@ class ControlPlane:
     async def _send(self, peer: _Peer, message: p.Message) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        # A sync too large for one frame (what an instance decodes is bounded) goes as several.
+        parts = split_sync(message) if isinstance(message, p.Sync) else [message]
         try:
-            await peer.conn.send(p.encode(message))
+            for part in parts:
+                await peer.conn.send(p.encode(part))
         except ConnectionClosed:
             log.debug("%s closed before %s could be sent", peer.instance_id, message.type)
 
