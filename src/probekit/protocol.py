@@ -468,8 +468,9 @@ class Ack:
 class Heartbeat:
     """instance → control: I am alive, and this is how I am doing.
 
-    Counts are as of ``sent_at`` (UTC); ``spool_dropped`` and ``reconnects`` are totals since the
-    instance started. ``policy`` summarises the local egress policy (free-form JSON).
+    Counts are as of ``sent_at`` (UTC); ``reconnects`` is a total since the instance started and
+    ``spool_dropped`` one since its spool was created (it is kept in the spool, across
+    restarts, so no eviction goes unreported). ``policy`` summarises the local egress policy (free-form JSON).
     """
 
     type: ClassVar[str] = "heartbeat"
