@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import math
 import ssl
@@ -39,6 +40,7 @@ from probekit import (
 )
 from probekit import protocol as p
 from probekit._definitions import probe_kinds
+from probekit._spool import Spool
 from probekit.checkpoint import Checkpoint, CheckpointSettings
 from servers import GuardedConnector, HttpServer, closed_port, make_context, response, serving
 from servers import Request as HttpRequest
@@ -1041,3 +1043,50 @@ def test_worker_processes_refuse_a_context_they_cannot_have(
         Checkpoint(settings, context=make_context(connector=connector))
     assert info.value.path == "context"
     assert "connector" in str(info.value)
+
+
+async def test_an_instance_restarted_during_an_outage_runs_the_definitions_it_kept(
+    target: HttpServer, tmp_path: Any
+) -> None:
+    """The held definitions are kept in the spool: a new instance on the same spool, started
+    while the control plane is away, runs them on the local schedule, and reports them in its
+    hello when the control plane is back (so that only what changed is sent)."""
+    spool = str(tmp_path / "spool.db")
+    async with control() as server:
+        port = server.port
+        async with Checkpoint(settings_for(server.url, spool_path=spool)) as cp:
+            await server.hello()
+            await server.send(sync(("m1", http_def(target.url("/ok"))), interval=0.05))
+            await eventually(lambda: cp.holdings == {"m1": 1})
+    # The control plane is down; a new instance starts on the same spool.
+    async with Checkpoint(settings_for(f"ws://127.0.0.1:{port}/", spool_path=spool)) as again:
+        assert again.holdings == {"m1": 1}
+        await eventually(lambda: again.stats["results_produced"] >= 3)
+        offline = again.stats
+        async with control(port=port) as back:
+            hello = await back.hello()
+            await eventually(lambda: again.stats["results_acked"] >= offline["results_produced"])
+    assert offline["autonomous"] and not offline["connected"]
+    assert hello.holdings == {"m1": 1}
+    received = back.envelopes()
+    assert received and all(e.monitor_id == "m1" and e.result.ok for e in received)
+
+
+async def test_a_kept_definition_that_no_longer_builds_is_dropped(
+    target: HttpServer, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = str(tmp_path / "spool.db")
+    async with control() as server:
+        async with Checkpoint(settings_for(server.url, spool_path=spool)) as cp:
+            await server.hello()
+            secret_def = http_def(target.url("/ok"), bearer_token={"secret": "api"})
+            good = ("ok", http_def(target.url("/ok")))
+            await server.send(sync(good, ("needs-secret", secret_def)))
+            # Refused at sync time already: no secret "api" here.
+            await eventually(lambda: cp.holdings == {"ok": 1})
+        with Spool(spool) as raw:  # as if an older version had kept one that now fails
+            rows = raw.load_definitions()
+            raw.save_definitions([*rows, ("stale", 1, 60.0, json.dumps(secret_def))])
+        async with Checkpoint(settings_for(server.url, spool_path=spool)) as again:
+            assert again.holdings == {"ok": 1}
+    assert "stale" in caplog.text and "dropped" in caplog.text

@@ -575,3 +575,57 @@ class SpoolMatchesAModel(RuleBasedStateMachine):
 # repeat that cycle, so the steps go to more examples instead.
 SpoolMatchesAModel.TestCase.settings = settings(settings.default, stateful_step_count=25)
 TestSpoolMatchesAModel = SpoolMatchesAModel.TestCase
+
+
+# -- kept definitions (schema 2) -----------------------------------------------------------------
+
+_V1_SCHEMA = (
+    "CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL UNIQUE,"
+    " monitor_id TEXT, created_at REAL NOT NULL, payload BLOB NOT NULL)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT INTO counters (name, value) VALUES ('depth', 1), ('dropped', 4)",
+    "INSERT INTO entries (result_id, monitor_id, created_at, payload) VALUES ('r1', 'm', 1.0, 'x')",
+    f"PRAGMA application_id = {0x706B5370}",  # "pkSp", what a spool carries
+    "PRAGMA user_version = 1",
+)
+
+
+def test_definitions_are_kept_replaced_and_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = [("a", 1, 60.0, '{"kind": "tcp"}'), ("b", 3, 0.5, '{"kind": "http"}')]
+    with Spool(path) as spool:
+        assert spool.load_definitions() == []
+        spool.save_definitions(first)
+        assert spool.load_definitions() == first
+        spool.save_definitions([("c", 1, 5.0, "{}")])  # replaces, not adds
+        assert spool.load_definitions() == [("c", 1, 5.0, "{}")]
+    with Spool(path) as spool:
+        assert spool.load_definitions() == [("c", 1, 5.0, "{}")]
+        spool.save_definitions([])
+        assert spool.load_definitions() == []
+
+
+def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    for statement in _V1_SCHEMA:
+        raw.execute(statement)
+    raw.commit()
+    raw.close()
+    with Spool(path) as spool:
+        assert [e.result_id for e in spool.pending(10)] == ["r1"]
+        assert (spool.depth, spool.dropped) == (1, 4)
+        spool.save_definitions([("m", 2, 30.0, "{}")])
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SPOOL_SCHEMA == 2
+    finally:
+        raw.close()
+    with Spool(path) as spool:
+        assert spool.load_definitions() == [("m", 2, 30.0, "{}")]
+
+
+async def test_async_spool_keeps_definitions(tmp_path: Path) -> None:
+    async with AsyncSpool(tmp_path / "a.db") as spool:
+        await spool.save_definitions([("x", 1, 1.0, "{}")])
+        assert await spool.load_definitions() == [("x", 1, 1.0, "{}")]

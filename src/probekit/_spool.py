@@ -22,6 +22,10 @@ What it promises:
   database (so it survives restarts), and logs one WARNING per batch on ``probekit.spool``.
 - **Payload-agnostic.** The spool stores the text or bytes it is given (normally the JSON form of
   a result envelope) and gives back exactly that, with the same type.
+- **Keeps the checkpoint's definitions too** (schema 2): ``save_definitions`` replaces the
+  monitor definitions last received and ``load_definitions`` reads them back, so an instance
+  restarted while its control plane is away still has something to run. A schema-1 spool is
+  upgraded in place when opened (its entries kept).
 - **Never destroys what it does not recognise.** A file that is not SQLite, an SQLite database
   that is not a spool, or a spool written by a newer probekit is refused with :class:`SpoolError`
   naming the path; nothing is changed or deleted.
@@ -55,7 +59,7 @@ __all__ = ["SPOOL_SCHEMA", "AsyncSpool", "Entry", "Spool", "SpoolError", "SpoolI
 log = logging.getLogger("probekit.spool")
 
 #: The spool's on-disk schema number, kept in SQLite's ``user_version``.
-SPOOL_SCHEMA: Final = 1
+SPOOL_SCHEMA: Final = 2
 
 # Stored in SQLite's header (``PRAGMA application_id``) so that a spool is recognisable as one and
 # no other application's database is mistaken for an empty spool. The bytes spell "pkSp".
@@ -92,6 +96,20 @@ _SCHEMA: Final = (
     """,
     "INSERT INTO counters (name, value) VALUES ('depth', 0), ('dropped', 0)",
 )
+
+#: Schema 2 adds the monitor definitions a checkpoint last received, so that an instance
+#: started while its control plane is unreachable still has something to run.
+_DEFINITIONS: Final = """
+    CREATE TABLE definitions (
+        monitor_id TEXT    PRIMARY KEY,
+        revision   INTEGER NOT NULL,
+        interval   REAL    NOT NULL,
+        definition TEXT    NOT NULL
+    ) WITHOUT ROWID
+"""
+
+#: One stored definition: ``(monitor_id, revision, interval, definition as JSON text)``.
+StoredDefinition: TypeAlias = tuple[str, int, float, str]
 
 _INSERT: Final = (
     "INSERT INTO entries (result_id, payload, monitor_id, created_at) VALUES (?, ?, ?, ?) "
@@ -318,6 +336,23 @@ class Spool:
         """How many entries were ever evicted to keep within ``max_entries`` (persistent)."""
         return self._read_counters()[1]
 
+    def save_definitions(self, definitions: Iterable[StoredDefinition]) -> None:
+        """Replace the stored monitor definitions with ``definitions``, in one transaction."""
+        rows = list(definitions)
+        with self._transaction("saving definitions") as conn:
+            conn.execute("DELETE FROM definitions")
+            conn.executemany("INSERT INTO definitions VALUES (?, ?, ?, ?)", rows)
+
+    def load_definitions(self) -> list[StoredDefinition]:
+        """The stored monitor definitions, by monitor id."""
+        conn = self._connection()
+        with self._mapped("reading definitions"):
+            rows = conn.execute(
+                "SELECT monitor_id, revision, interval, definition FROM definitions "
+                "ORDER BY monitor_id"
+            ).fetchall()
+        return [(str(m), int(r), float(i), str(d)) for m, r, i, d in rows]
+
     def stats(self) -> dict[str, int | float | str | None]:
         """Figures for heartbeats and metrics.
 
@@ -364,6 +399,8 @@ class Spool:
                     for statement in _SCHEMA:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                if version < 2:  # new, or written by an older probekit: add what it lacks
+                    conn.execute(_DEFINITIONS)
                     conn.execute(f"PRAGMA user_version={SPOOL_SCHEMA}")
                 depth, dropped = _counters(conn)
                 (count,) = conn.execute("SELECT count(*) FROM entries").fetchone()
@@ -565,6 +602,14 @@ class AsyncSpool:
         """See :meth:`Spool.pending`."""
         skip = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
         return await self._call(functools.partial(self._spool.pending, limit, exclude=skip))
+
+    async def save_definitions(self, definitions: Iterable[StoredDefinition]) -> None:
+        """See :meth:`Spool.save_definitions`."""
+        await self._call(self._spool.save_definitions, list(definitions))
+
+    async def load_definitions(self) -> list[StoredDefinition]:
+        """See :meth:`Spool.load_definitions`."""
+        return await self._call(self._spool.load_definitions)
 
     async def stats(self) -> dict[str, int | float | str | None]:
         """See :meth:`Spool.stats` (read fresh from the database)."""

@@ -713,6 +713,7 @@ class Checkpoint:
         try:
             await self._spool.open()
             try:
+                await self._restore_definitions()
                 if self.settings.metrics_port is not None:
                     server = await asyncio.start_server(
                         self._serve_http,
@@ -1064,7 +1065,9 @@ class Checkpoint:
         elif isinstance(message, Run):
             await self._accept_run(ws, message)
         elif isinstance(message, Sync):
-            for error in self._apply_sync(message):
+            errors = self._apply_sync(message)
+            await self._store_definitions()
+            for error in errors:
                 await self._send(ws, error)
         elif isinstance(message, Drain):
             log.info("the control plane asked to drain: %s", message.reason or "(no reason)")
@@ -1131,6 +1134,34 @@ class Checkpoint:
             log.error("building a definition failed unexpectedly", exc_info=exc)
             code, text = "internal", f"could not build the definition ({type(exc).__name__})"
         return Error(code=code, message=_plain_text(text, 4000), ref=ref)
+
+    async def _store_definitions(self) -> None:
+        """Keep what is held in the spool, for a restart while the control plane is away."""
+        rows = [
+            (monitor_id, held.revision, held.interval, json.dumps(held.definition))
+            for monitor_id, held in self._held.items()
+        ]
+        try:
+            await self._spool.save_definitions(rows)
+        except SpoolError as exc:  # the checks still run; only a restart would miss them
+            log.error("could not keep the definitions in the spool: %s", exc)
+
+    async def _restore_definitions(self) -> None:
+        """Hold the definitions a previous run kept in the spool (see ``_store_definitions``).
+
+        They are reported in ``hello`` with their revisions, so the control plane sends only
+        what changed; while it is unreachable they run on the local schedule (when autonomous).
+        """
+        held: dict[str, _Held] = {}
+        for monitor_id, revision, interval, text in await self._spool.load_definitions():
+            try:
+                definition = json.loads(text)
+                held[monitor_id] = _Held(definition, revision, interval, self._build(definition))
+            except Exception as exc:  # noqa: BLE001 - one stale definition must not stop the rest
+                log.warning("kept definition %s no longer builds; dropped: %s", monitor_id, exc)
+        self._held = held
+        if held:
+            log.info("holding %d definitions kept in the spool", len(held))
 
     def _apply_sync(self, sync: Sync) -> list[Error]:
         """Apply a sync; return the errors to send for definitions that did not build."""

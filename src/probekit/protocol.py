@@ -470,7 +470,8 @@ class Heartbeat:
 
     Counts are as of ``sent_at`` (UTC); ``reconnects`` is a total since the instance started and
     ``spool_dropped`` one since its spool was created (it is kept in the spool, across
-    restarts, so no eviction goes unreported). ``policy`` summarises the local egress policy (free-form JSON).
+    restarts, so no eviction goes unreported). ``policy`` summarises the local egress policy
+    (free-form JSON).
     """
 
     type: ClassVar[str] = "heartbeat"
