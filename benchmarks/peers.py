@@ -50,7 +50,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -761,7 +761,7 @@ async def _throughput(spec: dict[str, Any]) -> dict[str, Any]:
     processes = spec.get("processes")
     runner: Any
     if processes:
-        loop = "uvloop" if spec.get("uvloop") else "asyncio"
+        loop: Literal["asyncio", "uvloop"] = "uvloop" if spec.get("uvloop") else "asyncio"
         runner = ProcessRunner(processes, spec["concurrency"], loop=loop)
     else:
         runner = Runner(max_concurrency=spec["concurrency"])

@@ -105,11 +105,10 @@ async def _floor_one(kind: str, port: int, ctx: ssl.SSLContext | None) -> None:
             upgraded = await loop.start_tls(transport, proto, ctx, server_hostname="127.0.0.1")
             assert upgraded is not None
             transport = upgraded
-        assert isinstance(transport, asyncio.WriteTransport) or hasattr(transport, "write")
-        transport.write(_GET)  # type: ignore[attr-defined]
+        transport.write(_GET)
         await proto.done
     finally:
-        transport.abort()  # type: ignore[attr-defined]
+        transport.abort()
 
 
 def _measure(kind: str, loop_name: str, nginx: Any, floor: bool) -> dict[str, float]:
