@@ -63,8 +63,10 @@ class FakeControl:
         port: int = 0,
         auto_ack: bool = True,
         tls: ssl.SSLContext | None = None,
+        handshake_delay: float = 0.0,
     ) -> None:
         self.token = token
+        self.handshake_delay = handshake_delay
         self.tls = tls
         self.port = port
         self.auto_ack = auto_ack
@@ -101,8 +103,10 @@ class FakeControl:
         scheme = "wss" if self.tls else "ws"
         return f"{scheme}://127.0.0.1:{self.port}/checkpoint"
 
-    def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         self.headers.append(request.headers)
+        if self.handshake_delay:
+            await asyncio.sleep(self.handshake_delay)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             self.rejected += 1
             return connection.respond(HTTPStatus.UNAUTHORIZED, "bad token\n")
@@ -1090,3 +1094,25 @@ async def test_a_kept_definition_that_no_longer_builds_is_dropped(
         async with Checkpoint(settings_for(server.url, spool_path=spool)) as again:
             assert again.holdings == {"ok": 1}
     assert "stale" in caplog.text and "dropped" in caplog.text
+
+
+async def test_kept_definitions_do_not_run_locally_while_the_control_plane_answers(
+    target: HttpServer, tmp_path: Any
+) -> None:
+    """At start-up the local schedule waits for a failed connection attempt: with the control
+    plane reachable, definitions kept in the spool are only reported, not run."""
+    spool = str(tmp_path / "spool.db")
+    async with control() as server:
+        async with Checkpoint(settings_for(server.url, spool_path=spool)) as cp:
+            await server.hello()
+            await server.send(sync(("m1", http_def(target.url("/ok"))), interval=0.02))
+            await eventually(lambda: cp.holdings == {"m1": 1})
+        served = target.connections
+        server.handshake_delay = 0.3  # a slow start: fifteen intervals before connected
+        async with Checkpoint(settings_for(server.url, spool_path=spool)) as again:
+            await eventually(lambda: again.stats["connected"])
+            await asyncio.sleep(0.1)
+            stats = again.stats
+    assert stats["results_produced"] == 0
+    assert not stats["autonomous"]
+    assert target.connections == served

@@ -582,6 +582,7 @@ class Checkpoint:
         self._held: dict[str, _Held] = {}
         self._autonomous_sync = False
         self._local_active = False
+        self._tried = False  # a connection attempt has been made (and finished)
         self._draining = False
         self._closing = False
         self._ws: ClientConnection | None = None
@@ -949,7 +950,11 @@ class Checkpoint:
                 self._connect_failures += 1
                 streak += 1
                 self._log_connect_failure(exc)
+                if not self._tried:
+                    self._tried = True
+                    self._mode_changed.set()  # now "disconnected" means something
                 continue
+            self._tried = True
             if not first:
                 self._reconnects += 1
             first = False
@@ -1268,7 +1273,9 @@ class Checkpoint:
             return False
         if self._autonomous_sync:
             return True
-        return not self._connected and self.settings.autonomous_when_disconnected
+        # Not before the first connection attempt has failed: at start-up, definitions kept in
+        # the spool would otherwise run locally for the moment it takes to connect.
+        return not self._connected and self._tried and self.settings.autonomous_when_disconnected
 
     async def _local_loop(self) -> None:
         """Start and stop the local schedule as the mode changes."""
