@@ -93,3 +93,45 @@ class CrashProbe:
         if "pytest" in sys.modules:
             raise RuntimeError("CrashProbe ran in the test process, not in a worker")
         os._exit(3)
+
+
+#: Set by a test to the pid of the process in which ``Unreadable`` must fail to unpickle.
+REFUSE_IN = "PROBEKIT_POOL_TEST_REFUSE_IN"
+
+
+def _restore_unreadable() -> float:
+    if os.environ.get(REFUSE_IN) == str(os.getpid()):
+        raise RuntimeError("this value cannot be read in this process")
+    return 0.0
+
+
+class Unreadable:
+    """A value that pickles anywhere but cannot be unpickled in the process named by REFUSE_IN."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_restore_unreadable, ())
+
+
+@attrs.frozen
+class UnreadableResultProbe:
+    """Returns a Result the parent cannot unpickle (a metric value that refuses to load there)."""
+
+    kind: ClassVar[str] = "unreadable"
+
+    name: str = "unreadable"
+    host: str = "unreadable.test"
+    timeouts: Timeouts = _FIVE_SECONDS
+
+    @property
+    def target(self) -> str:
+        return f"unreadable://{self.host}/{self.name}"
+
+    async def check(self, ctx: ProbeContext | None = None) -> Result:
+        return Result(
+            kind=self.kind,
+            target=self.target,
+            status=Status.UP,
+            started_at=dt.datetime.now(dt.UTC),
+            duration=0.0,
+            metrics={"odd": Unreadable()},  # type: ignore[dict-item]
+        )

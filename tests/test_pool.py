@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from poolprobes import CrashProbe, PidProbe
+from poolprobes import REFUSE_IN, CrashProbe, PidProbe, UnreadableResultProbe
 from probekit import (
     DefinitionError,
     Dialer,
@@ -523,3 +523,19 @@ async def test_in_flight_counts_checks_sent_and_not_answered() -> None:
         assert pool.in_flight == 0
     assert [r.status for r in results] == [Status.UP] * 6
     assert 4 <= seen <= 6  # at least the running ones; never more than were sent
+
+
+async def test_a_result_the_parent_cannot_read_fails_that_worker_not_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame the parent cannot unpickle is treated like a dying worker: its checks are
+    UNKNOWN, it is replaced, and the pool goes on (no stream waits forever)."""
+    monkeypatch.setenv(REFUSE_IN, str(os.getpid()))
+    async with asyncio.timeout(PATIENCE), ProcessRunner(processes=1, max_concurrency=2) as pool:
+        (bad,) = await pool.run_all([UnreadableResultProbe()])
+        (good,) = await pool.run_all([PidProbe("after")])
+        restarts = pool.restarts
+    assert bad.status is Status.UNKNOWN
+    assert bad.error is not None and "could not read" in bad.error.message
+    assert good.status is Status.UP
+    assert restarts == 1

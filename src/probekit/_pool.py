@@ -421,16 +421,16 @@ class ProcessRunner:
                         pending.stream.queue.put_nowait((pending.index, result))
         except asyncio.IncompleteReadError:
             pass
-        except (ValueError, pickle.PickleError, TypeError) as exc:
-            problem = f" after a bad frame ({exc!r})"
+        except Exception as exc:  # noqa: BLE001 - any undecodable frame: the worker is replaced
+            problem = f" after a frame this process could not read ({exc!r})"
         worker.alive = False
         if self._state == "closed":
             return
-        # Its output ended: it is exiting, or is broken and is made to. (Signalling at once
-        # would race the child watcher: Popen.send_signal reaps an exited child itself, and
-        # the exit code would be lost.)
+        # Its output ended: it is exiting, or is broken and is made to. (Signalling an exiting
+        # worker at once would race the child watcher: Popen.send_signal reaps an exited child
+        # itself, and the exit code would be lost.) One that sent a bad frame is still running.
         try:
-            async with asyncio.timeout(_STOP_WAIT):
+            async with asyncio.timeout(0 if problem else _STOP_WAIT):
                 code = await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
