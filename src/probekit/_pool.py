@@ -34,6 +34,7 @@ from ._runner import (
     _label,
     _natural,
     _seconds,
+    checked_limits,
     pull,
     unknown_result,
 )
@@ -193,12 +194,16 @@ class ProcessRunner:
     ) -> None:
         wanted = (os.cpu_count() or 1) if processes is None else processes
         wanted = _natural("processes", wanted, 1)
-        self._max_concurrency = _natural("max_concurrency", max_concurrency, 1)
-        self._per_host = None if per_host is None else _natural("per_host", per_host, 1)
-        self._retries = _natural("retries", retries, 0)
-        self._retry_backoff = _seconds("retry_backoff", retry_backoff)
-        self._retry_backoff_max = _seconds("retry_backoff_max", retry_backoff_max)
-        self._grace = _seconds("grace", grace)
+        (
+            self._max_concurrency,
+            self._per_host,
+            self._retries,
+            self._retry_backoff,
+            self._retry_backoff_max,
+            self._grace,
+        ) = checked_limits(
+            max_concurrency, per_host, retries, retry_backoff, retry_backoff_max, grace
+        )
         self._start_timeout = _seconds("start_timeout", start_timeout)
         if policy is not None and not isinstance(policy, EgressPolicy):
             raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")

@@ -112,6 +112,25 @@ class _Spec:
     host: str | None
 
 
+def checked_limits(
+    max_concurrency: int,
+    per_host: int | None,
+    retries: int,
+    retry_backoff: float,
+    retry_backoff_max: float,
+    grace: float,
+) -> tuple[int, int | None, int, float, float, float]:
+    """A runner's limits, in this order, each checked (a DefinitionError names the argument)."""
+    return (
+        _natural("max_concurrency", max_concurrency, 1),
+        None if per_host is None else _natural("per_host", per_host, 1),
+        _natural("retries", retries, 0),
+        _seconds("retry_backoff", retry_backoff),
+        _seconds("retry_backoff_max", retry_backoff_max),
+        _seconds("grace", grace),
+    )
+
+
 def _natural(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DefinitionError(name, f"must be an integer >= {minimum}, got {value!r}")
@@ -273,12 +292,16 @@ class Runner:
         grace: float = 0.1,
         context: ProbeContext | None = None,
     ) -> None:
-        self._max_concurrency = _natural("max_concurrency", max_concurrency, 1)
-        self._per_host = None if per_host is None else _natural("per_host", per_host, 1)
-        self._retries = _natural("retries", retries, 0)
-        self._retry_backoff = _seconds("retry_backoff", retry_backoff)
-        self._retry_backoff_max = _seconds("retry_backoff_max", retry_backoff_max)
-        self._grace = _seconds("grace", grace)
+        (
+            self._max_concurrency,
+            self._per_host,
+            self._retries,
+            self._retry_backoff,
+            self._retry_backoff_max,
+            self._grace,
+        ) = checked_limits(
+            max_concurrency, per_host, retries, retry_backoff, retry_backoff_max, grace
+        )
         if context is not None and not isinstance(context, ProbeContext):
             raise DefinitionError(
                 "context", f"must be a ProbeContext, got {type(context).__name__}"
