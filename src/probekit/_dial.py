@@ -94,6 +94,10 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+def _cancel_timer(timer: asyncio.TimerHandle, _waiter: asyncio.Future[None]) -> None:
+    timer.cancel()
+
+
 class TlsVerifyFailure(ProbeFailure):
     """Certificate verification failed; ``tls`` describes the chain the peer presented."""
 
@@ -251,16 +255,17 @@ class Connection(asyncio.Protocol):
         if self._lost:
             raise self._error or ConnectionResetError("connection lost")
 
-    async def _wait(self, limit: float | None) -> None:
+    def _armed(self, limit: float | None) -> asyncio.Future[None]:
+        """The future the next received bytes (or EOF) complete, failing with TimeoutError after
+        ``limit`` seconds if given. A plain future, not a coroutine: thousands of checks wait
+        here at once, and one coroutine frame fewer each is memory that counts."""
         loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = None if limit is None else loop.call_later(limit, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if limit is not None:
+            timer = loop.call_later(limit, _expire, waiter)
+            waiter.add_done_callback(functools.partial(_cancel_timer, timer))
+        self._waiter = waiter  # _wake ignores it once done, so it is never reset
+        return waiter
 
     async def read(self, size: int, limit: float | None = None) -> bytes:
         """Read up to ``size`` bytes (b"" at EOF), waiting at most ``limit`` seconds if given.
@@ -269,17 +274,7 @@ class Connection(asyncio.Protocol):
         """
         buffer = self._buffer
         if not buffer and not self._eof:
-            # Inlined rather than a call to _wait: thousands of checks wait here at once, and
-            # one coroutine frame fewer each is memory that counts.
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = None if limit is None else loop.call_later(limit, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                if timer is not None:
-                    timer.cancel()
+            await self._armed(limit)
         if not buffer:
             if self._error is not None:
                 raise self._error
@@ -321,7 +316,7 @@ class Connection(asyncio.Protocol):
                 raise ProbeFailure(
                     ErrorKind.PROTOCOL, f"connection closed before the end of the {what}"
                 )
-            await self._wait(limit)
+            await self._armed(limit)
         raise ProbeFailure(ErrorKind.PROTOCOL, f"{what} exceeds {max_bytes} bytes")
 
     def close(self) -> None:
