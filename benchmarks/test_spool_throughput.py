@@ -35,7 +35,7 @@ from probekit import (
     TlsInfo,
     result_to_json,
 )
-from probekit._spool import Spool, SpoolItem
+from probekit.checkpoint._spool import Spool, SpoolItem
 
 N = 5_000
 BATCH = 500

@@ -40,8 +40,8 @@ from probekit import (
 )
 from probekit import protocol as p
 from probekit._definitions import probe_kinds
-from probekit._spool import Spool
 from probekit.checkpoint import Checkpoint, CheckpointSettings
+from probekit.checkpoint._spool import Spool
 from servers import GuardedConnector, HttpServer, closed_port, make_context, response, serving
 from servers import Request as HttpRequest
 
@@ -873,8 +873,8 @@ def test_redaction_rules() -> None:
 
 
 def test_results_frames_are_what_the_protocol_encodes() -> None:
-    from probekit._spool import Entry
     from probekit.checkpoint import _frames, _payload
+    from probekit.checkpoint._spool import Entry
 
     envelopes = [
         p.ResultEnvelope(
@@ -895,8 +895,8 @@ def test_results_frames_are_what_the_protocol_encodes() -> None:
 
 
 def test_frames_stay_under_the_protocol_limit() -> None:
-    from probekit._spool import Entry
     from probekit.checkpoint import _frames
+    from probekit.checkpoint._spool import Entry
 
     big = b'{"x":"' + b"a" * 300_000 + b'"}'
     frames = _frames([Entry(f"id{i}", big, None, i, 0.0) for i in range(10)])

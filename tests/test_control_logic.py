@@ -9,7 +9,7 @@ import time
 import pytest
 
 from probekit import FakeClock, Status
-from probekit._control_logic import Actions, ControlLogic, MonitorSpec, RunOrder, flap_percent
+from probekit.control._logic import Actions, ControlLogic, MonitorSpec, RunOrder, flap_percent
 
 HB = 5.0
 

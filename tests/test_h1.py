@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probekit._errors import ProbeFailure
-from probekit._h1 import MAX_CHUNK_LINE, ResponseParser, header
 from probekit._result import ErrorKind
+from probekit.probes._h1 import MAX_CHUNK_LINE, ResponseParser, header
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\n"
 CLOSED = "connection closed before the response ended"

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from probekit import FakeClock, ProbekitError
-from probekit._spool import SPOOL_SCHEMA, AsyncSpool, Entry, Spool, SpoolError
+from probekit.checkpoint._spool import SPOOL_SCHEMA, AsyncSpool, Entry, Spool, SpoolError
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -330,7 +330,7 @@ def test_a_spool_opened_on_one_thread_is_refused_on_another(path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import json, sys, time
-    from probekit._spool import Spool
+    from probekit.checkpoint._spool import Spool
 
     path, batches, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 

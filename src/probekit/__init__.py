@@ -39,10 +39,8 @@ if TYPE_CHECKING:
     from ._errors import ProbeFailure
     from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
     from ._exporters import json_line, nagios_line, prometheus_text
-    from ._http import BasicAuth, HttpProbe
     from ._policy import EgressPolicy
     from ._pool import ProcessRunner
-    from ._probe import Probe
     from ._resolver import AiodnsResolver, Resolver, StaticResolver
     from ._result import (
         SCHEMA_VERSION,
@@ -59,9 +57,11 @@ if TYPE_CHECKING:
     from ._scheduler import Monitor, Scheduler
     from ._secret import Secret
     from ._serialization import converter, result_from_json, result_to_json
-    from ._tcp import Expect, Send, StartTls, TcpProbe
     from ._timeouts import Timeouts
     from ._tls import TlsOptions
+    from .probes._base import Probe
+    from .probes.http import BasicAuth, HttpProbe
+    from .probes.tcp import Expect, Send, StartTls, TcpProbe
 
 del TYPE_CHECKING
 
@@ -71,7 +71,7 @@ _LAZY: dict[str, str] = {
     "AiodnsResolver": "._resolver",
     "Assertion": "._assertions",
     "AssertionOutcome": "._result",
-    "BasicAuth": "._http",
+    "BasicAuth": ".probes.http",
     "BodyContains": "._assertions",
     "BodyMatches": "._assertions",
     "CertExpiry": "._assertions",
@@ -84,16 +84,16 @@ _LAZY: dict[str, str] = {
     "Dialer": "._dial",
     "EgressPolicy": "._policy",
     "ErrorKind": "._result",
-    "Expect": "._tcp",
+    "Expect": ".probes.tcp",
     "FakeClock": "._clock",
     "HeaderMatches": "._assertions",
-    "HttpProbe": "._http",
+    "HttpProbe": ".probes.http",
     "JsonPath": "._assertions",
     "Monitor": "._scheduler",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
-    "Probe": "._probe",
+    "Probe": ".probes._base",
     "ProbeContext": "._context",
     "ProbeError": "._result",
     "ProbeFailure": "._errors",
@@ -108,13 +108,13 @@ _LAZY: dict[str, str] = {
     "SCHEMA_VERSION": "._result",
     "Scheduler": "._scheduler",
     "Secret": "._secret",
-    "Send": "._tcp",
-    "StartTls": "._tcp",
+    "Send": ".probes.tcp",
+    "StartTls": ".probes.tcp",
     "StaticResolver": "._resolver",
     "Status": "._result",
     "StatusIn": "._assertions",
     "SystemClock": "._clock",
-    "TcpProbe": "._tcp",
+    "TcpProbe": ".probes.tcp",
     "Timeouts": "._timeouts",
     "TlsForbidden": "._assertions",
     "TlsInfo": "._result",

@@ -98,8 +98,8 @@ def probe_kinds() -> tuple[str, ...]:
 
 def _builtin() -> None:
     if "http" not in _PROBES:
-        from ._http import HttpProbe
-        from ._tcp import TcpProbe
+        from .probes.http import HttpProbe
+        from .probes.tcp import TcpProbe
 
         _PROBES.setdefault("http", HttpProbe)
         _PROBES.setdefault("tcp", TcpProbe)
@@ -253,8 +253,8 @@ class _Builder:
         return self.build(cls, data, path, skip=("type",))
 
     def step(self, data: Any, path: str) -> Any:
-        from ._tcp import Expect, Send, StartTls
         from ._tls import TlsOptions
+        from .probes.tcp import Expect, Send, StartTls
 
         if not isinstance(data, Mapping) or len(data) != 1:
             self.fail(
@@ -398,7 +398,7 @@ _FACTORY: type[Any] = type(attrs.Factory(list))
 
 
 def _plain(value: Any, converter: Any) -> Any:
-    from ._tcp import Expect, Send, StartTls
+    from .probes.tcp import Expect, Send, StartTls
 
     if isinstance(value, tuple):
         return [_plain(v, converter) for v in value]

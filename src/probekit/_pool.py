@@ -24,7 +24,6 @@ from ._context import ProbeContext
 from ._dial import Dialer, tcp_connect
 from ._exceptions import DefinitionError
 from ._policy import EgressPolicy
-from ._probe import Probe
 from ._resolver import AiodnsResolver, StaticResolver
 from ._result import Result
 from ._runner import (
@@ -39,6 +38,7 @@ from ._runner import (
     unknown_result,
 )
 from ._worker import HEADER, MAX_FRAME, dumps
+from .probes._base import Probe
 
 __all__ = ["ProcessRunner"]
 

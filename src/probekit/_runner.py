@@ -32,8 +32,8 @@ import attrs
 from ._context import ProbeContext, default_context
 from ._deadline import after
 from ._exceptions import DefinitionError
-from ._probe import Probe
 from ._result import ErrorKind, ProbeError, Result, Status
+from .probes._base import Probe
 
 __all__ = ["Runner"]
 

@@ -18,9 +18,9 @@ import attrs
 from ._clock import Clock, SystemClock
 from ._exceptions import DefinitionError
 from ._pool import ProcessRunner
-from ._probe import Probe
 from ._result import Result
 from ._runner import Runner
+from .probes._base import Probe
 
 __all__ = ["Monitor", "Scheduler"]
 

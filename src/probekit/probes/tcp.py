@@ -18,16 +18,16 @@ from typing import ClassVar, TypeAlias
 
 import attrs
 
-from ._assertions import Assertion, Observation, assertion_tuple
-from ._context import ProbeContext
-from ._dial import Connection, Proxy
-from ._errors import ProbeFailure
-from ._exceptions import DefinitionError
-from ._probe import Attempt, execute
-from ._resolver import Family
-from ._result import AssertionOutcome, ErrorKind, Result
-from ._timeouts import Timeouts
-from ._tls import TlsOptions
+from .._assertions import Assertion, Observation, assertion_tuple
+from .._context import ProbeContext
+from .._dial import Connection, Proxy
+from .._errors import ProbeFailure
+from .._exceptions import DefinitionError
+from .._resolver import Family
+from .._result import AssertionOutcome, ErrorKind, Result
+from .._timeouts import Timeouts
+from .._tls import TlsOptions
+from ._base import Attempt, execute
 
 __all__ = ["Expect", "Send", "StartTls", "Step", "TcpProbe"]
 

@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, TypeGuard, TypeVar
 
 import attrs
 
-from ._assertions import (
+from .._assertions import (
     Assertion,
     BodyContains,
     BodyMatches,
@@ -43,7 +43,7 @@ from ._assertions import (
     ResponseTime,
     StatusIn,
 )
-from ._config import (
+from .._config import (
     DEFAULT_INTERVAL,
     Config,
     _kind,
@@ -52,29 +52,29 @@ from ._config import (
     load_config,
     read_config_file,
 )
-from ._context import ProbeContext
-from ._definitions import DefinitionErrors, build_probe
-from ._dial import Dialer
-from ._exceptions import DefinitionError
-from ._exporters import PROMETHEUS_CONTENT_TYPE, json_line, nagios_line, prometheus_text
-from ._policy import EgressPolicy
-from ._pool import ProcessRunner
-from ._probe import Probe
-from ._result import Result, Status
-from ._runner import Runner
-from ._scheduler import Scheduler
-from ._secret import Secret
-from ._serialization import result_to_json
-from ._timeouts import Timeouts
-from ._tls import TlsOptions
+from .._context import ProbeContext
+from .._definitions import DefinitionErrors, build_probe
+from .._dial import Dialer
+from .._exceptions import DefinitionError
+from .._exporters import PROMETHEUS_CONTENT_TYPE, json_line, nagios_line, prometheus_text
+from .._policy import EgressPolicy
+from .._pool import ProcessRunner
+from .._result import Result, Status
+from .._runner import Runner
+from .._scheduler import Scheduler
+from .._secret import Secret
+from .._serialization import result_to_json
+from .._timeouts import Timeouts
+from .._tls import TlsOptions
+from ..probes._base import Probe
 
 if TYPE_CHECKING:
     from rich.live import Live
     from rich.table import Table as RichTable
 
-    from ._control_logic import MonitorSpec
-    from .checkpoint import CheckpointSettings
-    from .control import ControlPlane, ControlSettings, WebhookSink
+    from ..checkpoint import CheckpointSettings
+    from ..control import ControlPlane, ControlSettings, WebhookSink
+    from ..control._logic import MonitorSpec
 
 __all__ = [
     "COMMANDS",
@@ -386,7 +386,7 @@ def _not_for(
 
 
 def _http_probe(args: argparse.Namespace, problems: _Problems) -> Probe | None:
-    from ._http import HttpProbe
+    from ..probes.http import HttpProbe
 
     _not_for("http", args, problems, ("--tls", "--send/--expect"))
     headers = []
@@ -414,7 +414,7 @@ def _http_probe(args: argparse.Namespace, problems: _Problems) -> Probe | None:
 
 
 def _tcp_probe(args: argparse.Namespace, problems: _Problems) -> Probe | None:
-    from ._tcp import Expect, Send, TcpProbe
+    from ..probes.tcp import Expect, Send, TcpProbe
 
     _not_for(
         "tcp",
@@ -941,7 +941,7 @@ def _is_loopback(host: str) -> bool:
 
 def _is_id(value: object) -> TypeGuard[str]:
     """A protocol id: a non-empty printable string of at most MAX_ID_LENGTH characters."""
-    from .protocol import MAX_ID_LENGTH
+    from ..protocol import MAX_ID_LENGTH
 
     return (
         isinstance(value, str)
@@ -1035,7 +1035,7 @@ class _ControlLoader(_Loader):
         self.warnings: list[str] = []
 
     def load(self, data: Any) -> ControlConfig | None:
-        from .control import ControlSettings
+        from ..control import ControlSettings
 
         if not isinstance(data, Mapping):
             self.fail("", f"a config file holds a table (object), got {_kind(data)}")
@@ -1225,7 +1225,7 @@ class _ControlLoader(_Loader):
     # -- [[monitors]] --------------------------------------------------------------------------
 
     def control_monitors(self, data: Any, checkpoint_ids: set[str]) -> list[MonitorSpec]:
-        from ._control_logic import MonitorSpec
+        from ..control._logic import MonitorSpec
 
         if data is None or data == []:
             self.fail("monitors", "no monitors: add at least one [[monitors]] table")
@@ -1278,7 +1278,7 @@ class _ControlLoader(_Loader):
 
     def definition(self, definition: dict[str, Any], path: str) -> None:
         """Check a definition as a checkpoint will build it; secrets only by reference."""
-        from . import protocol
+        from .. import protocol
 
         references: list[Secret] = []
 
@@ -1318,7 +1318,7 @@ class _ControlLoader(_Loader):
     # -- [[webhooks]] --------------------------------------------------------------------------
 
     def webhooks(self, data: Any) -> list[WebhookSink]:
-        from .control import WebhookSink
+        from ..control import WebhookSink
 
         if isinstance(data, str | bytes) or not isinstance(data, list):
             self.fail("webhooks", f"expected a list of webhook tables, got {_kind(data)}")
@@ -1392,8 +1392,8 @@ async def _apply_monitors(plane: ControlPlane, monitors: Sequence[MonitorSpec]) 
 
 
 def _run_control(args: argparse.Namespace) -> int:
+    from ..control import ControlPlane
     from ._demo import Printer
-    from .control import ControlPlane
 
     config = load_control_config(
         args.config,
@@ -1617,7 +1617,7 @@ def _read_secrets(specs: Sequence[str], problems: _Problems) -> dict[str, Secret
 def _checkpoint_settings(args: argparse.Namespace) -> CheckpointSettings:
     from urllib.parse import urlsplit
 
-    from .checkpoint import CheckpointSettings
+    from ..checkpoint import CheckpointSettings
 
     problems = _Problems()
     policy = _policy(args.allow, args.deny, problems)
@@ -1671,8 +1671,8 @@ def _checkpoint_settings(args: argparse.Namespace) -> CheckpointSettings:
 
 
 def _run_checkpoint(args: argparse.Namespace) -> int:
-    from ._spool import SpoolError
-    from .checkpoint import Checkpoint
+    from ..checkpoint import Checkpoint
+    from ..checkpoint._spool import SpoolError
 
     settings = _checkpoint_settings(args)
     try:
@@ -1782,7 +1782,7 @@ COMMANDS: list[Command] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command in :data:`COMMANDS`."""
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="probekit", description="Typed async probes for private networks.")
     parser.add_argument("--version", action="version", version=f"probekit {__version__}")

@@ -17,20 +17,20 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import attrs
 
-from ._assertions import Assertion, Observation, StatusIn, assertion_tuple
-from ._context import ProbeContext
-from ._dial import Connection, Proxy
-from ._errors import ProbeFailure
-from ._exceptions import DefinitionError
+from .._assertions import Assertion, Observation, StatusIn, assertion_tuple
+from .._context import ProbeContext
+from .._dial import Connection, Proxy
+from .._errors import ProbeFailure
+from .._exceptions import DefinitionError
+from .._policy import parse_host_address
+from .._resolver import Family
+from .._result import ErrorKind, Result
+from .._secret import Secret
+from .._timeline import Timeline
+from .._timeouts import Timeouts
+from .._tls import TlsOptions
+from ._base import Attempt, execute
 from ._h1 import ResponseParser
-from ._policy import parse_host_address
-from ._probe import Attempt, execute
-from ._resolver import Family
-from ._result import ErrorKind, Result
-from ._secret import Secret
-from ._timeline import Timeline
-from ._timeouts import Timeouts
-from ._tls import TlsOptions
 
 __all__ = ["BasicAuth", "HttpProbe"]
 

@@ -87,23 +87,22 @@ import attrs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from . import __version__
-from ._clock import Clock, SystemClock
-from ._context import ProbeContext
-from ._definitions import build_probe, probe_kinds
-from ._dial import Dialer
-from ._exceptions import DefinitionError
-from ._logging import MaskingLogger
-from ._policy import EgressPolicy
-from ._pool import ProcessRunner, worker_dialing
-from ._probe import Probe
-from ._result import ErrorKind, ProbeError, Result, Status
-from ._runner import Runner
-from ._scheduler import Monitor, Scheduler
-from ._secret import Secret
-from ._serialization import converter
-from ._spool import AsyncSpool, Entry, SpoolError
-from .protocol import (
+from .. import __version__
+from .._clock import Clock, SystemClock
+from .._context import ProbeContext
+from .._definitions import build_probe, probe_kinds
+from .._dial import Dialer
+from .._exceptions import DefinitionError
+from .._logging import MaskingLogger
+from .._policy import EgressPolicy
+from .._pool import ProcessRunner, worker_dialing
+from .._result import ErrorKind, ProbeError, Result, Status
+from .._runner import Runner
+from .._scheduler import Monitor, Scheduler
+from .._secret import Secret
+from .._serialization import converter
+from ..probes._base import Probe
+from ..protocol import (
     FROM_CONTROL,
     MAX_FRAME_BYTES,
     MAX_ID_LENGTH,
@@ -123,6 +122,7 @@ from .protocol import (
     encode,
     error_reply,
 )
+from ._spool import AsyncSpool, Entry, SpoolError
 
 __all__ = ["Checkpoint", "CheckpointSettings"]
 
@@ -703,7 +703,7 @@ class Checkpoint:
     async def run(self) -> None:
         """Run until drained (or cancelled).
 
-        Raises :class:`~probekit._spool.SpoolError` when the spool cannot be opened and
+        Raises :class:`~probekit.checkpoint._spool.SpoolError` when the spool cannot be opened and
         ``OSError`` when the metrics port cannot be bound; nothing else stops it except
         cancellation, which leaves unsent results in the spool.
         """

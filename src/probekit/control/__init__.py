@@ -1,7 +1,7 @@
 """The reference control plane: a WebSocket server that checkpoint instances dial into.
 
 It keeps monitor definitions and results in SQLite, drives scheduling through
-:class:`~probekit._control_logic.ControlLogic` (one instance per run, alternating; a failure is
+:class:`~probekit.control._logic.ControlLogic` (one instance per run, alternating; a failure is
 confirmed on another instance before an alert; flapping and silent checkpoints are detected), and
 hands alert events to pluggable sinks (:class:`LogSink`, :class:`WebhookSink`,
 :class:`MemorySink`).
@@ -30,14 +30,14 @@ from typing import Any, Protocol, Self, TypeVar
 
 import attrs
 
-from . import protocol as p
-from ._clock import Clock, SystemClock
-from ._control_logic import Actions, Alert, ControlLogic, Event, MonitorSpec, RunOrder
-from ._exceptions import DefinitionError
-from ._logging import MaskingLogger
-from ._result import Status
-from ._secret import Secret
-from ._serialization import converter
+from .. import protocol as p
+from .._clock import Clock, SystemClock
+from .._exceptions import DefinitionError
+from .._logging import MaskingLogger
+from .._result import Status
+from .._secret import Secret
+from .._serialization import converter
+from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, RunOrder
 
 __all__ = [
     "AlertSink",
@@ -98,8 +98,8 @@ class WebhookSink:
     def __init__(
         self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
     ) -> None:
-        from ._http import HttpProbe
-        from ._timeouts import Timeouts
+        from .._timeouts import Timeouts
+        from ..probes.http import HttpProbe
 
         self.url = url
         self._probe = HttpProbe(

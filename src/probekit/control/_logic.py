@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import attrs
 
-from ._clock import Clock
-from ._result import Status
+from .._clock import Clock
+from .._result import Status
 
 __all__ = ["Actions", "Alert", "ControlLogic", "Event", "MonitorSpec", "RunOrder"]
 

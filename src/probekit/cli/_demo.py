@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, Final
 
-from ._control_logic import Event
-from ._secret import Secret
-from .protocol import ResultEnvelope
+from .._secret import Secret
+from ..control._logic import Event
+from ..protocol import ResultEnvelope
 
 __all__ = ["Printer", "run_demo", "write_line"]
 
@@ -166,8 +166,8 @@ class Printer:
 async def _system(
     workdir: Path, printer: Printer, targets: _Targets, interval: float
 ) -> AsyncIterator[None]:
-    from .checkpoint import Checkpoint, CheckpointSettings
-    from .control import ControlPlane, ControlSettings
+    from ..checkpoint import Checkpoint, CheckpointSettings
+    from ..control import ControlPlane, ControlSettings
 
     token = Secret("demo-" + workdir.name)
     settings = ControlSettings(

@@ -51,8 +51,8 @@ from typing import Final, Literal, Self, TypeAlias, TypeVar
 
 import attrs
 
-from ._clock import Clock, SystemClock
-from ._exceptions import ProbekitError
+from .._clock import Clock, SystemClock
+from .._exceptions import ProbekitError
 
 __all__ = ["SPOOL_SCHEMA", "AsyncSpool", "Entry", "Spool", "SpoolError", "SpoolItem"]
 

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import re
 
-from ._errors import ProbeFailure
-from ._result import ErrorKind
+from .._errors import ProbeFailure
+from .._result import ErrorKind
 
 __all__ = ["ResponseParser", "header"]
 

@@ -7,14 +7,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Protocol, runtime_checkable
 
-from ._context import ProbeContext, default_context
-from ._deadline import after
-from ._dial import TlsVerifyFailure
-from ._errors import classify
-from ._result import AssertionOutcome, ErrorKind, ProbeError, Result, Status, TlsInfo
-from ._timeline import Timeline
-from ._timeouts import Timeouts
-from ._tls import earliest_expiry_days
+from .._context import ProbeContext, default_context
+from .._deadline import after
+from .._dial import TlsVerifyFailure
+from .._errors import classify
+from .._result import AssertionOutcome, ErrorKind, ProbeError, Result, Status, TlsInfo
+from .._timeline import Timeline
+from .._timeouts import Timeouts
+from .._tls import earliest_expiry_days
 
 __all__ = ["Attempt", "Probe", "execute"]
 
