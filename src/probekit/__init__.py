@@ -29,15 +29,23 @@ if TYPE_CHECKING:
     from ._config import Config, load_config, parse_config
     from ._context import ProbeContext
     from ._definitions import (
-        DefinitionErrors,
         build_probe,
         probe_to_dict,
         register_assertion,
         register_probe,
     )
     from ._dial import Connection, Dialer, Proxy, tcp_connect
-    from ._errors import ProbeFailure
-    from ._exceptions import DefinitionError, PolicyError, ProbekitError, ProtocolVersionError
+    from ._exceptions import (
+        DefinitionError,
+        DefinitionErrors,
+        PolicyError,
+        ProbeFailure,
+        ProbekitError,
+        ProtocolError,
+        ProtocolVersionError,
+        SpoolError,
+        UsageError,
+    )
     from ._exporters import json_line, nagios_line, prometheus_text
     from ._policy import EgressPolicy
     from ._pool import ProcessRunner
@@ -80,7 +88,7 @@ _LAZY: dict[str, str] = {
     "Config": "._config",
     "Connection": "._dial",
     "DefinitionError": "._exceptions",
-    "DefinitionErrors": "._definitions",
+    "DefinitionErrors": "._exceptions",
     "Dialer": "._dial",
     "EgressPolicy": "._policy",
     "ErrorKind": "._result",
@@ -96,9 +104,10 @@ _LAZY: dict[str, str] = {
     "Probe": ".probes._base",
     "ProbeContext": "._context",
     "ProbeError": "._result",
-    "ProbeFailure": "._errors",
+    "ProbeFailure": "._exceptions",
     "ProbekitError": "._exceptions",
     "ProcessRunner": "._pool",
+    "ProtocolError": "._exceptions",
     "ProtocolVersionError": "._exceptions",
     "Proxy": "._dial",
     "Resolver": "._resolver",
@@ -110,6 +119,7 @@ _LAZY: dict[str, str] = {
     "Secret": "._secret",
     "Send": ".probes.tcp",
     "StartTls": ".probes.tcp",
+    "SpoolError": "._exceptions",
     "StaticResolver": "._resolver",
     "Status": "._result",
     "StatusIn": "._assertions",
@@ -120,6 +130,7 @@ _LAZY: dict[str, str] = {
     "TlsInfo": "._result",
     "TlsOptions": "._tls",
     "TlsRequired": "._assertions",
+    "UsageError": "._exceptions",
     "build_probe": "._definitions",
     "converter": "._serialization",
     "json_line": "._exporters",
@@ -183,6 +194,7 @@ __all__ = [
     "ProbeFailure",
     "ProbekitError",
     "ProcessRunner",
+    "ProtocolError",
     "ProtocolVersionError",
     "Proxy",
     "Resolver",
@@ -193,6 +205,7 @@ __all__ = [
     "Scheduler",
     "Secret",
     "Send",
+    "SpoolError",
     "StartTls",
     "StaticResolver",
     "Status",
@@ -204,6 +217,7 @@ __all__ = [
     "TlsInfo",
     "TlsOptions",
     "TlsRequired",
+    "UsageError",
     "build_probe",
     "converter",
     "json_line",

@@ -38,7 +38,7 @@ from ._assertions import (
     TlsForbidden,
     TlsRequired,
 )
-from ._exceptions import DefinitionError
+from ._exceptions import DefinitionError, DefinitionErrors
 from ._secret import Secret
 
 __all__ = [
@@ -63,17 +63,6 @@ _ASSERTIONS: dict[str, type] = {
     "cert_expiry": CertExpiry,
 }
 _ASSERTION_NAMES = {cls: name for name, cls in _ASSERTIONS.items()}
-
-
-class DefinitionErrors(DefinitionError):
-    """Several problems in one definition; ``errors`` lists them all, each with its path."""
-
-    def __init__(self, errors: list[DefinitionError]) -> None:
-        self.errors = errors
-        super().__init__("", "; ".join(str(e) for e in errors))
-
-    def under(self, prefix: str) -> DefinitionErrors:
-        return DefinitionErrors([e.under(prefix) for e in self.errors])
 
 
 def register_probe(kind: str, cls: type) -> None:

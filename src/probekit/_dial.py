@@ -19,8 +19,7 @@ from typing import Literal, TypeVar, cast
 import attrs
 
 from ._deadline import after
-from ._errors import ProbeFailure
-from ._exceptions import DefinitionError
+from ._exceptions import DefinitionError, ProbeFailure
 from ._policy import EgressPolicy, IPAddress, parse_host_address
 from ._resolver import AiodnsResolver, Family, Resolver
 from ._result import ErrorKind, TlsInfo

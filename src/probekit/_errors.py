@@ -10,21 +10,12 @@ import errno
 import logging
 import ssl
 
-from ._exceptions import PolicyError
+from ._exceptions import PolicyError, ProbeFailure
 from ._result import ErrorKind, ProbeError
 
 __all__ = ["ProbeFailure", "classify"]
 
 log = logging.getLogger("probekit.probe")
-
-
-class ProbeFailure(Exception):
-    """A failure of the target, already classified."""
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        self.kind = kind
-        self.message = message
-        super().__init__(message)
 
 
 def _oserror_text(exc: OSError) -> str:

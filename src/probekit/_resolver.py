@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from ._errors import ProbeFailure
+from ._exceptions import ProbeFailure
 from ._policy import IPAddress, parse_host_address
 from ._result import ErrorKind
 

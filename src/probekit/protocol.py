@@ -29,7 +29,13 @@ import cattrs
 from cattrs.errors import AttributeValidationNote, BaseValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
-from ._exceptions import DefinitionError, ProbekitError, ProtocolVersionError
+from ._exceptions import (
+    ERROR_CODES,
+    DefinitionError,
+    ErrorCode,
+    ProtocolError,
+    ProtocolVersionError,
+)
 from ._result import SCHEMA_VERSION, Result
 from ._secret import Secret
 from ._serialization import converter
@@ -73,45 +79,10 @@ MAX_JSON_DEPTH: Final = 32
 #: Counts and revisions stay within the integers every JSON implementation reads exactly.
 MAX_INT: Final = 2**53 - 1
 
-ErrorCode: TypeAlias = Literal[
-    "bad_json", "unknown_type", "bad_version", "too_large", "bad_field", "unauthorized", "internal"
-]
-#: Every ``error.code``; see ``docs/protocol.md`` for what the receiver of each one does.
-ERROR_CODES: Final[frozenset[str]] = frozenset(get_args(ErrorCode))
 Mode: TypeAlias = Literal["driven", "autonomous"]
 RunReason: TypeAlias = Literal["scheduled", "confirm", "adhoc"]
 
-# The WebSocket close codes (RFC 6455) a receiver uses after the error replies that end a
-# connection.
-_CLOSE_CODES: Final[Mapping[str, int]] = {"bad_version": 1002, "unauthorized": 1008}
 _MAX_ERROR_MESSAGE: Final = 1000
-
-
-class ProtocolError(ProbekitError):
-    """A frame from the peer was refused.
-
-    ``code`` is one of :data:`ERROR_CODES`, ``message`` says what was wrong (for ``bad_field``,
-    starting with the field path, e.g. ``results[2].result.status: ...``), and ``ref`` is the
-    request id the frame carried, when it had a readable one. ``decode`` raises the ``bad_version``
-    case as an instance that is also a :class:`~probekit.ProtocolVersionError`.
-    """
-
-    def __init__(self, code: ErrorCode, message: str, *, ref: str | None = None) -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"unknown protocol error code {code!r}")
-        self.code: ErrorCode = code
-        self.message = message
-        self.ref = ref
-        super().__init__(f"{code}: {message}")
-
-    @property
-    def close_code(self) -> int | None:
-        """The WebSocket close code to end the connection with after replying, or None to keep it.
-
-        ``bad_version`` closes with 1002 (protocol error) and ``unauthorized`` with 1008 (policy
-        violation); every other code is recoverable.
-        """
-        return _CLOSE_CODES.get(self.code)
 
 
 class _UnsupportedVersion(ProtocolError, ProtocolVersionError):

@@ -52,7 +52,7 @@ from typing import Final, Literal, Self, TypeAlias, TypeVar
 import attrs
 
 from .._clock import Clock, SystemClock
-from .._exceptions import ProbekitError
+from .._exceptions import SpoolError
 
 __all__ = ["SPOOL_SCHEMA", "AsyncSpool", "Entry", "Spool", "SpoolError", "SpoolItem"]
 
@@ -119,18 +119,6 @@ _SELECT: Final = (
     "SELECT seq, result_id, payload, monitor_id, created_at FROM entries "
     "WHERE seq > ? ORDER BY seq LIMIT ?"
 )
-
-
-class SpoolError(ProbekitError):
-    """The spool cannot be opened or used: not a spool, a newer schema, closed, or an I/O error.
-
-    ``path`` is the spool's database file (or ``:memory:``).
-    """
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"spool {path!r}: {message}")
 
 
 @attrs.frozen

@@ -55,7 +55,7 @@ from .._config import (
 from .._context import ProbeContext
 from .._definitions import DefinitionErrors, build_probe
 from .._dial import Dialer
-from .._exceptions import DefinitionError
+from .._exceptions import DefinitionError, UsageError
 from .._exporters import PROMETHEUS_CONTENT_TYPE, json_line, nagios_line, prometheus_text
 from .._policy import EgressPolicy
 from .._pool import ProcessRunner
@@ -93,10 +93,6 @@ EXIT_USAGE: Final = 3
 #: The first run of each monitor of ``probekit run`` starts within this many seconds (or its
 #: interval, if shorter), spread at random so that monitors do not all start together.
 FIRST_RUN_SPREAD: Final = 1.0
-
-
-class UsageError(Exception):
-    """Invalid options or option values; the message says which (one problem per line)."""
 
 
 @attrs.frozen

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 
-from .._errors import ProbeFailure
+from .._exceptions import ProbeFailure
 from .._result import ErrorKind
 
 __all__ = ["ResponseParser", "header"]

@@ -20,8 +20,7 @@ import attrs
 from .._assertions import Assertion, Observation, StatusIn, assertion_tuple
 from .._context import ProbeContext
 from .._dial import Connection, Proxy
-from .._errors import ProbeFailure
-from .._exceptions import DefinitionError
+from .._exceptions import DefinitionError, ProbeFailure
 from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind, Result

@@ -21,8 +21,7 @@ import attrs
 from .._assertions import Assertion, Observation, assertion_tuple
 from .._context import ProbeContext
 from .._dial import Connection, Proxy
-from .._errors import ProbeFailure
-from .._exceptions import DefinitionError
+from .._exceptions import DefinitionError, ProbeFailure
 from .._resolver import Family
 from .._result import AssertionOutcome, ErrorKind, Result
 from .._timeouts import Timeouts
