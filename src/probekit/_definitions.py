@@ -17,6 +17,7 @@ one into a probe, reporting *every* problem at once, each with its field path
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import types
@@ -48,9 +49,10 @@ __all__ = [
     "probe_to_dict",
     "register_assertion",
     "register_probe",
+    "assertion_to_dict",
+    "structure",
 ]
 
-_PROBES: dict[str, type] = {}
 _ASSERTIONS: dict[str, type] = {
     "status_in": StatusIn,
     "body_contains": BodyContains,
@@ -66,10 +68,14 @@ _ASSERTION_NAMES = {cls: name for name, cls in _ASSERTIONS.items()}
 
 
 def register_probe(kind: str, cls: type) -> None:
-    """Make ``{"kind": kind, ...}`` build ``cls`` (a frozen attrs probe class)."""
+    """Make ``{"kind": kind, ...}`` build ``cls`` (a frozen attrs probe class whose ``kind`` is
+    ``kind``). Declaring a :class:`~probekit.probes.ProbeKind` gives it CLI options and metrics
+    too (:func:`~probekit.probes.register_kind`)."""
     if not attrs.has(cls):
         raise TypeError(f"{cls!r} is not an attrs class")
-    _PROBES[kind] = cls
+    from .probes._registry import register_class
+
+    register_class(kind, cls)
 
 
 def register_assertion(name: str, cls: type) -> None:
@@ -81,17 +87,10 @@ def register_assertion(name: str, cls: type) -> None:
 
 
 def probe_kinds() -> tuple[str, ...]:
-    _builtin()
-    return tuple(sorted(_PROBES))
+    """The names of every probe kind this process has (built-in, registered and plugins)."""
+    from .probes._registry import kinds
 
-
-def _builtin() -> None:
-    if "http" not in _PROBES:
-        from .probes.http import HttpProbe
-        from .probes.tcp import TcpProbe
-
-        _PROBES.setdefault("http", HttpProbe)
-        _PROBES.setdefault("tcp", TcpProbe)
+    return tuple(kinds())
 
 
 SecretLookup = Callable[[str], Secret]
@@ -108,7 +107,14 @@ class _Builder:
 
     # -- classes -------------------------------------------------------------------------
 
-    def build(self, cls: type, data: Any, path: str, skip: tuple[str, ...] = ()) -> Any:
+    def build(
+        self,
+        cls: type,
+        data: Any,
+        path: str,
+        skip: tuple[str, ...] = (),
+        hooks: Mapping[str, Callable[[Any, str], Any]] | None = None,
+    ) -> Any:
         if not isinstance(data, Mapping):
             self.fail(path, f"expected an object, got {_kind(data)}")
             return None
@@ -123,9 +129,13 @@ class _Builder:
             where = _join(path, str(key))
             field = names.get(key) if isinstance(key, str) else None
             if field is None:
-                self.fail(where, "unknown field")
+                self.fail(where, "unknown field" + _did_you_mean(key, names))
                 continue
-            kwargs[key] = self.value(hints[field.name], value, where)
+            hook = hooks.get(key) if hooks else None
+            if hook is not None:
+                kwargs[key] = self.hooked(hook, value, where)
+            else:
+                kwargs[key] = self.value(hints[field.name], value, where)
         missing = [
             n
             for n, f in names.items()
@@ -217,8 +227,6 @@ class _Builder:
             self.fail(path, f"expected a list, got {_kind(data)}")
             return ()
         if len(args) == 2 and args[1] is Ellipsis:
-            if getattr(item, "__name__", "") == "Step" or _is_step_union(item):
-                return tuple(self.step(v, f"{path}[{i}]") for i, v in enumerate(data))
             return tuple(self.value(item, v, f"{path}[{i}]") for i, v in enumerate(data))
         if len(args) != len(data):
             self.fail(path, f"expected {len(args)} items, got {len(data)}")
@@ -241,51 +249,39 @@ class _Builder:
             return None
         return self.build(cls, data, path, skip=("type",))
 
-    def step(self, data: Any, path: str) -> Any:
-        from ._tls import TlsOptions
-        from .probes.tcp import Expect, Send, StartTls
-
-        if not isinstance(data, Mapping) or len(data) != 1:
-            self.fail(
-                path,
-                "a step is one key: send, send_hex, expect, expect_exact or starttls",
-            )
-            return None
-        ((key, value),) = data.items()
-        where = _join(path, key)
+    def hooked(self, hook: Callable[[Any, str], Any], data: Any, path: str) -> Any:
+        """A field a kind structures itself; its errors' paths are placed under ``path``."""
         try:
-            if key == "send" and isinstance(value, str):
-                return Send(value)
-            if key == "send_hex" and isinstance(value, str):
-                try:
-                    return Send(bytes.fromhex(value))
-                except ValueError:
-                    self.fail(where, "not hexadecimal")
-                    return None
-            if key == "expect" and isinstance(value, str):
-                return Expect(pattern=value)
-            if key == "expect_exact" and isinstance(value, str):
-                return Expect(exact=value)
-            if key == "starttls":
-                options = self.build(TlsOptions, value or {}, where)
-                return None if options is None else StartTls(options)
+            return hook(data, path)
+        except DefinitionErrors as exc:
+            self.errors.extend(exc.errors)
         except DefinitionError as exc:
-            self.errors.append(exc.under(path))
-            return None
-        self.fail(where, "unknown step or wrong value type")
+            self.errors.append(exc)
         return None
 
     def probe(self, data: Any, path: str) -> Any:
-        _builtin()
+        from .probes._registry import get_kind, kinds
+
         if not isinstance(data, Mapping):
             self.fail(path, f"expected an object, got {_kind(data)}")
             return None
-        kind = data.get("kind")
-        cls = _PROBES.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            self.fail(_join(path, "kind"), f"unknown probe kind {kind!r}; known: {sorted(_PROBES)}")
+        name = data.get("kind")
+        if name is None:
+            self.fail(_join(path, "kind"), "required: a definition names its probe kind")
             return None
-        return self.build(cls, data, path, skip=("kind",))
+        if not isinstance(name, str):
+            self.fail(_join(path, "kind"), f"expected a string, got {_kind(name)}")
+            return None
+        try:
+            spec = get_kind(name)
+        except DefinitionError:
+            known = sorted(kinds())
+            self.fail(
+                _join(path, "kind"),
+                f"unknown probe kind {name!r}{_did_you_mean(name, known)}; known: {known}",
+            )
+            return None
+        return self.build(spec.cls, data, path, skip=("kind",), hooks=spec.structure)
 
     def secret(self, data: Any, path: str) -> Secret | None:
         if isinstance(data, str):
@@ -332,9 +328,9 @@ class _Builder:
             return None
 
 
-def _is_step_union(hint: Any) -> bool:
-    names = {getattr(a, "__name__", "") for a in get_args(hint)}
-    return names == {"Send", "Expect", "StartTls"}
+def _did_you_mean(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _join(path: str, name: str) -> str:
@@ -368,8 +364,11 @@ def build_probe(
 def probe_to_dict(probe: Any) -> dict[str, Any]:
     """The plain-data form of a probe (secrets show as ``"<secret>"``)."""
     from ._serialization import converter
+    from .probes._registry import get_kind
 
-    out: dict[str, Any] = {"kind": type(probe).kind}
+    kind = type(probe).kind
+    hooks = get_kind(kind).unstructure
+    out: dict[str, Any] = {"kind": kind}
     for field in attrs.fields(type(probe)):
         if not field.init:
             continue
@@ -379,7 +378,9 @@ def probe_to_dict(probe: Any) -> dict[str, Any]:
             default = default.factory()
         if value == default:
             continue
-        out[field.alias or field.name] = _plain(value, converter)
+        name = field.alias or field.name
+        hook = hooks.get(name)
+        out[name] = hook(value) if hook is not None else _plain(value, converter)
     return out
 
 
@@ -387,24 +388,31 @@ _FACTORY: type[Any] = type(attrs.Factory(list))
 
 
 def _plain(value: Any, converter: Any) -> Any:
-    from .probes.tcp import Expect, Send, StartTls
-
     if isinstance(value, tuple):
         return [_plain(v, converter) for v in value]
-    if isinstance(value, Send):
-        try:
-            return {"send": value.data.decode()}
-        except UnicodeDecodeError:
-            return {"send_hex": value.data.hex()}
-    if isinstance(value, Expect):
-        if value.pattern is not None:
-            return {"expect": value.pattern}
-        assert value.exact is not None
-        return {"expect_exact": value.exact.decode("utf-8", "replace")}
-    if isinstance(value, StartTls):
-        return {"starttls": converter.unstructure(value.options)}
     if type(value) in _ASSERTION_NAMES:
         return {"type": _ASSERTION_NAMES[type(value)], **converter.unstructure(value)}
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return converter.unstructure(value)
+
+
+def assertion_to_dict(assertion: Any) -> dict[str, Any]:
+    """The plain-data form of a registered assertion: ``{"type": ..., **fields}``."""
+    from ._serialization import converter
+
+    name = _ASSERTION_NAMES.get(type(assertion))
+    if name is None:
+        raise TypeError(f"{type(assertion).__name__} is not a registered assertion")
+    data: dict[str, Any] = converter.unstructure(assertion)
+    return {"type": name, **data}
+
+
+def structure(cls: type, data: Any, path: str = "") -> Any:
+    """Build the attrs value ``cls`` from plain ``data`` with the engine definitions use (for
+    a kind's structure hooks); raises :class:`DefinitionErrors` with paths under ``path``."""
+    builder = _Builder(None, False)
+    value = builder.build(cls, data, path)
+    if builder.errors:
+        raise DefinitionErrors(builder.errors)
+    return value

@@ -12,6 +12,7 @@ import base64
 import functools
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar, cast
@@ -31,10 +32,13 @@ from ._tls import TlsOptions, ssl_context, tls_info
 __all__ = [
     "Connection",
     "Connector",
+    "Datagram",
     "Dialer",
     "Proxy",
     "TlsVerifyFailure",
+    "SocketConnector",
     "format_address",
+    "open_socket",
     "tcp_connect",
 ]
 
@@ -46,6 +50,10 @@ _PROXY_HEAD = 16 * 1024
 #: (the default is :func:`tcp_connect`). Tests substitute one that refuses anything but
 #: loopback, so a policy bug cannot send a packet anywhere else.
 Connector = Callable[[str, int, "tuple[str, int] | None"], Awaitable["Connection"]]
+#: Opens a raw socket to an already-checked IP: ``(ip, port, source, protocol)`` where protocol is
+#: ``tcp`` (connected stream socket), ``udp`` or ``icmp`` (connected datagram sockets). The
+#: default is :func:`open_socket`; tests substitute one that refuses anything but loopback.
+SocketConnector = Callable[[str, int, "tuple[str, int] | None", str], Awaitable[socket.socket]]
 Preference = Literal["auto", "ipv4", "ipv6"]
 T = TypeVar("T")
 
@@ -86,6 +94,71 @@ async def tcp_connect(ip: str, port: int, source: tuple[str, int] | None = None)
     loop = asyncio.get_running_loop()
     _transport, conn = await loop.create_connection(Connection, ip, port, local_addr=source)
     return conn
+
+
+_DATAGRAM_PROTOCOLS = {
+    ("udp", 4): socket.IPPROTO_UDP,
+    ("udp", 6): socket.IPPROTO_UDP,
+    ("icmp", 4): socket.IPPROTO_ICMP,
+    ("icmp", 6): socket.IPPROTO_ICMPV6,
+}
+
+
+async def open_socket(
+    ip: str, port: int, source: tuple[str, int] | None, protocol: str = "tcp"
+) -> socket.socket:
+    """The default :data:`SocketConnector`: a connected non-blocking socket (no checks).
+
+    ``tcp`` connects a stream socket; ``udp`` and ``icmp`` connect datagram sockets (``icmp``
+    is the unprivileged ``SOCK_DGRAM`` echo socket Linux offers to the groups in
+    ``net.ipv4.ping_group_range``, and to root).
+    """
+    version = ipaddress.ip_address(ip).version
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    if protocol == "tcp":
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    elif (protocol, version) in _DATAGRAM_PROTOCOLS:
+        sock = socket.socket(family, socket.SOCK_DGRAM, _DATAGRAM_PROTOCOLS[protocol, version])
+    else:
+        raise ValueError(f"unknown socket protocol {protocol!r}")
+    try:
+        sock.setblocking(False)
+        if source is not None:
+            sock.bind(source)
+        if protocol == "tcp":
+            await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        else:
+            sock.connect((ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Datagram:
+    """A connected datagram socket from the dial path (UDP, or ICMP echo), for one check."""
+
+    __slots__ = ("ip", "port", "protocol", "sock")
+
+    def __init__(self, sock: socket.socket, ip: IPAddress, port: int, protocol: str) -> None:
+        self.sock = sock
+        self.ip = ip
+        self.port = port
+        self.protocol = protocol
+
+    @property
+    def address(self) -> str:
+        return format_address(self.ip, self.port) if self.port else _text(self.ip)
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def recv(self, size: int = 65535, limit: float | None = None) -> bytes:
+        """One datagram of at most ``size`` bytes, waiting at most ``limit`` seconds."""
+        return await within(limit, asyncio.get_running_loop().sock_recv(self.sock, size))
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -342,6 +415,7 @@ class Dialer:
         family: Family = "any",
         source_address: str | None = None,
         connector: Connector | None = None,
+        socket_connector: SocketConnector | None = None,
     ) -> None:
         self.policy = policy if policy is not None else EgressPolicy()
         self.resolver: Resolver = resolver if resolver is not None else AiodnsResolver()
@@ -349,6 +423,7 @@ class Dialer:
         self.family = family
         self.source = (source_address, 0) if source_address else None
         self.connector: Connector = connector or tcp_connect
+        self.socket_connector: SocketConnector = socket_connector or open_socket
 
     async def resolve(
         self, host: str, timeline: Timeline, timeouts: Timeouts, *, family: Family | None = None
@@ -392,6 +467,52 @@ class Dialer:
                 conn.close()
                 raise
         return conn
+
+    async def open_socket(
+        self,
+        host: str,
+        port: int,
+        timeline: Timeline,
+        timeouts: Timeouts,
+        *,
+        family: Family | None = None,
+    ) -> socket.socket:
+        """A connected TCP socket to ``host:port`` (``resolve`` and ``connect`` timed, the
+        policy checked), for client libraries that take a socket. No proxy, no TLS."""
+        addresses = await self.resolve(host, timeline, timeouts, family=family)
+        last: BaseException | None = None
+        with timeline.phase("connect"):
+            for ip in addresses:
+                try:
+                    opening = self.socket_connector(_text(ip), port, self.source, "tcp")
+                    return await within(timeouts.connect, opening)
+                except OSError as exc:
+                    log.debug("connect to %s failed: %s", format_address(ip, port), exc)
+                    last = exc
+                except TimeoutError as exc:
+                    if len(addresses) == 1:
+                        raise
+                    last = exc
+            assert last is not None
+            raise last
+
+    async def open_datagram(
+        self,
+        host: str,
+        port: int,
+        timeline: Timeline,
+        timeouts: Timeouts,
+        *,
+        protocol: str = "udp",
+        family: Family | None = None,
+    ) -> Datagram:
+        """A connected datagram endpoint to the first checked address of ``host``."""
+        if protocol not in ("udp", "icmp"):
+            raise DefinitionError("protocol", f"expected 'udp' or 'icmp', got {protocol!r}")
+        addresses = await self.resolve(host, timeline, timeouts, family=family)
+        ip = addresses[0]
+        sock = await self.socket_connector(_text(ip), port, self.source, protocol)
+        return Datagram(sock, ip, port, protocol)
 
     async def _connect_any(
         self, addresses: list[IPAddress], port: int, timeline: Timeline, timeouts: Timeouts

@@ -11,27 +11,35 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import attrs
 
-from .._assertions import Assertion, Observation, StatusIn, assertion_tuple
-from .._context import ProbeContext
+from .._assertions import Assertion, HeaderMatches, StatusIn, assertion_tuple
 from .._dial import Connection, Proxy
-from .._exceptions import DefinitionError, ProbeFailure
+from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._policy import parse_host_address
 from .._resolver import Family
-from .._result import ErrorKind, Result
+from .._result import ErrorKind
 from .._secret import Secret
 from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
-from ._base import Attempt, execute
+from ._base import Attempt, ProbeBase
 from ._h1 import ResponseParser
+from ._kind import Metric, Option, ProbeKind, Url
+from ._options import (
+    BODY_OPTIONS,
+    TLS_OPTIONS,
+    add_assertion,
+    body_assertions,
+    option_problem,
+    tls_definition,
+)
 
-__all__ = ["BasicAuth", "HttpProbe"]
+__all__ = ["KIND", "BasicAuth", "HttpProbe"]
 
 _READ = 64 * 1024
 _ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
@@ -226,7 +234,7 @@ class _BodySink:
 
 
 @attrs.frozen
-class HttpProbe:
+class HttpProbe(ProbeBase):
     """Check an HTTP(S) endpoint.
 
     A fresh connection is made for every check, through the context's dialer (and so its egress
@@ -301,9 +309,6 @@ class HttpProbe:
     def host(self) -> str:
         return self._parsed.host
 
-    async def check(self, ctx: ProbeContext | None = None) -> Result:
-        return await execute(self.kind, self.url, self.timeouts, ctx, self._run)
-
     # -- internals -------------------------------------------------------------------------
 
     def _first_url(self) -> _Url:
@@ -312,7 +317,7 @@ class HttpProbe:
         sep = "&" if "?" in self._parsed.target else "?"
         return attrs.evolve(self._parsed, target=self._parsed.target + sep + urlencode(self.query))
 
-    async def _run(self, attempt: Attempt) -> None:
+    async def run(self, attempt: Attempt) -> None:
         url = self._first_url()
         method = self.method
         body = self.body
@@ -348,18 +353,15 @@ class HttpProbe:
                 raise ProbeFailure(
                     ErrorKind.PROTOCOL, f"body exceeded max_body_bytes ({self.max_body_bytes})"
                 )
-        observation = Observation(
-            elapsed=attempt.timeline.now(),
-            tls=attempt.tls,
-            cert_days_left=m.get("cert_days_left"),
+        assertions = self.assertions
+        if not any(isinstance(a, StatusIn) for a in assertions):
+            assertions = (_DEFAULT_STATUS, *assertions)
+        attempt.evaluate(
+            assertions,
             status_code=response.status,
             headers=response.headers,
             body=bytes(response.body),
         )
-        assertions = self.assertions
-        if not any(isinstance(a, StatusIn) for a in assertions):
-            assertions = (_DEFAULT_STATUS, *assertions)
-        attempt.assertions.extend(a.evaluate(observation) for a in assertions)
 
     def _prepare(
         self, url: _Url, method: str, body: bytes | None, auth: bool, absolute: bool
@@ -594,3 +596,109 @@ async def _h2_exchange(
         raise ProbeFailure(
             ErrorKind.PROTOCOL, f"HTTP/2 protocol error during {phase}: {exc}"
         ) from None
+
+
+# -- the command-line form -------------------------------------------------------------------------
+
+
+def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
+    problems: list[DefinitionError] = []
+    headers = []
+    for spec in values.get("request_headers") or ():
+        name, sep, value = spec.partition(":")
+        if not sep or not name.strip():
+            problems.append(DefinitionError("-H", f"expected 'NAME: VALUE', got {spec!r}"))
+            continue
+        headers.append([name.strip(), value.strip()])
+    if headers:
+        definition["headers"] = headers
+    if "method" not in definition:
+        definition["method"] = "POST" if definition.get("body") is not None else "GET"
+    if values.get("expect_status") is not None:
+        try:
+            add_assertion(definition, StatusIn.parse(values["expect_status"]))
+        except DefinitionError as exc:
+            problems.append(option_problem("--expect-status", exc))
+    try:
+        body_assertions(values, definition)
+    except DefinitionErrors as exc:
+        problems.extend(exc.errors)
+    for spec in values.get("header") or ():
+        name, sep, pattern = spec.partition(":")
+        if not sep or not name.strip():
+            problems.append(DefinitionError("--header", f"expected NAME:REGEX, got {spec!r}"))
+            continue
+        try:
+            add_assertion(definition, HeaderMatches(name.strip(), pattern))
+        except DefinitionError as exc:
+            problems.append(option_problem("--header", exc))
+    try:
+        tls = tls_definition(values)
+    except DefinitionError as exc:
+        problems.append(exc)
+    else:
+        if tls is not None:
+            definition["tls"] = tls
+    if problems:
+        raise DefinitionErrors(problems)
+
+
+KIND = ProbeKind(
+    name="http",
+    cls=HttpProbe,
+    summary="request a URL (http:// or https://) and check the response",
+    target=Url(),
+    options=(
+        Option(
+            ("--method",),
+            field="method",
+            metavar="M",
+            help="request method (default GET, POST with --data)",
+        ),
+        Option(("--data",), field="body", metavar="BODY", help="request body"),
+        Option(
+            ("-H", "--request-header"),
+            dest="request_headers",
+            action="append",
+            metavar="'NAME: VALUE'",
+            sets=("headers",),
+            help="send this request header (repeatable)",
+        ),
+        Option(
+            ("--expect-status",),
+            dest="expect_status",
+            metavar="CODES",
+            help="accepted status codes, e.g. 200-299,301 (default 200-299)",
+        ),
+        Option(
+            ("--header",),
+            dest="header",
+            action="append",
+            metavar="NAME:RE",
+            help="a value of response header NAME matches RE (repeatable)",
+        ),
+        *BODY_OPTIONS,
+        *(attrs.evolve(o, sets=("tls",)) if o.dest == "ca_file" else o for o in TLS_OPTIONS),
+    ),
+    to_definition=_to_definition,
+    metrics=(
+        Metric(
+            "status_code",
+            "probekit_http_status_code",
+            "HTTP status code of the last check's final response.",
+        ),
+        Metric("redirects", "probekit_http_redirects", "Redirects followed by the last check."),
+        Metric(
+            "body_bytes",
+            "probekit_http_body_bytes",
+            "Bytes of the final response's body (after decompression).",
+        ),
+        Metric(
+            "http_version",
+            "probekit_http_version",
+            "HTTP version of the final response (1.1 or 2).",
+        ),
+    ),
+    docs="probes/http.md",
+    tls_field="tls",
+)

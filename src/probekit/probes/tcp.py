@@ -13,22 +13,23 @@ STARTTLS step splits it into ``exchange``, ``tls``, ``exchange``. Without steps 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import ClassVar, TypeAlias
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
 
-from .._assertions import Assertion, Observation, assertion_tuple
-from .._context import ProbeContext
+from .._assertions import Assertion, assertion_tuple
 from .._dial import Connection, Proxy
-from .._exceptions import DefinitionError, ProbeFailure
+from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
-from .._result import AssertionOutcome, ErrorKind, Result
+from .._result import AssertionOutcome, ErrorKind
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
-from ._base import Attempt, execute
+from ._base import Attempt, ProbeBase
+from ._kind import HostPort, Metric, Option, ProbeKind
+from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, option_problem, tls_definition
 
-__all__ = ["Expect", "Send", "StartTls", "Step", "TcpProbe"]
+__all__ = ["KIND", "Expect", "Send", "StartTls", "Step", "TcpProbe"]
 
 _READ = 64 * 1024
 _EXCERPT = 80
@@ -177,7 +178,7 @@ def _positive(_inst: object, attribute: attrs.Attribute[int], value: int) -> Non
 
 
 @attrs.frozen
-class TcpProbe:
+class TcpProbe(ProbeBase):
     """Check a TCP service: connect, optionally with TLS, then run ``steps``.
 
     With ``tls`` the connection is TLS from the first byte; a :class:`StartTls` step upgrades it
@@ -234,12 +235,7 @@ class TcpProbe:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    async def check(self, ctx: ProbeContext | None = None) -> Result:
-        return await execute(self.kind, self.target, self.timeouts, ctx, self._run)
-
-    # -- internals -------------------------------------------------------------------------
-
-    async def _run(self, attempt: Attempt) -> None:
+    async def run(self, attempt: Attempt) -> None:
         conn = await attempt.ctx.dialer.connect(
             self.host,
             self.port,
@@ -258,13 +254,7 @@ class TcpProbe:
             conn.close()
             attempt.metrics["bytes_received"] = len(exchange.received)
             attempt.metrics["bytes_sent"] = exchange.sent
-        observation = Observation(
-            elapsed=attempt.timeline.now(),
-            tls=attempt.tls,
-            cert_days_left=attempt.metrics.get("cert_days_left"),
-            body=bytes(exchange.received),
-        )
-        attempt.assertions.extend(a.evaluate(observation) for a in self.assertions)
+        attempt.observe(body=bytes(exchange.received))
 
 
 class _Exchange:
@@ -361,3 +351,159 @@ class _Exchange:
 
     async def _read(self, size: int) -> bytes:
         return await self.conn.read(size, self.probe.timeouts.read)
+
+
+# -- the plain-data and command-line forms --------------------------------------------------------
+
+_STEP_KEYS: Final = "send, send_hex, expect, expect_exact or starttls"
+
+
+def _structure_steps(data: Any, path: str) -> tuple[Step, ...]:
+    """Steps from one-key objects: ``{"send": "text"}``, ``{"send_hex": "0d0a"}``,
+    ``{"expect": "regex"}``, ``{"expect_exact": "text"}``, ``{"starttls": {tls options}}``."""
+    from .._definitions import structure
+
+    if isinstance(data, str | bytes) or not isinstance(data, list | tuple):
+        raise DefinitionError(path, f"expected a list, got {type(data).__name__}")
+    steps: list[Step] = []
+    errors: list[DefinitionError] = []
+    for i, item in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping) or len(item) != 1:
+            errors.append(DefinitionError(where, f"a step is one key: {_STEP_KEYS}"))
+            continue
+        ((key, value),) = item.items()
+        try:
+            if key == "send" and isinstance(value, str):
+                steps.append(Send(value))
+            elif key == "send_hex" and isinstance(value, str):
+                try:
+                    steps.append(Send(bytes.fromhex(value)))
+                except ValueError:
+                    errors.append(DefinitionError(f"{where}.send_hex", "not hexadecimal"))
+            elif key == "expect" and isinstance(value, str):
+                steps.append(Expect(pattern=value))
+            elif key == "expect_exact" and isinstance(value, str):
+                steps.append(Expect(exact=value))
+            elif key == "starttls":
+                steps.append(StartTls(structure(TlsOptions, value or {}, f"{where}.starttls")))
+            else:
+                errors.append(DefinitionError(f"{where}.{key}", "unknown step or wrong value type"))
+        except DefinitionErrors as exc:
+            errors.extend(exc.errors)
+        except DefinitionError as exc:
+            errors.append(exc.under(where))
+    if errors:
+        raise DefinitionErrors(errors)
+    return tuple(steps)
+
+
+def _unstructure_steps(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
+    from .._serialization import converter
+
+    out: list[dict[str, Any]] = []
+    for step in steps:
+        if isinstance(step, Send):
+            try:
+                out.append({"send": step.data.decode()})
+            except UnicodeDecodeError:
+                out.append({"send_hex": step.data.hex()})
+        elif isinstance(step, Expect):
+            if step.pattern is not None:
+                out.append({"expect": step.pattern})
+            else:
+                assert step.exact is not None
+                out.append({"expect_exact": step.exact.decode("utf-8", "replace")})
+        else:
+            out.append({"starttls": converter.unstructure(step.options)})
+    return out
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.S)
+_ESCAPES: Final = {"r": "\r", "n": "\n", "t": "\t", "0": "\0", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""Read ``\r``, ``\n``, ``\t``, ``\0``, ``\\`` and ``\xHH`` in a --send argument."""
+
+    def replace(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.startswith("x") and len(code) == 3:
+            return chr(int(code[1:], 16))
+        return _ESCAPES.get(code, match.group(0))
+
+    return _ESCAPE.sub(replace, text)
+
+
+def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
+    problems: list[DefinitionError] = []
+    steps: list[dict[str, str]] = []
+    for name, value in values.get("ordered") or ():
+        try:
+            if name == "send":
+                steps.append({"send": Send(unescape(value)).data.decode("utf-8")})
+            else:
+                steps.append({"expect": Expect(pattern=value).pattern or ""})
+        except DefinitionError as exc:
+            problems.append(option_problem(f"--{name}", exc))
+    if steps:
+        definition["steps"] = steps
+    try:
+        tls = tls_definition(values)
+    except DefinitionError as exc:
+        problems.append(exc)
+        tls = None
+    if tls is not None and not values.get("tls"):
+        problems.append(DefinitionError("--insecure/--ca-file", "need --tls for tcp checks"))
+    if values.get("tls"):
+        definition["tls"] = tls or {}
+    try:
+        body_assertions(values, definition)
+    except DefinitionErrors as exc:
+        problems.extend(exc.errors)
+    if problems:
+        raise DefinitionErrors(problems)
+
+
+KIND = ProbeKind(
+    name="tcp",
+    cls=TcpProbe,
+    summary="connect to HOST:PORT (optionally TLS), optionally send and expect bytes",
+    target=HostPort(),
+    options=(
+        Option(
+            ("--tls",),
+            dest="tls",
+            action="flag",
+            sets=("tls",),
+            help="speak TLS from the first byte",
+        ),
+        *TLS_OPTIONS,
+        Option(
+            ("--send",),
+            dest="send",
+            action="ordered",
+            metavar="TEXT",
+            sets=("steps",),
+            help=r"send TEXT (\r \n \t \0 \\ \xHH are read as escapes)",
+        ),
+        Option(
+            ("--expect",),
+            dest="expect",
+            action="ordered",
+            metavar="RE",
+            sets=("steps",),
+            help="read until RE matches (steps run in the order given)",
+        ),
+        *BODY_OPTIONS,
+    ),
+    to_definition=_to_definition,
+    metrics=(
+        Metric("bytes_received", "probekit_tcp_bytes_received", "Bytes read from the peer."),
+        Metric("bytes_sent", "probekit_tcp_bytes_sent", "Bytes sent to the peer."),
+    ),
+    docs="probes/tcp.md",
+    tls_field="tls",
+    structure={"steps": _structure_steps},
+    unstructure={"steps": _unstructure_steps},
+)

@@ -1,0 +1,98 @@
+"""Command-line options several kinds share, and helpers for a kind's ``to_definition``.
+
+A kind that reads a body lists :data:`BODY_OPTIONS` among its options and calls
+:func:`body_assertions`; a kind that speaks TLS lists :data:`TLS_OPTIONS` and calls
+:func:`tls_definition`. Problems are raised as :class:`~probekit.DefinitionError` whose path is
+the option's label, which is how ``probekit check`` reports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from .._exceptions import DefinitionError, DefinitionErrors
+from ._kind import Option
+
+__all__ = [
+    "BODY_OPTIONS",
+    "TLS_OPTIONS",
+    "add_assertion",
+    "body_assertions",
+    "option_problem",
+    "tls_definition",
+]
+
+BODY_OPTIONS: tuple[Option, ...] = (
+    Option(
+        ("--contains",),
+        dest="contains",
+        action="append",
+        metavar="TEXT",
+        help="the body (what was read) contains TEXT (repeatable)",
+    ),
+    Option(
+        ("--regex",),
+        dest="regex",
+        action="append",
+        metavar="RE",
+        help="the body matches the regular expression RE (repeatable)",
+    ),
+)
+
+TLS_OPTIONS: tuple[Option, ...] = (
+    Option(
+        ("--insecure",), dest="insecure", action="flag", help="do not verify the TLS certificate"
+    ),
+    Option(("--ca-file",), dest="ca_file", metavar="FILE", help="trust the CAs in this PEM file"),
+)
+
+
+def option_problem(label: str, exc: DefinitionError) -> DefinitionError:
+    """``exc`` (possibly several errors) as one problem with the option ``label``."""
+    if isinstance(exc, DefinitionErrors):
+        return DefinitionErrors([DefinitionError(label, e.message) for e in exc.errors])
+    return DefinitionError(label, exc.message)
+
+
+def add_assertion(definition: MutableMapping[str, Any], value: Any) -> None:
+    """Add the plain form of the assertion ``value`` to ``definition["assertions"]``."""
+    from .._definitions import assertion_to_dict
+
+    definition.setdefault("assertions", []).append(assertion_to_dict(value))
+
+
+def body_assertions(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
+    """``--contains`` and ``--regex`` as ``body_contains``/``body_matches`` assertions."""
+    from .._assertions import BodyContains, BodyMatches
+
+    problems: list[DefinitionError] = []
+    for text in values.get("contains") or ():
+        add_assertion(definition, BodyContains(text))
+    for pattern in values.get("regex") or ():
+        try:
+            add_assertion(definition, BodyMatches(pattern))
+        except DefinitionError as exc:
+            problems.append(option_problem("--regex", exc))
+    if problems:
+        raise DefinitionErrors(problems)
+
+
+def tls_definition(values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``--insecure``/``--ca-file`` as TLS options, or None when neither was given."""
+    insecure = bool(values.get("insecure"))
+    ca_file = values.get("ca_file")
+    if not insecure and not ca_file:
+        return None
+    if ca_file:
+        try:
+            with open(ca_file, "rb"):
+                pass
+        except OSError as exc:
+            raise DefinitionError("--ca-file", f"cannot read {ca_file}: {exc.strerror}") from None
+    out: dict[str, Any] = {}
+    if insecure:
+        out["verify"] = False
+    if ca_file:
+        out["ca_file"] = ca_file
+    return out
