@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .._secret import Secret
+from .._testca import write_local_ca
 from ..control._logic import Event
 from ..protocol import ResultEnvelope
 
@@ -39,13 +39,11 @@ class _Targets:
         self.http_port = self.https_port = self.tcp_port = 0
         self.ca_pem = ""
 
-    async def start(self) -> None:
-        import trustme
-
-        ca = trustme.CA()
-        self.ca_pem = ca.cert_pem.bytes().decode()
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    async def start(self, workdir: Path) -> None:
+        """Start the services; the HTTPS app's CA and certificate are written to ``workdir``."""
+        ca = write_local_ca(workdir, ("localhost", "127.0.0.1"))
+        self.ca_pem = ca.ca_pem
+        server_ctx = ca.server_context()
         http = await asyncio.start_server(self._http, "127.0.0.1", 0)
         https = await asyncio.start_server(self._http, "127.0.0.1", 0, ssl=server_ctx)
         tcp = await asyncio.start_server(self._tcp, "127.0.0.1", 0)
@@ -181,7 +179,8 @@ async def _system(
                 "kind": "http",
                 "url": f"https://localhost:{targets.https_port}/",
                 "tls": {"ca_data": targets.ca_pem},
-                "assertions": [{"type": "cert_expiry", "warn_days": 30}],
+                # The throwaway certificate lives a day (see _Targets.start).
+                "assertions": [{"type": "cert_expiry", "warn_days": 0.5}],
             },
             "mail": {
                 "kind": "tcp",
@@ -230,31 +229,33 @@ async def run_demo(
     started = time.monotonic()
     printer = Printer(out, started)
     targets = _Targets()
-    await targets.start()
-    write_line(
-        out, "probekit demo: targets, a control plane and two checkpoint instances on 127.0.0.1"
-    )
-    write_line(
-        out,
-        f"  web    http://127.0.0.1:{targets.http_port}/   secure https://localhost:"
-        f"{targets.https_port}/   mail tcp 127.0.0.1:{targets.tcp_port}",
-    )
-    write_line(
-        out,
-        f"  every monitor runs every {interval:g} s; 'web' breaks at {break_after:g} s "
-        f"and is mended at {mend_after:g} s. Ctrl-C stops.",
-    )
-    script: list[tuple[float, str, Callable[[], None]]] = [
-        (
-            break_after,
-            "breaking 'web' (it now answers 500)",
-            lambda: setattr(targets, "broken", True),
-        ),
-        (mend_after, "mending 'web'", lambda: setattr(targets, "broken", False)),
-    ]
-    try:
-        with tempfile.TemporaryDirectory(prefix="probekit-demo-") as tmp:
-            async with _system(Path(tmp), printer, targets, interval):
+    with tempfile.TemporaryDirectory(prefix="probekit-demo-") as tmp:
+        workdir = Path(tmp)
+        await targets.start(workdir)
+        try:
+            write_line(
+                out,
+                "probekit demo: targets, a control plane and two checkpoint instances on 127.0.0.1",
+            )
+            write_line(
+                out,
+                f"  web    http://127.0.0.1:{targets.http_port}/   secure https://localhost:"
+                f"{targets.https_port}/   mail tcp 127.0.0.1:{targets.tcp_port}",
+            )
+            write_line(
+                out,
+                f"  every monitor runs every {interval:g} s; 'web' breaks at {break_after:g} s "
+                f"and is mended at {mend_after:g} s. Ctrl-C stops.",
+            )
+            script: list[tuple[float, str, Callable[[], None]]] = [
+                (
+                    break_after,
+                    "breaking 'web' (it now answers 500)",
+                    lambda: setattr(targets, "broken", True),
+                ),
+                (mend_after, "mending 'web'", lambda: setattr(targets, "broken", False)),
+            ]
+            async with _system(workdir, printer, targets, interval):
                 while not stop.is_set():
                     elapsed = time.monotonic() - started
                     if duration is not None and elapsed >= duration:
@@ -266,6 +267,6 @@ async def run_demo(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.1)
                 printer.line("stopping")
-    finally:
-        await targets.stop()
+        finally:
+            await targets.stop()
     return printer.events
