@@ -44,7 +44,7 @@ def write_local_ca(
     directory: Path,
     names: Sequence[str] = ("localhost", "127.0.0.1"),
     *,
-    lifetime: datetime.timedelta = datetime.timedelta(days=1),
+    lifetime: datetime.timedelta = datetime.timedelta(days=90),
 ) -> LocalCA:
     """Make a CA and a leaf certificate for ``names``; write both to ``directory`` as PEM.
 
