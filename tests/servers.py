@@ -9,12 +9,14 @@ import functools
 import gzip
 import ipaddress
 import json
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self
 
 from probekit import Connection, Dialer, EgressPolicy, ProbeContext, StaticResolver, tcp_connect
+from probekit._dial import open_socket
 
 
 class NonLoopbackDial(AssertionError):
@@ -38,6 +40,16 @@ class GuardedConnector:
         self.dialled.append((ip, port))
         return await tcp_connect(ip, port, source)
 
+    async def socket(
+        self, ip: str, port: int, source: tuple[str, int] | None, protocol: str
+    ) -> socket.socket:
+        """The same guard for raw sockets (``Attempt.open_socket`` and ``Attempt.datagram``)."""
+        if not ipaddress.ip_address(ip).is_loopback:
+            self.refused.append((ip, port))
+            raise NonLoopbackDial(f"test tried to open a {protocol} socket to {ip}:{port}")
+        self.dialled.append((ip, port))
+        return await open_socket(ip, port, source, protocol)
+
 
 def make_context(
     *,
@@ -47,11 +59,13 @@ def make_context(
 ) -> ProbeContext:
     answers = {"localhost": ["127.0.0.1"], "test.local": ["127.0.0.1"]}
     answers.update(hosts or {})
+    guard = connector or GuardedConnector()
     return ProbeContext(
         dialer=Dialer(
             policy=policy if policy is not None else EgressPolicy(),
             resolver=StaticResolver(answers),
-            connector=connector or GuardedConnector(),
+            connector=guard,
+            socket_connector=guard.socket,
         )
     )
 
