@@ -225,6 +225,8 @@ def test_a_broken_entry_point_does_not_break_the_other_kinds(plugin_dir: Path) -
     found = kinds()
     assert {"echo", "http", "tcp"} <= set(found)
     assert not {"broken", "notakind"} & set(found)
+    with pytest.raises(DefinitionErrors, match="'broken' is installed but failed to load"):
+        build_probe({"kind": "broken", "host": "127.0.0.1", "port": 1})
 
 
 # -- the commands, with the plugin on the subprocess's path ----------------------------------------

@@ -274,12 +274,15 @@ class _Builder:
             return None
         try:
             spec = get_kind(name)
-        except DefinitionError:
+        except DefinitionError as exc:
             known = sorted(kinds())
-            self.fail(
-                _join(path, "kind"),
-                f"unknown probe kind {name!r}{_did_you_mean(name, known)}; known: {known}",
-            )
+            message = exc.message
+            if message.startswith("unknown probe kind"):
+                message = (
+                    f"unknown probe kind {name!r}{_did_you_mean(name, known)}; "
+                    f"known: {', '.join(known)}"
+                )
+            self.fail(_join(path, "kind"), message)
             return None
         return self.build(spec.cls, data, path, skip=("kind",), hooks=spec.structure)
 

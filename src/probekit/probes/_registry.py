@@ -39,6 +39,7 @@ _builtin_names: tuple[str, ...] | None = None
 _scanned_builtin = False
 _scanned_plugins = False
 _errors: dict[str, str] = {}
+_from_plugins: set[str] = set()
 
 
 def register_kind(kind: ProbeKind, *, replace: bool = False) -> ProbeKind:
@@ -130,7 +131,9 @@ def _scan_plugins() -> None:
                 if not isinstance(kind, ProbeKind):
                     raise TypeError(f"{entry.value} is not a ProbeKind: {kind!r}")
                 with _lock:
-                    _kinds.setdefault(kind.name, kind)
+                    if kind.name not in _kinds:
+                        _kinds[kind.name] = kind
+                        _from_plugins.add(kind.name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
             _errors[entry.name] = f"{type(exc).__name__}: {exc}"
             log.warning(
@@ -159,6 +162,10 @@ def get_kind(name: str) -> ProbeKind:
     _scan_plugins()
     kind = _kinds.get(name)
     if kind is None:
+        if name in _errors:
+            raise DefinitionError(
+                "kind", f"probe kind {name!r} is installed but failed to load: {_errors[name]}"
+            )
         known = ", ".join(sorted(_kinds))
         raise DefinitionError("kind", f"unknown probe kind {name!r}; known: {known}")
     return kind
@@ -177,19 +184,12 @@ def kind_errors() -> dict[str, str]:
 
 
 def reset_plugins() -> None:
-    """Forget the entry points found so far, so the next lookup scans them again (for tests
-    and for programs that install a plugin while running)."""
+    """Forget the kinds entry points gave so far, so the next lookup scans them again (for tests
+    and for programs that install a plugin while running). Kinds registered from Python stay."""
     global _scanned_plugins
     with _lock:
-        builtin = _builtin_kind_names()
-        for name in [n for n in _kinds if n not in builtin]:
-            kind = _kinds[name]
-            if name in _errors or _is_plugin(kind):
-                del _kinds[name]
+        for name in _from_plugins:
+            _kinds.pop(name, None)
+        _from_plugins.clear()
         _errors.clear()
         _scanned_plugins = False
-
-
-def _is_plugin(kind: ProbeKind) -> bool:
-    module = getattr(kind.cls, "__module__", "")
-    return not module.startswith("probekit.")
