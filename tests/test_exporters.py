@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
-from typing import Any
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
+import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +26,7 @@ from probekit import (
     result_from_json,
 )
 from probekit._exporters import json_line, nagios_line, prometheus_text
+from probekit.probes import HostPort, Metric, ProbeKind, _registry, get_kind, register_kind
 from servers import HttpServer
 
 STARTED = dt.datetime(2026, 11, 26, 14, 22, 14, tzinfo=dt.UTC)
@@ -157,10 +163,10 @@ def test_json_line() -> None:
     assert result_from_json(tagged) == result
 
 
-def families(text: str) -> dict[str, list[Any]]:
+def families(text: str, types: tuple[str, ...] = ("gauge",)) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for family in text_string_to_metric_families(text):
-        assert family.type == "gauge"
+        assert family.type in types
         assert family.documentation
         out[family.name] = family.samples
     return out
@@ -195,8 +201,11 @@ def test_prometheus_text_parses_and_has_the_samples() -> None:
         "probekit_check_duration_seconds",
         "probekit_duration_seconds",
         "probekit_cert_days_left",
-        "probekit_http_status_code",
         "probekit_last_check_timestamp_seconds",
+        # declared by the http kind (probekit.probes.http.KIND.metrics), for the results that
+        # have them; `slow` has a body size, no result here has redirects or a version
+        "probekit_http_status_code",
+        "probekit_http_body_bytes",
     }
 
     def value(name: str, monitor: str, **labels: str) -> float:
@@ -220,6 +229,8 @@ def test_prometheus_text_parses_and_has_the_samples() -> None:
     assert value("probekit_duration_seconds", "db", phase="resolve") == pytest.approx(0.001)
     assert value("probekit_cert_days_left", "web") == 42.25
     assert value("probekit_http_status_code", "web") == 200
+    assert value("probekit_http_body_bytes", "slow") == 123
+    assert {s.labels["monitor"] for s in found["probekit_http_status_code"]} == {"slow", "web"}
     assert value("probekit_last_check_timestamp_seconds", "db") == STARTED.timestamp()
     assert {s.labels["monitor"] for s in found["probekit_cert_days_left"]} == {"web"}
     sample = next(s for s in found["probekit_up"] if s.labels["monitor"] == "db")
@@ -240,3 +251,146 @@ def test_prometheus_label_escaping_of_odd_targets() -> None:
 def test_prometheus_text_with_no_results() -> None:
     assert prometheus_text({}) == ""
     assert list(text_string_to_metric_families("")) == []
+
+
+def test_prometheus_text_exports_the_metrics_each_kind_declares() -> None:
+    web = make(metrics={"status_code": 301, "redirects": 2, "body_bytes": 9, "http_version": 2})
+    db = make(
+        kind="tcp", target="db.internal:5432", metrics={"bytes_sent": 4, "bytes_received": 17}
+    )
+    text = prometheus_text({"web": web, "db": db})
+    found = families(text)
+    declared = {m.name: m for kind in ("http", "tcp") for m in get_kind(kind).metrics}
+    assert {"probekit_tcp_bytes_received", "probekit_tcp_bytes_sent"} <= set(declared)
+    assert set(declared) <= set(found)
+    for name, metric in declared.items():
+        assert f"# HELP {name} {metric.help}\n# TYPE {name} {metric.type}\n" in text
+        assert text.count(f"# HELP {name} ") == 1
+    values = {(name, s.labels["monitor"]): s.value for name in declared for s in found[name]}
+    assert values == {
+        ("probekit_http_status_code", "web"): 301,
+        ("probekit_http_redirects", "web"): 2,
+        ("probekit_http_body_bytes", "web"): 9,
+        ("probekit_http_version", "web"): 2,
+        ("probekit_tcp_bytes_sent", "db"): 4,
+        ("probekit_tcp_bytes_received", "db"): 17,
+    }
+    sample = found["probekit_tcp_bytes_received"][0]
+    assert sample.labels == {"monitor": "db", "kind": "tcp", "target": "db.internal:5432"}
+
+
+def test_prometheus_rows_are_sorted_by_monitor() -> None:
+    results = {
+        "c": make(kind="tcp", metrics={"bytes_sent": 1}),
+        "a": make(),
+        "b": make(kind="tcp", metrics={"bytes_sent": 1}),
+    }
+    found = families(prometheus_text(results))
+    assert [s.labels["monitor"] for s in found["probekit_up"]] == ["a", "b", "c"]
+    for samples in found.values():
+        monitors = [s.labels["monitor"] for s in samples]
+        assert monitors == sorted(monitors)
+
+
+def test_a_result_of_a_kind_this_process_does_not_know_gets_the_common_families() -> None:
+    relayed = make(kind="nosuchkind", target="x", metrics={"status_code": 200, "cert_days_left": 3})
+    found = families(prometheus_text({"far": relayed}))
+    assert set(found) == {
+        "probekit_up",
+        "probekit_status",
+        "probekit_check_duration_seconds",
+        "probekit_duration_seconds",
+        "probekit_cert_days_left",
+        "probekit_last_check_timestamp_seconds",
+    }
+
+
+@attrs.frozen
+class _Alpha:
+    kind: ClassVar[str] = "exporter_alpha"
+
+
+@attrs.frozen
+class _Beta:
+    kind: ClassVar[str] = "exporter_beta"
+
+
+@pytest.fixture
+def clashing_kinds() -> Iterator[None]:
+    alpha = ProbeKind(
+        name="exporter_alpha",
+        cls=_Alpha,
+        summary="a test kind",
+        target=HostPort(),
+        metrics=(
+            Metric("items", "probekit_items_total", "Items seen, as alpha counts them.", "counter"),
+        ),
+    )
+    beta = ProbeKind(
+        name="exporter_beta",
+        cls=_Beta,
+        summary="another test kind",
+        target=HostPort(),
+        metrics=(
+            Metric("things", "probekit_items_total", "Items, as beta sees them."),
+            Metric("cert_days_left", "probekit_cert_days_left", "A common family, again."),
+            Metric("again", "probekit_items_total", "Items, as beta sees them."),
+        ),
+    )
+    register_kind(alpha)
+    register_kind(beta)
+    yield
+    for name in ("exporter_alpha", "exporter_beta"):
+        _registry._kinds.pop(name, None)
+
+
+@pytest.mark.usefixtures("clashing_kinds")
+def test_a_metric_name_declared_twice_is_exported_once_as_first_declared(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    results = {
+        "b": make(kind="exporter_alpha", target="b:1", metrics={"items": 5}),
+        "a": make(
+            kind="exporter_beta",
+            target="a:1",
+            metrics={"things": 7, "again": 8, "cert_days_left": 30},
+        ),
+    }
+    with caplog.at_level(logging.WARNING, logger="probekit.exporters"):
+        text = prometheus_text(results)
+    assert text.count("# HELP probekit_items_total ") == 1
+    assert "# HELP probekit_items_total Items seen, as alpha counts them.\n" in text
+    assert "# TYPE probekit_items_total counter\n" in text
+    found = families(text, types=("gauge", "counter"))
+    items = [(s.labels["monitor"], s.labels["kind"], s.value) for s in found["probekit_items"]]
+    # one family, rows by monitor; beta's second declaration of the name is ignored
+    assert items == [("a", "exporter_beta", 7), ("b", "exporter_alpha", 5)]
+    assert [s.value for s in found["probekit_cert_days_left"]] == [30]  # not twice
+    warnings = [r.getMessage() for r in caplog.records if r.name == "probekit.exporters"]
+    assert len(warnings) == 3, warnings
+    assert all("'exporter_beta'" in w for w in warnings)
+    assert "declared before as a counter" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="probekit.exporters"):
+        assert prometheus_text(results) == text
+    assert not caplog.records  # once per process, not once per scrape
+
+
+def test_import_probekit_and_rendering_load_no_protocol_or_metrics_library() -> None:
+    code = (
+        "import sys, datetime as dt, probekit\n"
+        "from probekit import Result, Status\n"
+        "now = dt.datetime.now(dt.UTC)\n"
+        "assert 'prometheus_client' not in sys.modules\n"
+        "text = probekit.prometheus_text({\n"
+        "    'a': Result(kind='http', target='x', status=Status.UP, started_at=now, duration=1,\n"
+        "                metrics={'status_code': 200}),\n"
+        "    'b': Result(kind='tcp', target='y', status=Status.UP, started_at=now, duration=1,\n"
+        "                metrics={'bytes_sent': 3}),\n"
+        "})\n"
+        "assert 'probekit_http_status_code' in text and 'probekit_tcp_bytes_sent' in text\n"
+        "loaded = [m for m in ('prometheus_client', 'h2', 'hpack', 'aiodns', 'pycares')\n"
+        "          if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

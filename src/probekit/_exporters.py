@@ -1,19 +1,27 @@
 """Results in the formats other systems read: Nagios plugin output, JSON lines, Prometheus text.
 
-Each exporter is a pure function of results; none does I/O.
+Each exporter is a function of results and does no I/O. The Prometheus one also reads the
+probe-kind registry for the metrics each kind declares (which imports a built-in kind's module,
+never its protocol library, the first time the kind is looked up).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+from ._exceptions import DefinitionError
 from ._result import Result, Status
 from ._serialization import converter
+from .probes._kind import Metric
+from .probes._registry import get_kind
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "json_line", "nagios_line", "prometheus_text"]
+
+log = logging.getLogger("probekit.exporters")
 
 #: The ``Content-Type`` of :func:`prometheus_text` output (text exposition format 0.0.4).
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -106,7 +114,7 @@ def json_line(result: Result, *, monitor: str | None = None) -> str:
 
 # -- Prometheus --------------------------------------------------------------------------------
 
-_Family = tuple[str, str, Callable[[Result], Iterable[tuple[dict[str, str], float]]]]
+_Samples = Callable[[Result], Iterable[tuple[dict[str, str], float]]]
 
 _UP: Final = {Status.UP: 1.0, Status.DEGRADED: 1.0, Status.DOWN: 0.0, Status.UNKNOWN: 0.0}
 
@@ -130,72 +138,150 @@ def _phases(result: Result) -> Iterable[tuple[dict[str, str], float]]:
             yield {"phase": name}, duration
 
 
-def _metric(name: str) -> Callable[[Result], Iterable[tuple[dict[str, str], float]]]:
-    def samples(result: Result) -> Iterable[tuple[dict[str, str], float]]:
-        value = result.metrics.get(name)
-        if value is not None:
-            yield {}, float(value)
-
-    return samples
+def _cert_days(result: Result) -> Iterable[tuple[dict[str, str], float]]:
+    value = result.metrics.get("cert_days_left")
+    if value is not None:
+        yield {}, float(value)
 
 
 def _timestamp(result: Result) -> Iterable[tuple[dict[str, str], float]]:
     yield {}, result.started_at.timestamp()
 
 
-_FAMILIES: Final[tuple[_Family, ...]] = (
-    ("probekit_up", "1 if the last check was UP or DEGRADED, 0 if DOWN or UNKNOWN.", _up),
+#: The families every result has, whatever its kind (certificates are common to every TLS kind).
+_COMMON: Final[tuple[tuple[Metric, _Samples], ...]] = (
     (
-        "probekit_status",
-        "Status of the last check as its Nagios code: 0 UP, 1 DEGRADED, 2 DOWN, 3 UNKNOWN.",
+        Metric("", "probekit_up", "1 if the last check was UP or DEGRADED, 0 if DOWN or UNKNOWN."),
+        _up,
+    ),
+    (
+        Metric(
+            "",
+            "probekit_status",
+            "Status of the last check as its Nagios code: 0 UP, 1 DEGRADED, 2 DOWN, 3 UNKNOWN.",
+        ),
         _status,
     ),
-    ("probekit_check_duration_seconds", "How long the last check took in total.", _total),
     (
-        "probekit_duration_seconds",
-        "Time the last check spent in each phase, summed over redirect hops.",
+        Metric("", "probekit_check_duration_seconds", "How long the last check took in total."),
+        _total,
+    ),
+    (
+        Metric(
+            "",
+            "probekit_duration_seconds",
+            "Time the last check spent in each phase, summed over redirect hops.",
+        ),
         _phases,
     ),
     (
-        "probekit_cert_days_left",
-        "Days until the earliest-expiring certificate of the chain expires.",
-        _metric("cert_days_left"),
+        Metric(
+            "cert_days_left",
+            "probekit_cert_days_left",
+            "Days until the earliest-expiring certificate of the chain expires.",
+        ),
+        _cert_days,
     ),
     (
-        "probekit_http_status_code",
-        "HTTP status code of the last check's final response.",
-        _metric("status_code"),
-    ),
-    (
-        "probekit_last_check_timestamp_seconds",
-        "When the last check started, in seconds since the Unix epoch.",
+        Metric(
+            "",
+            "probekit_last_check_timestamp_seconds",
+            "When the last check started, in seconds since the Unix epoch.",
+        ),
         _timestamp,
     ),
 )
+
+#: Conflicting declarations already warned about, so a scrape every few seconds logs each once.
+_warned: set[tuple[str, str, str]] = set()
 
 
 def prometheus_text(results: Mapping[str, Result]) -> str:
     """The latest result of each monitor (``monitor id -> Result``) as Prometheus text.
 
-    Every metric is a gauge labelled ``monitor``, ``kind`` and ``target``:
-    ``probekit_up``, ``probekit_status``, ``probekit_check_duration_seconds``,
-    ``probekit_duration_seconds`` (with a ``phase`` label), ``probekit_cert_days_left``,
-    ``probekit_http_status_code`` and ``probekit_last_check_timestamp_seconds``. A metric a
-    result has no value for (no certificate, no HTTP status) is left out for that monitor.
+    Every sample is labelled ``monitor``, ``kind`` and ``target``, rows sorted by monitor. The
+    families every result has are gauges: ``probekit_up``, ``probekit_status``,
+    ``probekit_check_duration_seconds``, ``probekit_duration_seconds`` (with a ``phase``
+    label), ``probekit_cert_days_left`` and ``probekit_last_check_timestamp_seconds``. Then
+    come the metrics each result's kind declares (:attr:`ProbeKind.metrics
+    <probekit.probes.ProbeKind.metrics>`, read from the registry): ``result.metrics[key]``
+    exported under the declared name, help and type (``probekit_http_status_code`` for HTTP,
+    ``probekit_tcp_bytes_received`` for TCP, ...). A value a result does not have (no
+    certificate, no response) is left out for that monitor; a result of a kind this process
+    does not know (relayed from another instance) gets the common families only.
+
+    Each family appears once. When two kinds declare one name with a different help or type,
+    the first declaration (kinds in name order) gives the family its help and type, and a
+    warning is logged (once per process); a kind cannot declare a common family's name again.
     """
     ordered = sorted(results.items())
-    lines: list[str] = []
-    for name, help_text, samples in _FAMILIES:
-        rows = []
+    families: dict[str, tuple[Metric, list[str]]] = {m.name: (m, []) for m, _ in _COMMON}
+    for metric, samples in _COMMON:
+        rows = families[metric.name][1]
         for monitor, result in ordered:
-            base = {"monitor": monitor, "kind": result.kind, "target": result.target}
-            for extra, value in samples(result):
-                rows.append(f"{name}{_labels({**base, **extra})} {_number(value)}")
+            base = _base_labels(monitor, result)
+            rows.extend(_row(metric.name, {**base, **extra}, v) for extra, v in samples(result))
+    exported = _exported_metrics({result.kind for result in results.values()}, families)
+    for monitor, result in ordered:
+        for metric in exported.get(result.kind, ()):
+            value = result.metrics.get(metric.key)
+            if value is not None:
+                row = _row(metric.name, _base_labels(monitor, result), value)
+                families[metric.name][1].append(row)
+    lines: list[str] = []
+    for name, (metric, rows) in families.items():
         if rows:
-            lines.append(f"# HELP {name} {_escape_help(help_text)}")
-            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"# HELP {name} {_escape_help(metric.help)}")
+            lines.append(f"# TYPE {name} {metric.type}")
             lines.extend(rows)
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _exported_metrics(
+    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[str]]]
+) -> dict[str, list[Metric]]:
+    """The declared metrics of each kind in ``kind_names`` that this process knows, with a
+    family added to ``families`` for each new name (kinds in name order: first one wins)."""
+    common = {metric.name for metric, _ in _COMMON}
+    out: dict[str, list[Metric]] = {}
+    for kind in sorted(kind_names):
+        try:
+            declared = get_kind(kind).metrics
+        except DefinitionError:
+            continue  # not known here: the common families only
+        names: set[str] = set()
+        for metric in declared:
+            first = families.setdefault(metric.name, (metric, []))[0]
+            if metric.name in common or metric.name in names:
+                _warn(kind, metric, "is already exported; this declaration is ignored")
+                continue
+            if (first.help, first.type) != (metric.help, metric.type):
+                _warn(kind, metric, f"was declared before as a {first.type} ({first.help!r})")
+            names.add(metric.name)
+            out.setdefault(kind, []).append(metric)
+    return out
+
+
+def _warn(kind: str, metric: Metric, problem: str) -> None:
+    key = (kind, metric.name, problem)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(
+            "probe kind %r declares the metric %s (a %s, %r), which %s",
+            kind,
+            metric.name,
+            metric.type,
+            metric.help,
+            problem,
+        )
+
+
+def _base_labels(monitor: str, result: Result) -> dict[str, str]:
+    return {"monitor": monitor, "kind": result.kind, "target": result.target}
+
+
+def _row(name: str, labels: Mapping[str, str], value: float) -> str:
+    return f"{name}{_labels(labels)} {_number(float(value))}"
 
 
 def _labels(labels: Mapping[str, str]) -> str:
