@@ -10,6 +10,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probekit import (
     BodyContains,
@@ -30,7 +32,7 @@ from probekit import (
 )
 from probekit.probes import get_kind
 from probekit.probes.redis import INFO_LIMIT, KIND, LINE_LIMIT, RedisProbe
-from servers import TcpServer
+from servers import TcpServer, make_context
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -182,6 +184,14 @@ async def test_version_metric(line: bytes, number: int, ctx: ProbeContext) -> No
     assert result.metrics["redis_version"] == number
 
 
+async def test_odd_info_values_are_left_out(ctx: ProbeContext) -> None:
+    info = bulk("redis_version:unstable\r\nuptime_in_seconds:²\r\n".encode())
+    result = await check(FakeRedis(info=info), ctx)
+    assert result.status is Status.UP, result.summary()
+    assert "redis_version" not in result.metrics
+    assert "uptime_seconds" not in result.metrics
+
+
 async def test_info_without_a_version_is_up_without_the_metric(ctx: ProbeContext) -> None:
     result = await check(FakeRedis(info=bulk(b"# Server\r\nuptime_in_seconds:5\r\n")), ctx)
     assert result.status is Status.UP, result.summary()
@@ -326,6 +336,12 @@ DOWN: list[Any] = [
         FakeRedis(info=b"$x\r\n"), {}, ErrorKind.PROTOCOL, "info", "bulk string", id="bad-length"
     ),
     pytest.param(
+        FakeRedis(info=b"$--5\r\n"), {}, ErrorKind.PROTOCOL, "info", "'$--5'", id="two-minuses"
+    ),
+    pytest.param(
+        FakeRedis(info=b"+OK\r\n"), {}, ErrorKind.PROTOCOL, "info", "'+OK'", id="not-bulk"
+    ),
+    pytest.param(
         FakeRedis(info=b"-ERR unknown command 'INFO'\r\n"),
         {},
         ErrorKind.PROTOCOL,
@@ -376,6 +392,33 @@ async def test_read_timeout_bounds_each_reply(ctx: ProbeContext) -> None:
     assert result.error is not None and result.error.kind is ErrorKind.TIMEOUT
     assert result.error.phase == "info"
     assert result.duration < 2.0
+
+
+# A hostile server: whatever bytes it answers with, the check is a result, never a crash.
+RESP_LINES = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from([b"+", b"-", b"$", b"*", b":", b"$-1", b"$99999999999", b"$-5", b"$2"]).flatmap(
+        lambda prefix: st.binary(max_size=20).map(lambda rest: prefix + rest)
+    ),
+)
+REPLIES = st.lists(RESP_LINES, min_size=0, max_size=3).map(lambda lines: b"\r\n".join(lines))
+
+
+@settings(max_examples=30, deadline=None)
+@given(ping=REPLIES, info=REPLIES, hang_up=st.booleans())
+def test_any_reply_is_a_result_never_a_crash(ping: bytes, info: bytes, hang_up: bool) -> None:
+    server = FakeRedis(
+        password=PASSWORD, ping=ping, info=info, hang_up_after=b"INFO" if hang_up else b"PING"
+    )
+
+    async def scenario() -> Result:
+        fields = {"password": Secret(PASSWORD), "timeouts": Timeouts(total=0.1)}
+        return await check(server, make_context(), **fields)
+
+    result = asyncio.run(scenario())
+    assert result.error is None or result.error.kind is not ErrorKind.INTERNAL, result.error
+    assert result.status in (Status.UP, Status.DOWN)
+    assert PASSWORD not in result_to_json(result)
 
 
 # -- the password stays secret ---------------------------------------------------------------

@@ -43,7 +43,8 @@ LINE_LIMIT: Final = 4096
 INFO_LIMIT: Final = 1024 * 1024
 
 _EXCERPT = 80
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
+_VERSION = re.compile(r"^([0-9]+)\.([0-9]+)\.([0-9]+)")
+_BULK = re.compile(rb"\$(-?[0-9]{1,18})\r\n\Z")
 _MASK = "<secret>"
 
 
@@ -205,13 +206,13 @@ class RedisProbe(ProbeBase):
                 f"INFO failed: {_shown(head[1:], self.password)} "
                 "(set info to false for a server that does not allow INFO)",
             )
-        length_text = head[1:].rstrip(b"\r\n")
-        if not head.startswith(b"$") or not length_text.lstrip(b"-").isdigit():
+        bulk = _BULK.match(head)
+        if bulk is None:
             raise ProbeFailure(
                 ErrorKind.PROTOCOL,
                 f"expected a bulk string to INFO, got {_shown(head, self.password)}",
             )
-        length = int(length_text)
+        length = int(bulk.group(1))
         if length < 0:
             raise ProbeFailure(ErrorKind.PROTOCOL, "INFO answered with a null reply")
         if length > INFO_LIMIT:
@@ -251,7 +252,7 @@ def _record_info(attempt: Attempt, text: bytes, target: str) -> None:
     else:
         log.debug("redis %s: no redis_version in INFO (%r)", target, version)
     uptime = fields.get("uptime_in_seconds", "")
-    if uptime.isdigit():
+    if uptime.isascii() and uptime.isdigit():
         attempt.metric("uptime_seconds", int(uptime))
 
 
