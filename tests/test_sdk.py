@@ -412,3 +412,43 @@ def test_socket_connector_default_refuses_unknown_protocols() -> None:
 
     with pytest.raises(ValueError, match="unknown socket protocol"):
         asyncio.run(open_socket("127.0.0.1", 1, None, "sctp"))
+
+
+def test_a_secret_can_be_handed_to_build_probe_from_python() -> None:
+    from probekit import Secret
+
+    probe = build_probe({"kind": "redis", "host": "127.0.0.1", "password": Secret("pw-canary")})
+    assert probe.password == Secret("pw-canary")
+    assert "pw-canary" not in repr(probe)
+
+
+def test_a_class_whose_annotations_cannot_be_read_is_a_definition_error() -> None:
+    namespace: dict[str, Any] = {}
+    exec(  # noqa: S102 - a class defined where its annotations cannot be resolved
+        "from __future__ import annotations\n"
+        "import attrs\n"
+        "from typing import ClassVar\n"
+        "@attrs.frozen\n"
+        "class Lost:\n"
+        "    kind: ClassVar[str] = 'sdk_lost'\n"
+        "    host: Nowhere\n",
+        namespace,
+    )
+    spec = attrs.evolve(LINE, name="sdk_lost", cls=namespace["Lost"])
+    register_kind(spec, replace=True)
+    with pytest.raises(DefinitionErrors, match="cannot read the field types of Lost"):
+        build_probe({"kind": "sdk_lost", "host": "x"})
+
+
+def test_the_shared_options_are_public() -> None:
+    from probekit.probes import BODY_OPTIONS, TLS_OPTIONS, body_assertions, tls_definition
+
+    assert {o.label for o in BODY_OPTIONS} == {"--contains", "--regex"}
+    assert {o.label for o in TLS_OPTIONS} == {"--insecure", "--ca-file"}
+    definition: dict[str, Any] = {}
+    body_assertions({"contains": ["a"], "regex": ["b+"]}, definition)
+    assert [a["type"] for a in definition["assertions"]] == ["body_contains", "body_matches"]
+    assert tls_definition({"insecure": True}) == {"verify": False}
+    with pytest.raises(DefinitionErrors) as info:
+        body_assertions({"regex": ["("]}, {})
+    assert info.value.errors[0].path == "--regex"

@@ -118,7 +118,15 @@ class _Builder:
         if not isinstance(data, Mapping):
             self.fail(path, f"expected an object, got {_kind(data)}")
             return None
-        hints = get_type_hints(cls)
+        try:
+            hints = get_type_hints(cls)
+        except Exception as exc:  # noqa: BLE001 - any failure to read annotations is the class's
+            self.fail(
+                path,
+                f"cannot read the field types of {cls.__qualname__} "
+                f"({type(exc).__name__}: {exc}); define it in an importable module",
+            )
+            return None
         fields = {f.name: f for f in attrs.fields(cls) if f.init}
         names = {f.alias or f.name.lstrip("_"): f for f in fields.values()}
         kwargs: dict[str, Any] = {}
@@ -287,6 +295,8 @@ class _Builder:
         return self.build(spec.cls, data, path, skip=("kind",), hooks=spec.structure)
 
     def secret(self, data: Any, path: str) -> Secret | None:
+        if isinstance(data, Secret):
+            return data  # from Python (a kind's to_definition): never a plain string on the way
         if isinstance(data, str):
             return Secret(data)
         if isinstance(data, Mapping) and len(data) == 1:

@@ -10,6 +10,9 @@
   (:class:`HostPort`, :class:`Url`, :class:`Name`): how a kind declares itself; one ``KIND``
   in its module, found by the registry (:func:`get_kind`, :func:`kinds`), or
   :func:`register_kind` from Python, or the ``probekit.probes`` entry-point group.
+- :data:`BODY_OPTIONS`, :data:`TLS_OPTIONS` and the helpers a kind's ``to_definition`` uses
+  (:func:`body_assertions`, :func:`tls_definition`, :func:`add_assertion`,
+  :func:`option_problem`).
 
 ``docs/probes/writing.md`` walks through a complete kind. Importing this package loads no
 protocol library and no kind module.
@@ -21,11 +24,21 @@ from .._dial import Connection, Datagram
 from .._exceptions import ProbeFailure
 from .._result import ErrorKind
 from ._base import Attempt, Probe, ProbeBase
-from ._kind import HostPort, Metric, Name, Option, ProbeKind, TargetSyntax, Url
+from ._kind import HostPort, Metric, Name, Option, ProbeKind, TargetSyntax, ToDefinition, Url
+from ._options import (
+    BODY_OPTIONS,
+    TLS_OPTIONS,
+    add_assertion,
+    body_assertions,
+    option_problem,
+    tls_definition,
+)
 from ._registry import ENTRY_POINT_GROUP, get_kind, kind_errors, kinds, register_kind
 
 __all__ = [
+    "BODY_OPTIONS",
     "ENTRY_POINT_GROUP",
+    "TLS_OPTIONS",
     "Attempt",
     "Connection",
     "Datagram",
@@ -39,9 +52,14 @@ __all__ = [
     "ProbeFailure",
     "ProbeKind",
     "TargetSyntax",
+    "ToDefinition",
     "Url",
+    "add_assertion",
+    "body_assertions",
     "get_kind",
     "kind_errors",
     "kinds",
+    "option_problem",
     "register_kind",
+    "tls_definition",
 ]
