@@ -7,9 +7,7 @@ import copy
 import logging
 import uuid
 from types import TracebackType
-from typing import Any, Final, Self, cast
-
-import attrs
+from typing import Any, Final, Self
 
 from .. import __version__
 from .._clock import Clock, SystemClock
@@ -78,30 +76,6 @@ async def _cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
             interrupted = True
     if interrupted:
         raise asyncio.CancelledError
-
-
-class _Capped:
-    """A probe whose deadline a ``run`` command lowered.
-
-    The runner gives each check a context deadline of ``timeouts.total`` from its start and
-    enforces it from outside; reporting a smaller total here is what lowers both.
-    """
-
-    def __init__(self, probe: Probe, deadline: float) -> None:
-        self._probe = probe
-        self.kind: str = probe.kind
-        self.timeouts = attrs.evolve(probe.timeouts, total=min(probe.timeouts.total, deadline))
-
-    @property
-    def target(self) -> str:
-        return self._probe.target
-
-    @property
-    def host(self) -> str:
-        return self._probe.host
-
-    async def check(self, ctx: ProbeContext | None = None) -> Result:
-        return await self._probe.check(ctx)
 
 
 class Checkpoint:
@@ -525,17 +499,21 @@ class Checkpoint:
                 )
                 return
             probe = held.probe
+        # A run's deadline counts from its arrival, and goes to the runner with the probe.
+        deadline = None
         if run.deadline is not None:
-            probe = cast(Probe, _Capped(probe, run.deadline))
-        task = asyncio.create_task(self._execute(probe, run), name=f"run {run.request_id}")
+            deadline = self._context.clock.monotonic() + run.deadline
+        task = asyncio.create_task(
+            self._execute(probe, run, deadline), name=f"run {run.request_id}"
+        )
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
-    async def _execute(self, probe: Probe, run: Run) -> None:
+    async def _execute(self, probe: Probe, run: Run, deadline: float | None) -> None:
         runner = self._runner
         assert runner is not None
         try:
-            result = await runner.check(probe)
+            result = await runner.check(probe, deadline=deadline)
             self._emit(
                 result, monitor_id=run.monitor_id, request_id=run.request_id, reason=run.reason
             )
