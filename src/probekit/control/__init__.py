@@ -60,13 +60,16 @@ class AlertSink(Protocol):
 
 
 class LogSink:
-    """Logs events on ``probekit.control.alerts``: openings at WARNING, the rest at INFO."""
+    """Logs events on ``probekit.control.alerts``: openings (and ``kind_unavailable``) at
+    WARNING, the rest at INFO."""
 
     def __init__(self) -> None:
         self.log = logging.getLogger("probekit.control.alerts")
 
     async def send(self, event: Event) -> None:
-        level = logging.WARNING if event.kind == "alert_opened" else logging.INFO
+        level = logging.INFO
+        if event.kind in ("alert_opened", "kind_unavailable"):
+            level = logging.WARNING
         self.log.log(level, "%s %s: %s", event.kind, event.subject, event.message)
 
 
@@ -398,7 +401,7 @@ class ControlPlane:
     async def run_now(self, monitor_id: str, instance_id: str | None = None) -> str | None:
         """Send an ``adhoc`` run; returns its request id, or None when no instance can take it."""
         spec = self._specs[monitor_id]
-        target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id)), None)
+        target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id, spec.kind)), None)
         if target is None:
             return None
         order = self.logic.order(target, monitor_id, "adhoc", self.clock.monotonic())
@@ -478,7 +481,9 @@ class ControlPlane:
             if previous is not None:
                 await previous.conn.close(1008, "replaced by a newer connection")
             self._peers[hello.instance_id] = peer
-            await self._dispatch(self.logic.instance_connected(hello.instance_id, checkpoint_id))
+            await self._dispatch(
+                self.logic.instance_connected(hello.instance_id, checkpoint_id, hello.kinds)
+            )
             await self._send(peer, self._sync_for(hello))
             async for frame in conn:
                 await self._on_frame(peer, frame)
