@@ -430,6 +430,34 @@ async def test_a_wrong_token_is_refused_and_retried_with_backoff() -> None:
     assert elapsed < 3.0  # reconnect_max is 0.2 s: it keeps trying
 
 
+async def test_a_policy_that_denies_the_control_plane_stops_the_connection_before_a_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The control plane listens on 127.0.0.1; the operator's policy denies all of 127.0.0.0/8.
+    async with serving(HttpServer()) as listener:
+        url = f"ws://127.0.0.1:{listener.port}/checkpoint"
+        denied = EgressPolicy(deny=["127.0.0.0/8"])
+        with caplog.at_level(logging.ERROR, logger="probekit.checkpoint"):
+            async with Checkpoint(settings_for(url, policy=denied)) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 2)
+                stats = cp.stats
+        assert listener.connections == 0  # nothing reached it, not even a TCP connection
+    assert not stats["connected"]
+    refusals = [r.getMessage() for r in caplog.records if "egress policy" in r.getMessage()]
+    assert refusals, caplog.text
+    assert "127.0.0.0/8" in refusals[0] and "settings.policy" in refusals[0]
+
+
+async def test_the_connection_time_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="probekit.checkpoint"):
+        async with control() as server, Checkpoint(settings_for(server.url)):
+            await server.hello()
+    (line,) = [
+        r.getMessage() for r in caplog.records if "connected to the control plane" in r.getMessage()
+    ]
+    assert "127.0.0.1" in line and " ms" in line and "connect" in line
+
+
 async def test_backoff_grows_and_stays_under_the_maximum() -> None:
     cp = Checkpoint(settings_for("ws://127.0.0.1:1/", reconnect_initial=0.5, reconnect_max=4.0))
     for k, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (10, 4.0), (500, 4.0)]:
@@ -575,13 +603,12 @@ async def test_a_metadata_address_gives_policy_denied_and_no_connection(
     assert connector.refused == []
 
 
-async def test_the_local_policy_wins_over_the_contexts(
-    target: HttpServer, connector: GuardedConnector
-) -> None:
-    # The context would allow everything; the checkpoint's own policy denies the target.
+async def test_the_local_policy_wins_over_the_contexts(connector: GuardedConnector) -> None:
+    # The context would allow everything; the checkpoint's own policy denies the target (on
+    # 127.0.0.2, so that the control plane on 127.0.0.1 stays allowed).
     ctx = make_context(policy=EgressPolicy.allow_all(), connector=connector)
-    local = EgressPolicy(deny=["127.0.0.1/32"])
-    async with control() as server:
+    local = EgressPolicy(deny=["127.0.0.2/32"])
+    async with serving(HttpServer(host="127.0.0.2")) as target, control() as server:
         cp = Checkpoint(settings_for(server.url, policy=local), context=ctx)
         async with cp:
             await server.hello()
@@ -595,7 +622,7 @@ async def test_the_local_policy_wins_over_the_contexts(
     assert target.connections == 0
     assert connector.dialled == []
     assert ctx.dialer.policy == EgressPolicy.allow_all()  # the caller's context is untouched
-    assert server.of(p.Heartbeat)[0].policy["deny"] == ["127.0.0.1/32"]
+    assert server.of(p.Heartbeat)[0].policy["deny"] == ["127.0.0.2/32"]
 
 
 # -- autonomous mode ------------------------------------------------------------------------------

@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from probekit import Result, Secret, Status
+from probekit import EgressPolicy, Result, Secret, Status
 from probekit import protocol as p
-from probekit.control import ControlPlane, ControlSettings, MemorySink, split_sync
+from probekit.control import ControlPlane, ControlSettings, MemorySink, WebhookSink, split_sync
+from probekit.control._logic import Event
+from servers import HttpServer, serving
 
 TOKEN = "cp-token-canary-7#q"
 DEF = {"kind": "tcp", "host": "127.0.0.1", "port": 9}
@@ -454,3 +456,30 @@ async def test_an_instance_gets_thousands_of_definitions_in_frames_it_accepts(
         received += [u.monitor_id for u in more.upserts]
     assert sorted(received) == sorted(f"m{i}" for i in range(1500))
     assert not inst.task.done()  # the reader never met a frame it refused
+
+
+# -- the webhook sink ---------------------------------------------------------------------------
+
+
+def _event() -> Event:
+    return Event("alert_opened", "web", 1.0, "web is down", None)
+
+
+async def test_the_webhook_posts_the_event_as_json() -> None:
+    async with serving(HttpServer()) as hook:
+        await WebhookSink(hook.url("/hook")).send(_event())
+    (request,) = hook.requests
+    assert request.method == "POST" and request.target == "/hook"
+    assert json.loads(request.body)["message"] == "web is down"
+
+
+async def test_a_webhook_the_policy_denies_is_never_dialled_and_the_failure_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving(HttpServer(host="127.0.0.2")) as hook:
+        sink = WebhookSink(hook.url("/hook"), policy=EgressPolicy(deny=["127.0.0.2/32"]))
+        with caplog.at_level(logging.WARNING, logger="probekit.control"):
+            await sink.send(_event())
+        assert hook.connections == 0
+    (line,) = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert "policy_denied" in line and "127.0.0.2" in line

@@ -28,7 +28,10 @@ What it promises:
   at a denied address gives a ``DOWN``/``policy_denied`` result without a socket being opened.
   A ``context`` passed to the constructor contributes its dialer's resolver, connector, address
   preference and source address, its clock and its secrets; its dialer's *policy* and its
-  deadline are ignored (the dialer is copied with ``settings.policy`` put in).
+  deadline are ignored (the dialer is copied with ``settings.policy`` put in). The connection
+  to the control plane itself goes through the same dialer: its host is resolved and checked
+  against ``settings.policy`` and the socket connected to the checked address; a denied control
+  plane is never dialled (each attempt is logged at ERROR, naming the policy, and retried).
 - **At-least-once delivery.** Every result is written to the spool (SQLite, WAL) before it is
   sent, and leaves it only when the control plane acks its id. Results sent on a connection that
   is lost unacked are sent again on the next one; the control plane deduplicates by
@@ -43,6 +46,9 @@ What it promises:
   given up, within ``ping_interval + 2 * ping_timeout`` seconds. A frame the control plane gets
   wrong is answered with an ``error`` message and the connection keeps serving; only
   ``bad_version`` and ``unauthorized`` also close it (then the checkpoint reconnects).
+- **Deadlines.** A ``run`` with a ``deadline`` hands it to the runner as an absolute deadline,
+  counted from the run's arrival; the earlier of it and the definition's ``timeouts.total``
+  ends the check.
 - **Definitions.** A ``sync`` definition that does not build is answered with
   ``error``/``bad_field`` (``ref`` = its monitor id) and not held; the others are. A ``run`` for
   an unknown monitor or with an invalid inline definition is answered with an ``error`` (``ref``

@@ -120,6 +120,7 @@ class Checkpoint:
         self._channel = Channel(
             settings,
             self._spool,
+            dialer=self._context.dialer,
             hello=self._hello,
             heartbeat=self._heartbeat,
             handle=self._handle,

@@ -23,7 +23,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .. import __version__
-from .._exceptions import DefinitionError
+from .._dial import Dialer
+from .._exceptions import DefinitionError, PolicyError
 from .._logging import MaskingLogger
 from .._result import ErrorKind, ProbeError, Result, Status
 from .._serialization import converter
@@ -41,6 +42,7 @@ from ..protocol import (
     encode,
     error_reply,
 )
+from ._dialing import dial
 from ._settings import CheckpointSettings
 from ._spool import AsyncSpool, Entry
 
@@ -186,6 +188,7 @@ class Channel:
         settings: CheckpointSettings,
         spool: AsyncSpool,
         *,
+        dialer: Dialer,
         hello: Callable[[], Hello],
         heartbeat: Callable[[], Heartbeat],
         handle: Callable[[Message, Reply], Awaitable[None]],
@@ -194,6 +197,7 @@ class Channel:
     ) -> None:
         self.settings: Final = settings
         self._spool = spool
+        self._dialer = dialer
         self._hello = hello
         self._heartbeat = heartbeat
         self._handle_message = handle
@@ -277,27 +281,61 @@ class Channel:
             streak = 1 if loop.time() - opened >= stable else streak + 1
 
     async def _connect(self) -> ClientConnection:
+        """Open the WebSocket: resolve, policy check and TCP connect through the dial path (see
+        :mod:`._dialing`), then TLS and the handshake on that socket; all within
+        ``open_timeout``, and the time each step took logged."""
         s = self.settings
+        parts = urlsplit(s.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        sock, timeline = await dial(self._dialer, host, port, s.open_timeout)
         extra: dict[str, Any] = {}
         if self._ssl is not None:
             extra["ssl"] = self._ssl
-        return await connect(
+            extra["server_hostname"] = host
+        opened = loop.time()
+        try:
+            ws = await connect(
+                s.url,
+                sock=sock,
+                additional_headers={"Authorization": f"Bearer {s.token.reveal()}"},
+                user_agent_header=f"probekit-checkpoint/{__version__}",
+                proxy=None,
+                open_timeout=max(s.open_timeout - (opened - began), 0.001),
+                ping_interval=s.ping_interval,
+                ping_timeout=s.ping_timeout,
+                # A peer that answers no ping in ping_timeout will not answer a close frame either.
+                close_timeout=s.ping_timeout,
+                max_size=_MAX_INCOMING,
+                logger=self._ws_logger,
+                **extra,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        phases = ", ".join(f"{p.name} {p.duration * 1000:.1f} ms" for p in timeline.phases)
+        log.info(
+            "connected to the control plane at %s (%s) in %.1f ms: %s, %s %.1f ms",
             s.url,
-            additional_headers={"Authorization": f"Bearer {s.token.reveal()}"},
-            user_agent_header=f"probekit-checkpoint/{__version__}",
-            proxy=None,
-            open_timeout=s.open_timeout,
-            ping_interval=s.ping_interval,
-            ping_timeout=s.ping_timeout,
-            # A peer that answers no ping in ping_timeout will not answer a close frame either.
-            close_timeout=s.ping_timeout,
-            max_size=_MAX_INCOMING,
-            logger=self._ws_logger,
-            **extra,
+            ws.remote_address[0] if ws.remote_address else "?",
+            (loop.time() - began) * 1000,
+            phases,
+            "TLS and handshake" if self._ssl is not None else "handshake",
+            (loop.time() - opened) * 1000,
         )
+        return ws
 
     def _log_connect_failure(self, exc: Exception) -> None:
-        if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+        if isinstance(exc, PolicyError):
+            log.error(
+                "the egress policy (settings.policy) denies the control plane at %s: %s; "
+                "no connection was attempted. Allow its address in the policy; retrying",
+                self.settings.url,
+                exc,
+            )
+        elif isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
             log.error(
                 "the control plane at %s refused this instance's token (HTTP %d); retrying",
                 self.settings.url,
@@ -320,7 +358,6 @@ class Channel:
             self.connected = True
             self._changed()
             self._wake.set()
-            log.info("connected to the control plane at %s", self.settings.url)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive_loop(ws))
                 tg.create_task(self._send_loop(ws))

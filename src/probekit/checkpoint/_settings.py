@@ -100,7 +100,8 @@ class CheckpointSettings:
     the SQLite spool (``":memory:"`` keeps it in memory, for tests), holding at most
     ``spool_max_entries`` results.
 
-    ``policy`` is the egress policy every check runs under; ``secrets`` resolves
+    ``policy`` is the egress policy every check runs under, and the connection to the control
+    plane too; ``secrets`` resolves
     ``{"secret": NAME}`` references in definitions. ``max_concurrency`` bounds the checks that
     execute at once and ``max_queued_runs`` the run commands accepted and not yet finished
     (beyond it a run is refused with an ``error``). ``processes`` above 1 runs the checks in
@@ -110,9 +111,9 @@ class CheckpointSettings:
 
     Timing, in seconds: ``heartbeat_interval``; ``reconnect_initial`` and ``reconnect_max`` (the
     backoff range); ``ping_interval`` and ``ping_timeout`` (dead-peer detection);
-    ``open_timeout`` (TCP, TLS and WebSocket handshakes together); ``drain_timeout`` (how long a
-    drain waits for acks of what it sent). ``batch_size`` is the most results in one ``results``
-    frame (which also stays under 1 MiB).
+    ``open_timeout`` (resolution, TCP, TLS and WebSocket handshakes together);
+    ``drain_timeout`` (how long a drain waits for acks of what it sent). ``batch_size`` is the
+    most results in one ``results`` frame (which also stays under 1 MiB).
 
     ``autonomous_when_disconnected`` runs the held definitions locally while the channel is
     down. ``strip_addresses``, ``strip_tls_chain`` and ``strip_messages`` remove details from

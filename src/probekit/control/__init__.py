@@ -32,8 +32,11 @@ import attrs
 
 from .. import protocol as p
 from .._clock import Clock, SystemClock
+from .._context import ProbeContext
+from .._dial import Dialer
 from .._exceptions import DefinitionError
 from .._logging import MaskingLogger
+from .._policy import EgressPolicy
 from .._result import Status
 from .._secret import Secret
 from .._serialization import converter
@@ -95,16 +98,28 @@ class MemorySink:
 class WebhookSink:
     """POSTs each event as JSON to ``url`` with probekit's own HTTP probe (so on the dial path).
 
-    A failed delivery is logged; it does not block other sinks.
+    ``policy`` is the operator's egress policy for the webhook (by default ``EgressPolicy()``,
+    which denies link-local and cloud-metadata addresses): a URL whose host or any address it
+    resolves to is denied is never dialled. A failed delivery, a denied one included, is logged;
+    it does not block other sinks.
     """
 
     def __init__(
-        self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        policy: EgressPolicy | None = None,
     ) -> None:
         from .._timeouts import Timeouts
         from ..probes.http import HttpProbe
 
+        if policy is not None and not isinstance(policy, EgressPolicy):
+            raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
         self.url = url
+        self.policy = policy if policy is not None else EgressPolicy()
+        self._context = ProbeContext(dialer=Dialer(policy=self.policy))
         self._probe = HttpProbe(
             url,
             method="POST",
@@ -115,7 +130,7 @@ class WebhookSink:
 
     async def send(self, event: Event) -> None:
         body = json.dumps(event_to_dict(event))
-        result = await attrs.evolve(self._probe, body=body).check()
+        result = await attrs.evolve(self._probe, body=body).check(self._context)
         if result.status is not Status.UP:
             log.warning("webhook %s failed: %s", self.url, result.summary())
 
