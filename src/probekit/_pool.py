@@ -35,12 +35,12 @@ from ._runner import (
     _host_key,
     _label,
     _natural,
-    _seconds,
     check_deadline,
     checked_limits,
     pull,
     unknown_result,
 )
+from ._validate import check_seconds
 from ._worker import HEADER, MAX_FRAME, dumps
 from .probes._base import Probe
 
@@ -209,7 +209,7 @@ class ProcessRunner:
         ) = checked_limits(
             max_concurrency, per_host, retries, retry_backoff, retry_backoff_max, grace
         )
-        self._start_timeout = _seconds("start_timeout", start_timeout)
+        self._start_timeout = check_seconds("start_timeout", start_timeout, zero=True)
         if policy is not None and not isinstance(policy, EgressPolicy):
             raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
         self._dialing = worker_dialing(context, policy)

@@ -34,6 +34,7 @@ from ._context import ProbeContext, default_context
 from ._deadline import after
 from ._exceptions import DefinitionError
 from ._result import ErrorKind, ProbeError, Result, Status
+from ._validate import check_seconds, seconds_problem
 from .probes._base import Probe
 
 __all__ = ["Job", "Runner"]
@@ -162,9 +163,9 @@ def checked_limits(
         _natural("max_concurrency", max_concurrency, 1),
         None if per_host is None else _natural("per_host", per_host, 1),
         _natural("retries", retries, 0),
-        _seconds("retry_backoff", retry_backoff),
-        _seconds("retry_backoff_max", retry_backoff_max),
-        _seconds("grace", grace),
+        check_seconds("retry_backoff", retry_backoff, zero=True),
+        check_seconds("retry_backoff_max", retry_backoff_max, zero=True),
+        check_seconds("grace", grace, zero=True),
     )
 
 
@@ -172,14 +173,6 @@ def _natural(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DefinitionError(name, f"must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise DefinitionError(name, f"must be a finite number of seconds, got {value!r}")
-    if value < 0:
-        raise DefinitionError(name, f"must not be negative, got {value!r}")
-    return float(value)
 
 
 def _host_key(host: str) -> str:
@@ -537,12 +530,7 @@ class Runner:
         if not callable(check):
             return f"{type(probe).__name__} is not a probe: it has no check() method"
         total = _attr(_attr(probe, "timeouts"), "total")
-        if (
-            isinstance(total, bool)
-            or not isinstance(total, int | float)
-            or not math.isfinite(total)
-            or total <= 0
-        ):
+        if seconds_problem(total) is not None:
             return f"{type(probe).__name__} is not a probe: timeouts.total is {total!r}"
         host: str | None = None
         if self._per_host is not None:
@@ -550,6 +538,7 @@ class Runner:
             if not isinstance(raw, str):
                 return f"{type(probe).__name__} is not a probe: host is not a string"
             host = _host_key(raw)
+        assert isinstance(total, int | float)
         return _Spec(kind, target, check, float(total), host)
 
     async def _run_probe(self, probe: object, deadline: float | None = None) -> Result:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -13,18 +12,13 @@ import attrs
 from .._exceptions import DefinitionError
 from .._policy import EgressPolicy
 from .._secret import Secret
-from ..protocol import MAX_ID_LENGTH
+from .._validate import check_id, seconds
 
 __all__ = ["CheckpointSettings"]
 
 
 def _ident(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise DefinitionError(attribute.name, f"must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise DefinitionError(attribute.name, f"is longer than {MAX_ID_LENGTH} characters")
-    if not value.isprintable():
-        raise DefinitionError(attribute.name, "contains a control or unprintable character")
+    check_id(attribute.name, value)
 
 
 def _text(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -45,18 +39,6 @@ def _flag(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None
 def _positive_int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DefinitionError(attribute.name, f"must be a positive integer, got {value!r}")
-
-
-def _seconds(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise DefinitionError(
-            attribute.name, f"must be a positive number of seconds, got {value!r}"
-        )
 
 
 def _port(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -133,14 +115,14 @@ class CheckpointSettings:
     max_concurrency: int = attrs.field(default=100, validator=_positive_int)
     processes: int = attrs.field(default=1, validator=_positive_int)
     max_queued_runs: int = attrs.field(default=10_000, validator=_positive_int)
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds)
+    heartbeat_interval: float = attrs.field(default=5.0, validator=seconds)
     batch_size: int = attrs.field(default=500, validator=_positive_int)
-    reconnect_initial: float = attrs.field(default=0.5, validator=_seconds)
-    reconnect_max: float = attrs.field(default=30.0, validator=_seconds)
-    ping_interval: float = attrs.field(default=5.0, validator=_seconds)
-    ping_timeout: float = attrs.field(default=5.0, validator=_seconds)
-    open_timeout: float = attrs.field(default=10.0, validator=_seconds)
-    drain_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    reconnect_initial: float = attrs.field(default=0.5, validator=seconds)
+    reconnect_max: float = attrs.field(default=30.0, validator=seconds)
+    ping_interval: float = attrs.field(default=5.0, validator=seconds)
+    ping_timeout: float = attrs.field(default=5.0, validator=seconds)
+    open_timeout: float = attrs.field(default=10.0, validator=seconds)
+    drain_timeout: float = attrs.field(default=10.0, validator=seconds)
     autonomous_when_disconnected: bool = attrs.field(default=True, validator=_flag)
     strip_addresses: bool = attrs.field(default=False, validator=_flag)
     strip_tls_chain: bool = attrs.field(default=False, validator=_flag)
