@@ -430,10 +430,38 @@ async def test_a_wrong_token_is_refused_and_retried_with_backoff() -> None:
     assert elapsed < 3.0  # reconnect_max is 0.2 s: it keeps trying
 
 
+async def test_a_policy_that_denies_the_control_plane_stops_the_connection_before_a_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The control plane listens on 127.0.0.1; the operator's policy denies all of 127.0.0.0/8.
+    async with serving(HttpServer()) as listener:
+        url = f"ws://127.0.0.1:{listener.port}/checkpoint"
+        denied = EgressPolicy(deny=["127.0.0.0/8"])
+        with caplog.at_level(logging.ERROR, logger="probekit.checkpoint"):
+            async with Checkpoint(settings_for(url, policy=denied)) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 2)
+                stats = cp.stats
+        assert listener.connections == 0  # nothing reached it, not even a TCP connection
+    assert not stats["connected"]
+    refusals = [r.getMessage() for r in caplog.records if "egress policy" in r.getMessage()]
+    assert refusals, caplog.text
+    assert "127.0.0.0/8" in refusals[0] and "settings.policy" in refusals[0]
+
+
+async def test_the_connection_time_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="probekit.checkpoint"):
+        async with control() as server, Checkpoint(settings_for(server.url)):
+            await server.hello()
+    (line,) = [
+        r.getMessage() for r in caplog.records if "connected to the control plane" in r.getMessage()
+    ]
+    assert "127.0.0.1" in line and " ms" in line and "connect" in line
+
+
 async def test_backoff_grows_and_stays_under_the_maximum() -> None:
     cp = Checkpoint(settings_for("ws://127.0.0.1:1/", reconnect_initial=0.5, reconnect_max=4.0))
     for k, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (10, 4.0), (500, 4.0)]:
-        delays = [cp._backoff(k) for _ in range(200)]
+        delays = [cp._channel._backoff(k) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling / 2  # full jitter spreads over the whole range
 
@@ -575,13 +603,12 @@ async def test_a_metadata_address_gives_policy_denied_and_no_connection(
     assert connector.refused == []
 
 
-async def test_the_local_policy_wins_over_the_contexts(
-    target: HttpServer, connector: GuardedConnector
-) -> None:
-    # The context would allow everything; the checkpoint's own policy denies the target.
+async def test_the_local_policy_wins_over_the_contexts(connector: GuardedConnector) -> None:
+    # The context would allow everything; the checkpoint's own policy denies the target (on
+    # 127.0.0.2, so that the control plane on 127.0.0.1 stays allowed).
     ctx = make_context(policy=EgressPolicy.allow_all(), connector=connector)
-    local = EgressPolicy(deny=["127.0.0.1/32"])
-    async with control() as server:
+    local = EgressPolicy(deny=["127.0.0.2/32"])
+    async with serving(HttpServer(host="127.0.0.2")) as target, control() as server:
         cp = Checkpoint(settings_for(server.url, policy=local), context=ctx)
         async with cp:
             await server.hello()
@@ -595,7 +622,7 @@ async def test_the_local_policy_wins_over_the_contexts(
     assert target.connections == 0
     assert connector.dialled == []
     assert ctx.dialer.policy == EgressPolicy.allow_all()  # the caller's context is untouched
-    assert server.of(p.Heartbeat)[0].policy["deny"] == ["127.0.0.1/32"]
+    assert server.of(p.Heartbeat)[0].policy["deny"] == ["127.0.0.2/32"]
 
 
 # -- autonomous mode ------------------------------------------------------------------------------
@@ -852,7 +879,7 @@ def _result(**kw: Any) -> Result:
 
 
 def test_redaction_rules() -> None:
-    from probekit.checkpoint import _redact
+    from probekit.checkpoint._privacy import redact
 
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     cert = CertInfo("CN=x", "CN=ca", ("x",), now, now, "ab")
@@ -860,8 +887,8 @@ def test_redaction_rules() -> None:
     message = "connect to 10.1.2.3:443 and [fe80::1%eth0]:80 failed at 12:30:45 (v1.2.3)"
     result = _result(error=ProbeError(ErrorKind.CONNECT, message), tls=tls, address="10.1.2.3:443")
     plain = settings_for("ws://x/", strip_addresses=False)
-    assert _redact(result, plain) is result
-    stripped = _redact(result, settings_for("ws://x/", strip_addresses=True, strip_tls_chain=True))
+    assert redact(result, plain) is result
+    stripped = redact(result, settings_for("ws://x/", strip_addresses=True, strip_tls_chain=True))
     assert stripped.address is None
     assert stripped.error is not None
     assert stripped.error.message == (
@@ -873,7 +900,7 @@ def test_redaction_rules() -> None:
 
 
 def test_results_frames_are_what_the_protocol_encodes() -> None:
-    from probekit.checkpoint import _frames, _payload
+    from probekit.checkpoint._channel import frames, payload
     from probekit.checkpoint._spool import Entry
 
     envelopes = [
@@ -887,25 +914,25 @@ def test_results_frames_are_what_the_protocol_encodes() -> None:
         )
         for i in range(3)
     ]
-    entries = [Entry(e.result_id, _payload(e), "m", i, 0.0) for i, e in enumerate(envelopes)]
-    ((frame, ids),) = _frames(entries)
+    entries = [Entry(e.result_id, payload(e), "m", i, 0.0) for i, e in enumerate(envelopes)]
+    ((frame, ids),) = frames(entries)
     assert ids == ["id0", "id1", "id2"]
     assert p.decode(frame) == p.Results(results=tuple(envelopes))
     assert frame.decode() == p.encode(p.Results(results=tuple(envelopes)))
 
 
 def test_frames_stay_under_the_protocol_limit() -> None:
-    from probekit.checkpoint import _frames
+    from probekit.checkpoint._channel import frames as make_frames
     from probekit.checkpoint._spool import Entry
 
     big = b'{"x":"' + b"a" * 300_000 + b'"}'
-    frames = _frames([Entry(f"id{i}", big, None, i, 0.0) for i in range(10)])
+    frames = make_frames([Entry(f"id{i}", big, None, i, 0.0) for i in range(10)])
     assert [len(ids) for _, ids in frames] == [3, 3, 3, 1]
     assert all(len(frame) <= p.MAX_FRAME_BYTES for frame, _ in frames)
 
 
 def test_a_result_json_cannot_carry_is_sent_without_the_details() -> None:
-    from probekit.checkpoint import _payload
+    from probekit.checkpoint._channel import payload
 
     def envelope(result: Result) -> p.ResultEnvelope:
         return p.ResultEnvelope(
@@ -918,13 +945,13 @@ def test_a_result_json_cannot_carry_is_sent_without_the_details() -> None:
         )
 
     nan = _result(metrics={"a": math.nan, "b": 1.0}, error=ProbeError(ErrorKind.PROTOCOL, "\udcff"))
-    frame = p.encode(p.Results(results=()))[:-3] + "[" + _payload(envelope(nan)).decode() + "]}"
+    frame = p.encode(p.Results(results=()))[:-3] + "[" + payload(envelope(nan)).decode() + "]}"
     (back,) = p.decode(frame).results  # type: ignore[union-attr]
     assert back.result.status is Status.DOWN
     assert back.result.metrics == {"b": 1.0}
     assert back.result.error is not None and back.result.error.message == "\\udcff"
     huge = _result(error=ProbeError(ErrorKind.PROTOCOL, "x" * 2_000_000))
-    assert len(_payload(envelope(huge))) < 10_000
+    assert len(payload(envelope(huge))) < 10_000
 
 
 async def test_the_token_never_reaches_the_logs(

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,9 +18,11 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from probekit import Result, Secret, Status
+from probekit import EgressPolicy, Result, Secret, Status
 from probekit import protocol as p
-from probekit.control import ControlPlane, ControlSettings, MemorySink, split_sync
+from probekit.control import ControlPlane, ControlSettings, MemorySink, WebhookSink, split_sync
+from probekit.control._logic import Event
+from servers import HttpServer, serving
 
 TOKEN = "cp-token-canary-7#q"
 DEF = {"kind": "tcp", "host": "127.0.0.1", "port": 9}
@@ -78,7 +81,10 @@ async def plane() -> AsyncIterator[tuple[ControlPlane, MemorySink]]:
 
 
 async def join(
-    cp: ControlPlane, instance_id: str, holdings: dict[str, int] | None = None
+    cp: ControlPlane,
+    instance_id: str,
+    holdings: dict[str, int] | None = None,
+    kinds: tuple[str, ...] = ("tcp",),
 ) -> FakeInstance:
     conn = await connect(
         cp.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None
@@ -88,7 +94,7 @@ async def join(
         checkpoint_id="office",
         instance_id=instance_id,
         software_version="t",
-        kinds=("tcp",),
+        kinds=kinds,
         holdings=holdings or {},
     )
     await inst.send(hello)
@@ -142,6 +148,69 @@ async def test_hello_gets_a_full_sync_and_runs_alternate(
     rows = await cp.results("m1")
     assert len(rows) >= 7 and {r["status"] for r in rows} == {"up"}
     for inst in (a, b):
+        await inst.conn.close()
+
+
+CUSTOM = {"kind": "custom-ping", "host": "127.0.0.1"}
+
+
+async def runs_within(inst: FakeInstance, seconds: float) -> list[p.Run]:
+    """The runs ``inst`` is sent over the next ``seconds``."""
+    runs: list[p.Run] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                runs.append(await inst.expect(p.Run, timeout=seconds + 1))
+    return runs
+
+
+async def test_runs_of_a_kind_go_only_to_instances_that_declared_it(
+    plane: tuple[ControlPlane, MemorySink],
+) -> None:
+    cp, sink = plane
+    a = await join(cp, "a", kinds=("tcp", "custom-ping"))
+    b = await join(cp, "b", kinds=("tcp",))
+    await a.expect(p.Sync)
+    await b.expect(p.Sync)
+    await cp.add_monitor("m1", "office", CUSTOM, interval=0.05)
+    to_a, to_b = await asyncio.gather(runs_within(a, 0.4), runs_within(b, 0.4))
+    assert to_a and all(r.reason == "scheduled" and r.monitor_id == "m1" for r in to_a)
+    assert to_b == []
+    # A failure is confirmed on an instance that has the kind: the same one, as b has not.
+    await cp.remove_monitor("m1")
+    await cp.add_monitor("m2", "office", CUSTOM, interval=3600)
+    await a.result(None, Status.DOWN, monitor_id="m2")
+    confirm = await a.expect(p.Run)
+    assert (confirm.reason, confirm.monitor_id) == ("confirm", "m2")
+    assert await runs_within(b, 0.1) == []
+    assert not [e for e in sink.events if e.kind == "kind_unavailable"]
+    for inst in (a, b):
+        await inst.conn.close()
+
+
+async def test_a_kind_no_instance_has_is_not_sent_and_told_once_until_one_connects(
+    plane: tuple[ControlPlane, MemorySink], caplog: pytest.LogCaptureFixture
+) -> None:
+    cp, sink = plane
+    b = await join(cp, "b", kinds=("tcp",))
+    await b.expect(p.Sync)
+    with caplog.at_level(logging.WARNING, logger="probekit.control"):
+        await cp.add_monitor("m1", "office", CUSTOM, interval=0.05)
+        assert await runs_within(b, 0.4) == []  # eight rounds due, none sent
+    told = [e for e in sink.events if e.kind == "kind_unavailable"]
+    assert len(told) == 1
+    assert told[0].subject == "m1" and "custom-ping" in told[0].message
+    assert told[0].alert is not None and told[0].alert.kind == "kind_unavailable"
+    warnings = [r.getMessage() for r in caplog.records if "custom-ping" in r.getMessage()]
+    assert len(warnings) == 1 and "not sent" in warnings[0]
+    assert [e["kind"] for e in await cp.events()].count("kind_unavailable") == 1
+    # An instance that has the kind connects: the alert resolves and it gets the runs.
+    c = await join(cp, "c", kinds=("tcp", "custom-ping"))
+    run = await c.expect(p.Run)
+    assert run.monitor_id == "m1"
+    resolved = [e for e in sink.events if e.kind == "alert_resolved" and e.subject == "m1"]
+    assert len(resolved) == 1 and resolved[0].alert == told[0].alert
+    for inst in (b, c):
         await inst.conn.close()
 
 
@@ -387,3 +456,30 @@ async def test_an_instance_gets_thousands_of_definitions_in_frames_it_accepts(
         received += [u.monitor_id for u in more.upserts]
     assert sorted(received) == sorted(f"m{i}" for i in range(1500))
     assert not inst.task.done()  # the reader never met a frame it refused
+
+
+# -- the webhook sink ---------------------------------------------------------------------------
+
+
+def _event() -> Event:
+    return Event("alert_opened", "web", 1.0, "web is down", None)
+
+
+async def test_the_webhook_posts_the_event_as_json() -> None:
+    async with serving(HttpServer()) as hook:
+        await WebhookSink(hook.url("/hook")).send(_event())
+    (request,) = hook.requests
+    assert request.method == "POST" and request.target == "/hook"
+    assert json.loads(request.body)["message"] == "web is down"
+
+
+async def test_a_webhook_the_policy_denies_is_never_dialled_and_the_failure_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving(HttpServer(host="127.0.0.2")) as hook:
+        sink = WebhookSink(hook.url("/hook"), policy=EgressPolicy(deny=["127.0.0.2/32"]))
+        with caplog.at_level(logging.WARNING, logger="probekit.control"):
+            await sink.send(_event())
+        assert hook.connections == 0
+    (line,) = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert "policy_denied" in line and "127.0.0.2" in line

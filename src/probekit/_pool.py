@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import sys
+import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -27,16 +28,19 @@ from ._policy import EgressPolicy
 from ._resolver import AiodnsResolver, StaticResolver
 from ._result import Result
 from ._runner import (
+    Job,
+    Work,
     _attr,
     _check_source,
     _host_key,
     _label,
     _natural,
-    _seconds,
+    check_deadline,
     checked_limits,
     pull,
     unknown_result,
 )
+from ._validate import check_seconds
 from ._worker import HEADER, MAX_FRAME, dumps
 from .probes._base import Probe
 
@@ -131,7 +135,8 @@ class _Worker:
         self.capacity = capacity
         self.process: asyncio.subprocess.Process | None = None
         self.pending: dict[int, _Pending] = {}
-        self.outbox: list[tuple[int, bytes]] = []
+        #: (seq, probe pickle, absolute deadline or None), not yet sent to the process.
+        self.outbox: list[tuple[int, bytes, float | None]] = []
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.sender: asyncio.Task[None] | None = None
@@ -204,7 +209,7 @@ class ProcessRunner:
         ) = checked_limits(
             max_concurrency, per_host, retries, retry_backoff, retry_backoff_max, grace
         )
-        self._start_timeout = _seconds("start_timeout", start_timeout)
+        self._start_timeout = check_seconds("start_timeout", start_timeout, zero=True)
         if policy is not None and not isinstance(policy, EgressPolicy):
             raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
         self._dialing = worker_dialing(context, policy)
@@ -408,7 +413,13 @@ class ProcessRunner:
                 worker.wake.clear()
                 if not worker.outbox:
                     continue
-                batch, worker.outbox = worker.outbox, []
+                queued, worker.outbox = worker.outbox, []
+                # A deadline crosses the process boundary as the seconds left, now.
+                now = time.monotonic()
+                batch = [
+                    (seq, payload, None if deadline is None else max(deadline - now, 0.0))
+                    for seq, payload, deadline in queued
+                ]
                 payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
                 stdin.write(HEADER.pack(len(payload)) + payload)
                 await stdin.drain()
@@ -446,7 +457,7 @@ class ProcessRunner:
             f"{problem} while this check ran"
         )
         log.error("%s; restarting it", message)
-        unsent = {seq for seq, _payload in worker.outbox}
+        unsent = {seq for seq, _payload, _deadline in worker.outbox}
         lost = [seq for seq in worker.pending if seq not in unsent]
         for seq in lost:
             pending = worker.pending.pop(seq)
@@ -467,7 +478,7 @@ class ProcessRunner:
         if worker.broken is not None:
             # Nothing more goes to this slot; what was queued for it is answered now.
             queued, worker.outbox = worker.outbox, []
-            for seq, _payload in queued:
+            for seq, _payload, _deadline in queued:
                 pending = worker.pending.pop(seq)
                 pending.stream.queue.put_nowait(
                     (pending.index, unknown_result(pending.probe, worker.broken))
@@ -475,12 +486,17 @@ class ProcessRunner:
 
     # -- running -------------------------------------------------------------------------------
 
-    async def check(self, probe: Probe) -> Result:
-        """Run one probe in a worker and return its result."""
-        results = await self.run_all([probe])
+    async def check(self, probe: Probe, *, deadline: float | None = None) -> Result:
+        """Run one probe in a worker and return its result.
+
+        ``deadline`` is an absolute ``time.monotonic()`` reading, as for :meth:`Runner.check`;
+        it reaches the worker as the seconds left when the probe is sent.
+        """
+        deadline = check_deadline(deadline)
+        results = await self.run_all([probe if deadline is None else Job(probe, deadline=deadline)])
         return results[0]
 
-    async def run_all(self, probes: Iterable[Probe] | AsyncIterable[Probe]) -> list[Result]:
+    async def run_all(self, probes: Iterable[Work] | AsyncIterable[Work]) -> list[Result]:
         """Run ``probes`` and return their final results in input order."""
         self._require_open()
         _check_source(probes)
@@ -488,7 +504,7 @@ class ProcessRunner:
             by_index = {index: result async for index, result in results}
         return [by_index[i] for i in range(len(by_index))]
 
-    async def stream(self, probes: Iterable[Probe] | AsyncIterable[Probe]) -> AsyncIterator[Result]:
+    async def stream(self, probes: Iterable[Work] | AsyncIterable[Work]) -> AsyncIterator[Result]:
         """Run ``probes`` and yield each final result as soon as it is ready."""
         self._require_open()
         _check_source(probes)
@@ -497,7 +513,7 @@ class ProcessRunner:
                 yield result
 
     async def _iterate(
-        self, probes: Iterable[Probe] | AsyncIterable[Probe]
+        self, probes: Iterable[Work] | AsyncIterable[Work]
     ) -> AsyncGenerator[tuple[int, Result], None]:
         stream = _Stream(2 * self._max_concurrency)
         self._streams.add(stream)
@@ -526,9 +542,7 @@ class ProcessRunner:
                 for seq in [s for s, p in worker.pending.items() if p.stream is stream]:
                     del worker.pending[seq]  # a result that still comes is dropped
 
-    async def _produce(
-        self, probes: Iterable[Probe] | AsyncIterable[Probe], stream: _Stream
-    ) -> None:
+    async def _produce(self, probes: Iterable[Work] | AsyncIterable[Work], stream: _Stream) -> None:
         """Send probes to workers as the window allows, then say how many there were."""
         index = 0
         try:
@@ -562,7 +576,11 @@ class ProcessRunner:
                 return usable[hash(_host_key(host)) % len(usable)]
         return min(usable, key=lambda w: (len(w.pending) + len(w.outbox)) / w.capacity)
 
-    def _submit(self, stream: _Stream, index: int, probe: object) -> None:
+    def _submit(self, stream: _Stream, index: int, item: object) -> None:
+        deadline: float | None = None
+        probe = item
+        if type(item) is Job:
+            probe, deadline = item.probe, item.deadline
         try:
             payload = self._payload(probe)
         except Exception as exc:  # noqa: BLE001 - reported as this probe's result
@@ -576,6 +594,6 @@ class ProcessRunner:
             return
         self._seq += 1
         worker.pending[self._seq] = _Pending(stream, index, probe)
-        worker.outbox.append((self._seq, payload))
+        worker.outbox.append((self._seq, payload, deadline))
         if worker.alive:
             worker.wake.set()

@@ -25,19 +25,22 @@ from collections.abc import (
     Iterable,
 )
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import attrs
 
+from ._clock import Clock
 from ._context import ProbeContext, default_context
 from ._deadline import after
 from ._exceptions import DefinitionError
 from ._result import ErrorKind, ProbeError, Result, Status
+from ._validate import check_seconds, seconds_problem
 from .probes._base import Probe
 
-__all__ = ["Runner"]
+__all__ = ["Job", "Runner"]
 
 log = logging.getLogger("probekit.runner")
+_T = TypeVar("_T")
 
 #: Failure kinds that may be transient, so worth another attempt. A policy denial, a failed
 #: assertion or refused credentials will say the same thing again; ``internal`` is a bug.
@@ -46,6 +49,41 @@ RETRYABLE: Final = frozenset(
 )
 
 _Check = Callable[[ProbeContext], Awaitable[object]]
+
+
+@attrs.frozen
+class Job:
+    """A probe to run with a deadline of its own: what :meth:`Runner.stream` and
+    :meth:`Runner.run_all` (and :class:`~probekit.ProcessRunner`'s) accept besides bare probes.
+
+    ``deadline`` is an absolute reading of the runner's context clock
+    (``context.clock.monotonic()``; the system's ``time.monotonic()`` by default) by which the
+    check must have returned, or None for the probe's own ``timeouts.total`` alone. The earlier
+    of the two applies, enforced from outside like ``timeouts.total``; it holds over all
+    attempts (no retry starts after it has passed).
+    """
+
+    probe: Probe
+    deadline: float | None = attrs.field(default=None, kw_only=True)
+
+    @deadline.validator
+    def _check_deadline(self, attribute: attrs.Attribute[float | None], value: object) -> None:
+        check_deadline(value)
+
+
+def check_deadline(value: object) -> float | None:
+    """``value`` as an absolute deadline (a finite clock reading) or None; else DefinitionError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DefinitionError(
+            "deadline", f"must be a finite monotonic clock reading or None, got {value!r}"
+        )
+    return float(value)
+
+
+#: What a stream takes: a probe, or a :class:`Job` (a probe with a deadline).
+Work = Probe | Job
 
 
 class _Wake:
@@ -125,9 +163,9 @@ def checked_limits(
         _natural("max_concurrency", max_concurrency, 1),
         None if per_host is None else _natural("per_host", per_host, 1),
         _natural("retries", retries, 0),
-        _seconds("retry_backoff", retry_backoff),
-        _seconds("retry_backoff_max", retry_backoff_max),
-        _seconds("grace", grace),
+        check_seconds("retry_backoff", retry_backoff, zero=True),
+        check_seconds("retry_backoff_max", retry_backoff_max, zero=True),
+        check_seconds("grace", grace, zero=True),
     )
 
 
@@ -135,14 +173,6 @@ def _natural(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DefinitionError(name, f"must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise DefinitionError(name, f"must be a finite number of seconds, got {value!r}")
-    if value < 0:
-        raise DefinitionError(name, f"must not be negative, got {value!r}")
-    return float(value)
 
 
 def _host_key(host: str) -> str:
@@ -189,8 +219,8 @@ def unknown_result(probe: object, message: str, started_at: dt.datetime | None =
 
 
 async def pull(
-    probes: Iterable[Probe] | AsyncIterable[Probe], window: asyncio.Semaphore
-) -> AsyncGenerator[Probe, None]:
+    probes: Iterable[_T] | AsyncIterable[_T], window: asyncio.Semaphore
+) -> AsyncGenerator[_T, None]:
     """Yield the probes of a sync or async source one by one, each after taking a ``window``
     token: the backpressure of ``stream`` (the token is given back when its result is
     consumed)."""
@@ -374,10 +404,11 @@ class Runner:
 
     # -- public API --------------------------------------------------------------------------
 
-    def stream(
-        self, probes: Iterable[Probe] | AsyncIterable[Probe]
-    ) -> AsyncGenerator[Result, None]:
+    def stream(self, probes: Iterable[Work] | AsyncIterable[Work]) -> AsyncGenerator[Result, None]:
         """Run ``probes`` and yield each final result as soon as it is ready (completion order).
+
+        Each item is a probe, or a :class:`Job` that gives a probe a deadline of its own (see
+        :meth:`check` for what a deadline means).
 
         Closing the generator early (``aclose()``, or ``break`` inside ``contextlib.aclosing``)
         cancels and waits for the probes it started. An exception raised by ``probes`` itself
@@ -390,20 +421,27 @@ class Runner:
         _check_source(probes)
         return self._results(probes)
 
-    async def check(self, probe: Probe) -> Result:
+    async def check(self, probe: Probe, *, deadline: float | None = None) -> Result:
         """Run one probe under this runner's limits, deadline and retries; return its result.
+
+        ``deadline`` is an absolute reading of the context clock's ``monotonic()`` (by default
+        ``time.monotonic()``) by which the check must have returned; the earlier of it and the
+        probe's ``timeouts.total`` applies, enforced from outside (the probe sees it as its
+        context's deadline, and is cancelled ``grace`` seconds after it if it overruns). It
+        holds over all attempts: no retry starts once it has passed.
 
         The check runs in the caller's task (cancelling the caller cancels it); it counts
         towards ``max_concurrency`` and ``per_host`` like the probes of a stream. This is what a
         scheduler uses to start runs one at a time.
         """
         self._require_open()
-        result = await self._run_probe(probe)
+        result = await self._run_probe(probe, check_deadline(deadline))
         self._completed += 1
         return result
 
-    async def run_all(self, probes: Iterable[Probe] | AsyncIterable[Probe]) -> list[Result]:
-        """Run ``probes`` and return their final results in input order.
+    async def run_all(self, probes: Iterable[Work] | AsyncIterable[Work]) -> list[Result]:
+        """Run ``probes`` (probes or :class:`Job` values) and return their final results in
+        input order.
 
         Raises RuntimeError when the runner is not open, TypeError when ``probes`` is not
         iterable.
@@ -417,14 +455,14 @@ class Runner:
     # -- streaming machinery -----------------------------------------------------------------
 
     async def _results(
-        self, probes: Iterable[Probe] | AsyncIterable[Probe]
+        self, probes: Iterable[Work] | AsyncIterable[Work]
     ) -> AsyncGenerator[Result, None]:
         async with contextlib.aclosing(self._iterate(probes)) as results:
             async for _, result in results:
                 yield result
 
     async def _iterate(
-        self, probes: Iterable[Probe] | AsyncIterable[Probe]
+        self, probes: Iterable[Work] | AsyncIterable[Work]
     ) -> AsyncGenerator[tuple[int, Result], None]:
         self._require_open()
         stream = _Stream(2 * self._max_concurrency, self._tasks)
@@ -451,9 +489,7 @@ class Runner:
         stream.tasks.add(task)
         task.add_done_callback(stream.forget_task)
 
-    async def _produce(
-        self, probes: Iterable[Probe] | AsyncIterable[Probe], stream: _Stream
-    ) -> None:
+    async def _produce(self, probes: Iterable[Work] | AsyncIterable[Work], stream: _Stream) -> None:
         """Pull probes one by one, each only when the window has room, and start them."""
         try:
             async with contextlib.aclosing(pull(probes, stream.window)) as source:
@@ -468,7 +504,7 @@ class Runner:
         stream.source_done = True
         stream.queue.put_nowait(_WAKE)
 
-    def _start(self, stream: _Stream, index: int, probe: Probe) -> bool:
+    def _start(self, stream: _Stream, index: int, probe: Work) -> bool:
         # Closed already only if the source swallowed our cancellation; start nothing new then.
         if self._state == "closed":
             return False
@@ -494,12 +530,7 @@ class Runner:
         if not callable(check):
             return f"{type(probe).__name__} is not a probe: it has no check() method"
         total = _attr(_attr(probe, "timeouts"), "total")
-        if (
-            isinstance(total, bool)
-            or not isinstance(total, int | float)
-            or not math.isfinite(total)
-            or total <= 0
-        ):
+        if seconds_problem(total) is not None:
             return f"{type(probe).__name__} is not a probe: timeouts.total is {total!r}"
         host: str | None = None
         if self._per_host is not None:
@@ -507,10 +538,15 @@ class Runner:
             if not isinstance(raw, str):
                 return f"{type(probe).__name__} is not a probe: host is not a string"
             host = _host_key(raw)
+        assert isinstance(total, int | float)
         return _Spec(kind, target, check, float(total), host)
 
-    async def _run_probe(self, probe: object) -> Result:
+    async def _run_probe(self, probe: object, deadline: float | None = None) -> Result:
         """All attempts of one probe, under the limits; returns the final result."""
+        if type(probe) is Job:
+            if probe.deadline is not None and (deadline is None or probe.deadline < deadline):
+                deadline = probe.deadline
+            probe = probe.probe
         spec = self._inspect(probe)
         if isinstance(spec, str):
             log.warning("%s; reporting UNKNOWN", spec)
@@ -528,7 +564,7 @@ class Runner:
                         self._in_flight += 1
                         self._max_in_flight_seen = max(self._max_in_flight_seen, self._in_flight)
                         try:
-                            result = await self._attempt(spec)
+                            result = await self._attempt(spec, deadline)
                         finally:
                             self._in_flight -= 1
                 finally:
@@ -536,7 +572,10 @@ class Runner:
                         host_slot.release()
                 if attempts > self._retries or not self._should_retry(result):
                     break
-                await asyncio.sleep(self._backoff(attempts - 1))
+                pause = self._backoff(attempts - 1)
+                if deadline is not None and self._clock().monotonic() + pause >= deadline:
+                    break  # the next attempt could not start before the deadline
+                await asyncio.sleep(pause)
         finally:
             if spec.host is not None:
                 self._host_release(spec.host)
@@ -544,13 +583,19 @@ class Runner:
             result = attrs.evolve(result, attempts=attempts)
         return result
 
-    async def _attempt(self, spec: _Spec) -> Result:
+    def _clock(self) -> Clock:
+        return (self._context or default_context()).clock
+
+    async def _attempt(self, spec: _Spec, deadline: float | None) -> Result:
         """One check, with its deadline in the context and enforced from outside."""
         base = self._context or default_context()
         clock = base.clock
         start = clock.monotonic()
         started_at = clock.now()
-        ctx = base.with_deadline(start + spec.total)
+        end = start + spec.total
+        if deadline is not None and deadline < end:
+            end = deadline
+        ctx = base.with_deadline(end)
         budget = spec.total if ctx.deadline is None else max(ctx.deadline - start, 0.0)
         scope = after(budget + self._grace)
         try:

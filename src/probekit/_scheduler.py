@@ -6,7 +6,6 @@ import asyncio
 import heapq
 import inspect
 import logging
-import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from ._exceptions import DefinitionError
 from ._pool import ProcessRunner
 from ._result import Result
 from ._runner import Runner
+from ._validate import check_id, check_seconds
 from .probes._base import Probe
 
 __all__ = ["Monitor", "Scheduler"]
@@ -30,15 +30,11 @@ OnResult = Callable[[str, Result], Awaitable[None] | None]
 
 
 def _interval(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise DefinitionError("interval", f"must be a number of seconds, got {value!r}")
-    if value <= 0:
-        raise DefinitionError("interval", f"must be positive, got {value!r}")
+    check_seconds("interval", value)
 
 
 def _monitor_id(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise DefinitionError("monitor_id", f"must be a non-empty string, got {value!r}")
+    check_id("monitor_id", value, blank=True)  # any id the control channel carries
 
 
 @attrs.frozen

@@ -76,11 +76,15 @@ def optional_seconds(_inst: object, attribute: attrs.Attribute[Any], value: obje
         check_seconds(attribute.name, value)
 
 
-def id_problem(value: object) -> str | None:
-    """Why ``value`` is not an id (1 to MAX_ID_LENGTH printable characters), or None."""
+def id_problem(value: object, *, blank: bool = False) -> str | None:
+    """Why ``value`` is not an id (1 to MAX_ID_LENGTH printable characters), or None.
+
+    An id of spaces only is refused, unless ``blank``: the control channel's *id* (see
+    ``docs/protocol.md``) allows it, and what a peer may send must stay valid on both sides.
+    """
     if type(value) is not str:
         return f"expected a string, got {_show(value)}"
-    if not value or not value.strip():
+    if not value or not (blank or value.strip()):
         return "must not be empty"
     if len(value) > MAX_ID_LENGTH:
         return f"is longer than {MAX_ID_LENGTH} characters"
@@ -89,13 +93,13 @@ def id_problem(value: object) -> str | None:
     return None
 
 
-def is_id(value: object) -> TypeGuard[str]:
-    return id_problem(value) is None
+def is_id(value: object, *, blank: bool = False) -> TypeGuard[str]:
+    return id_problem(value, blank=blank) is None
 
 
-def check_id(path: str, value: object) -> str:
+def check_id(path: str, value: object, *, blank: bool = False) -> str:
     """``value`` if it is an id, else :class:`DefinitionError` at ``path``."""
-    problem = id_problem(value)
+    problem = id_problem(value, blank=blank)
     if problem is not None:
         raise DefinitionError(path, problem)
     assert isinstance(value, str)

@@ -7,7 +7,9 @@ result). Secrets travel as pickle persistent IDs, since :class:`Secret` refuses 
 
 1. parent → worker: one settings dict (runner limits, egress policy, event loop, sys.path);
 2. worker → parent: ``("ready", pid, loop module)``;
-3. parent → worker: batches ``[(seq, probe pickle), ...]``; worker → parent: batches
+3. parent → worker: batches ``[(seq, probe pickle, seconds left or None), ...]`` (the seconds
+   left until the check's deadline when the batch was sent; the worker rebuilds an absolute
+   deadline on its own monotonic clock); worker → parent: batches
    ``[(seq, Result), ...]`` as checks finish, in completion order;
 4. end of the parent's stream: the worker finishes what it has, sends it, and exits.
 
@@ -25,6 +27,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 from typing import Any, BinaryIO
 
 from ._context import ProbeContext
@@ -166,7 +169,8 @@ async def _serve(settings: dict[str, Any], frames_out: int) -> None:
         context=context,
     ) as runner:
 
-        async def one(seq: int, payload: bytes) -> None:
+        async def one(seq: int, payload: bytes, remaining: float | None) -> None:
+            deadline = None if remaining is None else time.monotonic() + remaining
             probe = probes.get(payload)
             if probe is None:
                 try:
@@ -179,7 +183,7 @@ async def _serve(settings: dict[str, Any], frames_out: int) -> None:
                 if len(probes) >= _CACHE:
                     probes.clear()
                 probes[payload] = probe
-            deliver(seq, await runner.check(probe))  # type: ignore[arg-type]
+            deliver(seq, await runner.check(probe, deadline=deadline))  # type: ignore[arg-type]
 
         while True:
             try:
@@ -191,8 +195,8 @@ async def _serve(settings: dict[str, Any], frames_out: int) -> None:
                 batch = pickle.loads(await reader.readexactly(size))  # noqa: S301
             except asyncio.IncompleteReadError:
                 break  # the parent closed our input: finish and leave
-            for seq, payload in batch:
-                task = loop.create_task(one(seq, payload))
+            for seq, payload, remaining in batch:
+                task = loop.create_task(one(seq, payload, remaining))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await writer.drain()

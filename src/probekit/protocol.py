@@ -39,6 +39,7 @@ from ._exceptions import (
 from ._result import SCHEMA_VERSION, Result
 from ._secret import Secret
 from ._serialization import converter
+from ._validate import MAX_ID_LENGTH, check_id, is_id, optional_seconds, seconds
 
 __all__ = [
     "ERROR_CODES",
@@ -70,8 +71,6 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 #: The largest frame ``decode`` reads by default: 1 MiB of UTF-8.
 MAX_FRAME_BYTES: Final = 1_048_576
-#: Ids (checkpoint, instance, monitor, request, result ids, probe kinds) are 1 to 200 characters.
-MAX_ID_LENGTH: Final = 200
 #: Longest ``error.message`` and ``drain.reason``.
 MAX_TEXT_LENGTH: Final = 4096
 #: Deepest nesting of the free-form JSON in a definition or a policy summary.
@@ -116,31 +115,20 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _check_id(path: str, value: object) -> None:
-    if type(value) is not str:
-        raise DefinitionError(path, f"expected a string, got {_show(value)}")
-    if not value:
-        raise DefinitionError(path, "must not be empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise DefinitionError(path, f"is longer than {MAX_ID_LENGTH} characters")
-    if not value.isprintable():
-        raise DefinitionError(path, "contains a control or unprintable character")
-
-
 def _id(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    _check_id(attribute.name, value)
+    check_id(attribute.name, value, blank=True)
 
 
 def _optional_id(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
-        _check_id(attribute.name, value)
+        check_id(attribute.name, value, blank=True)
 
 
 def _ids(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if type(value) is not tuple:
         raise DefinitionError(attribute.name, f"expected a tuple, got {_show(value)}")
     for i, item in enumerate(value):
-        _check_id(f"{attribute.name}[{i}]", item)
+        check_id(f"{attribute.name}[{i}]", item, blank=True)
 
 
 def _text(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
@@ -164,23 +152,6 @@ def _check_count(path: str, value: object) -> None:
 
 def _count(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     _check_count(attribute.name, value)
-
-
-def _check_seconds(path: str, value: object) -> None:
-    if type(value) not in (int, float):
-        raise DefinitionError(path, f"expected a number of seconds, got {_show(value)}")
-    assert isinstance(value, int | float)  # for mypy: the type check above is exact
-    if not (math.isfinite(value) and value > 0):
-        raise DefinitionError(path, f"must be a finite number of seconds above 0, got {value!r}")
-
-
-def _seconds(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    _check_seconds(attribute.name, value)
-
-
-def _optional_seconds(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _check_seconds(attribute.name, value)
 
 
 def _bool(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -245,7 +216,7 @@ def _check_definition(path: str, value: object) -> None:
     assert isinstance(value, dict)
     if "kind" not in value:
         raise DefinitionError(f"{path}.kind", "required field missing")
-    _check_id(f"{path}.kind", value["kind"])
+    check_id(f"{path}.kind", value["kind"], blank=True)
 
 
 def _definition(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -301,7 +272,7 @@ class Hello:
     kinds: tuple[str, ...] = attrs.field(validator=_ids)
     holdings: dict[str, int] = attrs.field()
     mode: Mode = attrs.field(default="driven", validator=_one_of(get_args(Mode)))
-    heartbeat_interval: float = attrs.field(default=10.0, validator=_seconds)
+    heartbeat_interval: float = attrs.field(default=10.0, validator=seconds)
 
     @holdings.validator
     def _check_holdings(self, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -309,7 +280,7 @@ class Hello:
             raise DefinitionError(attribute.name, f"expected a dict, got {_show(value)}")
         for monitor_id, revision in value.items():
             where = f"holdings[{monitor_id!r}]"
-            _check_id(where, monitor_id)
+            check_id(where, monitor_id, blank=True)
             _check_count(where, revision)
 
 
@@ -324,7 +295,7 @@ class MonitorDefinition:
 
     monitor_id: str = attrs.field(validator=_id)
     revision: int = attrs.field(validator=_count)
-    interval: float = attrs.field(validator=_seconds)
+    interval: float = attrs.field(validator=seconds)
     definition: dict[str, Any] = attrs.field(validator=_definition)
 
 
@@ -380,7 +351,7 @@ class Run:
     reason: RunReason = attrs.field(validator=_one_of(get_args(RunReason)))
     monitor_id: str | None = attrs.field(default=None, validator=_optional_id)
     definition: dict[str, Any] | None = attrs.field(default=None, validator=_optional_definition)
-    deadline: float | None = attrs.field(default=None, validator=_optional_seconds)
+    deadline: float | None = attrs.field(default=None, validator=optional_seconds)
 
     def __attrs_post_init__(self) -> None:
         if self.monitor_id is None and self.definition is None:
@@ -745,7 +716,7 @@ def error_reply(exc: BaseException) -> Error:
             message = message.encode("utf-8", "backslashreplace").decode()
         if len(message) > MAX_TEXT_LENGTH:
             message = message[: MAX_TEXT_LENGTH - 3] + "..."
-        ref = exc.ref if _valid_id(exc.ref) else None
+        ref = exc.ref if is_id(exc.ref, blank=True) else None
         return Error(code=exc.code, message=message, ref=ref)
     return Error(code="internal", message=f"internal error ({type(exc).__name__})")
 
@@ -809,14 +780,6 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _valid_id(value: object) -> bool:
-    try:
-        _check_id("", value)
-    except DefinitionError:
-        return False
-    return True
-
-
 def _ref(raw: Mapping[str, Any]) -> str | None:
     request_id = raw.get("request_id")
-    return request_id if _valid_id(request_id) else None
+    return request_id if is_id(request_id, blank=True) else None

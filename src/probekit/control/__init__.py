@@ -32,8 +32,11 @@ import attrs
 
 from .. import protocol as p
 from .._clock import Clock, SystemClock
+from .._context import ProbeContext
+from .._dial import Dialer
 from .._exceptions import DefinitionError
 from .._logging import MaskingLogger
+from .._policy import EgressPolicy
 from .._result import Status
 from .._secret import Secret
 from .._serialization import converter
@@ -60,13 +63,16 @@ class AlertSink(Protocol):
 
 
 class LogSink:
-    """Logs events on ``probekit.control.alerts``: openings at WARNING, the rest at INFO."""
+    """Logs events on ``probekit.control.alerts``: openings (and ``kind_unavailable``) at
+    WARNING, the rest at INFO."""
 
     def __init__(self) -> None:
         self.log = logging.getLogger("probekit.control.alerts")
 
     async def send(self, event: Event) -> None:
-        level = logging.WARNING if event.kind == "alert_opened" else logging.INFO
+        level = logging.INFO
+        if event.kind in ("alert_opened", "kind_unavailable"):
+            level = logging.WARNING
         self.log.log(level, "%s %s: %s", event.kind, event.subject, event.message)
 
 
@@ -92,16 +98,28 @@ class MemorySink:
 class WebhookSink:
     """POSTs each event as JSON to ``url`` with probekit's own HTTP probe (so on the dial path).
 
-    A failed delivery is logged; it does not block other sinks.
+    ``policy`` is the operator's egress policy for the webhook (by default ``EgressPolicy()``,
+    which denies link-local and cloud-metadata addresses): a URL whose host or any address it
+    resolves to is denied is never dialled. A failed delivery, a denied one included, is logged;
+    it does not block other sinks.
     """
 
     def __init__(
-        self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        policy: EgressPolicy | None = None,
     ) -> None:
         from .._timeouts import Timeouts
         from ..probes.http import HttpProbe
 
+        if policy is not None and not isinstance(policy, EgressPolicy):
+            raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
         self.url = url
+        self.policy = policy if policy is not None else EgressPolicy()
+        self._context = ProbeContext(dialer=Dialer(policy=self.policy))
         self._probe = HttpProbe(
             url,
             method="POST",
@@ -112,7 +130,7 @@ class WebhookSink:
 
     async def send(self, event: Event) -> None:
         body = json.dumps(event_to_dict(event))
-        result = await attrs.evolve(self._probe, body=body).check()
+        result = await attrs.evolve(self._probe, body=body).check(self._context)
         if result.status is not Status.UP:
             log.warning("webhook %s failed: %s", self.url, result.summary())
 
@@ -398,7 +416,7 @@ class ControlPlane:
     async def run_now(self, monitor_id: str, instance_id: str | None = None) -> str | None:
         """Send an ``adhoc`` run; returns its request id, or None when no instance can take it."""
         spec = self._specs[monitor_id]
-        target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id)), None)
+        target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id, spec.kind)), None)
         if target is None:
             return None
         order = self.logic.order(target, monitor_id, "adhoc", self.clock.monotonic())
@@ -478,7 +496,9 @@ class ControlPlane:
             if previous is not None:
                 await previous.conn.close(1008, "replaced by a newer connection")
             self._peers[hello.instance_id] = peer
-            await self._dispatch(self.logic.instance_connected(hello.instance_id, checkpoint_id))
+            await self._dispatch(
+                self.logic.instance_connected(hello.instance_id, checkpoint_id, hello.kinds)
+            )
             await self._send(peer, self._sync_for(hello))
             async for frame in conn:
                 await self._on_frame(peer, frame)

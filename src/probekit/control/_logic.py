@@ -12,6 +12,7 @@ import itertools
 import logging
 import random
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
@@ -24,7 +25,7 @@ __all__ = ["Actions", "Alert", "ControlLogic", "Event", "MonitorSpec", "RunOrder
 log = logging.getLogger("probekit.control")
 
 Reason = Literal["scheduled", "confirm", "adhoc"]
-AlertKind = Literal["monitor_down", "checkpoint_down", "flapping"]
+AlertKind = Literal["monitor_down", "checkpoint_down", "flapping", "kind_unavailable"]
 
 #: Nagios' flap detection: 21 results, weights rising from 0.8 (oldest) to 1.2 (newest).
 FLAP_WINDOW = 21
@@ -41,6 +42,12 @@ class MonitorSpec:
     interval: float
     definition: dict[str, Any]
     revision: int = 1
+
+    @property
+    def kind(self) -> str | None:
+        """The probe kind of the definition (None if it names none)."""
+        kind = self.definition.get("kind")
+        return kind if isinstance(kind, str) else None
 
 
 @attrs.frozen
@@ -73,6 +80,7 @@ class Event:
         "transient",
         "instance_down",
         "instance_up",
+        "kind_unavailable",
     ]
     subject: str
     at: float
@@ -108,6 +116,11 @@ class _Instance:
     connected: bool
     last_seen: float
     down: bool = False
+    #: The probe kinds its ``hello`` listed; None when not told (then it is given any kind).
+    kinds: frozenset[str] | None = None
+
+    def runs(self, kind: str | None) -> bool:
+        return kind is None or self.kinds is None or kind in self.kinds
 
 
 def flap_percent(history: deque[bool] | list[bool]) -> float:
@@ -146,6 +159,9 @@ class ControlLogic:
         self.checkpoint_alerts: dict[str, Alert] = {}
         #: Checkpoints told to run on their own schedule: no scheduled runs are sent to them.
         self.autonomous: set[str] = set()
+        #: (monitor id, reason) -> the open ``kind_unavailable`` alert: a run of the monitor was
+        #: not sent because no connected instance of its checkpoint has the monitor's kind.
+        self.kind_alerts: dict[tuple[str, Reason], Alert] = {}
         self._ids = itertools.count(1)
 
     # -- definitions ---------------------------------------------------------------------------
@@ -163,17 +179,37 @@ class ControlLogic:
 
     def remove_monitor(self, monitor_id: str) -> None:
         self.monitors.pop(monitor_id, None)
+        for key in [k for k in self.kind_alerts if k[0] == monitor_id]:
+            del self.kind_alerts[key]
 
     # -- instances -----------------------------------------------------------------------------
 
-    def instance_connected(self, instance_id: str, checkpoint_id: str) -> Actions:
+    def instance_connected(
+        self, instance_id: str, checkpoint_id: str, kinds: Iterable[str] | None = None
+    ) -> Actions:
+        """An instance said ``hello``; ``kinds`` are the probe kinds it listed (None: not told,
+        any kind may be sent to it). Resolves the ``kind_unavailable`` alerts it can serve."""
         now = self.clock.monotonic()
         inst = self.instances.get(instance_id)
         if inst is None:
             inst = self.instances[instance_id] = _Instance(checkpoint_id, True, now)
         inst.connected = True
         inst.checkpoint_id = checkpoint_id
-        return self.heartbeat(instance_id)
+        inst.kinds = None if kinds is None else frozenset(kinds)
+        actions = self.heartbeat(instance_id)
+        for (monitor_id, reason), alert in list(self.kind_alerts.items()):
+            mon = self.monitors.get(monitor_id)
+            if (
+                mon is None
+                or mon.spec.checkpoint_id != checkpoint_id
+                or not inst.runs(mon.spec.kind)
+            ):
+                continue
+            del self.kind_alerts[(monitor_id, reason)]
+            message = f"{monitor_id}: instance {instance_id} runs {mon.spec.kind!r} probes"
+            log.info("%s; %s runs are sent again", message, reason)
+            actions.events.append(Event("alert_resolved", monitor_id, now, message, alert))
+        return actions
 
     def instance_disconnected(self, instance_id: str) -> None:
         inst = self.instances.get(instance_id)
@@ -205,12 +241,13 @@ class ControlLogic:
                 )
         return actions
 
-    def alive(self, checkpoint_id: str) -> list[str]:
-        """Instances of ``checkpoint_id`` that may be given runs, in a stable order."""
+    def alive(self, checkpoint_id: str, kind: str | None = None) -> list[str]:
+        """Instances of ``checkpoint_id`` that may be given runs (of probe ``kind``, when given:
+        those whose ``hello`` listed it), in a stable order."""
         return sorted(
             i
             for i, s in self.instances.items()
-            if s.checkpoint_id == checkpoint_id and s.connected and not s.down
+            if s.checkpoint_id == checkpoint_id and s.connected and not s.down and s.runs(kind)
         )
 
     # -- time ----------------------------------------------------------------------------------
@@ -238,8 +275,11 @@ class ControlLogic:
             busy = any(m == mon.spec.monitor_id for m, *_ in self.outstanding.values())
             if busy:
                 continue
-            instance = self._pick(mon.spec.checkpoint_id, avoid=mon.last_instance)
+            instance = self._pick(
+                mon.spec.checkpoint_id, avoid=mon.last_instance, kind=mon.spec.kind
+            )
             if instance is None:
+                self._kind_unavailable(mon, "scheduled", now, actions)
                 continue
             mon.last_instance = instance
             actions.runs.append(self.order(instance, mon.spec.monitor_id, "scheduled", now))
@@ -337,7 +377,14 @@ class ControlLogic:
         if mon.alert is not None or mon.confirming is not None:
             return actions
         mon.first_failure = instance_id
-        target = self._pick(mon.spec.checkpoint_id, avoid=instance_id) or instance_id
+        kind = mon.spec.kind
+        target = self._pick(mon.spec.checkpoint_id, avoid=instance_id, kind=kind)
+        if target is None:
+            reporter = self.instances.get(instance_id)
+            if reporter is None or not reporter.runs(kind):
+                self._kind_unavailable(mon, "confirm", now, actions)
+                return actions
+            target = instance_id
         order = self.order(target, mon.spec.monitor_id, "confirm", now)
         mon.confirming = order.request_id
         actions.runs.append(order)
@@ -382,8 +429,29 @@ class ControlLogic:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _pick(self, checkpoint_id: str, avoid: str | None) -> str | None:
-        choices = self.alive(checkpoint_id)
+    def _kind_unavailable(
+        self, mon: _Monitor, reason: Reason, now: float, actions: Actions
+    ) -> None:
+        """No instance to send a ``reason`` run of ``mon`` to: say why, once, if it is its kind.
+
+        (With no instance of the checkpoint connected at all there is nothing to say here: that
+        is the checkpoint being down, reported as such.)
+        """
+        checkpoint_id = mon.spec.checkpoint_id
+        key = (mon.spec.monitor_id, reason)
+        if key in self.kind_alerts or not self.alive(checkpoint_id):
+            return
+        message = (
+            f"{mon.spec.monitor_id}: no connected instance of checkpoint {checkpoint_id} runs "
+            f"{mon.spec.kind!r} probes; its {reason} runs are not sent"
+        )
+        log.warning("%s", message)
+        alert = Alert(self._id("alert"), "kind_unavailable", mon.spec.monitor_id, now, message)
+        self.kind_alerts[key] = alert
+        actions.events.append(Event("kind_unavailable", mon.spec.monitor_id, now, message, alert))
+
+    def _pick(self, checkpoint_id: str, avoid: str | None, kind: str | None = None) -> str | None:
+        choices = self.alive(checkpoint_id, kind)
         if len(choices) > 1 and avoid in choices:
             choices.remove(avoid)
         return self.rng.choice(choices) if choices else None
