@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         Status,
         TlsInfo,
     )
-    from ._runner import Runner
+    from ._runner import Job, Runner
     from ._scheduler import Monitor, Scheduler
     from ._secret import Secret
     from ._serialization import converter, result_from_json, result_to_json
@@ -96,6 +96,7 @@ _LAZY: dict[str, str] = {
     "FakeClock": "._clock",
     "HeaderMatches": "._assertions",
     "HttpProbe": ".probes.http",
+    "Job": "._runner",
     "JsonPath": "._assertions",
     "Monitor": "._scheduler",
     "Observation": "._assertions",
@@ -183,6 +184,7 @@ __all__ = [
     "FakeClock",
     "HeaderMatches",
     "HttpProbe",
+    "Job",
     "JsonPath",
     "Monitor",
     "Observation",
