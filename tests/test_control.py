@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from probekit import EgressPolicy, Result, Secret, Status
+from probekit import EgressPolicy, Result, Secret, Status, result_from_json
 from probekit import protocol as p
 from probekit.control import ControlPlane, ControlSettings, MemorySink, WebhookSink, split_sync
 from probekit.control._logic import Event
@@ -147,6 +147,8 @@ async def test_hello_gets_a_full_sync_and_runs_alternate(
     assert all(x != y for x, y in itertools.pairwise(order)), order
     rows = await cp.results("m1")
     assert len(rows) >= 7 and {r["status"] for r in rows} == {"up"}
+    stored = result_from_json(json.dumps(rows[0]["result"]))
+    assert stored.status is Status.UP and rows[0]["result"]["kind"] == stored.kind
     for inst in (a, b):
         await inst.conn.close()
 

@@ -435,19 +435,24 @@ class ControlPlane:
         return sorted(self._peers)
 
     async def results(self, monitor_id: str | None = None) -> list[dict[str, Any]]:
-        """Stored results (newest last), as rows with the envelope fields and the result JSON."""
+        """Stored results (oldest first): one dict per result with the envelope fields
+        (``result_id``, ``monitor_id``, ``instance_id``, ``request_id``, ``reason``, ``status``,
+        ``error_kind``, ``started_at``) and ``result``, the result's JSON form as a dict
+        (:func:`~probekit.result_from_json` reads it back)."""
 
         def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
             cols = list(_RESULT_COLUMNS)
-            sql = f"SELECT {', '.join(cols)} FROM results"  # noqa: S608 - fixed columns
+            sql = f"SELECT {', '.join(cols)}, body FROM results"  # noqa: S608 - fixed columns
             args: tuple[Any, ...] = ()
             if monitor_id is not None:
                 sql += " WHERE monitor_id=?"
                 args = (monitor_id,)
-            return [
-                dict(zip(cols, row, strict=True))
-                for row in c.execute(sql + " ORDER BY stored_at, rowid", args)
-            ]
+            rows = []
+            for *values, body in c.execute(sql + " ORDER BY stored_at, rowid", args):
+                row = dict(zip(cols, values, strict=True))
+                row["result"] = json.loads(body) if body else None
+                rows.append(row)
+            return rows
 
         return await self._store.call(query)
 
