@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from .._secret import Secret
-from ._ca import write_local_ca
 from ..control._logic import Event
 from ..protocol import ResultEnvelope
+from ._ca import write_local_ca
 
 __all__ = ["Printer", "run_demo", "write_line"]
 
