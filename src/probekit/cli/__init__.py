@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 from .._definitions import DefinitionErrors
 from .._exceptions import UsageError
+from ..control._config import ControlConfig, load_control_config
 from . import check, checkpoint, control, demo, run
 from ._common import EXIT_USAGE, Command, _err, _Parser
 from ._common import _loop_factory as _loop_factory  # tests and embedders use it
-from .control import ControlConfig, load_control_config
 
 __all__ = [
     "COMMANDS",

@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import math
 import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import IO, Any, Final, NoReturn, TypeGuard, TypeVar
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 import attrs
 
@@ -225,33 +224,3 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="log more (-vv for debug), as before the command",
     )
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_id(value: object) -> TypeGuard[str]:
-    """A protocol id: a non-empty printable string of at most MAX_ID_LENGTH characters."""
-    from ..protocol import MAX_ID_LENGTH
-
-    return (
-        isinstance(value, str)
-        and bool(value.strip())
-        and len(value) <= MAX_ID_LENGTH
-        and value.isprintable()
-    )
-
-
-def _token_problem(token: str) -> str | None:
-    if not token:
-        return "the token is empty"
-    if not token.isprintable() or any(c.isspace() for c in token):
-        return "the token must not contain spaces or control characters"
-    return None

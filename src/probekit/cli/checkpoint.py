@@ -5,26 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from .._exceptions import DefinitionError, UsageError
 from .._secret import Secret
+from .._validate import read_secret
+from ..control._config import is_loopback, token_problem
 from ._common import (
     Command,
     _add_verbose,
     _asyncio_run,
     _err,
     _integer,
-    _is_loopback,
     _on_stop_signals,
     _option_for,
     _policy,
     _Problems,
     _seconds,
-    _token_problem,
 )
 
 if TYPE_CHECKING:
@@ -168,27 +166,21 @@ _CHECKPOINT_OPTIONS: Final = {
 
 
 def _read_token(args: argparse.Namespace, problems: _Problems) -> Secret | None:
-    if args.token_env is not None:
-        option = "--token-env"
-        value = os.environ.get(args.token_env)
-        if value is None:
-            problems.add(option, f"environment variable {args.token_env} is not set")
-            return None
-    else:
-        option = "--token-file"
-        try:
-            value = Path(args.token_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            problems.add(option, f"cannot read {args.token_file}: {exc.strerror or exc}")
-            return None
-        except UnicodeDecodeError:
-            problems.add(option, f"{args.token_file} is not UTF-8 text")
-            return None
-    problem = _token_problem(value)
+    try:
+        if args.token_env is not None:
+            option = "--token-env"
+            token = read_secret("env", args.token_env)
+        else:
+            option = "--token-file"
+            token = read_secret("file", args.token_file)
+    except DefinitionError as exc:
+        problems.add(option, exc.message)
+        return None
+    problem = token_problem(token.reveal())
     if problem is not None:
         problems.add(option, problem)
         return None
-    return Secret(value)
+    return token
 
 
 def _read_secrets(specs: Sequence[str], problems: _Problems) -> dict[str, Secret]:
@@ -198,11 +190,10 @@ def _read_secrets(specs: Sequence[str], problems: _Problems) -> dict[str, Secret
         if not sep or not name or not variable:
             problems.add("--secret", f"expected NAME=ENVVAR, got {spec!r}")
             continue
-        value = os.environ.get(variable)
-        if value is None:
-            problems.add("--secret", f"{name}: environment variable {variable} is not set")
-            continue
-        out[name] = Secret(value)
+        try:
+            out[name] = read_secret("env", variable)
+        except DefinitionError as exc:
+            problems.add("--secret", f"{name}: {exc.message}")
     return out
 
 
@@ -254,7 +245,7 @@ def _checkpoint_settings(args: argparse.Namespace) -> CheckpointSettings:
         )
     problems.raise_any()
     assert settings is not None
-    if scheme == "ws" and not _is_loopback(host):
+    if scheme == "ws" and not is_loopback(host):
         _err(
             f"probekit checkpoint: warning: ws://{host} is not a loopback address: the token "
             "and every result cross the network in clear text"
