@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.name, help=command.help, description=command.description or command.help
         )
         command.configure(sub)
-        sub.set_defaults(command=command)
+        sub.set_defaults(command=command, usage_parser=sub)
     return parser
 
 
@@ -81,7 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            # Said by the (sub-)command that was parsing, with its usage: `check tcp` names the
+            # option that tcp checks do not take.
+            owner: argparse.ArgumentParser = getattr(args, "usage_parser", parser)
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     verbosity = args.verbose + getattr(args, "command_verbose", 0)
