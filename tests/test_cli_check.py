@@ -317,6 +317,22 @@ def test_the_shared_options_may_come_before_the_kind(
     assert "--json/--nagios: not allowed together" in err
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "must be a finite number of seconds above 0, got -1.0"),
+        ("inf", "must be a finite number of seconds above 0, got inf"),
+        ("soon", "not a number of seconds: 'soon'"),
+    ],
+)
+def test_seconds_options_follow_the_shared_rule(
+    capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    code, _, err = run_cli(capsys, "check", "tcp", "127.0.0.1:1", "--timeout", value)
+    assert code == 3
+    assert f"argument --timeout: {message}" in err
+
+
 def test_a_bad_target_is_reported_as_target(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "check", "tcp", "example.test:99999")
     assert code == 3

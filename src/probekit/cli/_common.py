@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import re
 import signal
 import sys
@@ -18,6 +17,7 @@ import attrs
 
 from .._exceptions import DefinitionError, DefinitionErrors, UsageError
 from .._policy import EgressPolicy
+from .._validate import seconds_problem
 
 #: Exit code for invalid input: Nagios UNKNOWN.
 EXIT_USAGE: Final = 3
@@ -67,12 +67,14 @@ def _err(text: str) -> None:
 
 
 def _seconds(text: str) -> float:
+    """A positive, finite number of seconds: the rule of ``_validate.seconds_problem``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    problem = seconds_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
