@@ -2,15 +2,17 @@
 
 ``check`` runs one check, ``run`` the monitors of a config file, ``demo`` the whole system on
 loopback, ``control`` the reference control plane of a control-plane config file
-(:func:`load_control_config`) and ``checkpoint`` one checkpoint instance.
+(:func:`load_control_config`, library code re-exported here) and ``checkpoint`` one checkpoint
+instance. ``check`` has a sub-command per probe kind in the registry and names none itself.
 
-Each subcommand is a :class:`Command` (its name, help, a function that adds its options and a
-function that runs it) registered in :data:`COMMANDS`; :func:`main` builds the parser from that
-table. Exit codes are the Nagios ones wherever a status is reported (0 OK, 1 WARNING,
-2 CRITICAL, 3 UNKNOWN); invalid input (a usage error, an invalid config file or definition) exits
-with 3, UNKNOWN, as the Nagios plugin guidelines ask. The reference is ``docs/cli.md``.
+Each subcommand is a module of this package with a :class:`Command` (its name, help, a function
+that adds its options and a function that runs it), listed in :data:`COMMANDS`; :func:`main`
+builds the parser from that table; ``_common`` holds what they share. Exit codes are the Nagios
+ones wherever a status is reported (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN); invalid input (a
+usage error, an invalid config file or definition) exits with 3, UNKNOWN, as the Nagios plugin
+guidelines ask. The reference is ``docs/cli.md``.
 
-This module is the only one in probekit that prints; the library itself only logs.
+This package is the only part of probekit that prints; the library itself only logs.
 """
 
 from __future__ import annotations
