@@ -129,11 +129,14 @@ GREET = ProbeKind(
 
 @attrs.frozen
 class BareProbe(ProbeBase):
-    """Connect and nothing else; no assertions, no options."""
+    """Connect and nothing else: no options, no assertions, a fixed deadline."""
 
     kind: ClassVar[str] = "bare"
     name: str
-    timeouts: Timeouts = attrs.field(factory=Timeouts)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(total=5.0)
 
     @property
     def target(self) -> str:
@@ -226,7 +229,7 @@ def test_option_parse_and_choices_are_usage_errors(capsys: pytest.CaptureFixture
 
 
 @pytest.mark.usefixtures("registry")
-def test_a_kind_without_assertions_takes_no_warn(
+def test_a_kind_without_assertions_or_timeouts_takes_no_warn_or_timeout(
     line_server: LineServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     register_kind(BARE)
@@ -235,6 +238,9 @@ def test_a_kind_without_assertions_takes_no_warn(
     assert code == 3
     assert "probekit check: error: --warn: bare checks have no assertions" in err
     assert out == "BARE UNKNOWN - invalid options: --warn: bare checks have no assertions\n"
+    code, _, err = run_cli(capsys, "check", "bare", line_server.target, "--timeout", "1")
+    assert code == 3
+    assert "probekit check: error: --timeout: bare checks have no timeouts" in err
     code, _, err = run_cli(capsys, "check", "bare", "")
     assert code == 3
     assert "TARGET: expected a address" in err

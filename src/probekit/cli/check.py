@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -319,7 +319,9 @@ def _definition(
     if shared.timeout is not None and "timeouts" not in fields:
         problems.add("--timeout", f"{kind.name} checks have no timeouts")
     elif "timeouts" in fields:
-        definition["timeouts"] = {"total": shared.timeout or DEFAULT_TIMEOUT}
+        given = definition.get("timeouts")  # per-phase limits a kind's options may have set
+        timeouts = dict(given) if isinstance(given, Mapping) else {}
+        definition["timeouts"] = {**timeouts, "total": shared.timeout or DEFAULT_TIMEOUT}
     if shared.warn is not None or shared.crit is not None:
         flag = "--warn" if shared.warn is not None else "--crit"
         if "assertions" not in fields:
