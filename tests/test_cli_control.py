@@ -274,7 +274,7 @@ url = "gopher://hooks.internal/"
     expected = [
         "control.port: expected a port number (0-65535), got 70000",
         "control.db: required",
-        "control.heartbeat_interval: expected a positive number of seconds, got -1",
+        "control.heartbeat_interval: must be a finite number of seconds above 0, got -1",
         "checkpoints[0].token.env: environment variable PK_UNSET_TOKEN is not set",
         "monitors[0].url: scheme must be http or https",
         "monitors[1].checkpoint: no [[checkpoints]] table has the id 'elsewhere'",
@@ -286,6 +286,73 @@ url = "gopher://hooks.internal/"
     for line in expected:
         assert f"  {line}" in err, line
     assert "hunter2" not in err
+
+
+def test_control_config_ids_and_seconds_follow_the_shared_rules(tmp_path: Path) -> None:
+    path = tmp_path / "ids.toml"
+    path.write_text(
+        f"""
+[control]
+port = 0
+db = "control.db"
+stale_after = true
+
+[[checkpoints]]
+id = "{"c" * 201}"
+token = "tok-1"
+
+[[checkpoints]]
+token = "tok-2"
+
+[[monitors]]
+id = "a\\u0007b"
+checkpoint = "office"
+kind = "tcp"
+host = "h"
+port = 1
+interval = 0
+
+[[webhooks]]
+url = "https://hooks.example/"
+timeout = -2
+"""
+    )
+    with pytest.raises(DefinitionErrors) as info:
+        load_control_config(path, warn=lambda _: None)
+    messages = [str(e) for e in info.value.errors]
+    assert "control.stale_after: expected a number of seconds, got True" in messages
+    assert "checkpoints[0].id: is longer than 200 characters" in messages
+    assert "checkpoints[1].id: required: an id of 1 to 200 printable characters" in messages
+    assert "monitors[0].id: contains a control or unprintable character" in messages
+    assert "monitors[0].interval: must be a finite number of seconds above 0, got 0" in messages
+    assert "webhooks[0].timeout: must be a finite number of seconds above 0, got -2" in messages
+
+
+def test_the_control_config_loader_is_library_code() -> None:
+    from probekit import cli
+    from probekit.control import _config
+
+    assert cli.load_control_config is _config.load_control_config
+    assert cli.ControlConfig is _config.ControlConfig
+    code = (
+        "import sys, probekit.control._config; "
+        "sys.exit(any(m.startswith('probekit.cli') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=30).returncode == 0
+
+
+def test_control_config_warnings_are_logged_by_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "inline.toml"
+    path.write_text(
+        '[control]\nport = 0\ndb = "c.db"\n[[checkpoints]]\nid = "office"\ntoken = "tok"\n'
+        '[[monitors]]\nid = "m"\ncheckpoint = "office"\nkind = "tcp"\nhost = "h"\nport = 1\n'
+    )
+    with caplog.at_level("WARNING", logger="probekit.control"):
+        config = load_control_config(path)
+    assert [m.monitor_id for m in config.monitors] == ["m"]
+    assert any("the token is written in" in r.getMessage() for r in caplog.records)
 
 
 def test_control_refuses_plain_ws_on_a_non_loopback_host(
@@ -380,6 +447,29 @@ def test_checkpoint_reports_every_bad_option(
     monkeypatch.setenv("PK_TEST_TOKEN", TOKEN)
     assert main(checkpoint_args(tmp_path, "wss://127.0.0.1:1/", "--ca-file", str(tmp_path))) == 3
     assert "--ca-file: cannot load" in capsys.readouterr().err
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    for name, message in [
+        ("empty", "the token is empty"),
+        ("binary", "is not UTF-8 text"),
+        ("missing", "cannot read"),
+    ]:
+        argv = checkpoint_args(tmp_path, "wss://127.0.0.1:1/")
+        argv[argv.index("--token-env") : argv.index("PK_TEST_TOKEN") + 1] = [
+            "--token-file",
+            str(tmp_path / name),
+        ]
+        assert main(argv) == 3
+        assert f"--token-file: {message}" in capsys.readouterr().err.replace(
+            f"{tmp_path / name} ", ""
+        )
+    monkeypatch.delenv("PK_UNSET_SECRET", raising=False)
+    assert (
+        main(checkpoint_args(tmp_path, "wss://127.0.0.1:1/", "--secret", "db=PK_UNSET_SECRET")) == 3
+    )
+    assert (
+        "--secret: db: environment variable PK_UNSET_SECRET is not set" in capsys.readouterr().err
+    )
     assert main(["checkpoint", "--url", "wss://127.0.0.1:1/"]) == 3  # required options
     assert "the following arguments are required" in capsys.readouterr().err
 

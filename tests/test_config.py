@@ -152,7 +152,7 @@ def test_five_errors_are_reported_together_with_their_paths(tmp_path: Path) -> N
     assert [e.path for e in errors] == FIVE_PATHS
     messages = [str(e) for e in errors]
     assert messages[0].startswith("policy.deny[0]: invalid network '10.0.0.0/33'")
-    assert messages[1] == "monitors[0].interval: expected a positive number of seconds, got -5"
+    assert messages[1] == "monitors[0].interval: must be a finite number of seconds above 0, got -5"
     assert messages[2] == "monitors[1].id: duplicate id 'web', also used by monitors[0]"
     assert messages[3] == "monitors[2].bearer_token: unknown field"
     assert messages[4].startswith("monitors[3].assertions[1].pattern: invalid regex: ")
@@ -239,8 +239,16 @@ def test_a_missing_file(tmp_path: Path) -> None:
         (
             '[[monitors]]\nid = ""\nkind = "tcp"\nhost = "h"\nport = 1\ninterval = true',
             [
-                "monitors[0].id: expected a non-empty string without control characters, got ''",
-                "monitors[0].interval: expected a positive number of seconds, got True",
+                "monitors[0].id: must not be empty",
+                "monitors[0].interval: expected a number of seconds, got True",
+            ],
+        ),
+        (
+            f'[[monitors]]\nid = "{"m" * 201}"\nkind = "tcp"\nhost = "h"\nport = 1\n'
+            '[[monitors]]\nid = "a\\u0007b"\nkind = "tcp"\nhost = "h"\nport = 2',
+            [
+                "monitors[0].id: is longer than 200 characters",
+                "monitors[1].id: contains a control or unprintable character",
             ],
         ),
         (
@@ -256,7 +264,7 @@ def test_a_missing_file(tmp_path: Path) -> None:
             '[[monitors]]\nkind = "tcp"\nhost = "h"\nport = 1',
             [
                 "defaults.id: every monitor needs its own id; it cannot have a default",
-                "monitors[0].interval: expected a positive number of seconds, got 0 "
+                "monitors[0].interval: must be a finite number of seconds above 0, got 0 "
                 "(from [defaults])",
                 "monitors[0].method: unknown field (from [defaults])",
             ],
@@ -289,6 +297,19 @@ def test_secret_problems_are_reported_once_at_their_source(
         "monitors[1].bearer_token.secret: no secret named 'undeclared'",
     ]
     assert "canary-inline" not in str(info.value)
+
+
+def test_a_secret_file_that_is_not_utf8_text(tmp_path: Path) -> None:
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    text = (
+        f'[secrets]\nkey = {{ file = "{tmp_path / "binary"}" }}\n'
+        '[[monitors]]\nkind = "tcp"\nhost = "h"\nport = 1\n'
+    )
+    with pytest.raises(DefinitionErrors) as info:
+        load_config(write(tmp_path, text))
+    assert [str(e) for e in info.value.errors] == [
+        f"secrets.key.file: {tmp_path / 'binary'} is not UTF-8 text"
+    ]
 
 
 def test_env_secrets_may_also_be_referenced_inline(

@@ -12,7 +12,6 @@ and an optional ``[secrets]`` table naming secrets read from environment variabl
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tomllib
@@ -27,6 +26,7 @@ from ._exceptions import DefinitionError
 from ._policy import EgressPolicy
 from ._scheduler import Monitor
 from ._secret import Secret
+from ._validate import id_problem, read_secret, seconds_problem
 
 __all__ = ["DEFAULT_INTERVAL", "Config", "load_config", "parse_config"]
 
@@ -62,18 +62,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     syntax error with its line and column, or each invalid field with its path).
     """
     return parse_config(read_config_file(path))
-
-
-def interval_problem(value: object) -> str | None:
-    """Why ``value`` is not a monitor interval (a positive, finite number of seconds), or None."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        return f"expected a positive number of seconds, got {value!r}"
-    return None
 
 
 def read_config_file(path: str | os.PathLike[str]) -> Any:
@@ -181,18 +169,10 @@ class _Loader:
         if not isinstance(name, str) or not name:
             self.fail(f"{where}.{how}", f"expected a name, got {_kind(name)}")
             return None
-        if how == "env":
-            value = os.environ.get(name)
-            if value is None:
-                self.fail(f"{where}.env", f"environment variable {name} is not set")
-                return None
-            return Secret(value)
         try:
-            return Secret(Path(name).read_text(encoding="utf-8").rstrip("\r\n"))
-        except OSError as exc:
-            self.fail(f"{where}.file", f"cannot read {name}: {exc.strerror or exc}")
-        except UnicodeDecodeError:
-            self.fail(f"{where}.file", f"{name} is not UTF-8 text")
+            return read_secret(how, name)
+        except DefinitionError as exc:
+            self.fail(f"{where}.{exc.path}", exc.message)
         return None
 
     def lookup(self, name: str) -> Secret:
@@ -271,14 +251,11 @@ class _Loader:
         merged = _merge(defaults, item)
         before = len(self.errors)
         monitor_id = merged.get("id")
-        if monitor_id is not None and not _valid_id(monitor_id):
-            self.fail(
-                f"{path}.id",
-                f"expected a non-empty string without control characters, got {monitor_id!r}",
-            )
+        if monitor_id is not None and (problem := id_problem(monitor_id)) is not None:
+            self.fail(f"{path}.id", problem)
             monitor_id = None
         interval = merged.get("interval", DEFAULT_INTERVAL)
-        if (problem := interval_problem(interval)) is not None:
+        if (problem := seconds_problem(interval)) is not None:
             self.fail(f"{path}.interval", problem + _from_defaults("interval", defaults, item))
         definition = {k: v for k, v in merged.items() if k not in _MONITOR_KEYS}
         probe: Any = None
@@ -318,14 +295,6 @@ def _note_defaults(
     key = re.split(r"[.\[]", rest, maxsplit=1)[0]
     note = _from_defaults(key, defaults, item) if key else ""
     return DefinitionError(error.path, error.message + note) if note else error
-
-
-def _valid_id(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and bool(value.strip())
-        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
-    )
 
 
 def _kind(value: Any) -> str:

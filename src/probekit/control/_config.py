@@ -1,0 +1,443 @@
+"""The reference control plane's config file: :func:`load_control_config` reads it into a
+:class:`ControlConfig` (the plane's settings, its monitors and its webhooks).
+
+TOML, or JSON of the same shape when the file name ends in ``.json``; ``docs/checkpoint.md``
+describes it. Like :func:`probekit.load_config`, every problem is reported at once, each with
+its path, by raising :class:`~probekit.DefinitionErrors`. Warnings (an inline token, plain
+``ws://`` on a non-loopback address allowed by ``insecure``) are logged or handed to a callback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from .._config import DEFAULT_INTERVAL, _kind, _Loader, read_config_file
+from .._definitions import build_probe
+from .._exceptions import DefinitionError, DefinitionErrors
+from .._secret import Secret
+from .._validate import MAX_ID_LENGTH, id_problem, is_id, seconds_problem
+
+if TYPE_CHECKING:
+    from . import ControlSettings, WebhookSink
+    from ._logic import MonitorSpec
+
+__all__ = ["ControlConfig", "is_loopback", "load_control_config", "token_problem"]
+
+log = logging.getLogger("probekit.control")
+
+#: The sections of a control-plane config file, and the keys of its [control] table.
+_CONTROL_SECTIONS: Final = ("control", "checkpoints", "monitors", "webhooks")
+_CONTROL_NUMBERS: Final = ("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after")
+_CONTROL_INTEGERS: Final = ("missed_heartbeats", "max_frame_bytes")
+_CONTROL_KEYS: Final = (
+    *("host", "port", "db", "tls_cert", "tls_key"),
+    *_CONTROL_NUMBERS,
+    *_CONTROL_INTEGERS,
+)
+_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval")
+_ONLY_LOCAL: Final = "secrets are only read from local configuration"
+
+
+@attrs.frozen
+class ControlConfig:
+    """A loaded ``probekit control`` config file (see ``docs/checkpoint.md``)."""
+
+    settings: ControlSettings
+    monitors: tuple[MonitorSpec, ...]
+    webhooks: tuple[WebhookSink, ...]
+
+
+def load_control_config(
+    path: str | Path,
+    *,
+    insecure: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> ControlConfig:
+    """Load a ``probekit control`` config file: TOML, or JSON when its name ends in ``.json``.
+
+    Raises :class:`~probekit.DefinitionErrors` listing every problem, each with its path
+    (``monitors[2].url: ...``). ``insecure`` allows a non-loopback ``host`` without TLS.
+    Warnings (an inline token, plain ws:// allowed by ``insecure``) go to ``warn``, even when
+    there are errors too; by default they are logged.
+    """
+    data = read_config_file(path)
+    loader = _ControlLoader(str(path), insecure)
+    config = loader.load(data)
+    for warning in loader.warnings:
+        (warn or log.warning)(warning)
+    if loader.errors:
+        raise DefinitionErrors(loader.errors)
+    assert config is not None
+    return config
+
+
+class _ControlLoader(_Loader):
+    """Reads a control-plane config, collecting every error with its path."""
+
+    def __init__(self, source: str, insecure: bool) -> None:
+        super().__init__()
+        self.source = source
+        self.insecure = insecure
+        self.warnings: list[str] = []
+
+    def load(self, data: Any) -> ControlConfig | None:
+        from . import ControlSettings
+
+        if not isinstance(data, Mapping):
+            self.fail("", f"a config file holds a table (object), got {_kind(data)}")
+            return None
+        for key in data:
+            if key not in _CONTROL_SECTIONS:
+                self.fail(str(key), f"unknown section; known: {', '.join(_CONTROL_SECTIONS)}")
+        control = self.control(data.get("control"))
+        tokens = self.checkpoints(data.get("checkpoints"))
+        monitors = self.control_monitors(data.get("monitors"), set(tokens))
+        webhooks = self.webhooks(data.get("webhooks", []))
+        if self.errors:
+            return None
+        settings = ControlSettings(
+            tokens={k: v for k, v in tokens.items() if v is not None}, **control
+        )
+        return ControlConfig(settings, tuple(monitors), tuple(webhooks))
+
+    # -- [control] -----------------------------------------------------------------------------
+
+    def control(self, data: Any) -> dict[str, Any]:
+        if data is None:
+            self.fail("control", "missing: add a [control] table with at least port and db")
+            return {}
+        if not isinstance(data, Mapping):
+            self.fail("control", f"expected a table, got {_kind(data)}")
+            return {}
+        out: dict[str, Any] = {}
+        for key in data:
+            if key not in _CONTROL_KEYS:
+                self.fail(f"control.{key}", f"unknown field; known: {', '.join(_CONTROL_KEYS)}")
+        host = data.get("host", "127.0.0.1")
+        if not isinstance(host, str) or not host:
+            self.fail("control.host", f"expected an address or host name, got {host!r}")
+        else:
+            out["host"] = host
+        port = data.get("port")
+        if port is None:
+            self.fail("control.port", "required: the port to listen on (0 picks a free one)")
+        elif isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            self.fail("control.port", f"expected a port number (0-65535), got {port!r}")
+        else:
+            out["port"] = port
+        db = data.get("db")
+        if db is None:
+            self.fail("control.db", "required: the SQLite file to keep monitors and results in")
+        elif not isinstance(db, str) or not db:
+            self.fail("control.db", f"expected a file path, got {db!r}")
+        else:
+            out["db_path"] = db
+        for key in _CONTROL_NUMBERS:
+            value = data.get(key)
+            if value is None:
+                continue
+            if (problem := seconds_problem(value)) is not None:
+                self.fail(f"control.{key}", problem)
+            else:
+                out[key] = float(value)
+        for key in _CONTROL_INTEGERS:
+            value = data.get(key)
+            if value is None:
+                continue
+            least = 1_048_576 if key == "max_frame_bytes" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                self.fail(f"control.{key}", f"expected an integer >= {least}, got {value!r}")
+            else:
+                out[key] = value
+        context = self.tls(data.get("tls_cert"), data.get("tls_key"))
+        if context is not None:
+            out["ssl_context"] = context
+        has_tls = data.get("tls_cert") is not None or data.get("tls_key") is not None
+        if isinstance(host, str) and host and not has_tls and not is_loopback(host):
+            if self.insecure:
+                self.warnings.append(
+                    f"control.host: serving plain ws:// on {host}: tokens and results cross the "
+                    "network in clear text"
+                )
+            else:
+                self.fail(
+                    "control.host",
+                    f"{host} is not a loopback address, and without tls_cert and tls_key the "
+                    "tokens and results would cross the network in clear text (ws://); set "
+                    "tls_cert and tls_key, or pass --insecure",
+                )
+        return out
+
+    def tls(self, cert: Any, key: Any) -> ssl.SSLContext | None:
+        if cert is None and key is None:
+            return None
+        bad = False
+        for name, value in (("tls_cert", cert), ("tls_key", key)):
+            if value is None:
+                other = "tls_key" if name == "tls_cert" else "tls_cert"
+                self.fail(f"control.{name}", f"required with {other}: a PEM file")
+                bad = True
+            elif not isinstance(value, str) or not value:
+                self.fail(f"control.{name}", f"expected a PEM file path, got {value!r}")
+                bad = True
+        if bad:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.fail("control.tls_cert", f"cannot load {cert} with the key {key}: {reason}")
+            return None
+        return context
+
+    # -- [[checkpoints]] -----------------------------------------------------------------------
+
+    def checkpoints(self, data: Any) -> dict[str, Secret | None]:
+        """Checkpoint ids and their tokens (None where the token is broken: already reported)."""
+        out: dict[str, Secret | None] = {}
+        if data is None or data == []:
+            self.fail(
+                "checkpoints", "no checkpoints: add a [[checkpoints]] table with an id and a token"
+            )
+            return out
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail("checkpoints", f"expected a list of checkpoint tables, got {_kind(data)}")
+            return out
+        seen_tokens: dict[str, int] = {}
+        seen_ids: dict[str, int] = {}
+        for i, item in enumerate(data):
+            path = f"checkpoints[{i}]"
+            if not isinstance(item, Mapping):
+                self.fail(path, f"expected a table, got {_kind(item)}")
+                continue
+            for key in item:
+                if key not in ("id", "token"):
+                    self.fail(f"{path}.{key}", "unknown field; known: id, token")
+            checkpoint_id = item.get("id")
+            if not is_id(checkpoint_id):
+                self.fail(f"{path}.id", _id_problem(checkpoint_id))
+                checkpoint_id = None
+            elif checkpoint_id in seen_ids:
+                self.fail(
+                    f"{path}.id",
+                    f"duplicate id {checkpoint_id!r}, also used by checkpoints"
+                    f"[{seen_ids[checkpoint_id]}]",
+                )
+                checkpoint_id = None
+            token = self.token(item.get("token"), f"{path}.token")
+            if token is not None:
+                first = seen_tokens.setdefault(token.reveal(), i)
+                if first != i:
+                    self.fail(
+                        f"{path}.token",
+                        f"the same token as checkpoints[{first}]; each checkpoint needs its own",
+                    )
+                    token = None
+            if checkpoint_id is not None:
+                seen_ids[checkpoint_id] = i
+                out[checkpoint_id] = token
+        return out
+
+    def token(self, source: Any, where: str) -> Secret | None:
+        if source is None:
+            self.fail(where, 'required: {env = "VAR"} or {file = "PATH"}')
+            return None
+        if isinstance(source, str):
+            self.warnings.append(
+                f"{where}: the token is written in {self.source}, where anyone who can read the "
+                'file can use it; prefer {env = "VAR"} or {file = "PATH"}'
+            )
+            token: Secret | None = Secret(source)
+        else:
+            token = self.read_secret(source, where)
+        if token is None:
+            return None
+        problem = token_problem(token.reveal())
+        if problem is not None:
+            self.fail(where, problem)
+            return None
+        return token
+
+    # -- [[monitors]] --------------------------------------------------------------------------
+
+    def control_monitors(self, data: Any, checkpoint_ids: set[str]) -> list[MonitorSpec]:
+        from ._logic import MonitorSpec
+
+        if data is None or data == []:
+            self.fail("monitors", "no monitors: add at least one [[monitors]] table")
+            return []
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail("monitors", f"expected a list of monitor tables, got {_kind(data)}")
+            return []
+        out: list[MonitorSpec] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(data):
+            path = f"monitors[{i}]"
+            if not isinstance(item, Mapping):
+                self.fail(path, f"expected a table, got {_kind(item)}")
+                continue
+            before = len(self.errors)
+            monitor_id = item.get("id")
+            if not is_id(monitor_id):
+                self.fail(f"{path}.id", _id_problem(monitor_id))
+            elif monitor_id in seen:
+                self.fail(
+                    f"{path}.id",
+                    f"duplicate id {monitor_id!r}, also used by monitors[{seen[monitor_id]}]",
+                )
+            else:
+                seen[monitor_id] = i
+            checkpoint = item.get("checkpoint")
+            if checkpoint is None:
+                self.fail(f"{path}.checkpoint", "required: the id of the checkpoint that runs it")
+            elif checkpoint not in checkpoint_ids:
+                known = ", ".join(sorted(checkpoint_ids)) or "none"
+                self.fail(
+                    f"{path}.checkpoint",
+                    f"no [[checkpoints]] table has the id {checkpoint!r}; known: {known}",
+                )
+            interval = item.get("interval", DEFAULT_INTERVAL)
+            if (problem := seconds_problem(interval)) is not None:
+                self.fail(f"{path}.interval", problem)
+            definition = {k: v for k, v in item.items() if k not in _MONITOR_OWN_KEYS}
+            self.definition(definition, path)
+            if len(self.errors) > before:
+                continue
+            assert isinstance(monitor_id, str)
+            assert isinstance(checkpoint, str)
+            out.append(MonitorSpec(monitor_id, checkpoint, float(interval), definition))
+        return out
+
+    def definition(self, definition: dict[str, Any], path: str) -> None:
+        """Check a definition as a checkpoint will build it; secrets only by reference."""
+        from .. import protocol
+
+        references: list[Secret] = []
+
+        def lookup(name: str) -> Secret:
+            secret = Secret(f"<{name}>")  # resolved by the checkpoint (--secret NAME=ENVVAR)
+            references.append(secret)
+            return secret
+
+        try:
+            probe = build_probe(definition, secrets=lookup, local=False, path=path)
+        except DefinitionErrors as exc:
+            for error in exc.errors:
+                if error.message.endswith(_ONLY_LOCAL):
+                    error = DefinitionError(
+                        error.path,
+                        "a definition is sent to the checkpoint, which reads its secrets itself: "
+                        'write {secret = "NAME"} and start the checkpoint with '
+                        "--secret NAME=ENVVAR",
+                    )
+                self.errors.append(error)
+            return
+        known = {id(s) for s in references}
+        for where in _inline_secrets(probe, path, known):
+            self.fail(
+                where,
+                "an inline secret would be sent to the checkpoint as it is: write "
+                '{secret = "NAME"} and start the checkpoint with --secret NAME=ENVVAR',
+            )
+        try:
+            json.dumps(definition, allow_nan=False)
+            protocol.MonitorDefinition(
+                monitor_id="check", revision=1, interval=1.0, definition=definition
+            )
+        except (TypeError, ValueError) as exc:
+            self.fail(path, f"cannot be sent to a checkpoint as JSON: {exc}")
+
+    # -- [[webhooks]] --------------------------------------------------------------------------
+
+    def webhooks(self, data: Any) -> list[WebhookSink]:
+        from . import WebhookSink
+
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail("webhooks", f"expected a list of webhook tables, got {_kind(data)}")
+            return []
+        out: list[WebhookSink] = []
+        for i, item in enumerate(data):
+            path = f"webhooks[{i}]"
+            if not isinstance(item, Mapping):
+                self.fail(path, f"expected a table, got {_kind(item)}")
+                continue
+            before = len(self.errors)
+            for key in item:
+                if key not in ("url", "headers", "timeout"):
+                    self.fail(f"{path}.{key}", "unknown field; known: url, headers, timeout")
+            url = item.get("url")
+            if not isinstance(url, str) or not url:
+                self.fail(f"{path}.url", f"required: an http:// or https:// URL, got {url!r}")
+            headers = item.get("headers", {})
+            if not isinstance(headers, Mapping) or not all(
+                isinstance(v, str) for v in headers.values()
+            ):
+                self.fail(f"{path}.headers", "expected a table of header names and text values")
+            timeout = item.get("timeout", 5.0)
+            if (problem := seconds_problem(timeout)) is not None:
+                self.fail(f"{path}.timeout", problem)
+            if len(self.errors) > before:
+                continue
+            assert isinstance(url, str)
+            try:
+                out.append(WebhookSink(url, headers=dict(headers), timeout=float(timeout)))
+            except DefinitionErrors as exc:
+                self.errors.extend(e.under(path) for e in exc.errors)
+            except DefinitionError as exc:
+                self.errors.append(exc.under(path))
+        return out
+
+
+def _inline_secrets(value: Any, path: str, references: set[int]) -> Iterator[str]:
+    """The paths of the Secret values in a built probe that did not come from a reference."""
+    if isinstance(value, Secret):
+        if id(value) not in references:
+            yield path
+    elif attrs.has(type(value)):
+        for field in attrs.fields(type(value)):
+            if field.init:
+                name = field.alias or field.name.lstrip("_")
+                yield from _inline_secrets(getattr(value, field.name), f"{path}.{name}", references)
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            yield from _inline_secrets(item, f"{path}[{i}]", references)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _inline_secrets(item, f"{path}.{key}", references)
+
+
+def _id_problem(value: object) -> str:
+    """What is wrong with ``value``, which is not an id."""
+    if value is None:
+        return f"required: an id of 1 to {MAX_ID_LENGTH} printable characters"
+    return id_problem(value) or f"not an id: {value!r}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 possibly in brackets) is on loopback:
+    ``localhost``, ``*.localhost``, 127.0.0.0/8 or ::1."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be a bearer token (empty, spaces, control characters), or None."""
+    if not token:
+        return "the token is empty"
+    if not token.isprintable() or any(c.isspace() for c in token):
+        return "the token must not contain spaces or control characters"
+    return None
