@@ -52,7 +52,6 @@ import pytest
 import trustme
 
 from probekit import DefinitionErrors, load_config, result_from_json
-from probekit._definitions import probe_kinds
 from probekit.cli import load_control_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,8 +182,6 @@ def test_the_result_example_is_checked() -> None:
 
 PROMPT = re.compile(r"^(\$ )?((?:\w+=\S* )*)(probekit|python -m probekit)( .*)?$")
 EXIT = re.compile(r"#.*\bexit (\d)\b")
-#: argparse refusing a registered kind: `probekit check` still lists only its own kinds.
-UNBUILT_KIND = re.compile(r"argument KIND: invalid choice: '(\w+)'")
 DOC_PORTS = {"http": 8080, "https": 8443, "smtp": 2525, "redis": 6379}
 
 
@@ -415,9 +412,6 @@ def test_command_runs(line: str, output: list[str], doc_world: tuple[Path, dict[
         timeout=60,
         check=False,
     )
-    unbuilt = UNBUILT_KIND.search(done.stderr)
-    if unbuilt and unbuilt.group(1) in probe_kinds():
-        pytest.xfail(f"`probekit check` has no sub-command for the {unbuilt.group(1)!r} kind yet")
     assert done.returncode == int(expected.group(1)), (done.stdout, done.stderr)
     if done.returncode == 3:  # invalid input: the transcript's error lines have no timings
         shown = (done.stdout + done.stderr).splitlines()

@@ -136,3 +136,20 @@ def test_importing_a_kind_module_loads_no_protocol_library(module: str) -> None:
     assert "probekit" in loaded
     assert not {"redis", "h2", "aiodns"} & loaded
     assert loaded <= ALLOWED_IMPORTS, f"probekit.probes.{module} imports {loaded}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_it_is_a_check_subcommand_with_its_options(
+    kind: ProbeKind, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from probekit.cli import main
+
+    assert main(["check", kind.name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"probekit check {kind.name}" in out
+    assert kind.target.metavar in out
+    for option in kind.options:
+        assert option.flags[-1] in out, option.flags
+    assert main(["check", "--help"]) == 0
+    listing = capsys.readouterr().out
+    assert kind.name in listing

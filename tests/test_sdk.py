@@ -452,3 +452,20 @@ def test_the_shared_options_are_public() -> None:
     with pytest.raises(DefinitionErrors) as info:
         body_assertions({"regex": ["("]}, {})
     assert info.value.errors[0].path == "--regex"
+
+
+def test_a_kind_describes_what_it_saw_for_human_output() -> None:
+    import datetime as dt
+
+    from probekit import Result
+    from probekit.probes._kind import describe
+
+    def result(kind: str, **metrics: float) -> Result:
+        now = dt.datetime.now(dt.UTC)
+        return Result(kind=kind, target="t", status=Status.UP, started_at=now, duration=0.0,
+                      metrics=metrics)  # fmt: skip
+
+    assert describe(result("http", status_code=204)) == "status 204"
+    assert describe(result("redis", redis_version=70204)) == "redis 7.2.4"
+    assert describe(result("tcp", bytes_received=3)) == ""  # tcp says nothing more
+    assert describe(result("not-installed-here")) == ""

@@ -7,7 +7,7 @@ import copy
 import logging
 import uuid
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from .. import __version__
 from .._clock import Clock, SystemClock
@@ -31,10 +31,13 @@ from ..protocol import (
 )
 from ._channel import Channel, Reply, payload
 from ._held import Definitions
-from ._metrics import HTTP_LIMIT, metrics_text, serve_http
+from ._metrics import metrics_text
 from ._privacy import redact
 from ._settings import CheckpointSettings
 from ._spool import AsyncSpool, SpoolError
+
+if TYPE_CHECKING:
+    from .._metrics_server import MetricsServer
 
 __all__ = ["Checkpoint"]
 
@@ -137,7 +140,6 @@ class Checkpoint:
         self._outbox: list[tuple[str, bytes, str | None]] = []
         self._writing = 0
         self._runs: set[asyncio.Task[None]] = set()
-        self._http_tasks: set[asyncio.Task[Any]] = set()
         self._metrics_address: tuple[str, int] | None = None
         self._produced = 0
         self._lost = 0
@@ -208,21 +210,22 @@ class Checkpoint:
         if self._state != "new":
             raise RuntimeError("a Checkpoint runs only once; create a new one")
         self._state = "running"
-        server: asyncio.Server | None = None
+        server: MetricsServer | None = None
         try:
             await self._spool.open()
             try:
                 await self._definitions.restore(self._spool)
                 if self.settings.metrics_port is not None:
-                    server = await asyncio.start_server(
-                        self._serve_http,
+                    from .._metrics_server import serve_metrics
+
+                    server = await serve_metrics(
                         self.settings.metrics_host,
                         self.settings.metrics_port,
-                        limit=HTTP_LIMIT,
+                        self.metrics_text,
+                        ready=lambda: self.ready,
                     )
-                    host, port = server.sockets[0].getsockname()[:2]
-                    self._metrics_address = (str(host), int(port))
-                    log.info("serving /metrics and /ready on %s:%d", host, port)
+                    self._metrics_address = server.address
+                    log.info("serving /metrics and /ready on %s:%d", *server.address)
                 runner: Runner | ProcessRunner
                 if self.settings.processes > 1:
                     runner = ProcessRunner(
@@ -237,15 +240,14 @@ class Checkpoint:
                     self._scheduler = Scheduler(runner, self._on_scheduled, clock=self._clock)
                     try:
                         self._started.set()
-                        await self._serve(server)
+                        await self._serve()
                     finally:
                         await self._scheduler.aclose()
                         await _cancel_all(self._runs)
                         await self._save_outbox()
             finally:
                 if server is not None:
-                    server.close()
-                    await _cancel_all(self._http_tasks)
+                    await server.close()
                 self._metrics_address = None
                 await self._spool.close()
         finally:
@@ -319,16 +321,13 @@ class Checkpoint:
 
     # -- the main structure -------------------------------------------------------------------
 
-    async def _serve(self, server: asyncio.Server | None) -> None:
+    async def _serve(self) -> None:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(self._write_loop(), name="checkpoint spool writer")
             link = tg.create_task(
                 self._channel.run(self._drain_requested), name="checkpoint control channel"
             )
             local = tg.create_task(self._local_loop(), name="checkpoint local schedule")
-            http = None
-            if server is not None:
-                http = tg.create_task(server.serve_forever(), name="checkpoint metrics")
             await self._drain_requested.wait()
             # Drain: no new runs (refused on arrival), no new scheduled runs, then let what is
             # in flight finish, spool it, deliver it while the channel takes it, and close.
@@ -347,7 +346,7 @@ class Checkpoint:
             log.info("drained: %d results not yet acked stay in the spool", self._spool.depth)
             await self._channel.close()
             await asyncio.wait({link}, timeout=self.settings.ping_timeout)
-            await _cancel_all({t for t in (link, writer, http) if t is not None})
+            await _cancel_all({link, writer})
 
     async def _progress_within(self, seconds: float) -> bool:
         """Wait for the next bit of progress (a batch spooled, an ack, a disconnect)."""
@@ -570,15 +569,3 @@ class Checkpoint:
             scheduler.remove(monitor_id)
         self._local_active = False
         log.debug("stopped the local schedule")
-
-    # -- the metrics endpoint -----------------------------------------------------------------
-
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._http_tasks.add(task)
-        try:
-            await serve_http(reader, writer, self.metrics_text, lambda: self.ready)
-        finally:
-            if task is not None:
-                self._http_tasks.discard(task)

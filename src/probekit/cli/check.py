@@ -31,7 +31,7 @@ from .._result import Result
 from .._runner import Runner
 from .._serialization import result_to_json
 from ..probes._base import Probe
-from ..probes._kind import HostPort, Option, ProbeKind, TargetSyntax
+from ..probes._kind import HostPort, Option, ProbeKind, TargetSyntax, describe
 from ..probes._options import add_assertion
 from ..probes._registry import kinds
 from ._common import (
@@ -389,9 +389,9 @@ def _human(result: Result) -> str:
         f"  {name:>{width}} {(result.phase(name) or 0.0) * 1000:9.3f} ms"
         for name in result.phase_names()
     )
-    code = result.metrics.get("status_code")
-    if code is not None:
-        lines.append(f"  status {int(code)}")
+    seen = describe(result)
+    if seen:
+        lines.append(f"  {seen}")
     lines.extend(f"  {a.describe()}" for a in result.assertions if not a.passed)
     return "\n".join(lines)
 

@@ -8,24 +8,27 @@ import contextlib
 import random
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from .._config import Config, load_config
 from .._context import ProbeContext
 from .._dial import Dialer
 from .._exceptions import UsageError
-from .._exporters import PROMETHEUS_CONTENT_TYPE, json_line, prometheus_text
+from .._exporters import json_line, prometheus_text
 from .._pool import ProcessRunner
 from .._result import Result, Status
 from .._runner import Runner
 from .._scheduler import Scheduler
 from ..probes._base import Probe
+from ..probes._kind import describe
 from ._common import Command, _asyncio_run, _err, _fraction, _integer, _out, _seconds
 
 if TYPE_CHECKING:
     from rich.live import Live
     from rich.table import Table as RichTable
+
+    from .._metrics_server import MetricsServer
 
 #: The first run of each monitor starts within this many seconds (or its interval, if
 #: shorter), spread at random so that monitors do not all start together.
@@ -180,7 +183,7 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         handled = True
-    server: asyncio.Server | None = None
+    server: MetricsServer | None = None
     rng = random.Random()  # noqa: S311 - spreading start times, not secrets
     try:
         async with (
@@ -190,11 +193,12 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
             if live is not None:
                 live.start(refresh=True)
             if args.metrics_port is not None:
-                server = await _serve_metrics(
+                from .._metrics_server import serve_metrics
+
+                server = await serve_metrics(
                     args.metrics_host, args.metrics_port, lambda: prometheus_text(latest)
                 )
-                port = server.sockets[0].getsockname()[1]
-                _err(f"probekit: Prometheus metrics at http://{args.metrics_host}:{port}/metrics")
+                _err(f"probekit: Prometheus metrics at {server.url}")
             for monitor in config.monitors:
                 first = rng.uniform(0, min(monitor.interval, FIRST_RUN_SPREAD))
                 scheduler.add(monitor, first_in=first)
@@ -203,10 +207,7 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
         if live is not None:
             live.stop()
         if server is not None:
-            server.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await server.wait_closed()
+            await server.close()
         if handled:
             loop.remove_signal_handler(signal.SIGTERM)
 
@@ -229,34 +230,6 @@ async def _until_stopped(scheduler: Scheduler, stop: asyncio.Event, duration: fl
             raise failure
 
 
-async def _serve_metrics(host: str, port: int, render: Callable[[], str]) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10.0):
-                head = await reader.readuntil(b"\r\n\r\n")
-                request = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-                method = request[0] if request else ""
-                path = request[1].split("?", 1)[0] if len(request) > 1 else ""
-                if method not in ("GET", "HEAD"):
-                    status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
-                elif path != "/metrics":
-                    status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
-                else:
-                    status, body, kind = "200 OK", render().encode(), PROMETHEUS_CONTENT_TYPE
-                headers = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                writer.write(headers.encode() + (b"" if method == "HEAD" else body))
-                await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)
-
-
 def _phases(result: Result) -> str:
     return " ".join(
         f"{name} {(result.phase(name) or 0.0) * 1000:.1f}" for name in result.phase_names()
@@ -267,8 +240,7 @@ def _detail(result: Result) -> str:
     if result.error is not None:
         where = f" during {result.error.phase}" if result.error.phase else ""
         return f"{result.error.kind.value}{where}: {result.error.message}"
-    code = result.metrics.get("status_code")
-    return f"status {int(code)}" if code is not None else ""
+    return describe(result)
 
 
 def _live_line(monitor_id: str, result: Result) -> str:

@@ -40,15 +40,18 @@ from .._policy import EgressPolicy
 from .._result import Status
 from .._secret import Secret
 from .._serialization import converter
+from ._config import ControlConfig, load_control_config
 from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, RunOrder
 
 __all__ = [
     "AlertSink",
+    "ControlConfig",
     "ControlPlane",
     "ControlSettings",
     "LogSink",
     "MemorySink",
     "WebhookSink",
+    "load_control_config",
     "split_sync",
 ]
 

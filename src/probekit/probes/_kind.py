@@ -26,6 +26,7 @@ from typing import Any, Literal
 import attrs
 
 from .._exceptions import DefinitionError
+from .._result import Result
 
 __all__ = ["HostPort", "Metric", "Name", "Option", "ProbeKind", "TargetSyntax", "Url"]
 
@@ -204,6 +205,7 @@ class ProbeKind:
     tls_field: str | None = None
     structure: Mapping[str, Callable[[Any, str], Any]] = attrs.field(factory=dict)
     unstructure: Mapping[str, Callable[[Any], Any]] = attrs.field(factory=dict)
+    describe: Callable[[Result], str | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KIND_NAME.match(self.name):
@@ -220,3 +222,17 @@ class ProbeKind:
         flags = [f for o in self.options for f in o.flags]
         if len(flags) != len(set(flags)):
             raise DefinitionError("options", f"an option flag is declared twice in {flags}")
+
+
+def describe(result: Result) -> str:
+    """The few words the result's kind says about what it saw ('' when it says nothing, or the
+    kind is not known here)."""
+    from ._registry import get_kind
+
+    try:
+        kind = get_kind(result.kind)
+    except DefinitionError:
+        return ""
+    if kind.describe is None:
+        return ""
+    return kind.describe(result) or ""

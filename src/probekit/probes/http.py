@@ -701,4 +701,7 @@ KIND = ProbeKind(
     ),
     docs="probes/http.md",
     tls_field="tls",
+    describe=lambda result: (
+        f"status {int(result.metrics['status_code'])}" if "status_code" in result.metrics else None
+    ),
 )

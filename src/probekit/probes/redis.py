@@ -295,6 +295,13 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         raise DefinitionErrors(problems)
 
 
+def _describe(version: float | None) -> str | None:
+    if version is None:
+        return None
+    number = int(version)
+    return f"redis {number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
 KIND = ProbeKind(
     name="redis",
     cls=RedisProbe,
@@ -346,4 +353,5 @@ KIND = ProbeKind(
     ),
     docs="probes/redis.md",
     tls_field="tls",
+    describe=lambda result: _describe(result.metrics.get("redis_version")),
 )
