@@ -458,7 +458,7 @@ def test_a_kind_describes_what_it_saw_for_human_output() -> None:
     import datetime as dt
 
     from probekit import Result
-    from probekit.probes._kind import describe
+    from probekit.probes._registry import describe
 
     def result(kind: str, **metrics: float) -> Result:
         now = dt.datetime.now(dt.UTC)

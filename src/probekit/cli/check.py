@@ -31,9 +31,9 @@ from .._result import Result
 from .._runner import Runner
 from .._serialization import result_to_json
 from ..probes._base import Probe
-from ..probes._kind import HostPort, Option, ProbeKind, TargetSyntax, describe
+from ..probes._kind import HostPort, Option, ProbeKind, TargetSyntax
 from ..probes._options import add_assertion
-from ..probes._registry import kinds
+from ..probes._registry import describe, kinds
 from ._common import (
     Command,
     _add_policy_options,

@@ -21,7 +21,7 @@ from .._result import Result, Status
 from .._runner import Runner
 from .._scheduler import Scheduler
 from ..probes._base import Probe
-from ..probes._kind import describe
+from ..probes._registry import describe
 from ._common import Command, _asyncio_run, _err, _fraction, _integer, _out, _seconds
 
 if TYPE_CHECKING:

@@ -222,17 +222,3 @@ class ProbeKind:
         flags = [f for o in self.options for f in o.flags]
         if len(flags) != len(set(flags)):
             raise DefinitionError("options", f"an option flag is declared twice in {flags}")
-
-
-def describe(result: Result) -> str:
-    """The few words the result's kind says about what it saw ('' when it says nothing, or the
-    kind is not known here)."""
-    from ._registry import get_kind
-
-    try:
-        kind = get_kind(result.kind)
-    except DefinitionError:
-        return ""
-    if kind.describe is None:
-        return ""
-    return kind.describe(result) or ""

@@ -24,9 +24,10 @@ import threading
 from importlib import metadata
 
 from .._exceptions import DefinitionError
+from .._result import Result
 from ._kind import HostPort, ProbeKind
 
-__all__ = ["ENTRY_POINT_GROUP", "get_kind", "kind_errors", "kinds", "register_kind"]
+__all__ = ["ENTRY_POINT_GROUP", "describe", "get_kind", "kind_errors", "kinds", "register_kind"]
 
 log = logging.getLogger("probekit.probes")
 
@@ -193,3 +194,15 @@ def reset_plugins() -> None:
         _from_plugins.clear()
         _errors.clear()
         _scanned_plugins = False
+
+
+def describe(result: Result) -> str:
+    """The few words the result's kind says about what it saw ('' when it says nothing, or the
+    kind is not known here)."""
+    try:
+        kind = get_kind(result.kind)
+    except DefinitionError:
+        return ""
+    if kind.describe is None:
+        return ""
+    return kind.describe(result) or ""
