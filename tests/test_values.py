@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ast
 import json
 import logging
 import pickle
@@ -58,6 +59,38 @@ def test_import_is_lazy_about_protocol_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("name", "needs"),
+    [
+        # HTTP resolves with aiodns and speaks h2 only when a check does; nothing at import.
+        ("HttpProbe", ()),
+        ("TcpProbe", ()),
+        ("Runner", ()),
+    ],
+)
+def test_a_probe_class_loads_no_other_kind_or_protocol_library(
+    name: str, needs: tuple[str, ...]
+) -> None:
+    import subprocess
+    import sys
+
+    heavy = (
+        "aiodns", "pycares", "h2", "cryptography", "websockets", "prometheus_client",
+        "importlib.metadata", "probekit.probes.redis", "probekit.probes.tcp",
+        "probekit.probes.http", "probekit.checkpoint", "probekit.control", "probekit.cli",
+    )  # fmt: skip
+    module = {"HttpProbe": "probekit.probes.http", "TcpProbe": "probekit.probes.tcp"}.get(name)
+    allowed = {module, *needs}
+    code = (
+        f"import sys, probekit; probekit.{name}; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert set(ast.literal_eval(out)) - allowed == set()
 
 
 def test_status_exit_codes_and_order() -> None:

@@ -21,7 +21,6 @@ import importlib
 import logging
 import pkgutil
 import threading
-from importlib import metadata
 
 from .._exceptions import DefinitionError
 from .._result import Result
@@ -116,6 +115,8 @@ def _scan_plugins() -> None:
     if _scanned_plugins:
         return
     _scan_builtin()
+    from importlib import metadata  # ~10-30 ms: only when plugins are looked for
+
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in _kinds and entry.name in _builtin_kind_names():
             log.warning(
