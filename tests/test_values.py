@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import copy
-import ast
 import json
 import logging
 import pickle
