@@ -23,7 +23,7 @@ from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind
-from .._secret import Secret
+from .._secret import Secret, redact_url
 from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
@@ -139,29 +139,36 @@ class _Url:
 
 
 def _parse_url(url: str, field: str = "url") -> _Url:
+    # Every message shows the URL through redact_url: a definition error is logged and sent back
+    # to a control plane, and a URL's userinfo may hold a password.
     if not isinstance(url, str):
         raise DefinitionError(field, f"a URL must be a string, got {type(url).__name__}")
     if any(c in url for c in "\r\n\0 \t"):
         raise DefinitionError(field, "a URL may not contain whitespace or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # an unclosed IPv6 bracket, ...
+        raise DefinitionError(field, f"{exc} in {redact_url(url)!r}") from None
     if parts.scheme not in ("http", "https"):
         raise DefinitionError(
-            field, f"scheme must be http or https, got {parts.scheme!r} in {url!r}"
+            field, f"scheme must be http or https, got {parts.scheme!r} in {redact_url(url)!r}"
         )
-    if not parts.hostname:
-        raise DefinitionError(field, f"no host in {url!r}")
-    hostname = parts.hostname
+    if not hostname:
+        raise DefinitionError(field, f"no host in {redact_url(url)!r}")
     if not hostname.isascii():
         try:
             hostname = hostname.encode("idna").decode("ascii")
         except UnicodeError as exc:
-            raise DefinitionError(field, f"bad international host name in {url!r}: {exc}") from None
+            raise DefinitionError(
+                field, f"bad international host name in {redact_url(url)!r}: {exc}"
+            ) from None
     if parts.username is not None or parts.password is not None:
         raise DefinitionError(field, "put credentials in basic_auth, not in the URL")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise DefinitionError(field, f"{exc} in {url!r}") from None
+        raise DefinitionError(field, f"{exc} in {redact_url(url)!r}") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not target.isascii():  # a request line is ASCII: percent-encode the rest as UTF-8
         target = quote(target, safe=_ASCII_PRINTABLE)
