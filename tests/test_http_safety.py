@@ -6,9 +6,21 @@ every check dials through the guarded connector of ``conftest.py``.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
-from probekit import DefinitionError, DefinitionErrors, HttpProbe, Proxy, build_probe
+from probekit import (
+    DefinitionError,
+    DefinitionErrors,
+    ErrorKind,
+    HttpProbe,
+    ProbeContext,
+    Proxy,
+    Runner,
+    Status,
+    build_probe,
+)
+from servers import GuardedConnector, HttpServer
 
 CANARY = "Canary-pw-7f3a9"
 
@@ -74,3 +86,38 @@ def test_url_definition_error_masks_the_password_but_names_the_rest() -> None:
     with pytest.raises(DefinitionError) as info:
         HttpProbe(f"ftp://u:{CANARY}@db.internal/")
     assert "'ftp://u:<secret>@db.internal/'" in info.value.message
+
+
+# -- a passed deadline never dials ---------------------------------------------------------------
+
+
+async def test_passed_deadline_never_dials(
+    http_server: HttpServer, ctx: ProbeContext, connector: GuardedConnector
+) -> None:
+    now = ctx.clock.monotonic()
+    for deadline in (now - 1.0, now):
+        late = attrs.evolve(ctx, deadline=deadline)
+        result = await HttpProbe(http_server.url("/ok")).check(late)
+        assert result.status is Status.DOWN
+        assert result.error is not None and result.error.kind is ErrorKind.TIMEOUT
+        assert result.phases == ()
+    assert connector.dialled == []
+    assert http_server.connections == 0
+
+
+async def test_runner_probes_starting_after_the_deadline_never_dial(
+    http_server: HttpServer, ctx: ProbeContext, connector: GuardedConnector
+) -> None:
+    # One slot: the first probe waits on a silent server until the shared deadline passes, so
+    # every later probe starts after it.
+    deadline = ctx.clock.monotonic() + 0.3
+    probes = [HttpProbe(http_server.url("/silent"))] + [
+        HttpProbe(http_server.url(f"/ok?{i}")) for i in range(20)
+    ]
+    async with Runner(max_concurrency=1, context=ctx.with_deadline(deadline)) as runner:
+        results = await runner.run_all(probes)
+    finished = ctx.clock.monotonic()
+    assert all(r.error is not None and r.error.kind is ErrorKind.TIMEOUT for r in results)
+    assert connector.dialled == [("127.0.0.1", http_server.port)]  # the silent one only
+    assert [r.target for r in http_server.requests] == ["/silent"]
+    assert finished - deadline < 0.1

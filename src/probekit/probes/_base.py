@@ -298,7 +298,8 @@ async def execute(
     """Run ``body`` under the check's deadline and turn whatever happens into a Result.
 
     A failure of the target (any exception the backends raise) becomes an error of the right
-    kind naming the phase that was running; a bug becomes ``UNKNOWN``/``internal``.
+    kind naming the phase that was running; a bug becomes ``UNKNOWN``/``internal``. A check whose
+    deadline has already passed when it starts is ``DOWN``/``timeout`` without running ``body``.
     ``assertions`` are evaluated after a body that did not evaluate them itself.
     Cancellation is never swallowed.
     """
@@ -308,8 +309,21 @@ async def execute(
     attempt = Attempt(ctx, timeouts)
     timeline = attempt.timeline
     deadline = timeline.start + timeouts.total
-    if ctx.deadline is not None:
-        deadline = min(deadline, ctx.deadline)
+    if ctx.deadline is not None and ctx.deadline < deadline:
+        deadline = ctx.deadline
+        if deadline <= timeline.start:
+            # Checked before the body runs: a body reaches its first dial before a timer due
+            # now could cancel it, so a check that starts late would still send packets.
+            return Result(
+                kind=kind,
+                target=target,
+                status=Status.DOWN,
+                started_at=started_at,
+                duration=clock.monotonic() - timeline.start,
+                error=ProbeError(
+                    ErrorKind.TIMEOUT, "the deadline had passed before the check started", None
+                ),
+            )
     error: ProbeError | None = None
     try:
         with after(max(deadline - clock.monotonic(), 0.0)):
