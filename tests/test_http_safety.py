@@ -6,10 +6,14 @@ every check dials through the guarded connector of ``conftest.py``.
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import attrs
 import pytest
 
 from probekit import (
+    BasicAuth,
     DefinitionError,
     DefinitionErrors,
     ErrorKind,
@@ -17,7 +21,9 @@ from probekit import (
     ProbeContext,
     Proxy,
     Runner,
+    Secret,
     Status,
+    TlsOptions,
     build_probe,
 )
 from servers import GuardedConnector, HttpServer
@@ -121,3 +127,48 @@ async def test_runner_probes_starting_after_the_deadline_never_dial(
     assert connector.dialled == [("127.0.0.1", http_server.port)]  # the silent one only
     assert [r.target for r in http_server.requests] == ["/silent"]
     assert finished - deadline < 0.1
+
+
+# -- credential types are settled at definition time --------------------------------------------
+
+
+async def test_plain_string_credentials_are_taken_as_secrets_at_definition(
+    http_server: HttpServer, ctx: ProbeContext
+) -> None:
+    bearer = HttpProbe(http_server.url("/echo"), bearer_token=CANARY)  # type: ignore[arg-type]
+    basic = HttpProbe(http_server.url("/echo"), basic_auth=BasicAuth("ops", CANARY))  # type: ignore[arg-type]
+    assert isinstance(bearer.bearer_token, Secret)
+    assert basic.basic_auth is not None and isinstance(basic.basic_auth.password, Secret)
+    proxied = HttpProbe("http://h/", proxy=Proxy("http://p:3128", "u", CANARY))  # type: ignore[arg-type]
+    tls = TlsOptions(client_key_password=CANARY)  # type: ignore[arg-type]
+    assert proxied.proxy is not None and isinstance(proxied.proxy.password, Secret)
+    assert isinstance(tls.client_key_password, Secret)
+    assert CANARY not in repr(bearer) + repr(basic) + repr(proxied) + repr(tls)
+    first = await bearer.check(ctx)
+    assert first.status is Status.UP, first.summary()
+    assert http_server.requests[-1].headers["authorization"] == f"Bearer {CANARY}"
+    second = await basic.check(ctx)
+    assert second.status is Status.UP, second.summary()
+    expected = base64.b64encode(f"ops:{CANARY}".encode()).decode()
+    assert http_server.requests[-1].headers["authorization"] == f"Basic {expected}"
+
+
+@pytest.mark.parametrize(
+    ("factory", "path"),
+    [
+        (lambda: HttpProbe("http://h/", bearer_token=12345), "bearer_token"),
+        (lambda: HttpProbe("http://h/", bearer_token=b"tok"), "bearer_token"),
+        (lambda: HttpProbe("http://h/", basic_auth=("u", "p")), "basic_auth"),
+        (lambda: BasicAuth("u", 5), "password"),
+        (lambda: BasicAuth(None, Secret("p")), "username"),
+        (lambda: BasicAuth(Secret("u"), Secret("p")), "username"),
+        (lambda: HttpProbe("http://h/", proxy=Proxy("http://p:3128", "u", 5)), "proxy.password"),
+        (lambda: HttpProbe("http://h/", proxy=Proxy("http://p:3128", 5)), "proxy.username"),
+        (lambda: HttpProbe("http://h/", proxy="http://p:3128"), "proxy"),
+        (lambda: TlsOptions(client_key_password=5), "client_key_password"),
+    ],
+)
+def test_wrong_credential_types_are_refused_at_definition(factory: Any, path: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        factory()
+    assert info.value.path == path

@@ -53,12 +53,39 @@ _H2_FORBIDDEN = frozenset(
 )
 
 
+def _as_secret(field: str, value: object) -> Secret | None:
+    """``value`` as a :class:`Secret`: a plain ``str`` is taken as one, at definition time.
+
+    Anything else (bytes, a number) is a :class:`DefinitionError` on ``field``; a check never
+    meets a credential of the wrong type.
+    """
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value)
+    raise DefinitionError(
+        field, f"expected a Secret (a str is taken as one), got {type(value).__name__}"
+    )
+
+
+def _password(value: Secret | str) -> Secret:
+    secret = _as_secret("password", value)
+    if secret is None:
+        raise DefinitionError("password", "expected a Secret (a str is taken as one), got None")
+    return secret
+
+
+def _username(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise DefinitionError("username", f"expected a str, got {type(value).__name__}")
+
+
 @attrs.frozen
 class BasicAuth:
-    """HTTP basic credentials; the password is a :class:`Secret`."""
+    """HTTP basic credentials; the password is a :class:`Secret` (a ``str`` is taken as one)."""
 
-    username: str
-    password: Secret
+    username: str = attrs.field(validator=_username)
+    password: Secret = attrs.field(converter=_password)
 
     def header(self) -> bytes:
         raw = f"{self.username}:{self.password.reveal()}".encode()
@@ -112,6 +139,30 @@ def _query(
 
 def _body(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
+
+
+def _bearer_token(value: Secret | str | None) -> Secret | None:
+    return _as_secret("bearer_token", value)
+
+
+def _basic_auth(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, BasicAuth):
+        raise DefinitionError(
+            "basic_auth", f"expected BasicAuth(username, password), got {type(value).__name__}"
+        )
+
+
+def _proxy(value: Proxy | None) -> Proxy | None:
+    if value is None:
+        return None
+    if not isinstance(value, Proxy):
+        raise DefinitionError("proxy", f"expected a Proxy, got {type(value).__name__}")
+    if value.username is not None and not isinstance(value.username, str):
+        raise DefinitionError(
+            "proxy.username", f"expected a str, got {type(value.username).__name__}"
+        )
+    password = _as_secret("proxy.password", value.password)
+    return value if password is value.password else attrs.evolve(value, password=password)
 
 
 def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -261,14 +312,14 @@ class HttpProbe(ProbeBase):
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
     query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_query)
     body: bytes | None = attrs.field(default=None, converter=_body)
-    basic_auth: BasicAuth | None = None
-    bearer_token: Secret | None = None
+    basic_auth: BasicAuth | None = attrs.field(default=None, validator=_basic_auth)
+    bearer_token: Secret | None = attrs.field(default=None, converter=_bearer_token)
     follow_redirects: bool = True
     max_redirects: int = attrs.field(default=10, validator=_positive_int)
     tls: TlsOptions = attrs.field(factory=TlsOptions)
     host_header: str | None = None
     http_version: Literal["1.1", "2"] = "1.1"
-    proxy: Proxy | None = None
+    proxy: Proxy | None = attrs.field(default=None, converter=_proxy)
     ip_family: Family | None = None
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
