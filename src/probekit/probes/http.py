@@ -10,6 +10,7 @@ connection (ALPN over TLS, prior knowledge over plain text).
 from __future__ import annotations
 
 import base64
+import re
 import zlib
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -47,10 +48,28 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_STATUS = StatusIn(ranges=((200, 299),))
 _UA = b"probekit/0.1"
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+#: Control characters (C0 and DEL). A credential may hold none; a header value none but HTAB
+#: (RFC 9110 section 5.5), so nothing a definition gives can end a header line or the head.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: The same rule on the bytes of a request head being built (a last line, see _prepare).
+_FIELD_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Headers HTTP/2 forbids (RFC 9113 §8.2.2); dropped from user headers when speaking h2.
 _H2_FORBIDDEN = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
+
+
+def _control_problem(text: str, pattern: re.Pattern[str] = _CONTROL) -> str | None:
+    """What is wrong with ``text`` if it holds a control character (the message never shows
+    ``text``, which may be a secret), else None."""
+    found = pattern.search(text)
+    if found is None:
+        return None
+    return (
+        f"holds a control character (0x{ord(found.group()):02x}); CR, LF, NUL and the other "
+        "control characters would change the request"
+    )
 
 
 def _as_secret(field: str, value: object) -> Secret | None:
@@ -72,12 +91,20 @@ def _password(value: Secret | str) -> Secret:
     secret = _as_secret("password", value)
     if secret is None:
         raise DefinitionError("password", "expected a Secret (a str is taken as one), got None")
+    problem = _control_problem(secret.reveal())
+    if problem is not None:
+        raise DefinitionError("password", f"the password {problem}")
     return secret
 
 
 def _username(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str):
         raise DefinitionError("username", f"expected a str, got {type(value).__name__}")
+    problem = _control_problem(value)
+    if problem is not None:
+        raise DefinitionError("username", f"the user name {problem}")
+    if ":" in value:
+        raise DefinitionError("username", "a basic-auth user name may not contain ':' (RFC 7617)")
 
 
 @attrs.frozen
@@ -92,9 +119,11 @@ class BasicAuth:
         return b"Basic " + base64.b64encode(raw)
 
 
-def _pairs(
-    field: str, value: Mapping[str, str] | Sequence[tuple[str, str]] | None
-) -> tuple[tuple[str, str], ...]:
+HeaderValue = str | Secret
+Pairs = Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]]
+
+
+def _pairs(field: str, value: Pairs | None) -> tuple[tuple[str, HeaderValue], ...]:
     if value is None:
         return ()
     items = value.items() if isinstance(value, Mapping) else value
@@ -106,35 +135,49 @@ def _pairs(
             raise DefinitionError(
                 f"{field}[{i}]", f"expected a (name, value) pair, got {item!r}"
             ) from None
+        if field == "headers":
+            out.append(_header(i, name, val))
+            continue
         if not isinstance(name, str) or not isinstance(val, str):
             raise DefinitionError(f"{field}[{i}]", "names and values must be strings")
         if any(c in name + val for c in "\r\n\0"):
             raise DefinitionError(f"{field}[{i}]", "names and values may not contain CR, LF or NUL")
-        if field == "headers":
-            if not name or not _TOKEN.issuperset(name):
-                raise DefinitionError(
-                    f"{field}[{i}]", f"{name!r} is not a valid header name (RFC 9110 token)"
-                )
-            try:
-                val.encode("latin-1")
-            except UnicodeEncodeError:
-                raise DefinitionError(
-                    f"{field}[{i}]", f"the value of {name!r} is not Latin-1 text"
-                ) from None
         out.append((name, val))
     return tuple(out)
 
 
-def _headers(
-    value: Mapping[str, str] | Sequence[tuple[str, str]] | None,
-) -> tuple[tuple[str, str], ...]:
+def _header(i: int, name: object, value: object) -> tuple[str, HeaderValue]:
+    """One checked request header: a token name and a Latin-1 value (a str or a Secret) without
+    control characters other than HTAB. Messages never show a secret value."""
+    where = f"headers[{i}]"
+    if not isinstance(name, str) or not isinstance(value, str | Secret):
+        raise DefinitionError(where, "names must be strings, values strings or Secrets")
+    if not name or not _TOKEN.issuperset(name):
+        raise DefinitionError(where, f"{_shown(name)} is not a valid header name (RFC 9110 token)")
+    text = value.reveal() if isinstance(value, Secret) else value
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise DefinitionError(where, f"the value of {name!r} is not Latin-1 text") from None
+    problem = _control_problem(text, _FIELD_CONTROL)
+    if problem is not None:
+        raise DefinitionError(where, f"the value of {name!r} {problem}")
+    return name, value
+
+
+def _shown(text: str) -> str:
+    """``repr(text)``, cut short: a name in a message, not a dump of whatever was given."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+
+
+def _headers(value: Pairs | None) -> tuple[tuple[str, HeaderValue], ...]:
     return _pairs("headers", value)
 
 
 def _query(
     value: Mapping[str, str] | Sequence[tuple[str, str]] | None,
 ) -> tuple[tuple[str, str], ...]:
-    return _pairs("query", value)
+    return _pairs("query", value)  # type: ignore[return-value]  # strings only: checked above
 
 
 def _body(value: bytes | str | None) -> bytes | None:
@@ -142,7 +185,12 @@ def _body(value: bytes | str | None) -> bytes | None:
 
 
 def _bearer_token(value: Secret | str | None) -> Secret | None:
-    return _as_secret("bearer_token", value)
+    secret = _as_secret("bearer_token", value)
+    if secret is not None:
+        problem = _control_problem(secret.reveal())
+        if problem is not None:
+            raise DefinitionError("bearer_token", f"the token {problem}")
+    return secret
 
 
 def _basic_auth(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
@@ -309,7 +357,7 @@ class HttpProbe(ProbeBase):
 
     url: str = attrs.field()
     method: str = "GET"
-    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
+    headers: tuple[tuple[str, str | Secret], ...] = attrs.field(default=(), converter=_headers)
     query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_query)
     body: bytes | None = attrs.field(default=None, converter=_body)
     basic_auth: BasicAuth | None = attrs.field(default=None, validator=_basic_auth)
@@ -427,8 +475,10 @@ class HttpProbe(ProbeBase):
         """The request line target, headers and the HTTP/1.1 request head for one hop.
 
         Built once per distinct hop and remembered: a probe sends the same request every time.
-        Every part was checked when the probe was defined (header names are tokens, nothing
-        holds CR, LF or NUL, the target is ASCII).
+        Every part was checked when the probe was defined (header names are tokens, no value
+        holds a control character but HTAB, the target is ASCII). The values are checked once
+        more here, where the head is built, so that a value that changed since (a secret is
+        revealed only now) is never sent: the check is then ``UNKNOWN``/``internal``.
         """
         key = (url, method, body, auth, absolute)
         prepared = self._prepared.get(key)
@@ -438,6 +488,13 @@ class HttpProbe(ProbeBase):
                 proxy_auth = self.proxy.authorization()
                 if proxy_auth:
                     headers.append((b"Proxy-Authorization", proxy_auth))
+            for name, value in headers:
+                if _FIELD_CONTROL_BYTES.search(value) is not None:
+                    raise ProbeFailure(
+                        ErrorKind.INTERNAL,
+                        f"the {name.decode()} request header holds a control character; "
+                        "the request was not sent",
+                    )
             target = f"{url.scheme}://{url.authority}{url.target}" if absolute else url.target
             lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
             lines += [name + b": " + value for name, value in headers]
@@ -459,7 +516,8 @@ class HttpProbe(ProbeBase):
             if lname == "host":
                 continue
             names.add(lname)
-            headers.append((name.encode(), value.encode("latin-1")))
+            text = value.reveal() if isinstance(value, Secret) else value
+            headers.append((name.encode(), text.encode("latin-1")))
         if "user-agent" not in names:
             headers.append((b"User-Agent", _UA))
         if "accept" not in names:
@@ -480,15 +538,16 @@ class HttpProbe(ProbeBase):
         timeline = attempt.timeline
         https = url.scheme == "https"
         tls = self._tls_alpn if https else None
-        absolute = False
-        if self.proxy is not None and not https:
+        absolute = self.proxy is not None and not https
+        # Built (or found) before dialling: a request that must not be sent opens no connection.
+        target, headers, request = self._prepare(url, method, body, auth, absolute)
+        if self.proxy is not None and absolute:
             # Plain HTTP through a proxy: absolute-form request to the proxy; the target is
             # still checked against the policy before anything is sent.
             await ctx.dialer.check_target(url.host, timeline, self.timeouts)
             conn = await ctx.dialer.connect(
                 self.proxy.host, self.proxy.port, timeline, self.timeouts
             )
-            absolute = True
         else:
             conn = await ctx.dialer.connect(
                 url.host,
@@ -502,7 +561,6 @@ class HttpProbe(ProbeBase):
         try:
             attempt.address = conn.address
             attempt.record_tls(conn.tls)
-            target, headers, request = self._prepare(url, method, body, auth, absolute)
             use_h2 = self.http_version == "2" and (
                 (conn.tls is not None and conn.tls.alpn == "h2") or (not https and not absolute)
             )
