@@ -325,3 +325,83 @@ async def test_secret_header_value_from_a_definition_is_sent(
             {"kind": "http", "url": "http://h/", "headers": {"X-API-Key": {"env": "K"}}},
         )
     assert [e.path for e in info.value.errors] == ["headers[0][1].env"]
+
+
+# -- as strict as the messages say ---------------------------------------------------------------
+
+CONTROLS = ["\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f"]
+
+
+@pytest.mark.parametrize("char", CONTROLS)
+@pytest.mark.parametrize(
+    "template",
+    ["http://h/a{}b", "http://h/?q={}", "http://h/#f{}", "http://h{}x/", "http://h:80{}/"],
+)
+def test_url_with_control_characters_is_refused_at_definition(char: str, template: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        HttpProbe(template.format(char))
+    assert info.value.path == "url"
+    assert "control characters" in info.value.message
+
+
+@pytest.mark.parametrize("char", CONTROLS)
+def test_header_value_with_control_characters_is_refused_at_definition(char: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        HttpProbe("http://h/", headers=[("X-Ok", "1"), ("X-Bad", f"a{char}b")])
+    assert info.value.path == "headers[1]"
+    with pytest.raises(DefinitionErrors) as many:
+        build_probe({"kind": "http", "url": "http://h/", "headers": {"X-Bad": f"a{char}b"}})
+    assert [e.path for e in many.value.errors] == ["headers[0]"]
+
+
+async def test_header_value_with_a_tab_is_sent(http_server: HttpServer, ctx: ProbeContext) -> None:
+    result = await HttpProbe(http_server.url("/echo"), headers={"X-Tab": "a\tb"}).check(ctx)
+    assert result.status is Status.UP, result.summary()
+    assert http_server.requests[-1].headers["x-tab"] == "a\tb"
+
+
+async def test_host_header_in_headers_is_used_not_dropped(
+    http_server: HttpServer, ctx: ProbeContext
+) -> None:
+    for name in ("Host", "host", "HOST"):
+        result = await HttpProbe(
+            http_server.url("/echo"), headers={name: "virtual.example:8080"}
+        ).check(ctx)
+        assert result.status is Status.UP, result.summary()
+        assert http_server.requests[-1].headers["host"] == "virtual.example:8080"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path"),
+    [
+        ({"headers": {"Host": "a.example"}, "host_header": "b.example"}, "headers[0]"),
+        ({"headers": {"Host": "a.example"}, "host_header": "a.example"}, "headers[0]"),
+        ({"headers": [("Host", "a.example"), ("host", "b.example")]}, "headers[1]"),
+        ({"headers": {"Host": "a b"}}, "headers[0]"),
+        ({"headers": {"Host": ""}}, "headers[0]"),
+        ({"headers": {"Host": Secret("a.example")}}, "headers[0]"),
+    ],
+)
+def test_host_header_conflicts_are_refused_at_definition(kwargs: dict[str, Any], path: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        HttpProbe("http://h/", **kwargs)
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Length": "0"}, "payload"),
+        ({"content-length": "7"}, "payload"),
+        ({"Content-Length": "0"}, None),
+        ({"Transfer-Encoding": "chunked"}, "payload"),
+        ({"transfer-encoding": "chunked"}, None),
+    ],
+)
+def test_content_length_header_is_refused_at_definition(
+    headers: dict[str, str], body: str | None
+) -> None:
+    with pytest.raises(DefinitionError) as info:
+        HttpProbe("http://h/", method="POST", headers=headers, body=body)
+    assert info.value.path == "headers[0]"
+    assert "computed" in info.value.message

@@ -52,6 +52,11 @@ _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 #: (RFC 9110 section 5.5), so nothing a definition gives can end a header line or the head.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FIELD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: What a URL may not hold anywhere: ASCII whitespace and control characters (C0, SP, DEL).
+#: Other non-ASCII text is percent-encoded (path, query) or IDNA-encoded (host).
+_URL_REFUSED = re.compile(r"[\x00-\x20\x7f]")
+#: Request headers the probe computes itself; a definition giving them would send two.
+_COMPUTED = frozenset({"content-length", "transfer-encoding"})
 #: The same rule on the bytes of a request head being built (a last line, see _prepare).
 _FIELD_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Headers HTTP/2 forbids (RFC 9113 §8.2.2); dropped from user headers when speaking h2.
@@ -242,7 +247,7 @@ def _parse_url(url: str, field: str = "url") -> _Url:
     # to a control plane, and a URL's userinfo may hold a password.
     if not isinstance(url, str):
         raise DefinitionError(field, f"a URL must be a string, got {type(url).__name__}")
-    if any(c in url for c in "\r\n\0 \t"):
+    if _URL_REFUSED.search(url) is not None:
         raise DefinitionError(field, "a URL may not contain whitespace or control characters")
     try:
         parts = urlsplit(url)
@@ -374,6 +379,7 @@ class HttpProbe(ProbeBase):
     fail_on_body_limit: bool = True
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
+    _host: str | None = attrs.field(init=False, repr=False, eq=False)  # host_header or Host
     _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
     _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], bytes]] = attrs.field(
         init=False, repr=False, eq=False, hash=False, factory=dict
@@ -392,15 +398,35 @@ class HttpProbe(ProbeBase):
             raise DefinitionError(
                 "http_version", f"expected '1.1' or '2', got {self.http_version!r}"
             )
-        if self.host_header is not None and (
-            not self.host_header
-            or not self.host_header.isascii()
-            or not self.host_header.isprintable()
-            or " " in self.host_header
-        ):
+        if self.host_header is not None and not _is_host(self.host_header):
             raise DefinitionError(
                 "host_header", f"expected a host[:port] in ASCII, got {self.host_header!r}"
             )
+        host = self.host_header
+        for i, (name, value) in enumerate(self.headers):
+            lname = name.lower()
+            if lname in _COMPUTED:
+                raise DefinitionError(
+                    f"headers[{i}]",
+                    f"{name} is computed by the probe from body; give body instead "
+                    "(b'' sends Content-Length: 0)",
+                )
+            if lname != "host":
+                continue
+            # A Host header is the Host header (as host_header is); two would be refused by
+            # a server, so giving it twice, or with host_header too, is a definition error.
+            if self.host_header is not None:
+                raise DefinitionError(
+                    f"headers[{i}]", "give the Host header in host_header or in headers, not both"
+                )
+            if host is not None:
+                raise DefinitionError(f"headers[{i}]", "more than one Host header")
+            if not isinstance(value, str) or not _is_host(value):
+                raise DefinitionError(
+                    f"headers[{i}]", "expected a host[:port] in ASCII as the Host header"
+                )
+            host = value
+        object.__setattr__(self, "_host", host)
         if self.basic_auth is not None and self.bearer_token is not None:
             raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
         # Built once: the SSL context cache is keyed by these options.
@@ -507,14 +533,12 @@ class HttpProbe(ProbeBase):
     def _request_headers(
         self, url: _Url, body: bytes | None, auth: bool
     ) -> list[tuple[bytes, bytes]]:
-        headers: list[tuple[bytes, bytes]] = [
-            (b"Host", (self.host_header or url.authority).encode())
-        ]
+        headers: list[tuple[bytes, bytes]] = [(b"Host", (self._host or url.authority).encode())]
         names = set()
         for name, value in self.headers:
             lname = name.lower()
             if lname == "host":
-                continue
+                continue  # already first, as _host
             names.add(lname)
             text = value.reveal() if isinstance(value, Secret) else value
             headers.append((name.encode(), text.encode("latin-1")))
@@ -569,6 +593,10 @@ class HttpProbe(ProbeBase):
             return await _h1_exchange(conn, method, request, body, timeline, self)
         finally:
             conn.close()
+
+
+def _is_host(value: str) -> bool:
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
 def _parse_url_for_redirect(url: str) -> _Url:
