@@ -6,6 +6,7 @@ every check dials through the guarded connector of ``conftest.py``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -31,7 +32,7 @@ from probekit import (
     probe_to_dict,
     result_to_json,
 )
-from servers import GuardedConnector, HttpServer
+from servers import GuardedConnector, HttpServer, Request, response, serving
 
 CANARY = "Canary-pw-7f3a9"
 
@@ -405,3 +406,56 @@ def test_content_length_header_is_refused_at_definition(
         HttpProbe("http://h/", method="POST", headers=headers, body=body)
     assert info.value.path == "headers[0]"
     assert "computed" in info.value.message
+
+
+# -- an ordinary big page is UP -------------------------------------------------------------------
+
+BIG = 8 * 1024 * 1024
+
+
+async def _big_page(_req: Request, writer: asyncio.StreamWriter) -> None:
+    body = b"<html>healthy" + b"x" * (BIG - 13)
+    writer.write(response(200, body, {"Content-Type": "text/html"}))
+
+
+async def test_big_healthy_page_is_up_by_default_with_body_truncated(
+    ctx: ProbeContext,
+) -> None:
+    async with serving(HttpServer(handler=_big_page)) as server:
+        result = await HttpProbe(server.url("/"), assertions=(BodyContains("healthy"),)).check(ctx)
+        strict = await HttpProbe(server.url("/"), fail_on_body_limit=True).check(ctx)
+    assert result.status is Status.UP, result.summary()
+    assert result.metrics["body_truncated"] == 1
+    assert result.metrics["body_bytes"] == 1024 * 1024
+    assert result.metrics["wire_bytes"] < 1024 * 1024 + 256 * 1024  # stopped reading at the cap
+    assert strict.status is Status.DOWN
+    assert strict.error is not None and strict.error.kind is ErrorKind.PROTOCOL
+    assert "max_body_bytes" in strict.error.message
+
+
+async def test_truncated_body_is_judged_on_what_was_read(ctx: ProbeContext) -> None:
+    async with serving(HttpServer(handler=_big_page)) as server:
+        result = await HttpProbe(
+            server.url("/"), max_body_bytes=1000, assertions=(BodyContains("x" * 2000),)
+        ).check(ctx)
+    assert result.status is Status.DOWN
+    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.metrics["body_truncated"] == 1
+
+
+async def test_whole_body_has_no_body_truncated_metric(
+    http_server: HttpServer, ctx: ProbeContext
+) -> None:
+    result = await HttpProbe(http_server.url("/ok")).check(ctx)
+    assert result.status is Status.UP
+    assert "body_truncated" not in result.metrics
+
+
+async def test_gzip_bomb_is_truncated_by_default(
+    http_server: HttpServer, ctx: ProbeContext
+) -> None:
+    result = await HttpProbe(http_server.url("/gzip-bomb")).check(ctx)
+    assert result.status is Status.UP, result.summary()
+    assert result.metrics["body_truncated"] == 1
+    assert result.metrics["body_bytes"] == 1024 * 1024
+    assert result.metrics["wire_bytes"] < 1024 * 1024

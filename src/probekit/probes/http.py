@@ -351,9 +351,9 @@ class HttpProbe(ProbeBase):
     A fresh connection is made for every check, through the context's dialer (and so its egress
     policy, re-checked on every redirect hop). Without a :class:`StatusIn` assertion, a final
     status of 200-299 is required. The body read is capped at ``max_body_bytes`` (after
-    decompression too); a larger body fails the check unless ``fail_on_body_limit`` is False,
-    in which case the assertions see the first ``max_body_bytes`` and the result says it was
-    truncated.
+    decompression too): reading stops there, the assertions see the first ``max_body_bytes``
+    and the result's ``body_truncated`` metric is 1. With ``fail_on_body_limit=True`` a larger
+    body fails the check instead (``DOWN``/``protocol``).
 
     Phases: ``resolve``, ``connect``, ``tls``, ``processing``, ``transfer`` (per hop).
     """
@@ -376,7 +376,7 @@ class HttpProbe(ProbeBase):
     ip_family: Family | None = None
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
-    fail_on_body_limit: bool = True
+    fail_on_body_limit: bool = False
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
     _host: str | None = attrs.field(init=False, repr=False, eq=False)  # host_header or Host
