@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from typing import Any
 
 import attrs
@@ -27,6 +28,7 @@ from probekit import (
     Runner,
     Secret,
     Status,
+    Timeouts,
     TlsOptions,
     build_probe,
     probe_to_dict,
@@ -459,3 +461,52 @@ async def test_gzip_bomb_is_truncated_by_default(
     assert result.metrics["body_truncated"] == 1
     assert result.metrics["body_bytes"] == 1024 * 1024
     assert result.metrics["wire_bytes"] < 1024 * 1024
+
+
+# -- no CPU sinks ----------------------------------------------------------------------------------
+
+
+async def _extension_flood(_req: Request, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    frame = (b"1;" + b"e" * 4000 + b"\r\nx\r\n") * 16
+    while True:
+        writer.write(frame)
+        await writer.drain()
+
+
+async def _tiny_chunk_flood(_req: Request, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    frame = b"1\r\nx\r\n" * 10_000
+    while True:
+        writer.write(frame)
+        await writer.drain()
+
+
+async def _continue_flood(_req: Request, writer: asyncio.StreamWriter) -> None:
+    frame = b"HTTP/1.1 100 Continue\r\n\r\n" * 1000
+    while True:
+        writer.write(frame)
+        await writer.drain()
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (_extension_flood, "chunked framing outweighs the data"),
+        (_tiny_chunk_flood, "chunked framing outweighs the data"),
+        (_continue_flood, "interim (1xx) responses"),
+    ],
+    ids=["chunk-extensions", "tiny-chunks", "100-continue"],
+)
+async def test_cpu_sink_ends_quickly_as_protocol_error(
+    ctx: ProbeContext, handler: Any, message: str
+) -> None:
+    async with serving(HttpServer(handler=handler)) as server:
+        wall, cpu = time.monotonic(), time.process_time()
+        result = await HttpProbe(server.url("/"), timeouts=Timeouts(total=3)).check(ctx)
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert result.status is Status.DOWN
+    assert result.error is not None and result.error.kind is ErrorKind.PROTOCOL, result.summary()
+    assert message in result.error.message
+    assert wall < 1.0, f"took {wall:.3f} s"
+    assert cpu < 0.5, f"used {cpu:.3f} s of CPU (the in-process server included)"
