@@ -10,7 +10,11 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -510,3 +514,77 @@ async def test_cpu_sink_ends_quickly_as_protocol_error(
     assert message in result.error.message
     assert wall < 1.0, f"took {wall:.3f} s"
     assert cpu < 0.5, f"used {cpu:.3f} s of CPU (the in-process server included)"
+
+
+# -- phases and duration add up, first check of a process included -------------------------------
+
+#: docs/probes/http.md: a check's phases add up to its duration within this many seconds.
+PHASE_TOLERANCE = 0.005
+
+FIRST_CHECK = """
+import asyncio, json, ssl, sys
+
+from probekit import AiodnsResolver, Dialer, HttpProbe, ProbeContext, TlsOptions
+from servers import GuardedConnector, HttpServer, closed_port, serving
+
+
+async def main() -> None:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(sys.argv[1])
+    loaded = sorted(m for m in ("aiodns", "cryptography") if m in sys.modules)
+    async with serving(HttpServer(server_ctx)) as server:
+        # localhost comes from the hosts file; a loopback name server keeps any query local.
+        resolver = AiodnsResolver([f"127.0.0.1:{closed_port()}"], tries=1)
+        ctx = ProbeContext(dialer=Dialer(resolver=resolver, connector=GuardedConnector()))
+        probe = HttpProbe(server.url("/ok", host="localhost"), tls=TlsOptions(verify=False))
+        results = [await probe.check(ctx) for _ in range(2)]
+        await resolver.aclose()
+    print(json.dumps({
+        "loaded_before": loaded,
+        "checks": [
+            {"status": r.status.value, "duration": r.duration,
+             "phases": {p.name: p.duration for p in r.phases}}
+            for r in results
+        ],
+    }))
+
+
+asyncio.run(main())
+"""
+
+
+def test_first_https_check_phases_add_up_to_the_duration(ca: Any, tmp_path: Path) -> None:
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    script = tmp_path / "first_check.py"
+    script.write_text(FIRST_CHECK)
+    tests = str(Path(__file__).parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, str(script), str(pem)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["loaded_before"] == []  # the first check really pays for the set-up
+    for check in report["checks"]:
+        assert check["status"] == "up"
+        assert list(check["phases"]) == ["resolve", "connect", "tls", "processing", "transfer"]
+        gap = check["duration"] - sum(check["phases"].values())
+        assert 0 <= gap < PHASE_TOLERANCE, check
+
+
+async def test_prepare_failure_is_met_again_by_the_check(
+    http_server: HttpServer, ctx: ProbeContext, tmp_path: Path
+) -> None:
+    # Building the SSL context fails before the clock starts; the check still returns a result.
+    missing = str(tmp_path / "missing-ca.pem")
+    probe = HttpProbe(f"https://localhost:{http_server.port}/", tls=TlsOptions(ca_file=missing))
+    result = await probe.check(ctx)
+    assert result.status is Status.DOWN
+    assert result.error is not None and "No such file" in result.error.message

@@ -15,7 +15,7 @@ from ._exceptions import DefinitionError
 from ._result import CertInfo, TlsInfo
 from ._secret import Secret
 
-__all__ = ["TlsOptions", "TlsVersion", "cert_info", "ssl_context", "tls_info"]
+__all__ = ["TlsOptions", "TlsVersion", "cert_info", "ssl_context", "tls_info", "warm_up"]
 
 TlsVersion = Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 
@@ -98,6 +98,13 @@ def ssl_context(options: TlsOptions) -> ssl.SSLContext:
     if options.alpn:
         ctx.set_alpn_protocols(list(options.alpn))
     return ctx
+
+
+def warm_up(options: TlsOptions) -> None:
+    """Do a process's one-time TLS set-up for ``options`` now, outside any check's clock: build
+    (and cache) the SSL context, and import what describing a peer's certificates needs."""
+    ssl_context(options)
+    from cryptography import x509  # noqa: F401 - imported for the side effect, see cert_info
 
 
 # The DER constant lives in the private _ssl module before 3.13.

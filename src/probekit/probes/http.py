@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import attrs
 
 from .._assertions import Assertion, HeaderMatches, StatusIn, assertion_tuple
+from .._context import ProbeContext
 from .._dial import Connection, Proxy
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._policy import parse_host_address
@@ -27,7 +28,7 @@ from .._result import ErrorKind
 from .._secret import Secret, redact_url
 from .._timeline import Timeline
 from .._timeouts import Timeouts
-from .._tls import TlsOptions
+from .._tls import TlsOptions, warm_up
 from ._base import Attempt, ProbeBase
 from ._h1 import ResponseParser
 from ._kind import Metric, Option, ProbeKind, Url
@@ -380,6 +381,7 @@ class HttpProbe(ProbeBase):
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
     _host: str | None = attrs.field(init=False, repr=False, eq=False)  # host_header or Host
+    _warm: bool = attrs.field(init=False, repr=False, eq=False, default=False)
     _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
     _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], bytes]] = attrs.field(
         init=False, repr=False, eq=False, hash=False, factory=dict
@@ -440,6 +442,18 @@ class HttpProbe(ProbeBase):
     @property
     def host(self) -> str:
         return self._parsed.host
+
+    def prepare(self, ctx: ProbeContext) -> None:
+        """Before the clock starts: build the SSL context and load the certificate parser (once
+        per probe), and open the resolver's channel (a no-op once open)."""
+        if not self._warm:
+            if self._parsed.scheme == "https":
+                warm_up(self._tls_alpn)
+            object.__setattr__(self, "_warm", True)
+        if self.proxy is not None or parse_host_address(self._parsed.host) is None:
+            warm = getattr(ctx.dialer.resolver, "prepare", None)
+            if warm is not None:
+                warm()
 
     # -- internals -------------------------------------------------------------------------
 
