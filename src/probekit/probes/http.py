@@ -382,6 +382,7 @@ class HttpProbe(ProbeBase):
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
     _host: str | None = attrs.field(init=False, repr=False, eq=False)  # host_header or Host
     _warm: bool = attrs.field(init=False, repr=False, eq=False, default=False)
+    _resolves: bool = attrs.field(init=False, repr=False, eq=False, default=True)
     _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
     _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], bytes]] = attrs.field(
         init=False, repr=False, eq=False, hash=False, factory=dict
@@ -429,6 +430,8 @@ class HttpProbe(ProbeBase):
                 )
             host = value
         object.__setattr__(self, "_host", host)
+        literal = parse_host_address(self._parsed.host) is not None
+        object.__setattr__(self, "_resolves", self.proxy is not None or not literal)
         if self.basic_auth is not None and self.bearer_token is not None:
             raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
         # Built once: the SSL context cache is keyed by these options.
@@ -450,7 +453,7 @@ class HttpProbe(ProbeBase):
             if self._parsed.scheme == "https":
                 warm_up(self._tls_alpn)
             object.__setattr__(self, "_warm", True)
-        if self.proxy is not None or parse_host_address(self._parsed.host) is None:
+        if self._resolves:
             warm = getattr(ctx.dialer.resolver, "prepare", None)
             if warm is not None:
                 warm()
