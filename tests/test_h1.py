@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from probekit._errors import ProbeFailure
 from probekit._result import ErrorKind
-from probekit.probes._h1 import MAX_CHUNK_LINE, ResponseParser, header
+from probekit.probes._h1 import (
+    MAX_CHUNK_FRAMING,
+    MAX_CHUNK_LINE,
+    MAX_INTERIM,
+    ResponseParser,
+    header,
+)
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\n"
 CLOSED = "connection closed before the response ended"
@@ -265,6 +271,18 @@ def test_an_interim_response_alone_is_not_the_head() -> None:
     assert (p.status, p.head_done, p.headers, p.done) == (0, False, [], False)
     with pytest.raises(ProbeFailure, match=CLOSED):
         p.feed(b"")
+
+
+def test_endless_interim_responses_are_refused_after_the_limit() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    for step in STEPS:
+        p, body = feed_all(interim * MAX_INTERIM + response("Content-Length: 2", body=b"ok"), step)
+        assert (p.status, body) == (200, b"ok")
+        message = error_of(interim * (MAX_INTERIM + 1), step)
+        assert message == f"more than {MAX_INTERIM} interim (1xx) responses"
+    p = ResponseParser()
+    with pytest.raises(ProbeFailure, match="interim"):
+        keep_feeding(p, interim, 100 * len(interim))
 
 
 def test_interim_heads_are_checked_too() -> None:
@@ -555,6 +573,35 @@ def test_chunk_size_line_limit_is_inclusive() -> None:
         assert p.done
         message = error_of(response("Transfer-Encoding: chunked", body=b"5;e" + line), step)
         assert message == "chunk size line exceeds 4096 bytes"
+
+
+def test_chunk_extension_flood_is_refused() -> None:
+    # 4 KB of extension per byte of data: the framing budget runs out after about 16 chunks.
+    flood = b"1;" + b"e" * 4000 + b"\r\nx\r\n"
+    p = ResponseParser()
+    p.feed(response("Transfer-Encoding: chunked"))
+    with pytest.raises(ProbeFailure, match="chunked framing outweighs the data"):
+        keep_feeding(p, flood, MAX_CHUNK_FRAMING + 2 * len(flood))
+
+
+def test_tiny_chunk_flood_is_refused() -> None:
+    flood = b"1\r\nx\r\n"
+    p = ResponseParser()
+    p.feed(response("Transfer-Encoding: chunked"))
+    with pytest.raises(ProbeFailure, match="chunked framing outweighs the data"):
+        keep_feeding(p, flood * 1000, MAX_CHUNK_FRAMING * 2 + 1000 * len(flood))
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_chunk_extensions_within_the_framing_budget_are_fine(step: int) -> None:
+    # Extensions up to the budget, then chunks whose data pays for their framing.
+    ext = b"1;" + b"e" * 1000 + b"\r\nx\r\n"
+    small = b"3\r\nabc\r\n"
+    count = MAX_CHUNK_FRAMING // 1010
+    chunks = ext * count + small * 5000 + b"0\r\n\r\n"
+    p, body = feed_all(response("Transfer-Encoding: chunked", body=chunks), step or 4096)
+    assert p.done
+    assert body == b"x" * count + b"abc" * 5000
 
 
 def test_trailers_share_the_head_budget() -> None:

@@ -150,7 +150,9 @@ async def test_endless_body_stops_at_cap_with_flat_memory(
 ) -> None:
     tracemalloc.start()
     try:
-        result = await HttpProbe(http_server.url("/infinite"), max_body_bytes=256 * 1024).check(ctx)
+        result = await HttpProbe(
+            http_server.url("/infinite"), max_body_bytes=256 * 1024, fail_on_body_limit=True
+        ).check(ctx)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -163,14 +165,9 @@ async def test_endless_body_stops_at_cap_with_flat_memory(
     assert peak < 4 * 1024 * 1024, f"peak traced memory {peak} bytes"
 
 
-async def test_cap_can_truncate_instead_of_failing(
-    http_server: HttpServer, ctx: ProbeContext
-) -> None:
+async def test_cap_truncates_by_default(http_server: HttpServer, ctx: ProbeContext) -> None:
     probe = HttpProbe(
-        http_server.url("/infinite"),
-        max_body_bytes=1000,
-        fail_on_body_limit=False,
-        assertions=(BodyContains("xxx"),),
+        http_server.url("/infinite"), max_body_bytes=1000, assertions=(BodyContains("xxx"),)
     )
     result = await probe.check(ctx)
     assert result.status is Status.UP
@@ -184,7 +181,7 @@ async def test_gzip_bomb_is_capped_after_decompression(
     _gzip_bomb()  # built once, before measuring: only the probe's memory counts
     tracemalloc.start()
     try:
-        result = await HttpProbe(http_server.url("/gzip-bomb")).check(ctx)
+        result = await HttpProbe(http_server.url("/gzip-bomb"), fail_on_body_limit=True).check(ctx)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -12,7 +12,9 @@ one into a probe, reporting *every* problem at once, each with its field path
   ``{"expect": "regex"}``, ``{"expect_exact": "text"}``, ``{"starttls": {tls options}}``.
 - A secret is never required inline: ``{"secret": "NAME"}`` looks the name up in the secrets
   given to :func:`build_probe` (``{"env": "VAR"}`` and ``{"file": "path"}`` work where the
-  caller allows them, as local config files do). A plain string is accepted too.
+  caller allows them, as local config files do). A plain string is accepted too. Where a field
+  takes a string *or* a secret (an HTTP header value), a plain string stays a string and the
+  reference forms make a secret.
 """
 
 from __future__ import annotations
@@ -178,6 +180,8 @@ class _Builder:
                 return self.value(real[0], data, path)
             if bytes in real and isinstance(data, str):
                 return data
+            if Secret in real and isinstance(data, Secret | Mapping):
+                return self.secret(data, path)  # str | Secret: a plain string stays a string
             return self.value(real[0], data, path)
         if origin is Literal:
             if data not in get_args(hint):

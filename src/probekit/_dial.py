@@ -24,7 +24,7 @@ from ._exceptions import DefinitionError, ProbeFailure
 from ._policy import EgressPolicy, IPAddress, parse_host_address
 from ._resolver import AiodnsResolver, Family, Resolver
 from ._result import ErrorKind, TlsInfo
-from ._secret import Secret
+from ._secret import Secret, redact_url
 from ._timeline import Timeline
 from ._timeouts import Timeouts
 from ._tls import TlsOptions, ssl_context, tls_info
@@ -191,9 +191,18 @@ class Proxy:
     def __attrs_post_init__(self) -> None:
         from urllib.parse import urlsplit
 
-        parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise DefinitionError("proxy", f"expected http://host:port, got {self.url!r}")
+        if not isinstance(self.url, str):
+            raise DefinitionError("proxy", f"a URL must be a string, got {type(self.url).__name__}")
+        # Messages show the URL through redact_url: its userinfo may hold a password.
+        try:
+            parts = urlsplit(self.url)
+            hostname = parts.hostname
+        except ValueError as exc:
+            raise DefinitionError("proxy", f"{exc} in {redact_url(self.url)!r}") from None
+        if parts.scheme != "http" or not hostname:
+            raise DefinitionError(
+                "proxy", f"expected http://host:port, got {redact_url(self.url)!r}"
+            )
         if parts.username or parts.password:
             raise DefinitionError(
                 "proxy", "put proxy credentials in username/password, not the URL"
@@ -201,8 +210,8 @@ class Proxy:
         try:
             port = parts.port or 8080
         except ValueError as exc:
-            raise DefinitionError("proxy", str(exc)) from None
-        object.__setattr__(self, "host", parts.hostname)
+            raise DefinitionError("proxy", f"{exc} in {redact_url(self.url)!r}") from None
+        object.__setattr__(self, "host", hostname)
         object.__setattr__(self, "port", port)
 
     def authorization(self) -> bytes | None:

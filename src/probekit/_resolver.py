@@ -25,7 +25,12 @@ _AF = {"any": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
 class Resolver(Protocol):
-    """Turns a host name into addresses. Raise :class:`ProbeFailure` (kind ``dns``) on failure."""
+    """Turns a host name into addresses. Raise :class:`ProbeFailure` (kind ``dns``) on failure.
+
+    A resolver may also have a ``prepare()`` method (no arguments, synchronous, no network): its
+    one-time set-up, which probes call before a check's clock starts (see
+    :meth:`AiodnsResolver.prepare`).
+    """
 
     async def resolve(self, host: str, family: Family = "any") -> list[IPAddress]: ...
 
@@ -58,6 +63,12 @@ class AiodnsResolver:
             self._loop, self._channel_for_loop = loop, channel
             _live.add(self)
         return channel
+
+    def prepare(self) -> None:
+        """Open the channel for the running loop now (importing aiodns on first use), so the
+        first lookup's ``resolve`` phase measures the lookup, not the set-up. Probes call it
+        before their check's clock starts; it is cheap once the channel is open."""
+        self._channel()
 
     async def aclose(self) -> None:
         """Release the c-ares channel (a later lookup opens a new one)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NoReturn
 
-__all__ = ["Secret"]
+__all__ = ["Secret", "redact_url"]
 
 _MASK: Final = "<secret>"
 
@@ -59,3 +59,22 @@ class Secret:
 
     def __copy__(self) -> Secret:
         return self
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo shown as ``<secret>``, for error messages.
+
+    Made for URLs that failed to parse, so it trusts no parser: everything after the first
+    ``:`` between the start of the authority (after ``://``, or the start of the text when there
+    is none) and the *last* ``@`` is masked. That over-masks when a path or query holds ``@``,
+    never under-masks a password holding ``/``, ``?``, ``#``, ``:`` or ``@``.
+    """
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    scheme_end = url.find("://")
+    start = scheme_end + 3 if 0 <= scheme_end < at else 0
+    colon = url.find(":", start, at)
+    if colon < 0:
+        return url
+    return f"{url[: colon + 1]}{_MASK}{url[at:]}"

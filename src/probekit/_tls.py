@@ -15,7 +15,7 @@ from ._exceptions import DefinitionError
 from ._result import CertInfo, TlsInfo
 from ._secret import Secret
 
-__all__ = ["TlsOptions", "TlsVersion", "cert_info", "ssl_context", "tls_info"]
+__all__ = ["TlsOptions", "TlsVersion", "cert_info", "ssl_context", "tls_info", "warm_up"]
 
 TlsVersion = Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 
@@ -34,13 +34,25 @@ def _version(_inst: object, attribute: attrs.Attribute[str | None], value: str |
         )
 
 
+def _key_password(value: Secret | str | None) -> Secret | None:
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, str):  # taken as a Secret at definition time, never shown
+        return Secret(value)
+    raise DefinitionError(
+        "client_key_password",
+        f"expected a Secret (a str is taken as one), got {type(value).__name__}",
+    )
+
+
 @attrs.frozen
 class TlsOptions:
     """How to do TLS.
 
     ``server_name`` overrides the SNI name and the name the certificate is checked against
     (default: the target's host). ``ca_file``/``ca_data`` replace the system trust store.
-    ``client_cert``/``client_key`` are file paths for mutual TLS. ``alpn`` lists protocols to
+    ``client_cert``/``client_key`` are file paths for mutual TLS (``client_key_password`` is a
+    :class:`Secret`; a ``str`` is taken as one). ``alpn`` lists protocols to
     offer (the HTTP probe fills it in).
     """
 
@@ -49,7 +61,7 @@ class TlsOptions:
     ca_data: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
-    client_key_password: Secret | None = None
+    client_key_password: Secret | None = attrs.field(default=None, converter=_key_password)
     server_name: str | None = None
     min_version: TlsVersion | None = attrs.field(default=None, validator=_version)
     max_version: TlsVersion | None = attrs.field(default=None, validator=_version)
@@ -86,6 +98,13 @@ def ssl_context(options: TlsOptions) -> ssl.SSLContext:
     if options.alpn:
         ctx.set_alpn_protocols(list(options.alpn))
     return ctx
+
+
+def warm_up(options: TlsOptions) -> None:
+    """Do a process's one-time TLS set-up for ``options`` now, outside any check's clock: build
+    (and cache) the SSL context, and import what describing a peer's certificates needs."""
+    ssl_context(options)
+    from cryptography import x509  # noqa: F401 - imported for the side effect, see cert_info
 
 
 # The DER constant lives in the private _ssl module before 3.13.

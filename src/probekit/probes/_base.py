@@ -294,22 +294,43 @@ async def execute(
     ctx: ProbeContext | None,
     body: Body,
     assertions: tuple[Assertion, ...] = (),
+    prepare: Callable[[ProbeContext], None] | None = None,
 ) -> Result:
     """Run ``body`` under the check's deadline and turn whatever happens into a Result.
 
     A failure of the target (any exception the backends raise) becomes an error of the right
-    kind naming the phase that was running; a bug becomes ``UNKNOWN``/``internal``.
+    kind naming the phase that was running; a bug becomes ``UNKNOWN``/``internal``. A check whose
+    deadline has already passed when it starts is ``DOWN``/``timeout`` without running ``body``.
     ``assertions`` are evaluated after a body that did not evaluate them itself.
+    ``prepare`` (see :meth:`ProbeBase.prepare`) runs before the check's clock starts.
     Cancellation is never swallowed.
     """
     ctx = ctx or default_context()
+    if prepare is not None:
+        try:
+            prepare(ctx)
+        except Exception as exc:  # noqa: BLE001 - the body meets it again and classifies it
+            log.debug("preparing a %s check of %s failed: %r", kind, target, exc)
     clock = ctx.clock
     started_at = clock.now()
     attempt = Attempt(ctx, timeouts)
     timeline = attempt.timeline
     deadline = timeline.start + timeouts.total
-    if ctx.deadline is not None:
-        deadline = min(deadline, ctx.deadline)
+    if ctx.deadline is not None and ctx.deadline < deadline:
+        deadline = ctx.deadline
+        if deadline <= timeline.start:
+            # Checked before the body runs: a body reaches its first dial before a timer due
+            # now could cancel it, so a check that starts late would still send packets.
+            return Result(
+                kind=kind,
+                target=target,
+                status=Status.DOWN,
+                started_at=started_at,
+                duration=clock.monotonic() - timeline.start,
+                error=ProbeError(
+                    ErrorKind.TIMEOUT, "the deadline had passed before the check started", None
+                ),
+            )
     error: ProbeError | None = None
     try:
         with after(max(deadline - clock.monotonic(), 0.0)):
@@ -395,7 +416,18 @@ class ProbeBase:
         """The body of one check; see the class documentation."""
         raise NotImplementedError(f"{type(self).__name__} must define 'async def run(attempt)'")
 
+    def prepare(self, ctx: ProbeContext) -> None:
+        """One-time set-up that belongs to no check: building an SSL context, importing a
+        library on first use, opening the resolver's channel. It runs before each check's clock
+        starts, so a process's first check measures the same work as its hundredth and its
+        phases add up to its duration. It is called before every check, so it must be cheap
+        once done, and it must not touch the network. Whatever it raises is ignored (the body
+        meets the problem again and classifies it). The default does nothing.
+        """
+
     async def check(self, ctx: ProbeContext | None = None) -> Result:
         """Run one check and return its Result; never raises because the target failed."""
         assertions: tuple[Assertion, ...] = getattr(self, "assertions", ())
-        return await execute(self.kind, self.target, self.timeouts, ctx, self.run, assertions)
+        return await execute(
+            self.kind, self.target, self.timeouts, ctx, self.run, assertions, self.prepare
+        )

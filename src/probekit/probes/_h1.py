@@ -18,6 +18,8 @@ Rules (RFC 9110 / RFC 9112), and the choices made where the RFCs leave room:
   whitespace around the fold becomes exactly one space (RFC 9112 section 5.2 allows replacing
   an obs-fold with spaces); a continuation line before the first header is an error.
 * Interim 1xx responses other than 101 are parsed and discarded; 101 is final and has no body.
+  More than ``MAX_INTERIM`` (10) interim responses are an error: an endless stream of
+  ``100 Continue`` would otherwise keep the parser busy for the whole deadline.
 * Each head (status line, headers and the blank line) may be at most ``max_head_bytes``; the
   limit is checked as bytes arrive, so the parser never holds more than that waiting for the
   blank line. Trailers share one budget of ``max_head_bytes``.
@@ -31,7 +33,9 @@ Rules (RFC 9110 / RFC 9112), and the choices made where the RFCs leave room:
 * Chunk sizes are 1 to 16 hex digits, optionally followed by spaces/tabs and ``;extensions``
   (ignored); the size line may be at most 4096 bytes. Chunk data must be followed by exactly
   CRLF (or LF). Trailer lines after the last chunk are validated like header lines and
-  discarded.
+  discarded. The size lines together may outweigh the data they frame by at most
+  ``MAX_CHUNK_FRAMING`` (64 KiB) bytes, which bounds the work per byte of body: floods of
+  chunk extensions or of one-byte chunks are refused, not parsed until the deadline.
 
 Body bytes are handed back as they arrive; the parser only ever buffers an incomplete head, an
 incomplete chunk-size or trailer line, or a lone CR after chunk data. Every malformed input
@@ -46,10 +50,17 @@ import re
 from .._exceptions import ProbeFailure
 from .._result import ErrorKind
 
-__all__ = ["ResponseParser", "header"]
+__all__ = ["MAX_CHUNK_FRAMING", "MAX_CHUNK_LINE", "MAX_INTERIM", "ResponseParser", "header"]
 
 #: The longest chunk-size line (size, extensions and line ending) accepted.
 MAX_CHUNK_LINE = 4096
+#: How far the chunked framing (size lines, with their extensions) may outweigh the data it
+#: frames, in bytes. Each chunk costs the parser a fixed amount of work, so a body of one-byte
+#: chunks, or of 4 KB of extensions per byte, would burn CPU for the whole deadline; a body whose
+#: framing costs more than its data, past this allowance, is refused instead.
+MAX_CHUNK_FRAMING = 64 * 1024
+#: How many interim (1xx) responses may precede the final one.
+MAX_INTERIM = 10
 
 _EXCERPT = 80
 
@@ -177,7 +188,9 @@ class ResponseParser:
     __slots__ = (
         "_buf",
         "_error",
+        "_framing_left",
         "_head_request",
+        "_interim",
         "_line1",
         "_max_head",
         "_remaining",
@@ -216,6 +229,8 @@ class ResponseParser:
         self._line1 = -1  # index of the status line's LF in _buf, once seen (head state)
         self._remaining = 0
         self._trailer_bytes = 0
+        self._interim = 0
+        self._framing_left = MAX_CHUNK_FRAMING
         self._error: ProbeFailure | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -355,6 +370,9 @@ class ResponseParser:
         version, code, reason = match.groups()
         status = int(code)
         if status < 200 and status != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise _fail(f"more than {MAX_INTERIM} interim (1xx) responses")
             return head_end - base  # an interim response: discarded, the next head follows
         self.http_version = "1.1" if version == b"1" else "1.0"
         self.status = status
@@ -451,6 +469,15 @@ class ResponseParser:
         if len(digits) > 16:
             raise _fail(f"chunk size has more than 16 hex digits: {_excerpt(line)}")
         size = int(digits, 16)
+        # Each size line is paid for by the data it announces (credited now: the data must
+        # arrive before the next size line is parsed).
+        left = self._framing_left - len(line) - 2 + size
+        if left < 0:
+            raise _fail(
+                f"chunked framing outweighs the data by more than {MAX_CHUNK_FRAMING} bytes "
+                "(chunk extensions or tiny chunks)"
+            )
+        self._framing_left = left
         if size:
             self._state = _CHUNK_DATA
             self._remaining = size

@@ -10,6 +10,7 @@ connection (ALPN over TLS, prior knowledge over plain text).
 from __future__ import annotations
 
 import base64
+import re
 import zlib
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -18,15 +19,16 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import attrs
 
 from .._assertions import Assertion, HeaderMatches, StatusIn, assertion_tuple
+from .._context import ProbeContext
 from .._dial import Connection, Proxy
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind
-from .._secret import Secret
+from .._secret import Secret, redact_url
 from .._timeline import Timeline
 from .._timeouts import Timeouts
-from .._tls import TlsOptions
+from .._tls import TlsOptions, warm_up
 from ._base import Attempt, ProbeBase
 from ._h1 import ResponseParser
 from ._kind import Metric, Option, ProbeKind, Url
@@ -47,27 +49,87 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_STATUS = StatusIn(ranges=((200, 299),))
 _UA = b"probekit/0.1"
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+#: Control characters (C0 and DEL). A credential may hold none; a header value none but HTAB
+#: (RFC 9110 section 5.5), so nothing a definition gives can end a header line or the head.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: What a URL may not hold anywhere: ASCII whitespace and control characters (C0, SP, DEL).
+#: Other non-ASCII text is percent-encoded (path, query) or IDNA-encoded (host).
+_URL_REFUSED = re.compile(r"[\x00-\x20\x7f]")
+#: Request headers the probe computes itself; a definition giving them would send two.
+_COMPUTED = frozenset({"content-length", "transfer-encoding"})
+#: The same rule on the bytes of a request head being built (a last line, see _prepare).
+_FIELD_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Headers HTTP/2 forbids (RFC 9113 §8.2.2); dropped from user headers when speaking h2.
 _H2_FORBIDDEN = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
 
 
+def _control_problem(text: str, pattern: re.Pattern[str] = _CONTROL) -> str | None:
+    """What is wrong with ``text`` if it holds a control character (the message never shows
+    ``text``, which may be a secret), else None."""
+    found = pattern.search(text)
+    if found is None:
+        return None
+    return (
+        f"holds a control character (0x{ord(found.group()):02x}); CR, LF, NUL and the other "
+        "control characters would change the request"
+    )
+
+
+def _as_secret(field: str, value: object) -> Secret | None:
+    """``value`` as a :class:`Secret`: a plain ``str`` is taken as one, at definition time.
+
+    Anything else (bytes, a number) is a :class:`DefinitionError` on ``field``; a check never
+    meets a credential of the wrong type.
+    """
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value)
+    raise DefinitionError(
+        field, f"expected a Secret (a str is taken as one), got {type(value).__name__}"
+    )
+
+
+def _password(value: Secret | str) -> Secret:
+    secret = _as_secret("password", value)
+    if secret is None:
+        raise DefinitionError("password", "expected a Secret (a str is taken as one), got None")
+    problem = _control_problem(secret.reveal())
+    if problem is not None:
+        raise DefinitionError("password", f"the password {problem}")
+    return secret
+
+
+def _username(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise DefinitionError("username", f"expected a str, got {type(value).__name__}")
+    problem = _control_problem(value)
+    if problem is not None:
+        raise DefinitionError("username", f"the user name {problem}")
+    if ":" in value:
+        raise DefinitionError("username", "a basic-auth user name may not contain ':' (RFC 7617)")
+
+
 @attrs.frozen
 class BasicAuth:
-    """HTTP basic credentials; the password is a :class:`Secret`."""
+    """HTTP basic credentials; the password is a :class:`Secret` (a ``str`` is taken as one)."""
 
-    username: str
-    password: Secret
+    username: str = attrs.field(validator=_username)
+    password: Secret = attrs.field(converter=_password)
 
     def header(self) -> bytes:
         raw = f"{self.username}:{self.password.reveal()}".encode()
         return b"Basic " + base64.b64encode(raw)
 
 
-def _pairs(
-    field: str, value: Mapping[str, str] | Sequence[tuple[str, str]] | None
-) -> tuple[tuple[str, str], ...]:
+HeaderValue = str | Secret
+Pairs = Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]]
+
+
+def _pairs(field: str, value: Pairs | None) -> tuple[tuple[str, HeaderValue], ...]:
     if value is None:
         return ()
     items = value.items() if isinstance(value, Mapping) else value
@@ -79,39 +141,82 @@ def _pairs(
             raise DefinitionError(
                 f"{field}[{i}]", f"expected a (name, value) pair, got {item!r}"
             ) from None
+        if field == "headers":
+            out.append(_header(i, name, val))
+            continue
         if not isinstance(name, str) or not isinstance(val, str):
             raise DefinitionError(f"{field}[{i}]", "names and values must be strings")
         if any(c in name + val for c in "\r\n\0"):
             raise DefinitionError(f"{field}[{i}]", "names and values may not contain CR, LF or NUL")
-        if field == "headers":
-            if not name or not _TOKEN.issuperset(name):
-                raise DefinitionError(
-                    f"{field}[{i}]", f"{name!r} is not a valid header name (RFC 9110 token)"
-                )
-            try:
-                val.encode("latin-1")
-            except UnicodeEncodeError:
-                raise DefinitionError(
-                    f"{field}[{i}]", f"the value of {name!r} is not Latin-1 text"
-                ) from None
         out.append((name, val))
     return tuple(out)
 
 
-def _headers(
-    value: Mapping[str, str] | Sequence[tuple[str, str]] | None,
-) -> tuple[tuple[str, str], ...]:
+def _header(i: int, name: object, value: object) -> tuple[str, HeaderValue]:
+    """One checked request header: a token name and a Latin-1 value (a str or a Secret) without
+    control characters other than HTAB. Messages never show a secret value."""
+    where = f"headers[{i}]"
+    if not isinstance(name, str) or not isinstance(value, str | Secret):
+        raise DefinitionError(where, "names must be strings, values strings or Secrets")
+    if not name or not _TOKEN.issuperset(name):
+        raise DefinitionError(where, f"{_shown(name)} is not a valid header name (RFC 9110 token)")
+    text = value.reveal() if isinstance(value, Secret) else value
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise DefinitionError(where, f"the value of {name!r} is not Latin-1 text") from None
+    problem = _control_problem(text, _FIELD_CONTROL)
+    if problem is not None:
+        raise DefinitionError(where, f"the value of {name!r} {problem}")
+    return name, value
+
+
+def _shown(text: str) -> str:
+    """``repr(text)``, cut short: a name in a message, not a dump of whatever was given."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+
+
+def _headers(value: Pairs | None) -> tuple[tuple[str, HeaderValue], ...]:
     return _pairs("headers", value)
 
 
 def _query(
     value: Mapping[str, str] | Sequence[tuple[str, str]] | None,
 ) -> tuple[tuple[str, str], ...]:
-    return _pairs("query", value)
+    return _pairs("query", value)  # type: ignore[return-value]  # strings only: checked above
 
 
 def _body(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
+
+
+def _bearer_token(value: Secret | str | None) -> Secret | None:
+    secret = _as_secret("bearer_token", value)
+    if secret is not None:
+        problem = _control_problem(secret.reveal())
+        if problem is not None:
+            raise DefinitionError("bearer_token", f"the token {problem}")
+    return secret
+
+
+def _basic_auth(_inst: object, _attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, BasicAuth):
+        raise DefinitionError(
+            "basic_auth", f"expected BasicAuth(username, password), got {type(value).__name__}"
+        )
+
+
+def _proxy(value: Proxy | None) -> Proxy | None:
+    if value is None:
+        return None
+    if not isinstance(value, Proxy):
+        raise DefinitionError("proxy", f"expected a Proxy, got {type(value).__name__}")
+    if value.username is not None and not isinstance(value.username, str):
+        raise DefinitionError(
+            "proxy.username", f"expected a str, got {type(value.username).__name__}"
+        )
+    password = _as_secret("proxy.password", value.password)
+    return value if password is value.password else attrs.evolve(value, password=password)
 
 
 def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -139,29 +244,36 @@ class _Url:
 
 
 def _parse_url(url: str, field: str = "url") -> _Url:
+    # Every message shows the URL through redact_url: a definition error is logged and sent back
+    # to a control plane, and a URL's userinfo may hold a password.
     if not isinstance(url, str):
         raise DefinitionError(field, f"a URL must be a string, got {type(url).__name__}")
-    if any(c in url for c in "\r\n\0 \t"):
+    if _URL_REFUSED.search(url) is not None:
         raise DefinitionError(field, "a URL may not contain whitespace or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # an unclosed IPv6 bracket, ...
+        raise DefinitionError(field, f"{exc} in {redact_url(url)!r}") from None
     if parts.scheme not in ("http", "https"):
         raise DefinitionError(
-            field, f"scheme must be http or https, got {parts.scheme!r} in {url!r}"
+            field, f"scheme must be http or https, got {parts.scheme!r} in {redact_url(url)!r}"
         )
-    if not parts.hostname:
-        raise DefinitionError(field, f"no host in {url!r}")
-    hostname = parts.hostname
+    if not hostname:
+        raise DefinitionError(field, f"no host in {redact_url(url)!r}")
     if not hostname.isascii():
         try:
             hostname = hostname.encode("idna").decode("ascii")
         except UnicodeError as exc:
-            raise DefinitionError(field, f"bad international host name in {url!r}: {exc}") from None
+            raise DefinitionError(
+                field, f"bad international host name in {redact_url(url)!r}: {exc}"
+            ) from None
     if parts.username is not None or parts.password is not None:
         raise DefinitionError(field, "put credentials in basic_auth, not in the URL")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise DefinitionError(field, f"{exc} in {url!r}") from None
+        raise DefinitionError(field, f"{exc} in {redact_url(url)!r}") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not target.isascii():  # a request line is ASCII: percent-encode the rest as UTF-8
         target = quote(target, safe=_ASCII_PRINTABLE)
@@ -240,9 +352,9 @@ class HttpProbe(ProbeBase):
     A fresh connection is made for every check, through the context's dialer (and so its egress
     policy, re-checked on every redirect hop). Without a :class:`StatusIn` assertion, a final
     status of 200-299 is required. The body read is capped at ``max_body_bytes`` (after
-    decompression too); a larger body fails the check unless ``fail_on_body_limit`` is False,
-    in which case the assertions see the first ``max_body_bytes`` and the result says it was
-    truncated.
+    decompression too): reading stops there, the assertions see the first ``max_body_bytes``
+    and the result's ``body_truncated`` metric is 1. With ``fail_on_body_limit=True`` a larger
+    body fails the check instead (``DOWN``/``protocol``).
 
     Phases: ``resolve``, ``connect``, ``tls``, ``processing``, ``transfer`` (per hop).
     """
@@ -251,23 +363,26 @@ class HttpProbe(ProbeBase):
 
     url: str = attrs.field()
     method: str = "GET"
-    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
+    headers: tuple[tuple[str, str | Secret], ...] = attrs.field(default=(), converter=_headers)
     query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_query)
     body: bytes | None = attrs.field(default=None, converter=_body)
-    basic_auth: BasicAuth | None = None
-    bearer_token: Secret | None = None
+    basic_auth: BasicAuth | None = attrs.field(default=None, validator=_basic_auth)
+    bearer_token: Secret | None = attrs.field(default=None, converter=_bearer_token)
     follow_redirects: bool = True
     max_redirects: int = attrs.field(default=10, validator=_positive_int)
     tls: TlsOptions = attrs.field(factory=TlsOptions)
     host_header: str | None = None
     http_version: Literal["1.1", "2"] = "1.1"
-    proxy: Proxy | None = None
+    proxy: Proxy | None = attrs.field(default=None, converter=_proxy)
     ip_family: Family | None = None
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
-    fail_on_body_limit: bool = True
+    fail_on_body_limit: bool = False
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     _parsed: _Url = attrs.field(init=False, repr=False, eq=False)
+    _host: str | None = attrs.field(init=False, repr=False, eq=False)  # host_header or Host
+    _warm: bool = attrs.field(init=False, repr=False, eq=False, default=False)
+    _resolves: bool = attrs.field(init=False, repr=False, eq=False, default=True)
     _tls_alpn: TlsOptions = attrs.field(init=False, repr=False, eq=False)
     _prepared: dict[tuple[Any, ...], tuple[str, list[tuple[bytes, bytes]], bytes]] = attrs.field(
         init=False, repr=False, eq=False, hash=False, factory=dict
@@ -286,15 +401,37 @@ class HttpProbe(ProbeBase):
             raise DefinitionError(
                 "http_version", f"expected '1.1' or '2', got {self.http_version!r}"
             )
-        if self.host_header is not None and (
-            not self.host_header
-            or not self.host_header.isascii()
-            or not self.host_header.isprintable()
-            or " " in self.host_header
-        ):
+        if self.host_header is not None and not _is_host(self.host_header):
             raise DefinitionError(
                 "host_header", f"expected a host[:port] in ASCII, got {self.host_header!r}"
             )
+        host = self.host_header
+        for i, (name, value) in enumerate(self.headers):
+            lname = name.lower()
+            if lname in _COMPUTED:
+                raise DefinitionError(
+                    f"headers[{i}]",
+                    f"{name} is computed by the probe from body; give body instead "
+                    "(b'' sends Content-Length: 0)",
+                )
+            if lname != "host":
+                continue
+            # A Host header is the Host header (as host_header is); two would be refused by
+            # a server, so giving it twice, or with host_header too, is a definition error.
+            if self.host_header is not None:
+                raise DefinitionError(
+                    f"headers[{i}]", "give the Host header in host_header or in headers, not both"
+                )
+            if host is not None:
+                raise DefinitionError(f"headers[{i}]", "more than one Host header")
+            if not isinstance(value, str) or not _is_host(value):
+                raise DefinitionError(
+                    f"headers[{i}]", "expected a host[:port] in ASCII as the Host header"
+                )
+            host = value
+        object.__setattr__(self, "_host", host)
+        literal = parse_host_address(self._parsed.host) is not None
+        object.__setattr__(self, "_resolves", self.proxy is not None or not literal)
         if self.basic_auth is not None and self.bearer_token is not None:
             raise DefinitionError("bearer_token", "give basic_auth or bearer_token, not both")
         # Built once: the SSL context cache is keyed by these options.
@@ -308,6 +445,18 @@ class HttpProbe(ProbeBase):
     @property
     def host(self) -> str:
         return self._parsed.host
+
+    def prepare(self, ctx: ProbeContext) -> None:
+        """Before the clock starts: build the SSL context and load the certificate parser (once
+        per probe), and open the resolver's channel (a no-op once open)."""
+        if not self._warm:
+            if self._parsed.scheme == "https":
+                warm_up(self._tls_alpn)
+            object.__setattr__(self, "_warm", True)
+        if self._resolves:
+            warm = getattr(ctx.dialer.resolver, "prepare", None)
+            if warm is not None:
+                warm()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -369,8 +518,10 @@ class HttpProbe(ProbeBase):
         """The request line target, headers and the HTTP/1.1 request head for one hop.
 
         Built once per distinct hop and remembered: a probe sends the same request every time.
-        Every part was checked when the probe was defined (header names are tokens, nothing
-        holds CR, LF or NUL, the target is ASCII).
+        Every part was checked when the probe was defined (header names are tokens, no value
+        holds a control character but HTAB, the target is ASCII). The values are checked once
+        more here, where the head is built, so that a value that changed since (a secret is
+        revealed only now) is never sent: the check is then ``UNKNOWN``/``internal``.
         """
         key = (url, method, body, auth, absolute)
         prepared = self._prepared.get(key)
@@ -380,6 +531,13 @@ class HttpProbe(ProbeBase):
                 proxy_auth = self.proxy.authorization()
                 if proxy_auth:
                     headers.append((b"Proxy-Authorization", proxy_auth))
+            for name, value in headers:
+                if _FIELD_CONTROL_BYTES.search(value) is not None:
+                    raise ProbeFailure(
+                        ErrorKind.INTERNAL,
+                        f"the {name.decode()} request header holds a control character; "
+                        "the request was not sent",
+                    )
             target = f"{url.scheme}://{url.authority}{url.target}" if absolute else url.target
             lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
             lines += [name + b": " + value for name, value in headers]
@@ -392,16 +550,15 @@ class HttpProbe(ProbeBase):
     def _request_headers(
         self, url: _Url, body: bytes | None, auth: bool
     ) -> list[tuple[bytes, bytes]]:
-        headers: list[tuple[bytes, bytes]] = [
-            (b"Host", (self.host_header or url.authority).encode())
-        ]
+        headers: list[tuple[bytes, bytes]] = [(b"Host", (self._host or url.authority).encode())]
         names = set()
         for name, value in self.headers:
             lname = name.lower()
             if lname == "host":
-                continue
+                continue  # already first, as _host
             names.add(lname)
-            headers.append((name.encode(), value.encode("latin-1")))
+            text = value.reveal() if isinstance(value, Secret) else value
+            headers.append((name.encode(), text.encode("latin-1")))
         if "user-agent" not in names:
             headers.append((b"User-Agent", _UA))
         if "accept" not in names:
@@ -422,15 +579,16 @@ class HttpProbe(ProbeBase):
         timeline = attempt.timeline
         https = url.scheme == "https"
         tls = self._tls_alpn if https else None
-        absolute = False
-        if self.proxy is not None and not https:
+        absolute = self.proxy is not None and not https
+        # Built (or found) before dialling: a request that must not be sent opens no connection.
+        target, headers, request = self._prepare(url, method, body, auth, absolute)
+        if self.proxy is not None and absolute:
             # Plain HTTP through a proxy: absolute-form request to the proxy; the target is
             # still checked against the policy before anything is sent.
             await ctx.dialer.check_target(url.host, timeline, self.timeouts)
             conn = await ctx.dialer.connect(
                 self.proxy.host, self.proxy.port, timeline, self.timeouts
             )
-            absolute = True
         else:
             conn = await ctx.dialer.connect(
                 url.host,
@@ -444,7 +602,6 @@ class HttpProbe(ProbeBase):
         try:
             attempt.address = conn.address
             attempt.record_tls(conn.tls)
-            target, headers, request = self._prepare(url, method, body, auth, absolute)
             use_h2 = self.http_version == "2" and (
                 (conn.tls is not None and conn.tls.alpn == "h2") or (not https and not absolute)
             )
@@ -453,6 +610,10 @@ class HttpProbe(ProbeBase):
             return await _h1_exchange(conn, method, request, body, timeline, self)
         finally:
             conn.close()
+
+
+def _is_host(value: str) -> bool:
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
 def _parse_url_for_redirect(url: str) -> _Url:
