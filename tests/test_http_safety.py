@@ -174,7 +174,10 @@ async def test_plain_string_credentials_are_taken_as_secrets_at_definition(
         (lambda: BasicAuth("u", 5), "password"),
         (lambda: BasicAuth(None, Secret("p")), "username"),
         (lambda: BasicAuth(Secret("u"), Secret("p")), "username"),
-        (lambda: HttpProbe("http://h/", proxy=Proxy("http://p:3128", "u", 5)), "proxy.password"),
+        (
+            lambda: HttpProbe("http://h/", proxy=Proxy("http://p:3128", "u", 5)),
+            "password",
+        ),  # Proxy refuses it itself
         (lambda: HttpProbe("http://h/", proxy=Proxy("http://p:3128", 5)), "proxy.username"),
         (lambda: HttpProbe("http://h/", proxy="http://p:3128"), "proxy"),
         (lambda: TlsOptions(client_key_password=5), "client_key_password"),
@@ -597,3 +600,13 @@ async def test_prepare_failure_is_met_again_by_the_check(
     result = await probe.check(ctx)
     assert result.status is Status.DOWN
     assert result.error is not None and "No such file" in result.error.message
+
+
+def test_a_proxy_takes_a_plain_string_password_as_a_secret_at_definition() -> None:
+    from probekit import Proxy
+
+    proxy = Proxy("http://proxy.local:3128", username="u", password="pw-canary")  # type: ignore[arg-type]
+    assert isinstance(proxy.password, Secret)
+    assert "pw-canary" not in repr(proxy)
+    with pytest.raises(DefinitionError, match="password"):
+        Proxy("http://proxy.local:3128", username="u", password=b"pw")  # type: ignore[arg-type]

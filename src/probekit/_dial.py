@@ -24,7 +24,7 @@ from ._exceptions import DefinitionError, ProbeFailure
 from ._policy import EgressPolicy, IPAddress, parse_host_address
 from ._resolver import AiodnsResolver, Family, Resolver
 from ._result import ErrorKind, TlsInfo
-from ._secret import Secret, redact_url
+from ._secret import Secret, as_secret, redact_url
 from ._timeline import Timeline
 from ._timeouts import Timeouts
 from ._tls import TlsOptions, ssl_context, tls_info
@@ -178,13 +178,17 @@ class TlsVerifyFailure(ProbeFailure):
         self.tls = tls
 
 
+def _proxy_password(value: Secret | str | None) -> Secret | None:
+    return as_secret("password", value)
+
+
 @attrs.frozen
 class Proxy:
     """An HTTP proxy (``http://host:port``), used with CONNECT for TLS and TCP targets."""
 
     url: str
     username: str | None = None
-    password: Secret | None = None
+    password: Secret | None = attrs.field(default=None, converter=_proxy_password)
     host: str = attrs.field(init=False)
     port: int = attrs.field(init=False)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NoReturn
 
-__all__ = ["Secret", "redact_url"]
+__all__ = ["Secret", "as_secret", "redact_url"]
 
 _MASK: Final = "<secret>"
 
@@ -78,3 +78,21 @@ def redact_url(url: str) -> str:
     if colon < 0:
         return url
     return f"{url[: colon + 1]}{_MASK}{url[at:]}"
+
+
+def as_secret(field: str, value: object) -> Secret | None:
+    """``value`` as a :class:`Secret` (an attrs converter's work): a plain ``str`` is taken as
+    one, at definition time; None stays None.
+
+    Anything else (bytes, a number) is a :class:`~probekit.DefinitionError` on ``field``; a check
+    never meets a credential of the wrong type.
+    """
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value)
+    from ._exceptions import DefinitionError
+
+    raise DefinitionError(
+        field, f"expected a Secret (a str is taken as one), got {type(value).__name__}"
+    )

@@ -25,7 +25,7 @@ from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind
-from .._secret import Secret, redact_url
+from .._secret import Secret, as_secret, redact_url
 from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, warm_up
@@ -78,23 +78,8 @@ def _control_problem(text: str, pattern: re.Pattern[str] = _CONTROL) -> str | No
     )
 
 
-def _as_secret(field: str, value: object) -> Secret | None:
-    """``value`` as a :class:`Secret`: a plain ``str`` is taken as one, at definition time.
-
-    Anything else (bytes, a number) is a :class:`DefinitionError` on ``field``; a check never
-    meets a credential of the wrong type.
-    """
-    if value is None or isinstance(value, Secret):
-        return value
-    if isinstance(value, str):
-        return Secret(value)
-    raise DefinitionError(
-        field, f"expected a Secret (a str is taken as one), got {type(value).__name__}"
-    )
-
-
 def _password(value: Secret | str) -> Secret:
-    secret = _as_secret("password", value)
+    secret = as_secret("password", value)
     if secret is None:
         raise DefinitionError("password", "expected a Secret (a str is taken as one), got None")
     problem = _control_problem(secret.reveal())
@@ -191,7 +176,7 @@ def _body(value: bytes | str | None) -> bytes | None:
 
 
 def _bearer_token(value: Secret | str | None) -> Secret | None:
-    secret = _as_secret("bearer_token", value)
+    secret = as_secret("bearer_token", value)
     if secret is not None:
         problem = _control_problem(secret.reveal())
         if problem is not None:
@@ -215,7 +200,7 @@ def _proxy(value: Proxy | None) -> Proxy | None:
         raise DefinitionError(
             "proxy.username", f"expected a str, got {type(value.username).__name__}"
         )
-    password = _as_secret("proxy.password", value.password)
+    password = as_secret("proxy.password", value.password)
     return value if password is value.password else attrs.evolve(value, password=password)
 
 
