@@ -309,3 +309,11 @@ def test_an_embedded_ipv4_is_decided_like_the_ipv4(address: ipaddress.IPv4Addres
     for form in forms:
         if denied:
             assert not policy.decide_address(form).allowed, form
+
+
+def test_oracle_cloud_legacy_metadata_address_is_denied_by_default() -> None:
+    # Found by the SSRF table of tests/hostile: 192.0.0.192 was allowed and dialled.
+    for host in ("192.0.0.192", "3221225664", "[::ffff:192.0.0.192]", "[2002:c000:c0::1]"):
+        decision = EgressPolicy().decide_host(host)
+        assert not decision.allowed, host
+        assert "192.0.0.192/32" in decision.reason

@@ -43,6 +43,7 @@ DEFAULT_DENIED_NETWORKS: Final[tuple[str, ...]] = (
     "fe80::/10",  # IPv6 link-local
     "fd00:ec2::254/128",  # AWS metadata over IPv6
     "100.100.100.200/32",  # Alibaba Cloud metadata
+    "192.0.0.192/32",  # Oracle Cloud metadata (legacy address; the current one is 169.254.169.254)
     "0.0.0.0/8",  # "this network": connecting to it reaches the local host on Linux
     "::/128",  # unspecified
     "224.0.0.0/4",  # multicast
