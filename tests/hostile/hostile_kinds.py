@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 
 from probekit.probes._kind import HostPort, Name, Url
-from probekit.probes._registry import get_kind
+from probekit.probes._registry import builtin_names, get_kind
 
 #: Every definition asks for this text, which only the well-behaved servers send: a hostile
 #: server can therefore never make a check UP, whatever a probe does with a body it cut short.
@@ -168,6 +168,12 @@ PROFILES: dict[str, KindProfile] = {
         secrets={"password": _password, "tls.client_key_password": _key_password},
     ),
 }
+
+
+def builtin_profiles() -> list[KindProfile]:
+    """The profile of every built-in kind (from ``builtin_names()``) that has one; the suites
+    run over these, and test_every_builtin_kind_has_a_profile fails for a kind without one."""
+    return [PROFILES[name] for name in builtin_names() if name in PROFILES]
 
 
 def profile(kind: str) -> KindProfile:

@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 import pytest
-from hostile_kinds import GOOD_SERVERS, PROFILES, KindProfile
+from hostile_kinds import GOOD_SERVERS, KindProfile, builtin_profiles
 from hostile_measure import MEASURED, Usage
 from hostile_servers import CASES, Case, bomb, garbage, serve
 
@@ -34,7 +34,7 @@ def _probe(profile: KindProfile, port: int, tls: bool) -> Any:
 
 def _rows() -> list[Any]:
     rows = []
-    for profile in PROFILES.values():
+    for profile in builtin_profiles():
         for case in CASES:
             if case.listener or case.handler(profile.family) is not None:
                 if case.tls and not profile.tls:
@@ -78,7 +78,7 @@ async def test_hostile_server(profile: KindProfile, case: Case) -> None:
     assert connector.refused == []
 
 
-@pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))
+@pytest.mark.parametrize("profile", builtin_profiles(), ids=lambda p: p.name)
 async def test_each_kind_is_up_against_the_well_behaved_server(profile: KindProfile) -> None:
     """The control row: the same definitions pass when the server behaves, so every DOWN above
     is the hostile server's doing."""

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from hostile_kinds import PROFILES, KindProfile, http_response, read_request
+from hostile_kinds import KindProfile, builtin_profiles, http_response, read_request
 from hostile_servers import silence
 
 from probekit import (
@@ -130,8 +130,8 @@ def definition(profile: KindProfile, path: str, port: int, pair: tuple[str, str]
 
 
 ROWS = [
-    pytest.param(profile, path, id=f"{name}-{path}")
-    for name, profile in PROFILES.items()
+    pytest.param(profile, path, id=f"{profile.name}-{path}")
+    for profile in builtin_profiles()
     for path in profile.secrets
 ]
 

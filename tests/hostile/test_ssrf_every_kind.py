@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hostile_kinds import GOOD_SERVERS, PROFILES, KindProfile, bracket, http_response
+from hostile_kinds import GOOD_SERVERS, KindProfile, bracket, builtin_profiles, http_response
 from ssrf_table import SPELLINGS
 
 from probekit import (
@@ -27,7 +27,7 @@ from probekit._policy import IPAddress, parse_host_address
 from proxy import LoopbackProxy
 from servers import GuardedConnector, TcpServer, make_context
 
-KINDS = [pytest.param(p, id=name) for name, p in PROFILES.items()]
+KINDS = [pytest.param(p, id=p.name) for p in builtin_profiles()]
 SPELLED = [pytest.param(host, id=name) for name, host in SPELLINGS.items()]
 PORT = 8080  # never dialled
 
@@ -151,7 +151,7 @@ def _redirector(location: str) -> Any:
     return handler
 
 
-REDIRECTING = [pytest.param(p, id=p.name) for p in PROFILES.values() if p.redirects]
+REDIRECTING = [pytest.param(p, id=p.name) for p in builtin_profiles() if p.redirects]
 
 
 @pytest.mark.parametrize("host", SPELLED)
@@ -174,7 +174,7 @@ async def test_a_redirect_to_any_spelling_is_not_followed(profile: KindProfile, 
         await server.stop()
 
 
-PROXIED = [pytest.param(p, id=p.name) for p in PROFILES.values() if p.proxy]
+PROXIED = [pytest.param(p, id=p.name) for p in builtin_profiles() if p.proxy]
 
 
 @pytest.mark.parametrize("host", SPELLED)
