@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 import pytest
-from hostile_kinds import GOOD_SERVERS, KindProfile, builtin_profiles
+from hostile_kinds import GOOD_SERVERS, KindProfile, builtin_profiles, http_response
 from hostile_measure import MEASURED, Usage
 from hostile_servers import CASES, Case, bomb, garbage, serve
 
@@ -88,3 +88,26 @@ async def test_each_kind_is_up_against_the_well_behaved_server(profile: KindProf
     finally:
         await server.stop()
     assert result.status is Status.UP, result.summary()
+
+
+@pytest.mark.xfail(
+    strict=False,  # http.py's URL handling is being reworked (issue 11, finding 2)
+    reason="src/probekit/probes/http.py: _parse_url_for_redirect catches DefinitionError only, "
+    "and urlsplit raises ValueError for broken brackets: the check is UNKNOWN/internal",
+)
+@pytest.mark.parametrize("location", [b"http://[::1/", b"http://[:]/", b"http://127.0.0.1:[/"])
+async def test_a_redirect_to_a_url_with_broken_brackets_is_a_protocol_error(
+    location: bytes,
+) -> None:
+    async def redirect(reader: Any, writer: Any) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(http_response(b"", "302 Found", b"Location: " + location + b"\r\n"))
+
+    server = await TcpServer(redirect).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/"
+        result = await build_probe({"kind": "http", "url": url}).check(make_context())
+    finally:
+        await server.stop()
+    assert result.status is Status.DOWN, result.summary()
+    assert result.error is not None and result.error.kind is ErrorKind.PROTOCOL
