@@ -1,4 +1,5 @@
-"""Sessions: `tests`, `lint`, `typecheck` (the default, fast ones), `docs`, `bench` and `peers`."""
+"""Sessions: `tests`, `lint`, `typecheck` (the default, fast ones), `docs`, `bench`, `fuzz` and
+`peers`."""
 
 from __future__ import annotations
 
@@ -50,6 +51,27 @@ def bench(session: nox.Session) -> None:
     """pytest-benchmark macro and micro benchmarks (not part of the default run)."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "bench"))
     session.run("pytest", "benchmarks", "--benchmark-only", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Fuzz build_probe and protocol.decode: 100,000 generated definitions and frames.
+
+    Runs tests/hostile/test_fuzz.py with the Hypothesis profile `fuzz` (four tests, 25,000
+    examples each; several minutes). Posargs replace the profile options, e.g.
+    `nox -s fuzz -- --hypothesis-profile ci` for the short run CI does.
+    """
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "test"))
+    profile = session.posargs or ["--hypothesis-profile", "fuzz"]
+    session.run(
+        "pytest",
+        "tests/hostile/test_fuzz.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--hypothesis-show-statistics",
+        *profile,
+    )
 
 
 #: The peers `peers` compares against, from Debian: program -> where it may be found.

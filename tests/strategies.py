@@ -123,3 +123,226 @@ results = st.builds(
 secret_values = st.text(
     alphabet=string.ascii_letters + string.digits, min_size=16, max_size=40
 ).map(lambda s: f"{s[:8]}#7~{s[8:]}")
+
+# -- probe definitions as plain data, for every built-in kind ------------------------------------
+#
+# Mostly well-formed (so the builders' deeper checks run), with odd values mixed in everywhere a
+# value goes; `definitions` draws from every built-in kind and `DEFINITIONS` must name them all
+# (tests/hostile/test_fuzz.py checks), so a new kind brings its strategy.
+
+_AWKWARD_SCALARS = [None, True, False, 0, -1, 1.5, 2**64, float("inf"), "", "\x00", "\ud800"]
+json_scalars = (
+    st.sampled_from(_AWKWARD_SCALARS)
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _or_odd(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Mostly ``strategy``, sometimes any JSON value in its place."""
+    return st.one_of(strategy, strategy, strategy, json_values)
+
+
+spelled_hosts = st.one_of(
+    st.sampled_from(
+        [
+            "127.0.0.1",
+            "localhost",
+            "db.internal",
+            "::1",
+            "[::1]",
+            "fe80::1%eth0",
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "2002:a9fe:a9fe::1",
+            "\uff11\uff16\uff19.\uff12\uff15\uff14.\uff11\uff16\uff19.\uff12\uff15\uff14",
+            "b\u00fccher.example",
+            "xn--",
+            "a" * 300,
+            "host/with/slash",
+            "host name",
+            "",
+        ]
+    ),
+    st.text(max_size=30),
+    st.from_regex(r"\A[a-z0-9.-]{1,40}\Z"),
+)
+ports = st.one_of(st.integers(1, 65535), st.sampled_from([0, -1, 65536, 2**31]))
+secret_refs = st.one_of(
+    st.text(min_size=1, max_size=30),
+    st.just({"secret": "api"}),
+    st.just({"secret": "missing"}),
+    st.just({"env": "HOME"}),
+    st.just({"file": "/etc/hostname"}),
+    st.dictionaries(st.sampled_from(["secret", "env", "file", "x"]), json_scalars, max_size=2),
+)
+timeouts = st.fixed_dictionaries(
+    {},
+    optional={
+        name: _or_odd(st.floats(min_value=0.001, max_value=60) | st.integers(0, 60))
+        for name in ("total", "resolve", "connect", "tls", "read")
+    },
+)
+tls_options = st.fixed_dictionaries(
+    {},
+    optional={
+        "verify": _or_odd(st.booleans()),
+        "server_name": _or_odd(spelled_hosts),
+        "min_version": _or_odd(st.sampled_from(["TLSv1.2", "TLSv1.3", "SSLv3"])),
+        "max_version": _or_odd(st.sampled_from(["TLSv1.2", "TLSv1.3"])),
+        "alpn": _or_odd(st.lists(st.sampled_from(["h2", "http/1.1", ""]), max_size=3)),
+        "ca_file": _or_odd(st.sampled_from(["/nonexistent/ca.pem", ""])),
+        "client_key_password": secret_refs,
+    },
+)
+regexes = st.sampled_from(["^OK", "PONG", "(", "a{99999}", "[", r"\d+", "(?P<x>", ""]) | st.text(
+    max_size=10
+)
+assertion_objects = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("status_in")},
+        optional={
+            "codes": _or_odd(st.lists(st.integers(0, 700), max_size=3)),
+            "ranges": _or_odd(st.lists(st.lists(st.integers(0, 700), max_size=3), max_size=2)),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("body_contains"), "text": _or_odd(st.text(max_size=10))},
+        optional={"negate": _or_odd(st.booleans())},
+    ),
+    st.fixed_dictionaries({"type": st.just("body_matches"), "pattern": _or_odd(regexes)}),
+    st.fixed_dictionaries(
+        {"type": st.just("header_matches"), "name": _or_odd(st.text(max_size=8))},
+        optional={"pattern": _or_odd(regexes), "allow_missing": _or_odd(st.booleans())},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("json_path"),
+            "path": _or_odd(st.sampled_from(["$.a", "$[0]", "a..b", ""])),
+        },
+        optional={
+            "op": _or_odd(st.sampled_from(["eq", "ne", "lt", "gt", "contains", "matches", "x"])),
+            "value": json_values,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["response_time", "cert_expiry"])},
+        optional={
+            "warn": _or_odd(st.floats(0, 10)),
+            "crit": _or_odd(st.floats(0, 10)),
+            "warn_days": _or_odd(st.floats(0, 100)),
+            "crit_days": _or_odd(st.floats(0, 100)),
+        },
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["tls_required", "tls_forbidden", "nope"])}),
+    st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+)
+assertion_lists = _or_odd(st.lists(assertion_objects, max_size=3))
+proxies = st.fixed_dictionaries(
+    {
+        "url": _or_odd(
+            st.sampled_from(["http://127.0.0.1:3128", "http://u:p@proxy:1", "socks5://x", ""])
+        )
+    },
+    optional={"username": _or_odd(st.text(max_size=8)), "password": secret_refs},
+)
+
+
+@st.composite
+def urls(draw: st.DrawFn) -> str:
+    scheme = draw(st.sampled_from(["http", "https", "HTTP", "ftp", "", "javascript"]))
+    host = draw(spelled_hosts)
+    if ":" in host and not host.startswith("[") and draw(st.booleans()):
+        host = f"[{host.replace('%', '%25')}]"
+    port = draw(st.none() | st.integers(-1, 70000).map(str) | st.just("") | st.text(max_size=4))
+    userinfo = draw(st.sampled_from(["", "", "user@", "user:pw@", ":@"]))
+    path = draw(st.sampled_from(["", "/", "/health", "/a b", "/\x7f", "/\u00e9", "/?q=1#f"]))
+    authority = host if port is None else f"{host}:{port}"
+    return f"{scheme}://{userinfo}{authority}{path}"
+
+
+header_pairs = st.lists(
+    st.tuples(
+        st.sampled_from(["X-A", "Host", "Content-Length", "bad name", ""]) | st.text(max_size=6),
+        st.text(max_size=12),
+    ),
+    max_size=3,
+)
+http_definitions = st.fixed_dictionaries(
+    {"kind": st.just("http"), "url": _or_odd(urls())},
+    optional={
+        "method": _or_odd(st.sampled_from(["GET", "POST", "HEAD", "get", "", "G T"])),
+        "headers": _or_odd(
+            header_pairs.map(lambda p: [list(x) for x in p]) | header_pairs.map(dict)
+        ),
+        "query": _or_odd(header_pairs.map(dict)),
+        "body": _or_odd(st.text(max_size=20)),
+        "basic_auth": _or_odd(
+            st.fixed_dictionaries({"username": st.text(max_size=8), "password": secret_refs})
+        ),
+        "bearer_token": secret_refs,
+        "follow_redirects": _or_odd(st.booleans()),
+        "max_redirects": _or_odd(st.integers(-1, 30)),
+        "tls": _or_odd(tls_options),
+        "host_header": _or_odd(spelled_hosts),
+        "http_version": _or_odd(st.sampled_from(["1.1", "2", "3"])),
+        "proxy": _or_odd(proxies),
+        "ip_family": _or_odd(st.sampled_from(["any", "ipv4", "ipv6", "ipx"])),
+        "assertions": assertion_lists,
+        "max_body_bytes": _or_odd(st.integers(-1, 2**40)),
+        "fail_on_body_limit": _or_odd(st.booleans()),
+        "timeouts": _or_odd(timeouts),
+    },
+)
+tcp_steps = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"send": _or_odd(st.text(max_size=10))}),
+        st.fixed_dictionaries({"send_hex": _or_odd(st.sampled_from(["0d0a", "zz", "", "0"]))}),
+        st.fixed_dictionaries({"expect": _or_odd(regexes)}),
+        st.fixed_dictionaries({"expect_exact": _or_odd(st.text(max_size=10))}),
+        st.fixed_dictionaries({"starttls": _or_odd(tls_options | st.none())}),
+        st.dictionaries(st.text(max_size=6), json_values, max_size=2),
+    ),
+    max_size=4,
+)
+tcp_definitions = st.fixed_dictionaries(
+    {"kind": st.just("tcp"), "host": _or_odd(spelled_hosts), "port": _or_odd(ports)},
+    optional={
+        "tls": _or_odd(tls_options | st.none()),
+        "steps": _or_odd(tcp_steps),
+        "max_bytes": _or_odd(st.integers(-1, 2**40)),
+        "assertions": assertion_lists,
+        "ip_family": _or_odd(st.sampled_from(["any", "ipv4", "ipv6", "ipx"])),
+        "proxy": _or_odd(proxies),
+        "timeouts": _or_odd(timeouts),
+    },
+)
+redis_definitions = st.fixed_dictionaries(
+    {"kind": st.just("redis"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "port": _or_odd(ports),
+        "password": secret_refs,
+        "username": _or_odd(st.text(max_size=8)),
+        "tls": _or_odd(tls_options | st.none()),
+        "info": _or_odd(st.booleans()),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
+#: A definition strategy per built-in kind.
+DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
+    "http": http_definitions,
+    "tcp": tcp_definitions,
+    "redis": redis_definitions,
+}
+definitions = st.one_of(*DEFINITIONS.values())

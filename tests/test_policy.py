@@ -16,7 +16,7 @@ from probekit import EgressPolicy, ErrorKind, HttpProbe, PolicyError, ProbeConte
 from probekit._policy import canonical_address, parse_host_address
 from proxy import LoopbackProxy
 from servers import GuardedConnector, HttpServer, make_context, serving
-from strategies import addresses, ipv4_spellings, networks
+from strategies import addresses, ipv4, ipv4_spellings, networks
 
 METADATA_SPELLINGS = [
     "169.254.169.254",
@@ -211,3 +211,109 @@ def test_default_policy_denies_exactly_the_default_networks(address) -> None:  #
 def test_parse_never_crashes(text: str) -> None:
     result = parse_host_address(text)
     assert result is None or isinstance(result, ipaddress.IPv4Address | ipaddress.IPv6Address)
+
+
+# -- addresses embedded in IPv6 (issue 11, finding 6) ----------------------------------------------
+
+EMBEDDED_METADATA = {
+    "6to4": "2002:a9fe:a9fe::1",
+    "6to4, any host part": "2002:a9fe:a9fe:1234:5678:9abc:def0:1",
+    "Teredo client (XOR-ed)": "2001:0:4136:e378:8000:63bf:5601:5601",
+    "NAT64 well-known": "64:ff9b::a9fe:a9fe",
+    "NAT64 local-use /96": "64:ff9b:1::a9fe:a9fe",
+    "NAT64 local-use /96, prefix bits set": "64:ff9b:1:ffff:ffff:ffff:a9fe:a9fe",
+    "NAT64 local-use /48 layout": "64:ff9b:1:a9fe:a9:fe00::",
+    "NAT64 local-use /56 layout": "64:ff9b:1:ffa9:fe:a9fe::",
+    "NAT64 local-use /64 layout": "64:ff9b:1:ffff:a9:fea9:fe00:0",
+    "IPv4-mapped": "::ffff:169.254.169.254",
+    "IPv4-compatible": "::169.254.169.254",
+}
+
+
+@pytest.mark.parametrize("address", list(EMBEDDED_METADATA.values()), ids=list(EMBEDDED_METADATA))
+def test_6to4_and_other_embedded_metadata_addresses_are_denied(address: str) -> None:
+    decision = EgressPolicy().decide_address(address)
+    assert not decision.allowed
+    assert "169.254" in decision.reason
+    assert not EgressPolicy().decide_host(f"[{address}]").allowed
+
+
+async def test_6to4_address_of_the_metadata_service_is_never_dialled() -> None:
+    connector = GuardedConnector()
+    ctx = make_context(hosts={"sixtofour.test": ["2002:a9fe:a9fe::1"]}, connector=connector)
+    for url in ("http://sixtofour.test/latest/meta-data/", "http://[2002:a9fe:a9fe::1]/"):
+        result = await HttpProbe(url).check(ctx)
+        assert result.status is Status.DOWN
+        assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED, url
+        assert "169.254.169.254" in result.error.message
+    assert connector.dialled == [] and connector.refused == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:c000:0201::1",  # 6to4 of 192.0.2.1
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo, client 192.0.2.45
+        "64:ff9b::192.0.2.1",
+        "64:ff9b:1::c000:201",
+        "64:ff9b:1:c000:2:100::",  # the /48 layout of 192.0.2.1
+        "2001:db8::1",  # documentation, not Teredo
+    ],
+)
+def test_embedded_addresses_that_are_allowed_stay_allowed(address: str) -> None:
+    assert EgressPolicy().decide_address(address).allowed
+
+
+def test_an_embedded_address_is_denied_by_a_deny_rule_for_its_ipv4() -> None:
+    policy = EgressPolicy(deny=["10.0.0.0/8"])
+    for address in ("2002:a00:1::1", "2001:0:4136:e378:8000:63bf:f5ff:fffe", "64:ff9b::10.0.0.1"):
+        decision = policy.decide_address(address)
+        assert not decision.allowed, address
+        assert "10.0.0.0/8" in decision.reason
+    # The operator can still allow the metadata service, in every form, by naming it.
+    allowed = EgressPolicy(allow=["169.254.169.254/32", "2002::/16", "2001::/32"])
+    for address in ("2002:a9fe:a9fe::1", "2001:0:4136:e378:8000:63bf:5601:5601"):
+        assert allowed.decide_address(address).allowed, address
+    assert not allowed.decide_address("2002:a9fe:101::1").allowed  # 169.254.1.1 is not named
+
+
+def _full_width(text: str) -> str:
+    """``text`` with its ASCII letters, digits and punctuation in their full-width forms."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        _full_width("169.254.169.254"),
+        "169\u3002254\u3002169\u3002254",  # ideographic full stops
+        _full_width("0xa9fea9fe"),
+        "[" + _full_width("::ffff:a9fe:a9fe") + "]",
+    ],
+)
+def test_full_width_spellings_are_decided_as_the_address(host: str) -> None:
+    assert parse_host_address(host) is not None, host
+    assert not EgressPolicy().decide_host(host).allowed
+
+
+@given(ipv4)
+def test_an_embedded_ipv4_is_decided_like_the_ipv4(address: ipaddress.IPv4Address) -> None:
+    policy = EgressPolicy()
+    denied = not policy.decide_address(address).allowed
+    n = int(address)
+    forms = [
+        ipaddress.IPv6Address(0x2002 << 112 | n << 80 | 1),  # 6to4
+        ipaddress.IPv6Address(0x20010000 << 96 | (n ^ 0xFFFFFFFF)),  # Teredo client
+        ipaddress.IPv6Address(0x64FF9B << 96 | n),  # NAT64
+    ]
+    for form in forms:
+        if denied:
+            assert not policy.decide_address(form).allowed, form
+
+
+def test_oracle_cloud_legacy_metadata_address_is_denied_by_default() -> None:
+    # Found by the SSRF table of tests/hostile: 192.0.0.192 was allowed and dialled.
+    for host in ("192.0.0.192", "3221225664", "[::ffff:192.0.0.192]", "[2002:c000:c0::1]"):
+        decision = EgressPolicy().decide_host(host)
+        assert not decision.allowed, host
+        assert "192.0.0.192/32" in decision.reason

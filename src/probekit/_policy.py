@@ -3,7 +3,9 @@
 The policy belongs to the operator of the machine running the probes. It is checked on every
 resolved address of every hop before a socket is opened. Host names are normalised first, so the
 many spellings of one address (``0xa9fea9fe``, ``2852039166``, ``0251.0376.0251.0376``,
-``[::ffff:169.254.169.254]``) are decided as the address they denote.
+``[::ffff:169.254.169.254]``, and their full-width forms) are decided as the address they
+denote. An IPv6 address that carries an IPv4 address (6to4, Teredo, NAT64) is denied when that
+IPv4 address would be: see :func:`embedded_ipv4`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fnmatch
 import functools
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Final
 
@@ -26,6 +29,7 @@ __all__ = [
     "IPAddress",
     "IPNetwork",
     "canonical_address",
+    "embedded_ipv4",
     "parse_host_address",
 ]
 
@@ -39,6 +43,7 @@ DEFAULT_DENIED_NETWORKS: Final[tuple[str, ...]] = (
     "fe80::/10",  # IPv6 link-local
     "fd00:ec2::254/128",  # AWS metadata over IPv6
     "100.100.100.200/32",  # Alibaba Cloud metadata
+    "192.0.0.192/32",  # Oracle Cloud metadata (legacy address; the current one is 169.254.169.254)
     "0.0.0.0/8",  # "this network": connecting to it reaches the local host on Linux
     "::/128",  # unspecified
     "224.0.0.0/4",  # multicast
@@ -48,6 +53,18 @@ DEFAULT_DENIED_NETWORKS: Final[tuple[str, ...]] = (
 _CACHE_SIZE: Final = 4096
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _V4COMPAT = ipaddress.IPv6Network("::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+#: RFC 6052 §2.2 layouts a prefix inside 64:ff9b:1::/48 can use, other than /96: the prefix
+#: length, then the IPv4 address's bits as (shift, width) pieces of the 128-bit number, high
+#: piece first, and the mask of the bits that must be zero (the ``u`` octet and the suffix).
+_NAT64_LAYOUTS: Final = (
+    (48, ((64, 16), (40, 16)), (0xFF << 56) | ((1 << 40) - 1)),
+    (56, ((64, 8), (32, 24)), (0xFF << 56) | ((1 << 32) - 1)),
+    (64, ((24, 32),), (0xFF << 56) | ((1 << 24) - 1)),
+)
+#: Label separators that IDNA (UTS 46) reads as ".", so a browser reads them as dots too.
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _PART = re.compile(r"^(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
 
 
@@ -80,12 +97,17 @@ def _loose_ipv4(text: str) -> ipaddress.IPv4Address | None:
 def parse_host_address(host: str) -> IPAddress | None:
     """Return the IP address ``host`` spells, however oddly, or None for a host name.
 
-    Accepts brackets (``[::1]``), IPv6 zone ids (dropped), and every IPv4 form ``inet_aton``
-    accepts (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``). The answer is not yet
+    Accepts brackets (``[::1]``), IPv6 zone ids (dropped), every IPv4 form ``inet_aton``
+    accepts (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``), and the full-width
+    forms of all of them (NFKC-normalised, ``。`` read as a dot). The answer is not yet
     canonical: see :func:`canonical_address`. Answers are remembered (the same hosts are parsed
     on every check).
     """
     text = host.strip()
+    if not text.isascii():
+        # URL parsers and IDNA read full-width digits, letters, dots and colons (U+FF10 and
+        # on) as ASCII, and U+3002 as a dot: decide them as the address they become.
+        text = unicodedata.normalize("NFKC", text).translate(_DOTS)
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     if text.endswith(".") and text[:-1].replace(".", "").isdigit():
@@ -109,6 +131,52 @@ def canonical_address(address: IPAddress) -> IPAddress:
         if address in _V4COMPAT and int(address) > 1:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[tuple[str, ipaddress.IPv4Address], ...]:
+    """The IPv4 addresses an IPv6 address carries, each with the name of its form.
+
+    - IPv4-mapped (``::ffff:0:0/96``) and IPv4-compatible (``::/96``, deprecated): the address
+      *is* the IPv4 address.
+    - NAT64 (``64:ff9b::/96``, RFC 6052): a translator connects to the last 32 bits.
+    - NAT64 local use (``64:ff9b:1::/48``, RFC 8215): the last 32 bits (a ``/96`` prefix, how it
+      is deployed), and the ``/48``, ``/56`` and ``/64`` layouts of RFC 6052 wherever the
+      address fits them (its ``u`` octet and suffix are zero). A reading inside ``0.0.0.0/8`` is
+      left out when another one is not: it is the zero padding of a different layout.
+    - 6to4 (``2002::/16``): relays tunnel to bits 16-47.
+    - Teredo (``2001::/32``): packets go to the client's public address, the last 32 bits
+      XOR-ed with ones (the Teredo server, bits 32-63, only qualifies clients).
+    """
+    if address.version == 4:
+        return ()
+    assert isinstance(address, ipaddress.IPv6Address)
+    found: list[tuple[str, ipaddress.IPv4Address]] = []
+    if address.ipv4_mapped is not None:
+        found.append(("IPv4-mapped", address.ipv4_mapped))
+    elif address in _NAT64:
+        found.append(("NAT64", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)))
+    elif address in _NAT64_LOCAL:
+        found.extend(("NAT64", ip) for ip in _nat64_local(int(address)))
+    elif address.sixtofour is not None:
+        found.append(("6to4", address.sixtofour))
+    elif address.teredo is not None:
+        found.append(("Teredo", address.teredo[1]))
+    elif address in _V4COMPAT and int(address) > 1:
+        found.append(("IPv4-compatible", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)))
+    return tuple(found)
+
+
+def _nat64_local(number: int) -> list[ipaddress.IPv4Address]:
+    readings = [ipaddress.IPv4Address(number & 0xFFFFFFFF)]
+    for _length, pieces, zero in _NAT64_LAYOUTS:
+        if number & zero:
+            continue
+        value = 0
+        for shift, width in pieces:
+            value = value << width | (number >> shift) & ((1 << width) - 1)
+        readings.append(ipaddress.IPv4Address(value))
+    meaningful = [ip for ip in readings if ip not in _THIS_NETWORK]
+    return list(dict.fromkeys(meaningful or readings))
 
 
 def _networks(field: str, values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
@@ -211,6 +279,22 @@ class EgressPolicy:
             if parsed is None:
                 raise ValueError(f"not an IP address: {address!r}")
             address = parsed
+        decision = self._decide_forms(address)
+        if not decision.allowed:
+            return decision
+        # A tunnel or translator delivers to the embedded IPv4 address: the IPv6 form must not
+        # reach what the IPv4 form may not. (The canonical forms, the same host written two
+        # ways, were decided as both above: a rule on either form applies.)
+        canonical = canonical_address(address)
+        for form, inner in embedded_ipv4(address):
+            if inner == canonical:
+                continue
+            verdict = self.decide_address(inner)
+            if not verdict.allowed:
+                return Decision(False, f"address embeds {inner} ({form}); {verdict.reason}")
+        return decision
+
+    def _decide_forms(self, address: IPAddress) -> Decision:
         ip = canonical_address(address)
         candidates = {ip, address}
         for net in self.deny:

@@ -1,0 +1,273 @@
+"""Hostile servers on loopback, each a handler per protocol family, and the cases that use them.
+
+A case is one misbehaviour (slowloris, an endless body, a compression bomb, ...). Its handler for
+the ``http`` family speaks broken HTTP/1.1; its handler for the ``line`` family breaks a
+``PING``/``+PONG`` line protocol (TCP scripts, Redis). Cases that do not depend on the protocol
+(silence, RST, a listener that never accepts, a TLS handshake that never starts) have one
+handler for both. ``expected`` is the set of error kinds a correct probe may report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import socket
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import attrs
+from hostile_kinds import Family, http_response, read_request
+
+from probekit import ErrorKind
+from servers import TcpServer
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+DRIBBLE = 0.2  # seconds between the bytes of a slowloris server
+MiB = 1024 * 1024
+
+
+@functools.cache
+def bomb(wbits: int) -> bytes:
+    """256 MiB of zeros compressed (about 250 KiB): gzip with ``wbits`` 31, zlib with 15."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    block = b"\0" * MiB
+    return b"".join(packer.compress(block) for _ in range(256)) + packer.flush()
+
+
+@functools.cache
+def garbage() -> bytes:
+    return random.Random(11).randbytes(256 * 1024)
+
+
+# -- protocol-independent --------------------------------------------------------------------
+
+
+async def silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accept, then say nothing and read nothing (also a TLS handshake that never starts)."""
+    await asyncio.sleep(3600)
+
+
+async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accept, then close with SO_LINGER 0: the peer gets an RST, not a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def half_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read what the client sends, shut down our sending side, keep reading."""
+    await reader.read(4096)
+    writer.write_eof()
+    while await reader.read(4096):
+        pass
+    await asyncio.sleep(3600)
+
+
+async def banner_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"220 hostile.test ESMTP ready\r\n")
+    await writer.drain()
+
+
+async def garbage_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(garbage())
+    await writer.drain()
+
+
+# -- the line family ---------------------------------------------------------------------------
+
+
+async def line_slowloris(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A reply line that never ends: one byte every DRIBBLE seconds."""
+    await reader.read(4096)
+    writer.write(b"+")
+    while True:
+        await asyncio.sleep(DRIBBLE)
+        writer.write(b"P")
+        await writer.drain()
+
+
+async def line_endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A reply line with no end, as fast as the client reads."""
+    await reader.read(4096)
+    chunk = b"+" + b"P" * 65535
+    while True:
+        writer.write(chunk)
+        await writer.drain()
+
+
+async def line_giant(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A 1 MiB reply line, then the line end."""
+    await reader.read(4096)
+    writer.write(b"+" + b"P" * MiB + b"\r\n")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
+async def line_lying_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """PONG, then an INFO bulk string that says 1000 bytes, sends 10 and closes."""
+    await reader.read(4096)
+    writer.write(b"+PONG\r\n")
+    await writer.drain()
+    await reader.read(4096)
+    writer.write(b"$1000\r\n# Server\r\n")
+    await writer.drain()
+
+
+# -- the http family ---------------------------------------------------------------------------
+
+
+async def http_slowloris(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A response head that never ends: one byte every DRIBBLE seconds."""
+    await read_request(reader)
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000
+    for byte in head:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(DRIBBLE)
+
+
+async def http_endless_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A chunked body that never ends, as fast as the client reads."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 65536
+    frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    while True:
+        writer.write(frame)
+        await writer.drain()
+
+
+async def http_lying_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Content-Length says 1 MB; ten bytes come, then the connection closes."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n0123456789")
+    await writer.drain()
+
+
+async def http_lying_length_stall(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Content-Length says 1 MB; ten bytes come, then nothing, with the connection open."""
+    await http_lying_length(reader, writer)
+    await asyncio.sleep(3600)
+
+
+def _bomb_handler(encoding: bytes, wbits: int) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(http_response(bomb(wbits), extra=b"Content-Encoding: " + encoding + b"\r\n"))
+        await writer.drain()
+
+    return handler
+
+
+http_gzip_bomb = _bomb_handler(b"gzip", 16 + zlib.MAX_WBITS)
+http_deflate_bomb = _bomb_handler(b"deflate", zlib.MAX_WBITS)
+
+
+async def http_redirect_to_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The first request is redirected (same origin); the second gets the gzip bomb."""
+    head = await read_request(reader)
+    if head.startswith(b"GET /bomb "):
+        writer.write(http_response(bomb(16 + zlib.MAX_WBITS), extra=b"Content-Encoding: gzip\r\n"))
+    else:
+        writer.write(http_response(b"", "302 Found", b"Location: /bomb\r\n"))
+    await writer.drain()
+
+
+async def http_giant_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One 1 MiB header line."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Giant: " + b"a" * MiB + b"\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
+# -- the cases -------------------------------------------------------------------------------
+
+PROTOCOL = frozenset({ErrorKind.PROTOCOL})
+TIMEOUT = frozenset({ErrorKind.TIMEOUT})
+#: A body cut at the cap fails the check (protocol), or is judged as read and lacks the marker
+#: (assertion): both are correct, and the default is changing between them (issue 11, finding 8).
+CAPPED = frozenset({ErrorKind.PROTOCOL, ErrorKind.ASSERTION})
+
+
+@attrs.frozen
+class Case:
+    """One hostile server. ``handlers`` by family (``any`` serves both); ``expected`` the error
+    kinds a correct probe reports; ``tls`` for cases that need the kind's TLS definition;
+    ``listener`` for the case that is not a server at all (a backlog that is full)."""
+
+    name: str
+    handlers: dict[str, Handler]
+    expected: frozenset[ErrorKind]
+    tls: bool = False
+    listener: bool = False
+
+    def handler(self, family: Family) -> Handler | None:
+        return self.handlers.get(family) or self.handlers.get("any")
+
+
+CASES: tuple[Case, ...] = (
+    Case("slowloris", {"http": http_slowloris, "line": line_slowloris}, TIMEOUT),
+    Case("endless-body", {"http": http_endless_body}, CAPPED),
+    Case("endless-line", {"line": line_endless}, PROTOCOL),
+    Case("lying-length-close", {"http": http_lying_length, "line": line_lying_length}, PROTOCOL),
+    Case("lying-length-stall", {"http": http_lying_length_stall}, TIMEOUT),
+    Case("gzip-bomb", {"http": http_gzip_bomb}, CAPPED),
+    Case("deflate-bomb", {"http": http_deflate_bomb}, CAPPED),
+    Case("gzip-bomb-behind-redirect", {"http": http_redirect_to_bomb}, CAPPED),
+    Case("giant-head", {"http": http_giant_header, "line": line_giant}, PROTOCOL),
+    Case("garbage", {"any": garbage_then_close}, PROTOCOL),
+    Case("tls-stall", {"any": silence}, TIMEOUT, tls=True),
+    Case("accept-then-silence", {"any": silence}, TIMEOUT),
+    Case("rst", {"any": reset}, frozenset({ErrorKind.CONNECT, ErrorKind.PROTOCOL})),
+    Case("never-accepts", {}, TIMEOUT, listener=True),
+    Case("half-close", {"any": half_close}, PROTOCOL),
+    Case("banner-then-close", {"any": banner_then_close}, PROTOCOL),
+)
+
+
+@contextlib.asynccontextmanager
+async def full_listener() -> AsyncIterator[int]:
+    """A loopback port whose listener never accepts and whose backlog is already full, so a
+    new connection's SYN goes unanswered. Yields the port; everything is closed on exit."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # Linux queues backlog + 1 connections; fill the queue so later SYNs are dropped.
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        await asyncio.sleep(0.05)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(case: Case, family: Family) -> AsyncIterator[int]:
+    """Run the case's server for ``family`` on 127.0.0.1; yields its port."""
+    if case.listener:
+        async with full_listener() as port:
+            yield port
+        return
+    handler = case.handler(family)
+    assert handler is not None
+    server = await TcpServer(handler).start()
+    try:
+        yield server.port
+    finally:
+        await server.stop()

@@ -1,0 +1,271 @@
+"""Fuzzing the two doors data comes in by: definitions (``build_probe``) and control frames
+(``probekit.protocol.decode``).
+
+The contract: a definition builds a probe, or raises :class:`DefinitionError` whose every problem
+names the field at fault (a path), and a built probe can be shown and turned back into plain data
+that builds again. A frame decodes to a message, or raises :class:`ProtocolError` with a known
+code. Anything else (another exception, an error without a path) is a failure.
+
+The default run uses the suite's small Hypothesis profile; ``nox -s fuzz`` runs these four tests
+with the ``fuzz`` profile (tests/hostile/conftest.py): 25,000 examples each, 100,000 in all.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import find, given
+from hypothesis import strategies as st
+
+from probekit import DefinitionError, DefinitionErrors, Secret, build_probe, probe_to_dict
+from probekit import protocol as p
+from probekit.probes._registry import builtin_names
+from strategies import DEFINITIONS, definitions, json_values
+from test_protocol import messages, mutated_frames
+
+SECRETS = {"api": Secret("fuzz-secret-9#q")}
+
+
+def check_definition(data: Any) -> Any:
+    """Build ``data``; return the probe, or None when it was refused as the contract says."""
+    try:
+        probe = build_probe(data, secrets=SECRETS)
+    except UnicodeEncodeError as exc:
+        if not _lone_surrogate_crash(exc, data):
+            raise
+        return None
+    except DefinitionError as exc:
+        problems = exc.errors if isinstance(exc, DefinitionErrors) else [exc]
+        assert problems, "a DefinitionErrors with no problems"
+        for problem in problems:
+            # The root of a definition that is not an object has the empty path; every other
+            # problem names its field, except the known one below.
+            if isinstance(data, dict) and not (
+                _unnamed_empty_key(problem, data) or _unnamed_bad_brackets(problem, data)
+            ):
+                assert problem.path, f"no path: {problem!r} for {data!r}"
+            assert problem.message
+        return None
+    repr(probe)
+    assert probe.target
+    plain = probe_to_dict(probe)
+    json.dumps(plain)
+    # What a probe says it is builds again (secrets come back as the placeholder text).
+    build_probe(plain)
+    return probe
+
+
+def _unnamed_empty_key(problem: DefinitionError, data: dict[Any, Any]) -> bool:
+    """An unknown top-level field named "" is reported with the empty path (found by this
+    fuzzing; ``_join`` in src/probekit/_definitions.py joins "" to nothing). The fuzzing goes
+    on past it; test_an_unknown_field_named_empty_has_a_path records it."""
+    return "" in data and problem.message.startswith("unknown field")
+
+
+def _unnamed_bad_brackets(problem: DefinitionError, data: dict[Any, Any]) -> bool:
+    """A URL with broken IPv6 brackets (``http://[:]``, ``http://h:[``) makes ``urlsplit`` raise
+    ValueError in src/probekit/probes/http.py ``_parse_url``; build_probe reports it with the
+    empty path instead of ``url`` (found by this fuzzing; the same ValueError makes a redirect
+    to such a Location UNKNOWN/internal, see tests/hostile/test_hostile_servers.py)."""
+    return data.get("kind") == "http" and (
+        "Invalid IPv6 URL" in problem.message or "IPv4 or IPv6 address" in problem.message
+    )
+
+
+def _has_lone_surrogate(node: Any) -> bool:
+    if isinstance(node, str):
+        return any("\ud800" <= c <= "\udfff" for c in node)
+    if isinstance(node, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_has_lone_surrogate(v) for v in node)
+    return False
+
+
+def _lone_surrogate_crash(exc: UnicodeEncodeError, data: Any) -> bool:
+    """Text that is not valid Unicode (a lone surrogate, which JSON's "\\ud800" gives) in a
+    field the builder encodes escapes as UnicodeEncodeError instead of a DefinitionError (found
+    by this fuzzing: _Builder.value encodes ``bytes`` fields, src/probekit/_definitions.py:213,
+    and tcp.py's ``_data``/``_exact`` converters run in a structure hook that only catches
+    DefinitionError). The fuzzing goes on past it; the xfail tests below record it.
+    Control frames cannot carry it: ``protocol.decode`` refuses lone surrogates."""
+    return "surrogates not allowed" in str(exc) and _has_lone_surrogate(data)
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(node, dict):
+        for key, child in node.items():
+            found.extend(_paths(child, (*path, key)))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found.extend(_paths(child, (*path, index)))
+    return found
+
+
+@st.composite
+def mutated_definitions(draw: st.DrawFn) -> Any:
+    """A generated definition with one to three values replaced, removed or added."""
+    doc: Any = copy.deepcopy(draw(definitions))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(doc)))
+        replacement = draw(json_values)
+        if not path:
+            doc = replacement
+            continue
+        parent = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "remove", "add"]))
+        if action == "replace":
+            parent[path[-1]] = replacement
+        elif action == "remove":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(max_size=8))] = replacement
+        else:
+            parent.insert(path[-1], replacement)
+    return doc
+
+
+def check_frame(frame: str | bytes) -> None:
+    """Decode ``frame``: a message that encodes again, or a ProtocolError whose reply encodes.
+    A run or sync that carries definitions has them built as a checkpoint would."""
+    refused: p.ProtocolError | None = None
+    try:
+        message = p.decode(frame)
+    except p.ProtocolError as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.code in p.ERROR_CODES
+        reply = p.error_reply(refused)
+        assert p.decode(p.encode(reply)) == reply
+        return
+    assert p.decode(p.encode(message)) == message
+    carried: list[Any] = []
+    if isinstance(message, p.Run) and message.definition is not None:
+        carried.append(message.definition)
+    if isinstance(message, p.Sync):
+        carried.extend(m.definition for m in message.upserts)
+    for definition in carried:
+        check_definition(definition)
+
+
+def _run_frame(definition: Any) -> str:
+    frame = {"type": "run", "version": p.PROTOCOL_VERSION, "request_id": "r-1", "reason": "adhoc"}
+    return json.dumps({**frame, "definition": definition})
+
+
+def _sync_frame(items: list[Any]) -> str:
+    upserts = [
+        {"monitor_id": f"m{i}", "revision": 1, "interval": 30, "definition": d}
+        for i, d in enumerate(items)
+    ]
+    frame = {"type": "sync", "version": p.PROTOCOL_VERSION, "full": True, "revision": 1}
+    return json.dumps({**frame, "upserts": upserts, "deletes": []})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="src/probekit/_definitions.py _Builder.build: where = _join(path, str(key)) is '' "
+    "for a top-level key '', so 'unknown field' names no field",
+)
+def test_an_unknown_field_named_empty_has_a_path() -> None:
+    with pytest.raises(DefinitionError) as info:
+        build_probe({"kind": "tcp", "host": "127.0.0.1", "port": 1, "": []})
+    assert all(e.path for e in info.value.errors)  # type: ignore[attr-defined]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnicodeEncodeError,
+    reason="a lone surrogate in a bytes field escapes build_probe as UnicodeEncodeError "
+    "(src/probekit/_definitions.py:213 data.encode(); tcp.py _data and _exact in a structure "
+    "hook that catches only DefinitionError)",
+)
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"kind": "http", "url": "http://db.internal/", "body": "\ud800"}, "body"),
+        (
+            {"kind": "tcp", "host": "db.internal", "port": 1, "steps": [{"send": "\ud800"}]},
+            "steps[0]",
+        ),
+        (
+            {
+                "kind": "tcp",
+                "host": "db.internal",
+                "port": 1,
+                "steps": [{"expect_exact": "\udfff"}],
+            },
+            "steps[0]",
+        ),
+    ],
+)
+def test_text_that_is_not_unicode_is_a_definition_error(data: dict[str, Any], path: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        build_probe(data)
+    assert str(info.value).startswith(path)
+
+
+@pytest.mark.xfail(
+    strict=False,  # http.py's URL errors are being reworked (issue 11, finding 2)
+    reason="src/probekit/probes/http.py _parse_url lets urlsplit's ValueError through: "
+    "build_probe names no field",
+)
+@pytest.mark.parametrize("url", ["http://[:]", "http://127.0.0.1:[", "http://[::1/"])
+def test_a_url_with_broken_brackets_is_an_error_of_the_url_field(url: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        build_probe({"kind": "http", "url": url})
+    assert all(e.path == "url" for e in info.value.errors)  # type: ignore[attr-defined]
+
+
+def test_every_builtin_kind_has_a_definition_strategy() -> None:
+    assert set(DEFINITIONS) == set(builtin_names())
+
+
+@pytest.mark.parametrize("kind", sorted(DEFINITIONS))
+def test_each_strategy_reaches_a_valid_definition(kind: str) -> None:
+    # Otherwise the fuzzing would only ever exercise the first check that refuses.
+    found = find(DEFINITIONS[kind], lambda d: check_definition(d) is not None)
+    assert found["kind"] == kind
+
+
+@given(definitions)
+def test_generated_definitions_build_or_name_the_field(data: dict[str, Any]) -> None:
+    check_definition(data)
+
+
+@given(mutated_definitions() | json_values)
+def test_mutated_and_garbage_definitions_build_or_name_the_field(data: Any) -> None:
+    check_definition(data)
+
+
+@given(
+    st.one_of(
+        (definitions | mutated_definitions()).map(_run_frame),
+        st.lists(definitions, max_size=3).map(_sync_frame),
+        mutated_frames(),
+        messages.map(p.encode),
+    )
+)
+def test_control_frames_decode_or_are_refused(frame: str) -> None:
+    check_frame(frame)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=2_000),
+        st.text(max_size=2_000),
+        json_values.map(json.dumps),
+        st.dictionaries(
+            st.sampled_from(["type", "version", "definition", "upserts", "request_id", "reason"]),
+            json_values,
+        ).map(json.dumps),
+    )
+)
+def test_garbage_frames_are_refused(frame: str | bytes) -> None:
+    check_frame(frame)
