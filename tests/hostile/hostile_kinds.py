@@ -90,6 +90,10 @@ def _bearer(definition: Definition, secret: Any, _port: int) -> None:
     definition["bearer_token"] = secret
 
 
+def _header(definition: Definition, secret: Any, _port: int) -> None:
+    definition["headers"] = [["X-Api-Key", secret]]
+
+
 def _basic(definition: Definition, secret: Any, _port: int) -> None:
     definition["basic_auth"] = {"username": "probe", "password": secret}
 
@@ -141,6 +145,7 @@ PROFILES: dict[str, KindProfile] = {
         proxy=True,
         secrets={
             "bearer_token": _bearer,
+            "headers[][]": _header,
             "basic_auth.password": _basic,
             "proxy.password": _proxy,
             "tls.client_key_password": _key_password,

@@ -90,11 +90,6 @@ async def test_each_kind_is_up_against_the_well_behaved_server(profile: KindProf
     assert result.status is Status.UP, result.summary()
 
 
-@pytest.mark.xfail(
-    strict=False,  # http.py's URL handling is being reworked (issue 11, finding 2)
-    reason="src/probekit/probes/http.py: _parse_url_for_redirect catches DefinitionError only, "
-    "and urlsplit raises ValueError for broken brackets: the check is UNKNOWN/internal",
-)
 @pytest.mark.parametrize("location", [b"http://[::1/", b"http://[:]/", b"http://127.0.0.1:[/"])
 async def test_a_redirect_to_a_url_with_broken_brackets_is_a_protocol_error(
     location: bytes,

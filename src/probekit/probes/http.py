@@ -466,7 +466,7 @@ class HttpProbe(ProbeBase):
                 raise ProbeFailure(ErrorKind.PROTOCOL, f"more than {self.max_redirects} redirects")
             hops += 1
             base = f"{url.scheme}://{url.authority}{url.target}"
-            nxt = _parse_url_for_redirect(urljoin(base, location))
+            nxt = _parse_url_for_redirect(base, location)
             if (nxt.scheme, nxt.host, nxt.port) != (url.scheme, url.host, url.port):
                 auth = False  # never send credentials to another origin
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
@@ -601,11 +601,14 @@ def _is_host(value: str) -> bool:
     return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
-def _parse_url_for_redirect(url: str) -> _Url:
+def _parse_url_for_redirect(base: str, location: str) -> _Url:
+    """The next hop's URL; a Location the server got wrong is the server's protocol error."""
     try:
-        return _parse_url(url, "location")
+        return _parse_url(urljoin(base, location), "location")
     except DefinitionError as exc:
         raise ProbeFailure(ErrorKind.PROTOCOL, f"bad redirect: {exc.message}") from None
+    except ValueError as exc:  # urljoin's own parse: an unclosed IPv6 bracket, ...
+        raise ProbeFailure(ErrorKind.PROTOCOL, f"bad redirect: {exc}") from None
 
 
 async def _h1_exchange(

@@ -45,10 +45,17 @@ def _excerpt(data: bytes | bytearray) -> str:
     return f"{bytes(data[:_EXCERPT])!r}… ({len(data)} bytes)"
 
 
+def _utf8(field: str, text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise DefinitionError(field, "is not valid Unicode (a lone surrogate)") from None
+
+
 def _data(value: bytes | str) -> bytes:
     raw: object = value
     if isinstance(raw, str):
-        return raw.encode()
+        return _utf8("data", raw)
     if isinstance(raw, bytes | bytearray | memoryview):
         return bytes(raw)
     raise DefinitionError("data", f"expected bytes or str, got {type(raw).__name__}")
@@ -59,7 +66,7 @@ def _exact(value: bytes | str | None) -> bytes | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        return raw.encode()
+        return _utf8("exact", raw)
     if isinstance(raw, bytes | bytearray | memoryview):
         return bytes(raw)
     raise DefinitionError("exact", f"expected bytes or str, got {type(raw).__name__}")
