@@ -323,26 +323,32 @@ def _union(members: list[_Fn], nullable: bool) -> _Fn:
 
 def _sequence(item: _Fn, pairs: bool, make: type) -> _Fn:
     def structure(value: Any, policy: Policy) -> Any:
-        if not isinstance(value, list | tuple):
+        if type(value) is not list and not isinstance(value, list | tuple):
             if pairs and isinstance(value, Mapping):
                 value = list(value.items())  # headers and query written as an object
             else:
                 raise _fail(f"expected an array, got {_got(value, policy)}")
         if item is _any:
             return make(value)
-        out = []
-        errors: list[DefinitionError] = []
-        for i, element in enumerate(value):
+        out: list[Any] = []
+        append = out.append
+        try:
+            for i, element in enumerate(value):  # noqa: B007 - i names the item that failed
+                append(item(element, policy))
+        except _Invalid as exc:
+            failed = exc.place(f"[{i}]")
+        else:
+            return make(out)
+        # Each item is read once: the rest are read only to report their problems too.
+        if policy.first_error:
+            raise failed
+        errors = failed.errors
+        for j in range(i + 1, len(value)):
             try:
-                out.append(item(element, policy))
+                item(value[j], policy)
             except _Invalid as exc:
-                exc.place(f"[{i}]")
-                if policy.first_error:
-                    raise
-                errors.extend(exc.errors)
-        if errors:
-            raise _Invalid(errors)
-        return make(out)
+                errors.extend(exc.place(f"[{j}]").errors)
+        raise _Invalid(errors)
 
     return structure
 
@@ -372,21 +378,32 @@ def _fixed(items: list[_Fn]) -> _Fn:
 
 def _mapping(key: _Fn, item: _Fn) -> _Fn:
     def structure(value: Any, policy: Policy) -> dict[Any, Any]:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             raise _fail(f"expected an object, got {_got(value, policy)}")
         out = {}
-        errors: list[DefinitionError] = []
-        for k, v in value.items():
-            try:
+        entries = value.items()
+        try:
+            for k, v in entries:
                 out[key(k, policy)] = item(v, policy)
+        except _Invalid as exc:
+            failed = exc.place(f"[{k!r}]")
+        else:
+            return out
+        # Each entry is read once: the rest are read only to report their problems too.
+        if policy.first_error:
+            raise failed
+        errors = failed.errors
+        rest = iter(entries)
+        for seen, _ in rest:
+            if seen is k:
+                break
+        for k2, v2 in rest:
+            try:
+                key(k2, policy)
+                item(v2, policy)
             except _Invalid as exc:
-                exc.place(f"[{k!r}]")
-                if policy.first_error:
-                    raise
-                errors.extend(exc.errors)
-        if errors:
-            raise _Invalid(errors)
-        return out
+                errors.extend(exc.place(f"[{k2!r}]").errors)
+        raise _Invalid(errors)
 
     return structure
 
@@ -398,8 +415,39 @@ def _unknown(hint: Any) -> _Fn:
     return structure
 
 
+_MISSING: Final = object()
+
+
+def _inline(hint: Any, name: str) -> str:
+    """The expression reading ``v`` as ``hint`` in generated code: the common exact-type values
+    are taken on the spot, anything else goes through the compiled function ``name`` (which
+    checks, and raises)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        args = get_args(hint)
+        if len(args) == 2 and type(None) in args:
+            inner = _inline(next(a for a in args if a is not type(None)), name)
+            return f"None if v is None else {inner}"
+    if hint is Any or hint is object:
+        return "v"
+    if hint is str:
+        return f"v if type(v) is str and v.isascii() else {name}(v, policy)"
+    if hint is int:
+        return f"v if type(v) is int else {name}(v, policy)"
+    if hint is float:  # v - v is 0.0 only for a finite float
+        return f"v if type(v) is float and v - v == 0.0 else {name}(v, policy)"
+    if hint is bool:
+        return f"v if v is True or v is False else {name}(v, policy)"
+    return f"{name}(v, policy)"
+
+
 class _Class:
-    """An attrs class compiled: its init fields by alias, each with its structuring function."""
+    """An attrs class compiled: its init fields by alias, each with its structuring function.
+
+    :attr:`fn` is a straight-line function generated for the class (no loop, no bookkeeping).
+    When it meets anything unusual (not a dict, a missing or unknown key, a value that does not
+    read) the careful path, :meth:`read`, runs instead and reports every problem in the order
+    of the data's keys.
+    """
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
@@ -407,6 +455,12 @@ class _Class:
         self.required: tuple[str, ...] = ()
         self.required_keys: frozenset[str] = frozenset()
         self.broken: str | None = None
+        self.fn: _Fn = self.read
+
+    def trampoline(self, data: Any, policy: Policy) -> Any:
+        """Stands for :attr:`fn` while the class's own fields are compiled (it may contain
+        itself)."""
+        return self.fn(data, policy)
 
     def compile(self, engine: Structurer) -> None:
         try:
@@ -418,23 +472,74 @@ class _Class:
             )
             return
         required = []
+        inline = []
         for field in attrs.fields(self.cls):
             if not field.init:
                 continue
             key = field.alias or field.name.lstrip("_")
-            self.fields[key] = (key, engine.compiled(hints[field.name]))
+            hint = hints[field.name]
+            self.fields[key] = (key, engine.compiled(hint))
+            inline.append(hint)
             if field.default is attrs.NOTHING:
                 required.append(key)
         self.required = tuple(required)
         self.required_keys = frozenset(required)
+        self.fn = self._generate(inline)
 
-    def __call__(
+    def _generate(self, hints: list[Any]) -> _Fn:
+        namespace: dict[str, Any] = {
+            "_M": _MISSING,
+            "_Invalid": _Invalid,
+            "_flat": _flat,
+            "_fail": _fail,
+            "DefinitionError": DefinitionError,
+            "cls": self.cls,
+            "read": self.read,
+        }
+        lines = [
+            "def structure(data, policy):",
+            "    if type(data) is not dict:",
+            "        return read(data, policy)",
+            "    kw = {}",
+        ]
+        for i, (hint, (key, (name, fn))) in enumerate(zip(hints, self.fields.items(), strict=True)):
+            namespace[f"f{i}"] = fn
+            # Keys and names are attrs aliases (identifiers), written as literals with repr.
+            lines += [
+                f"    v = data.get({key!r}, _M)",
+                "    if v is not _M:",
+                "        try:",
+                f"            kw[{name!r}] = {_inline(hint, f'f{i}')}",
+                "        except _Invalid as exc:",
+                f"            failed = ({key!r}, exc)",
+                "            return read(data, policy, failed=failed)",
+            ]
+            if key in self.required_keys:
+                lines += ["    else:", "        return read(data, policy)"]
+        lines += [
+            "    if len(kw) != len(data) and policy.unknown_keys != 'ignore':",
+            "        return read(data, policy)",
+            "    try:",
+            "        return cls(**kw)",
+            "    except DefinitionError as exc:",
+            "        raise _Invalid(_flat(exc)) from None",
+            "    except (TypeError, ValueError) as exc:",
+            "        raise _fail(str(exc)) from None",
+        ]
+        exec("\n".join(lines), namespace)  # noqa: S102 - our own code, generated from attrs fields
+        structure: _Fn = namespace["structure"]
+        return structure
+
+    def read(
         self,
         data: Any,
         policy: Policy,
         tag: str | None = None,
         hooks: Mapping[str, FieldHook] | None = None,
+        failed: tuple[str, _Invalid] | None = None,
     ) -> Any:
+        """The careful path. ``failed`` is a field the fast path already found wanting (its key
+        and problems), so no value is read twice on the way to an error."""
         if not isinstance(data, Mapping):
             raise _fail(f"expected an object, got {_got(data, policy)}")
         if self.broken is not None:
@@ -459,6 +564,8 @@ class _Class:
             name, structure = entry
             hook = hooks.get(key) if hooks else None
             try:
+                if failed is not None and key == failed[0]:
+                    raise failed[1]
                 if hook is None:
                     kwargs[name] = structure(value, policy)
                 else:
@@ -478,6 +585,9 @@ class _Class:
                     errors.append(problem)
         if errors:
             raise _Invalid(errors)
+        return self.build(kwargs)
+
+    def build(self, kwargs: dict[str, Any]) -> Any:
         try:
             return self.cls(**kwargs)
         except DefinitionError as exc:
@@ -509,7 +619,7 @@ def _tagged(tagged: Tagged, engine: Structurer) -> _Fn:
             cls, hooks = tagged.resolve(name)
         except DefinitionError as exc:
             raise _Invalid([DefinitionError(key, exc.message)]) from None
-        return engine.compiled_class(cls)(data, policy, key, hooks)
+        return engine.compiled_class(cls).read(data, policy, key, hooks)
 
     return structure
 
@@ -529,6 +639,7 @@ class Structurer:
     def __init__(self) -> None:
         self._handlers: dict[Any, Tagged | FieldHook] = {}
         self._compiled: dict[Any, _Fn] = {}
+        self._classes: dict[type, _Class] = {}
         self._lock = threading.RLock()
 
     def register(self, hint: Any, handler: Tagged | FieldHook) -> None:
@@ -536,6 +647,7 @@ class Structurer:
         with self._lock:
             self._handlers[hint] = handler
             self._compiled.clear()
+            self._classes.clear()
 
     def structure(self, hint: Any, data: Any, *, policy: Policy = STRICT, path: str = "") -> Any:
         """``data`` as a value of ``hint`` (a type or a :class:`Tagged`), or
@@ -557,9 +669,12 @@ class Structurer:
         return fn
 
     def compiled_class(self, cls: type) -> _Class:
-        fn = self.compiled(cls)
-        assert isinstance(fn, _Class)
-        return fn
+        """The compiled form of the attrs class ``cls``."""
+        found = self._classes.get(cls)
+        if found is None:
+            self.compiled(cls)
+            found = self._classes[cls]
+        return found
 
     def _compile(self, hint: Any) -> _Fn:
         handler = self._handlers.get(hint)
@@ -597,9 +712,10 @@ class Structurer:
             return _enum(hint)
         if isinstance(hint, type) and attrs.has(hint):
             compiled = _Class(hint)
-            self._compiled[hint] = compiled  # before its fields: a class may contain itself
+            self._classes[hint] = compiled
+            self._compiled[hint] = compiled.trampoline  # until its fields are compiled
             compiled.compile(self)
-            return compiled
+            return compiled.fn
         return _unknown(hint)
 
 
