@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import attr
 import attrs
 import pytest
 from hypothesis import given
@@ -288,6 +289,15 @@ def test_unions_try_each_member_in_turn() -> None:
     assert problems(Sample, {"name": "n", "either": None}) == [
         "either: expected an integer, got null"
     ]
+
+
+@attr.s(frozen=True)
+class Untyped:
+    anything = attr.ib()  # type: ignore[var-annotated]
+
+
+def test_a_field_without_an_annotation_takes_anything() -> None:
+    assert structure(Untyped, {"anything": [1, {"a": None}]}) == Untyped([1, {"a": None}])
 
 
 def test_a_type_the_engine_does_not_know() -> None:

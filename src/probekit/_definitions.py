@@ -2,7 +2,9 @@
 
 This is how definitions arrive from a config file or a control plane. :func:`build_probe` turns
 one into a probe, reporting *every* problem at once, each with its field path
-(``assertions[1].pattern: invalid regex: ...``). :func:`probe_to_dict` goes the other way.
+(``assertions[1].pattern: invalid regex: ...``), through the one structuring engine
+(:mod:`probekit._structure`, which reads protocol frames too). :func:`probe_to_dict` goes the
+other way.
 
 - ``kind`` names a registered probe class (:func:`register_probe`; ``http`` and ``tcp`` built in).
 - Assertions are objects with a ``type``: ``status_in``, ``body_contains``, ``body_matches``,

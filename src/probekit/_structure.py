@@ -477,7 +477,7 @@ class _Class:
             if not field.init:
                 continue
             key = field.alias or field.name.lstrip("_")
-            hint = hints[field.name]
+            hint = hints.get(field.name, Any)  # attr.ib() without an annotation: anything
             self.fields[key] = (key, engine.compiled(hint))
             inline.append(hint)
             if field.default is attrs.NOTHING:
