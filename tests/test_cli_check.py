@@ -269,7 +269,7 @@ def test_a_plugin_kind_from_an_entry_point_is_a_check_subcommand(
     def entry_points(**selection: str) -> list[metadata.EntryPoint]:
         return [plugin] if selection.get("group") == _registry.ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(_registry.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
     monkeypatch.setattr(_registry, "_scanned_plugins", False)
     code, out, _ = run_cli(capsys, "check", "--help")
     assert code == 0

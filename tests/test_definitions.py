@@ -171,3 +171,35 @@ def test_a_secret_in_an_error_is_never_shown() -> None:
 
 def test_kinds() -> None:
     assert {"http", "tcp"} <= set(probe_kinds())
+
+
+_X = {"kind": "http", "url": "http://x/"}
+MESSAGES: list[tuple[dict[Any, Any], str]] = [
+    ({"url": "http://x/"}, "kind: required: a definition names its probe kind"),
+    ({**_X, "kind": "htpp"}, "kind: unknown probe kind 'htpp' (did you mean 'http'?); known: "),
+    ({"kind": "http"}, "url: required field missing"),
+    ({**_X, "methd": "GET"}, "methd: unknown field (did you mean 'method'?)"),
+    ({**_X, 7: 1}, "7: unknown field"),
+    ({**_X, "url": "\ud800"}, "url: is not valid Unicode (a lone surrogate)"),
+    ({**_X, "max_redirects": True}, "max_redirects: expected an integer, got True"),
+    ({**_X, "http_version": "3"}, "http_version: '3' is not one of '1.1', '2'"),
+    ({**_X, "timeouts": {"total": float("nan")}}, "timeouts.total: nan is not a finite number"),
+    ({**_X, "assertions": [{}]}, "assertions[0].type: required: an assertion names its type"),
+    ({**_X, "assertions": [{"type": "stauts_in", "codes": [200]}]},
+     "assertions[0].type: unknown assertion 'stauts_in' (did you mean 'status_in'?); known: "),
+    ({**_X, "assertions": [{"type": "status_in", "codez": [200]}]},
+     "assertions[0].codez: unknown field (did you mean 'codes'?)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("data", "message"), MESSAGES)
+def test_definition_error_messages(data: dict[Any, Any], message: str) -> None:
+    with pytest.raises(DefinitionErrors) as info:
+        build_probe(data)
+    assert str(info.value.errors[0]).startswith(message)
+
+
+def test_a_string_of_the_wrong_type_is_not_quoted() -> None:
+    with pytest.raises(DefinitionErrors) as info:
+        build_probe({**_X, "basic_auth": "probe:canary-8#x"})
+    assert str(info.value) == "basic_auth: expected an object, got a string"

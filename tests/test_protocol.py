@@ -510,6 +510,21 @@ def test_unknown_fields_are_ignored() -> None:
     assert decode(frame) == Drain(reason="upgrade")
 
 
+def test_unknown_fields_are_ignored_at_every_level() -> None:
+    envelope = _envelope()
+    data = json.loads(encode(Results(results=(envelope,))))
+    data["results"][0]["added_later"] = 1
+    data["results"][0]["result"]["phases"][0]["added_later"] = [True]
+    assert decode(json.dumps(data)) == Results(results=(envelope,))
+
+
+def test_only_the_first_problem_is_reported() -> None:
+    frame = _frame(**{**_VALID_SYNC, "full": "yes", "revision": "3", "deletes": [1, 2]})
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.message == "full: expected true or false, got 'yes'"
+
+
 def test_error_reply() -> None:
     reply = error_reply(ProtocolError("bad_field", "x" * 10_000, ref="r1"))
     assert len(reply.message) == 4096

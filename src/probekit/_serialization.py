@@ -1,10 +1,16 @@
-"""The one cattrs converter: every value's JSON form is defined here and nowhere else."""
+"""The one cattrs converter: every value's JSON form is defined here and nowhere else.
+
+Values leave through :data:`converter` (``unstructure``). They come back through the structuring
+engine (:mod:`probekit._structure`), strictly: :func:`result_from_json` reads a result exactly as
+a control plane reads one in a ``results`` frame. The converter's own ``structure`` is kept for
+callers that use it, and reads datetimes and secrets with the engine's rules.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, Final
 
 import cattrs
 from cattrs.preconf.json import make_converter
@@ -12,8 +18,13 @@ from cattrs.preconf.json import make_converter
 from ._exceptions import DefinitionError
 from ._result import SCHEMA_VERSION, Result
 from ._secret import Secret
+from ._structure import Policy, plain_secret, structure
 
 __all__ = ["converter", "result_from_json", "result_to_json"]
+
+#: How result JSON is read: fields a later release adds (or a ``"monitor"`` tag) are skipped,
+#: every problem is reported with its path. Results hold no secrets, so strings are quoted.
+_RESULTS: Final = Policy(unknown_keys="ignore", show_strings=True, secrets=plain_secret)
 
 
 def _build() -> cattrs.Converter:
@@ -25,19 +36,12 @@ def _build() -> cattrs.Converter:
         return value.isoformat()
 
     def _dt_in(value: Any, _t: type) -> dt.datetime:
-        if not isinstance(value, str):
-            raise DefinitionError("", f"expected an ISO 8601 timestamp, got {value!r}")
-        parsed = dt.datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        parsed: dt.datetime = structure(dt.datetime, value, policy=_RESULTS)
+        return parsed
 
     def _secret_in(value: Any, _t: type) -> Secret:
-        if isinstance(value, Secret):
-            return value
-        if not isinstance(value, str):
-            raise DefinitionError("", "a secret must be a string")
-        if value == str(Secret("")):
-            raise DefinitionError("", "a masked '<secret>' cannot be loaded back as a secret")
-        return Secret(value)
+        secret: Secret = structure(Secret, value, policy=_RESULTS)
+        return secret
 
     conv.register_unstructure_hook(dt.datetime, _dt_out)
     conv.register_structure_hook(dt.datetime, _dt_in)
@@ -46,7 +50,7 @@ def _build() -> cattrs.Converter:
     return conv
 
 
-#: The converter every probekit value goes through on its way to and from JSON.
+#: The converter every probekit value goes through on its way to JSON.
 converter = _build()
 
 
@@ -56,11 +60,16 @@ def result_to_json(result: Result) -> str:
 
 
 def result_from_json(text: str | bytes) -> Result:
-    """Load a result from its JSON form; refuses a schema version newer than this library's."""
+    """Load a result from its JSON form; refuses a schema version newer than this library's.
+
+    Raises :class:`~probekit.DefinitionErrors` naming every field that is not what the schema
+    says (``phases[0].duration: expected a number, got '0.1'``).
+    """
     data = json.loads(text)
     if not isinstance(data, dict):
         raise DefinitionError("", "a result must be a JSON object")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise DefinitionError("schema_version", f"unsupported result schema version {version!r}")
-    return converter.structure(data, Result)
+    result: Result = structure(Result, data, policy=_RESULTS)
+    return result

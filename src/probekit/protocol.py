@@ -17,21 +17,17 @@ the constructor raises :class:`~probekit.DefinitionError` with the field path.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import json
 import math
-import types
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, ClassVar, Final, Literal, TypeAlias, Union, get_args, get_origin
+from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
-import cattrs
-from cattrs.errors import AttributeValidationNote, BaseValidationError, IterableValidationNote
-from cattrs.gen import make_dict_structure_fn
 
 from ._exceptions import (
     ERROR_CODES,
     DefinitionError,
+    DefinitionErrors,
     ErrorCode,
     ProtocolError,
     ProtocolVersionError,
@@ -39,6 +35,9 @@ from ._exceptions import (
 from ._result import SCHEMA_VERSION, Result
 from ._secret import Secret
 from ._serialization import converter
+from ._structure import Policy, plain_secret, structure
+from ._structure import has_surrogates as _has_surrogates
+from ._structure import show as _show
 from ._validate import MAX_ID_LENGTH, check_id, is_id, optional_seconds, seconds
 
 __all__ = [
@@ -91,28 +90,6 @@ class _UnsupportedVersion(ProtocolError, ProtocolVersionError):
 # -- validators -----------------------------------------------------------------------------------
 # Each raises DefinitionError naming the field, so the same check gives a constructor error in
 # Python and a bad_field reply (with the full path) on the wire.
-
-
-def _show(value: object) -> str:
-    """A short description of a peer-supplied value for an error message (never a huge repr)."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if value is None:
-        return "null"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _has_surrogates(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _id(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -460,183 +437,14 @@ FROM_INSTANCE: Final[frozenset[type[Message]]] = frozenset({Hello, Results, Hear
 FROM_CONTROL: Final[frozenset[type[Message]]] = frozenset({Sync, Run, Ack, Drain, Error})
 
 
-# -- the converter --------------------------------------------------------------------------------
-# The shared converter defines every value's JSON form (Result, datetimes, secrets) and is lenient
-# on the way in: it would read "7" as 7, 7.9 as 7, "false" as True and "abc" as ("a", "b", "c").
-# A peer's frame needs exact types, so the protocol structures through a copy of it with strict
-# hooks for scalars and containers. The copy keeps every hook the shared converter has; those are
-# all registered where it is built (probekit._serialization), so none can be missed by copying at
-# import. The shared converter itself is left untouched.
+# -- reading frames -------------------------------------------------------------------------------
+# A peer's frame is read by the one structuring engine with exact types (no "7" for 7, no 7.9 for
+# an int, no "false" for false). Keys this side does not know are skipped, so a newer peer can add
+# fields; the first problem is enough to refuse a frame, so a hostile one is not listed in full.
 
-
-def _strict(kind: type, label: str) -> Callable[[Any, Any], Any]:
-    def structure(value: Any, _type: Any) -> Any:
-        if type(value) is not kind:
-            raise TypeError(f"expected {label}, got {_show(value)}")
-        return value
-
-    return structure
-
-
-def _structure_str(value: Any, _type: Any) -> str:
-    if type(value) is not str:
-        raise TypeError(f"expected a string, got {_show(value)}")
-    if not value.isascii() and _has_surrogates(value):
-        raise ValueError("is not valid Unicode (a lone surrogate)")
-    return value
-
-
-def _structure_float(value: Any, _type: Any) -> float:
-    if type(value) is not float and type(value) is not int:
-        raise TypeError(f"expected a number, got {_show(value)}")
-    result = float(value)
-    if not math.isfinite(result):
-        raise ValueError(f"{_show(value)} is not a finite number")
-    return result
-
-
-def _locate(exc: BaseException) -> tuple[str, str]:
-    """The field path and the message of the first problem inside a structuring error."""
-    if isinstance(exc, DefinitionError):
-        return exc.path, exc.message
-    if isinstance(exc, BaseValidationError) and exc.exceptions:
-        inner = exc.exceptions[0]
-        step = ""
-        for note in getattr(inner, "__notes__", ()):
-            if isinstance(note, AttributeValidationNote):
-                step = note.name
-            elif isinstance(note, IterableValidationNote):
-                step = f"[{note.index!r}]"
-        path, message = _locate(inner)
-        return _join(step, path), message
-    if isinstance(exc, KeyError):
-        return "", "required field missing"
-    return "", str(exc) or type(exc).__name__
-
-
-def _join(prefix: str, path: str) -> str:
-    if not prefix or not path:
-        return prefix or path
-    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
-
-
-def _is_homogeneous_tuple(t: Any) -> bool:
-    args = get_args(t)
-    return get_origin(t) is tuple and len(args) == 2 and args[1] is Ellipsis
-
-
-def _is_mapping(t: Any) -> bool:
-    return get_origin(t) in (dict, Mapping)
-
-
-def _is_optional(t: Any) -> bool:
-    args = get_args(t)
-    return get_origin(t) in (Union, types.UnionType) and len(args) == 2 and type(None) in args
-
-
-def _is_literal(t: Any) -> bool:
-    return get_origin(t) is Literal
-
-
-def _is_enum(t: Any) -> bool:
-    return isinstance(t, type) and issubclass(t, enum.Enum)
-
-
-def _build() -> cattrs.Converter:
-    conv = converter.copy()
-
-    def tuple_hook(t: Any) -> Callable[[Any, Any], Any]:
-        item_type = get_args(t)[0]
-        item_hook = conv.get_structure_hook(item_type)
-
-        def structure(value: Any, _type: Any) -> tuple[Any, ...]:
-            if type(value) is not list:
-                raise TypeError(f"expected an array, got {_show(value)}")
-            out = []
-            for i, item in enumerate(value):
-                try:
-                    out.append(item_hook(item, item_type))
-                except Exception as exc:  # any failure is this item's: re-raised with its path
-                    path, message = _locate(exc)
-                    raise DefinitionError(_join(f"[{i}]", path), message) from exc
-            return tuple(out)
-
-        return structure
-
-    def mapping_hook(t: Any) -> Callable[[Any, Any], Any]:
-        key_type, value_type = get_args(t) or (Any, Any)
-        key_hook = conv.get_structure_hook(key_type)
-        value_hook = conv.get_structure_hook(value_type)
-
-        def structure(value: Any, _type: Any) -> dict[Any, Any]:
-            if type(value) is not dict:
-                raise TypeError(f"expected an object, got {_show(value)}")
-            out = {}
-            for key, item in value.items():
-                try:
-                    out[key_hook(key, key_type)] = value_hook(item, value_type)
-                except Exception as exc:  # any failure is this item's: re-raised with its path
-                    path, message = _locate(exc)
-                    raise DefinitionError(_join(f"[{key!r}]", path), message) from exc
-            return out
-
-        return structure
-
-    def optional_hook(t: Any) -> Callable[[Any, Any], Any]:
-        inner_type = next(a for a in get_args(t) if a is not type(None))
-        inner_hook = conv.get_structure_hook(inner_type)
-
-        def structure(value: Any, _type: Any) -> Any:
-            return None if value is None else inner_hook(value, inner_type)
-
-        return structure
-
-    def literal_hook(t: Any) -> Callable[[Any, Any], Any]:
-        choices = get_args(t)
-        allowed = ", ".join(repr(c) for c in choices)
-
-        def structure(value: Any, _type: Any) -> Any:
-            for choice in choices:
-                if type(value) is type(choice) and value == choice:
-                    return choice
-            raise ValueError(f"{_show(value)} is not one of {allowed}")
-
-        return structure
-
-    def enum_hook(t: Any) -> Callable[[Any, Any], Any]:
-        values = {member.value: member for member in t}
-
-        def structure(value: Any, _type: Any) -> Any:
-            if type(value) in (str, int) and value in values:
-                return values[value]
-            raise ValueError(f"{_show(value)} is not a valid {t.__name__}")
-
-        return structure
-
-    def attrs_hook(t: Any) -> Callable[[Any, Any], Any]:
-        inner = make_dict_structure_fn(t, conv)
-
-        def structure(value: Any, _type: Any) -> Any:
-            if type(value) is not dict:
-                raise TypeError(f"expected an object, got {_show(value)}")
-            return inner(value, t)
-
-        return structure
-
-    conv.register_structure_hook(str, _structure_str)
-    conv.register_structure_hook(int, _strict(int, "an integer"))
-    conv.register_structure_hook(bool, _strict(bool, "true or false"))
-    conv.register_structure_hook(float, _structure_float)
-    conv.register_structure_hook_factory(_is_homogeneous_tuple, tuple_hook)
-    conv.register_structure_hook_factory(_is_mapping, mapping_hook)
-    conv.register_structure_hook_factory(_is_optional, optional_hook)
-    conv.register_structure_hook_factory(_is_literal, literal_hook)
-    conv.register_structure_hook_factory(_is_enum, enum_hook)
-    conv.register_structure_hook_factory(attrs.has, attrs_hook)
-    return conv
-
-
-_converter = _build()
+_FRAMES: Final = Policy(
+    unknown_keys="ignore", first_error=True, show_strings=True, secrets=plain_secret
+)
 
 
 # -- frames ---------------------------------------------------------------------------------------
@@ -652,7 +460,7 @@ def encode(message: Message) -> str:
     cls = type(message)
     if cls not in _MESSAGE_CLASSES:
         raise TypeError(f"not a protocol message: {cls.__name__}")
-    frame = {"type": message.type, "version": PROTOCOL_VERSION, **_converter.unstructure(message)}
+    frame = {"type": message.type, "version": PROTOCOL_VERSION, **converter.unstructure(message)}
     text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if _has_surrogates(text):
         raise ValueError("a string in the message is not valid Unicode (a lone surrogate)")
@@ -695,13 +503,16 @@ def decode(
     if accept is not None and cls not in accept:
         raise ProtocolError("unknown_type", f"{name!r} messages are not accepted from this peer")
     try:
-        return _converter.structure(raw, cls)
+        message: Message = structure(cls, raw, policy=_FRAMES)
     except Exception as exc:  # the contract: whatever fails, the peer sent a bad field
-        path, message = _locate(exc)
-        text = f"{path}: {message}" if path else message
+        if isinstance(exc, DefinitionErrors) and exc.errors:
+            text = str(exc.errors[0])
+        else:
+            text = str(exc) or type(exc).__name__
         if len(text) > _MAX_ERROR_MESSAGE:
             text = text[: _MAX_ERROR_MESSAGE - 3] + "..."
         raise ProtocolError("bad_field", text, ref=_ref(raw)) from exc
+    return message
 
 
 def error_reply(exc: BaseException) -> Error:

@@ -111,12 +111,8 @@ def _with_client_files(node: Any, pair: tuple[str, str]) -> None:
             _with_client_files(value, pair)
 
 
-#: Secret fields a ``{"secret": NAME}`` reference cannot reach yet: a kind's structure hook
-#: (TCP's steps) builds its values without the caller's secrets, so the reference is refused as
-#: "no secret named ..." (see test_a_secret_reference_in_a_starttls_step_resolves). The canary
-#: goes into these as a plain string instead, and they stay out of the end-to-end run, whose
-#: definitions come from the control plane and must not hold the value itself.
-BY_VALUE_ONLY = frozenset({"steps[].options.client_key_password"})
+#: Secret fields the canary goes into as a plain string (none: every one takes a reference).
+BY_VALUE_ONLY: frozenset[str] = frozenset()
 
 
 def definition(profile: KindProfile, path: str, port: int, pair: tuple[str, str]) -> dict[str, Any]:
@@ -259,12 +255,6 @@ def _database_files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.glob("*.db*"))}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/probekit/probes/tcp.py _structure_steps builds StartTls options with "
-    "probekit._definitions.structure(), whose _Builder(None, False) has neither the caller's "
-    "secrets nor local=True: {'secret': NAME} (and {'env': VAR} in config files) is refused there",
-)
 def test_a_secret_reference_in_a_starttls_step_resolves() -> None:
     probe = build_probe(
         {
