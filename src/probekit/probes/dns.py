@@ -498,8 +498,6 @@ class DnsProbe(ProbeBase):
                     ErrorKind.AUTH, "the server refused the TSIG key (NOTAUTH, unsigned)"
                 ) from None
             raise ProbeFailure(ErrorKind.PROTOCOL, f"not a DNS message: {_problem(exc)}") from None
-        except (ValueError, UnicodeError, IndexError, TypeError) as exc:
-            raise ProbeFailure(ErrorKind.PROTOCOL, f"not a DNS message: {_problem(exc)}") from None
 
     def _check_reply(
         self, attempt: Attempt, query: dns.message.Message, reply: dns.message.Message
@@ -756,7 +754,8 @@ def _describe(result: Result) -> str | None:
     text = _RCODE_NAMES.get(int(code), f"RCODE{int(code)}")
     answers = next((a for a in result.assertions if a.name == "answers"), None)
     if answers is not None:
-        text += f", answers {answers.observed}"
+        shown = answers.observed
+        text += f", {shown}" if shown == "no answers" else f", answers {shown}"
     ttl = result.metrics.get("ttl_min")
     if ttl is not None:
         text += f" (TTL {int(ttl)} s)"
