@@ -504,6 +504,9 @@ class _Session:
             if data is None:
                 continue
             arrived = loop.time()
+            if len(data) >= bufsize:  # cut to the buffer: longer than any reply of ours
+                tally.ignore("oversized")
+                continue
             reply = parse_reply(data, self.version)
             if isinstance(reply, str):
                 if reply != "request":  # a raw socket also sees the requests on loopback
