@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ from probekit import (
     Status,
     Timeouts,
     build_probe,
+    load_config,
     probe_to_dict,
     result_to_json,
 )
@@ -53,7 +55,7 @@ from servers import GuardedConnector, NonLoopbackDial, make_context
 # the delay before each.
 Answer = Callable[[bytes, int], list[tuple[float, bytes]]]
 
-FAST = {"interval": 0.02, "timeouts": Timeouts(total=2, read=0.2)}
+FAST = {"ping_interval": 0.02, "timeouts": Timeouts(total=2, read=0.2)}
 
 
 # -- real ICMP on loopback ---------------------------------------------------------------------
@@ -152,7 +154,7 @@ def _check_up(result: Result, count: int) -> None:
     ],
 )
 async def test_up_v4(host: str, fields: dict[str, Any], address: str, icmp: IcmpConnector) -> None:
-    probe = IcmpProbe(host, **{"interval": 0.02, **fields})
+    probe = IcmpProbe(host, **{"ping_interval": 0.02, **fields})
     result = await probe.check(icmp_context(icmp))
     _check_up(result, probe.count)
     assert result.kind == "icmp" and result.target == host
@@ -163,7 +165,7 @@ async def test_up_v4(host: str, fields: dict[str, Any], address: str, icmp: Icmp
 @needs_v6
 @pytest.mark.parametrize("host", ["::1", "[::1]", "v6.test"])
 async def test_up_v6(host: str, icmp: IcmpConnector) -> None:
-    result = await IcmpProbe(host, count=2, interval=0.02).check(icmp_context(icmp))
+    result = await IcmpProbe(host, count=2, ping_interval=0.02).check(icmp_context(icmp))
     _check_up(result, 2)
     assert result.address == "::1"
 
@@ -187,7 +189,7 @@ async def test_hop_limit_is_set_on_the_v6_socket(icmp: IcmpConnector) -> None:
 @needs_v4
 async def test_thresholds_met_are_passed_outcomes(icmp: IcmpConnector) -> None:
     probe = IcmpProbe(
-        "127.0.0.1", count=2, interval=0.02, rtt_warn=0.5, rtt_crit=0.9, loss_crit=0.5
+        "127.0.0.1", count=2, ping_interval=0.02, rtt_warn=0.5, rtt_crit=0.9, loss_crit=0.5
     )
     result = await probe.check(icmp_context(icmp))
     assert result.status is Status.UP, result.summary()
@@ -367,7 +369,7 @@ async def test_the_requests_on_the_wire(host: str) -> None:
 
 async def test_requests_keep_their_interval() -> None:
     started = time.monotonic()
-    result, _ = await ping(echo, count=4, interval=0.1)
+    result, _ = await ping(echo, count=4, ping_interval=0.1)
     took = time.monotonic() - started
     assert result.status is Status.UP, result.summary()
     assert 0.3 <= result.phase("ping") <= 0.6  # type: ignore[operator]
@@ -468,7 +470,9 @@ async def test_ignored_replies(make: Callable[..., bytes], reason: str) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_silence_is_down_timeout_in_ping_after_the_last_wait(host: str) -> None:
     started = time.monotonic()
-    result, fake = await ping(silent, host, count=3, interval=0.05, timeouts=Timeouts(read=0.2))
+    result, fake = await ping(
+        silent, host, count=3, ping_interval=0.05, timeouts=Timeouts(read=0.2)
+    )
     took = time.monotonic() - started
     assert result.status is Status.DOWN
     assert result.error is not None
@@ -495,7 +499,7 @@ async def test_a_reply_after_its_wait_but_before_the_end_is_late() -> None:
         answered = reply(version, *request_of(data))
         return {1: [(0.2, answered)], 2: []}.get(requests[0], [(0.0, answered)])
 
-    result, _ = await ping(answer, count=3, interval=0.1, timeouts=Timeouts(read=0.15))
+    result, _ = await ping(answer, count=3, ping_interval=0.1, timeouts=Timeouts(read=0.15))
     assert result.status is Status.UP, result.summary()
     assert (result.metrics["received"], result.metrics["ignored"]) == (1, 1)
 
@@ -774,7 +778,7 @@ def test_round_trip_through_plain_data() -> None:
     probe = IcmpProbe(
         "gateway.internal",
         count=5,
-        interval=0.5,
+        ping_interval=0.5,
         size=1400,
         ttl=32,
         rtt_warn=0.05,
@@ -788,7 +792,7 @@ def test_round_trip_through_plain_data() -> None:
     plain = probe_to_dict(probe)
     assert json.loads(json.dumps(plain)) == plain
     assert build_probe(plain) == probe
-    assert plain["kind"] == "icmp" and plain["ttl"] == 32
+    assert plain["kind"] == "icmp" and plain["ttl"] == 32 and plain["ping_interval"] == 0.5
     assert build_probe({"kind": "icmp", "host": "10.0.0.1"}) == IcmpProbe("10.0.0.1")
 
 
@@ -815,8 +819,8 @@ INVALID: list[Any] = [
     pytest.param({"count": 101}, "count", "from 1 to 100", id="count-101"),
     pytest.param({"count": True}, "count", "integer", id="count-bool"),
     pytest.param({"count": "3"}, "count", "integer", id="count-text"),
-    pytest.param({"interval": 0}, "interval", "from 0.01 to 60", id="interval-0"),
-    pytest.param({"interval": 61}, "interval", "from 0.01 to 60", id="interval-61"),
+    pytest.param({"ping_interval": 0}, "ping_interval", "from 0.01 to 60", id="interval-0"),
+    pytest.param({"ping_interval": 61}, "ping_interval", "from 0.01 to 60", id="interval-61"),
     pytest.param({"size": -1}, "size", "from 0 to 65507", id="size-negative"),
     pytest.param({"size": 65508}, "size", "from 0 to 65507", id="size-large"),
     pytest.param({"ttl": 0}, "ttl", "from 1 to 255", id="ttl-0"),
@@ -840,7 +844,7 @@ INVALID: list[Any] = [
         id="body-assertion",
     ),
     pytest.param(
-        {"count": 20, "interval": 1}, "timeouts.total", "too short", id="longer-than-deadline"
+        {"count": 20, "ping_interval": 1}, "timeouts.total", "too short", id="longer-than-deadline"
     ),
     pytest.param(
         {"timeouts": {"total": 2, "read": 2}}, "timeouts.total", "too short", id="wait-too-long"
@@ -912,6 +916,32 @@ def test_cli_check_human_describes_the_pings(
     assert code == 0, out
     assert "2/2 replies, 0% loss, rtt min/avg/max/stddev " in out
     assert "resolve" in out and "ping" in out
+
+
+@needs_v4
+def test_cli_round_trips_are_finer_than_the_loops_clock(
+    real_icmp: IcmpConnector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI runs on uvloop, whose clock ticks in milliseconds; loopback replies take tens of
+    microseconds, which a millisecond clock reads as 0 or 1 ms."""
+    code, out = _cli(["check", "icmp", "127.0.0.1", "--json", "-p", "3", "-i", "0.02"], capsys)
+    assert code == 0, out
+    metrics = json.loads(out)["metrics"]
+    rtts = [metrics[key] for key in ("rtt_min", "rtt_avg", "rtt_max")]
+    assert all(0 < rtt < 0.05 for rtt in rtts), rtts
+    assert any(round(rtt * 1000, 6) % 1 for rtt in rtts), rtts
+
+
+def test_a_config_file_sets_the_ping_fields(tmp_path: Path) -> None:
+    path = tmp_path / "monitors.toml"
+    path.write_text(
+        "[[monitors]]\n"
+        'id = "gw"\nkind = "icmp"\nhost = "10.0.0.1"\ninterval = 30\n'
+        "count = 5\nping_interval = 0.5\nloss_crit = 0.5\n"
+    )
+    (monitor,) = load_config(path).monitors
+    assert monitor.interval == 30
+    assert monitor.probe == IcmpProbe("10.0.0.1", count=5, ping_interval=0.5, loss_crit=0.5)
 
 
 def test_cli_unknown_when_the_kernel_refuses(

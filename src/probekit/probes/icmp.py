@@ -13,15 +13,14 @@ read with a bound (the size of the expected reply plus the largest IPv4 header),
 is not a reply to this check (short, corrupt, oversized, another sequence, a duplicate, late) is
 ignored and counted in the ``ignored`` metric, never raised.
 
-Phases: ``resolve``, ``ping`` (sending ``count`` requests ``interval`` seconds apart and waiting
-for their replies). Metrics: ``sent``, ``received``, ``loss_ratio``, ``rtt_min``, ``rtt_avg``,
-``rtt_max``, ``rtt_stddev`` (seconds; the round-trip metrics only when a reply came) and
-``ignored``.
+Phases: ``resolve``, ``ping`` (sending ``count`` requests ``ping_interval`` seconds apart and
+waiting for their replies). Metrics: ``sent``, ``received``, ``loss_ratio``, ``rtt_min``,
+``rtt_avg``, ``rtt_max``, ``rtt_stddev`` (seconds; the round-trip metrics only when a reply
+came) and ``ignored``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import logging
@@ -31,6 +30,7 @@ import secrets
 import socket
 import statistics
 import struct
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, ClassVar, Final
 
@@ -193,7 +193,7 @@ def _count(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
 def _interval(_inst: object, _attribute: attrs.Attribute[float], value: float) -> None:
     if not _is_number(value) or not MIN_INTERVAL <= value <= MAX_INTERVAL:
         raise DefinitionError(
-            "interval",
+            "ping_interval",
             f"must be a number of seconds from {MIN_INTERVAL:g} to {MAX_INTERVAL:g}, got {value!r}",
         )
 
@@ -243,8 +243,8 @@ _NOT_FOR_ICMP = (
 
 @attrs.frozen
 class IcmpProbe(ProbeBase):
-    """Ping ``host``: send ``count`` ICMP echo requests of ``size`` payload bytes, ``interval``
-    seconds apart, and wait for each reply at most ``timeouts.read`` (default
+    """Ping ``host``: send ``count`` ICMP echo requests of ``size`` payload bytes,
+    ``ping_interval`` seconds apart, and wait for each reply at most ``timeouts.read`` (default
     :data:`DEFAULT_WAIT`) seconds after its request.
 
     UP when at least one reply came; DOWN/``timeout`` when none did (100% loss), or
@@ -260,7 +260,9 @@ class IcmpProbe(ProbeBase):
 
     host: str = attrs.field(converter=_host)
     count: int = attrs.field(default=3, validator=_count)
-    interval: float = attrs.field(default=0.2, validator=_interval)
+    # Not "interval": in a config file's monitor table and a control-plane definition that is
+    # how often the monitor runs, and it never reaches the probe.
+    ping_interval: float = attrs.field(default=0.2, validator=_interval)
     size: int = attrs.field(default=56, validator=_size)
     ttl: int | None = attrs.field(default=None, validator=_ttl)
     rtt_warn: float | None = attrs.field(default=None, validator=_rtt)
@@ -301,13 +303,13 @@ class IcmpProbe(ProbeBase):
                     f"{type(assertion).__name__} reads what an echo reply does not have; use "
                     "rtt_warn/rtt_crit, loss_warn/loss_crit or response_time",
                 )
-        needed = (self.count - 1) * self.interval + self.wait
+        needed = (self.count - 1) * self.ping_interval + self.wait
         if needed >= self.timeouts.total:
             raise DefinitionError(
                 "timeouts.total",
                 f"{self.timeouts.total:g} s is too short for {self.count} requests "
-                f"{self.interval:g} s apart and {self.wait:g} s for the last reply "
-                f"({needed:g} s); raise it or lower count, interval or timeouts.read",
+                f"{self.ping_interval:g} s apart and {self.wait:g} s for the last reply "
+                f"({needed:g} s); raise it or lower count, ping_interval or timeouts.read",
             )
 
     @property
@@ -455,7 +457,9 @@ class _Session:
 
     async def run(self) -> _Tally:
         probe = self.probe
-        loop = asyncio.get_running_loop()
+        # Not the loop's clock: uvloop's (libuv's) ticks in milliseconds, and loopback round
+        # trips are tens of microseconds.
+        clock = time.perf_counter
         # The kernel replaces the identifier of a datagram socket's requests with its own; a raw
         # socket sends this one. Sequences start at random so that concurrent checks of one host
         # through raw sockets do not share them.
@@ -469,14 +473,14 @@ class _Session:
         sent: dict[int, float] = {}
         answered: set[int] = set()
         errors = 0
-        start = loop.time()
+        start = clock()
         while True:
-            now = loop.time()
-            if tally.sent < probe.count and now >= start + tally.sent * probe.interval:
+            now = clock()
+            if tally.sent < probe.count and now >= start + tally.sent * probe.ping_interval:
                 sequence = (first + tally.sent) & 0xFFFF
                 tally.sent += 1
                 packet = echo_request(self.version, identifier, sequence, self.payload)
-                sent[sequence] = loop.time()
+                sent[sequence] = clock()
                 try:
                     await self.endpoint.send(packet)
                 except OSError as exc:  # unreachable network, a firewall: this one is lost
@@ -484,7 +488,7 @@ class _Session:
                     tally.error = exc
                 continue
             if tally.sent < probe.count:
-                wake = start + tally.sent * probe.interval
+                wake = start + tally.sent * probe.ping_interval
             else:
                 waiting = [at for seq, at in sent.items() if seq not in answered]
                 wake = max(waiting, default=now) + probe.wait
@@ -503,7 +507,7 @@ class _Session:
                 continue
             if data is None:
                 continue
-            arrived = loop.time()
+            arrived = clock()
             if len(data) >= bufsize:  # cut to the buffer: longer than any reply of ours
                 tally.ignore("oversized")
                 continue
@@ -644,7 +648,7 @@ KIND = ProbeKind(
         ),
         Option(
             ("-i", "--interval"),
-            field="interval",
+            field="ping_interval",
             metavar="S",
             parse=_seconds,
             help="seconds between two requests (default 0.2)",
