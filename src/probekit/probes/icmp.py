@@ -486,6 +486,7 @@ class _Session:
                 except OSError as exc:  # unreachable network, a firewall: this one is lost
                     log.debug("icmp %s: sending %d failed: %s", probe.host, sequence, exc)
                     tally.error = exc
+                    answered.add(sequence)  # no reply to wait for
                 continue
             if tally.sent < probe.count:
                 wake = start + tally.sent * probe.ping_interval
