@@ -1198,3 +1198,16 @@ def test_describe_without_a_banner_says_nothing() -> None:
         duration=0.1,
     )
     assert describe(result) == ""
+
+
+@pytest.mark.parametrize(
+    ("family", "status"), [("ipv4", Status.UP), ("ipv6", Status.DOWN)], ids=["ipv4", "ipv6"]
+)
+async def test_ip_family_restricts_resolution(
+    family: str, status: Status, ctx: ProbeContext
+) -> None:
+    async with aiosmtpd() as port:
+        result = await SmtpProbe("localhost", port, ip_family=family).check(ctx)  # type: ignore[arg-type]
+    assert result.status is status, result.summary()
+    if status is Status.DOWN:
+        assert result.error is not None and result.error.kind is ErrorKind.DNS

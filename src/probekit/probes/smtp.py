@@ -350,9 +350,10 @@ class SmtpProbe(ProbeBase):
         with attempt.phase("starttls"):
             reply = await session.command(b"STARTTLS", "STARTTLS reply")
             if reply.code != 220:
-                attempt.outcome("starttls", False, "220 to STARTTLS", reply.shown())
+                shown = session.shown(reply)
+                attempt.outcome("starttls", False, "220 to STARTTLS", shown)
                 raise ProbeFailure(
-                    ErrorKind.TLS, f"the server offered STARTTLS but refused it: {reply.shown()}"
+                    ErrorKind.TLS, f"the server offered STARTTLS but refused it: {shown}"
                 )
             session.nothing_pending()
         await attempt.start_tls(session.conn, self.host, self.starttls_options)
@@ -440,15 +441,13 @@ class _Closed(ProbeFailure):
 class _Session:
     """The SMTP dialogue on one connection: bounded reply reading and the commands."""
 
-    __slots__ = ("_buffer", "_secrets", "attempt", "conn", "password", "username")
+    __slots__ = ("_buffer", "_secrets", "attempt", "conn")
 
     def __init__(
         self, attempt: Attempt, conn: Connection, password: Secret | None, username: str | None
     ) -> None:
         self.attempt = attempt
         self.conn = conn
-        self.password = password
-        self.username = username
         self._buffer = bytearray()
         self._secrets: tuple[str, ...] = ()
         if password is not None:
@@ -460,6 +459,11 @@ class _Session:
                 base64.b64encode(value.encode()).decode(),
                 base64.b64encode(token).decode(),
             )
+
+    def shown(self, reply: _Reply) -> str:
+        """``reply`` for a message or an outcome, with the password masked should the server
+        repeat it."""
+        return reply.shown(self._secrets)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -534,14 +538,14 @@ class _Session:
         if reply.code == 421:
             raise ProbeFailure(
                 ErrorKind.PROTOCOL,
-                f"the server is closing the connection: {reply.shown(self._secrets)}",
+                f"the server is closing the connection: {self.shown(reply)}",
             )
         return reply
 
     async def ehlo(self, name: str) -> _Capabilities:
         reply = await self.command(b"EHLO " + name.encode("ascii"), "EHLO reply")
         if reply.code != 250:
-            raise ProbeFailure(ErrorKind.PROTOCOL, f"EHLO refused: {reply.shown()}")
+            raise ProbeFailure(ErrorKind.PROTOCOL, f"EHLO refused: {self.shown(reply)}")
         capabilities = _Capabilities.parse(reply)
         self.attempt.outcome("ehlo", True, "250", capabilities.describe())
         return capabilities
@@ -578,7 +582,7 @@ class _Session:
         self._authenticated(reply, "LOGIN")
 
     def _authenticated(self, reply: _Reply, mechanism: str) -> None:
-        shown = reply.shown(self._secrets)
+        shown = self.shown(reply)
         if reply.code == 235:
             return
         if reply.code >= 400:
@@ -593,7 +597,7 @@ class _Session:
         attempt = self.attempt
         reply = await self.command(f"MAIL FROM:<{sender}>".encode(), "MAIL FROM reply")
         accepted = 200 <= reply.code < 300
-        attempt.outcome("mail_from", accepted, f"<{sender}> accepted (2xx)", reply.shown())
+        attempt.outcome("mail_from", accepted, f"<{sender}> accepted (2xx)", self.shown(reply))
         if accepted:
             for recipient in recipients:
                 reply = await self.command(f"RCPT TO:<{recipient}>".encode(), "RCPT TO reply")
@@ -601,11 +605,11 @@ class _Session:
                     "rcpt_to",
                     200 <= reply.code < 300,
                     f"<{recipient}> accepted (2xx)",
-                    reply.shown(),
+                    self.shown(reply),
                 )
         reply = await self.command(b"RSET", "RSET reply")
         if reply.code != 250:
-            raise ProbeFailure(ErrorKind.PROTOCOL, f"RSET refused: {reply.shown()}")
+            raise ProbeFailure(ErrorKind.PROTOCOL, f"RSET refused: {self.shown(reply)}")
 
     async def quit(self) -> None:
         """Say goodbye. A server that hangs up instead of answering has done what was asked."""
@@ -616,7 +620,7 @@ class _Session:
             log.debug("smtp server closed the connection at QUIT: %s", exc)
             return
         if reply.code != 221:
-            log.debug("smtp QUIT answered %s", reply.shown())
+            log.debug("smtp QUIT answered %s", self.shown(reply))
 
 
 # -- the command-line form -------------------------------------------------------------------------
