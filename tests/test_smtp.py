@@ -322,17 +322,15 @@ async def test_down_against_aiosmtpd(
 ) -> None:
     contexts = {"good": good_tls, "self_signed": self_signed_tls}
     server = {k: contexts.get(v, v) if isinstance(v, str) else v for k, v in server.items()}
-    if server.get("tls_context") is good_tls and "starttls_options" not in fields:
-        fields = {**fields, "starttls_options": {"ca_data": ca_pem}}
-    if "starttls_options" in fields:
-        fields = {
-            **fields,
-            "starttls_options": TlsOptions(**{"ca_data": ca_pem, **fields["starttls_options"]}),
-        }
+    # The probe trusts the test CA wherever it does TLS (which the self-signed server is not).
     if "tls" in fields:
-        fields = {**fields, "tls": TlsOptions(**fields["tls"])}
+        fields = {**fields, "tls": {"ca_data": ca_pem, **fields["tls"]}}
+    if "tls_context" in server:
+        options = {"ca_data": ca_pem, **fields.get("starttls_options", {})}
+        fields = {**fields, "starttls_options": options}
     async with aiosmtpd(**server) as port:
-        result = await SmtpProbe("localhost", port, timeouts=Timeouts(total=5), **fields).check(ctx)
+        definition = {"kind": "smtp", "host": "localhost", "port": port, **fields}
+        result = await build_probe({**definition, "timeouts": {"total": 5}}).check(ctx)
     assert result.status is Status.DOWN, result.summary()
     assert result.error is not None
     assert (result.error.kind, result.error.phase) == (kind, phase), result.error
