@@ -705,7 +705,7 @@ def _describe(result: Result) -> str | None:
 KIND = ProbeKind(
     name="smtp",
     cls=SmtpProbe,
-    summary="greet an SMTP server: banner, EHLO, STARTTLS, optional AUTH and MAIL/RCPT dry run",
+    summary="check an SMTP server: banner, EHLO, STARTTLS, optional AUTH and MAIL/RCPT dry run",
     target=HostPort(default_port=25),
     options=(
         Option(
