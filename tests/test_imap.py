@@ -56,7 +56,7 @@ LITERAL = re.compile(rb"\{([0-9]+)(\+?)\}\r\n\Z")
 def _tokens(text: bytes) -> list[bytes]:
     out = []
     for quoted, atom in QUOTED.findall(text):
-        out.append(re.sub(rb"\\(.)", rb"\1", quoted) if not atom else atom)
+        out.append(atom or re.sub(rb"\\(.)", rb"\1", quoted))
     return out
 
 
@@ -296,7 +296,7 @@ async def test_preauth_skips_the_login(ctx: ProbeContext) -> None:
     ("password", "sent"),
     [
         pytest.param('a "quoted" \\ one', b'"a \\"quoted\\" \\\\ one"', id="quoted"),
-        pytest.param("pässwörd", "{%d}" % len("pässwörd".encode()), id="literal-utf8"),
+        pytest.param("pässwörd", f"{{{len('pässwörd'.encode())}}}", id="literal-utf8"),
         pytest.param("tab\there", "{8}", id="literal-control"),
     ],
 )
