@@ -398,6 +398,14 @@ DOWN: list[Any] = [
         id="garbage-greeting",
     ),
     pytest.param(
+        FakeImap(greeting=b"* OKAY then\r\n"),
+        {},
+        ErrorKind.PROTOCOL,
+        "banner",
+        "not an IMAP greeting",
+        id="almost-ok",
+    ),
+    pytest.param(
         FakeImap(greeting=b"+OK POP3 ready\r\n"),
         {},
         ErrorKind.PROTOCOL,

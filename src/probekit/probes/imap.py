@@ -144,6 +144,15 @@ def _tagged(line: bytes, tag: bytes, untagged: tuple[bytes, ...]) -> _Reply:
     return _Reply(state, line, untagged)
 
 
+def _untagged_word(line: bytes) -> bytes:
+    """The first word of an untagged response (``OK`` of ``* OK ready``), upper-cased; b"" for
+    a line that is not untagged."""
+    star, _, rest = line.partition(b" ")
+    if star != b"*":
+        return b""
+    return rest.split(b" ", 1)[0].rstrip(b"\r\n").upper()
+
+
 def _capabilities(reply: _Reply) -> frozenset[str]:
     found: set[str] = set()
     seen = False
@@ -256,7 +265,7 @@ class _Session:
                 ErrorKind.PROTOCOL,
                 f"more than {UNTAGGED_LIMIT} untagged responses before the {what}",
             )
-        if line[2:5].upper() == b"BYE":
+        if _untagged_word(line) == b"BYE":
             self.said_bye = True
         if not ending and self.said_bye:
             raise ProbeFailure(
@@ -370,13 +379,13 @@ class ImapProbe(ProbeBase):
 
     def _greeting(self, line: bytes) -> bool:
         """Whether the session is already authenticated (PREAUTH); failures for the others."""
-        word = line[:12].upper()
-        if word.startswith(b"* OK"):
+        word = _untagged_word(line)
+        if word == b"OK":
             return False
-        if word.startswith(b"* PREAUTH"):
+        if word == b"PREAUTH":
             log.debug("imap %s greeted with PREAUTH: no LOGIN", self.target)
             return True
-        if word.startswith(b"* BYE"):
+        if word == b"BYE":
             raise ProbeFailure(
                 ErrorKind.PROTOCOL, f"the server refused the session: {shown(line[2:])}"
             )
