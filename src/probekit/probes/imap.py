@@ -467,7 +467,7 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
 KIND = ProbeKind(
     name="imap",
     cls=ImapProbe,
-    summary="greet an IMAP server, STARTTLS, LOGIN, EXAMINE a mailbox, LOGOUT",
+    summary="log in to an IMAP server (STARTTLS, LOGIN), EXAMINE a mailbox, LOGOUT",
     target=MailTarget(default_port=IMAP_PORT, tls_port=IMAPS_PORT),
     options=(
         *common_options("imap", IMAPS_PORT),

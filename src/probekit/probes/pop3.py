@@ -299,7 +299,7 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
 KIND = ProbeKind(
     name="pop3",
     cls=Pop3Probe,
-    summary="greet a POP3 server, STLS, USER/PASS, STAT, QUIT",
+    summary="log in to a POP3 server (STLS, USER/PASS), STAT the maildrop, QUIT",
     target=MailTarget(default_port=POP3_PORT, tls_port=POP3S_PORT),
     options=(
         *common_options("pop3", POP3S_PORT),
