@@ -834,7 +834,7 @@ INVALID: list[Any] = [
     pytest.param(
         {"loss_warn": 0.5, "loss_crit": 0.1}, "loss_warn", "above loss_crit", id="loss-order"
     ),
-    pytest.param({"ip_family": "ipv5"}, "ip_family", "expected one of", id="family"),
+    pytest.param({"ip_family": "ipv5"}, "ip_family", "not one of", id="family"),
     pytest.param(
         {"host": "::1", "ip_family": "ipv4"}, "ip_family", "IPv6 address", id="family-mismatch"
     ),

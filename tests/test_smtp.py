@@ -1005,7 +1005,7 @@ INVALID_DATA: list[Any] = [
     pytest.param({"host": ""}, "host", "required", id="empty-host"),
     pytest.param({"host": "a b"}, "host", "not a host", id="spaced-host"),
     pytest.param({"startls": "required"}, "startls", "did you mean 'starttls'", id="typo"),
-    pytest.param({"starttls": "yes"}, "starttls", "expected one of", id="starttls-mode"),
+    pytest.param({"starttls": "yes"}, "starttls", "not one of", id="starttls-mode"),
     pytest.param(
         {"tls": {}, "starttls": "required"}, "starttls", "TLS from the start", id="tls-and-starttls"
     ),
@@ -1048,7 +1048,7 @@ INVALID_DATA: list[Any] = [
     pytest.param({"rcpt_to": ["a@b"]}, "rcpt_to", "needs mail_from", id="rcpt-without-from"),
     pytest.param({"mail_from": "a@b", "rcpt_to": [""]}, "rcpt_to[0]", "empty", id="empty-rcpt"),
     pytest.param({"expect_banner": "("}, "expect_banner", "regular expression", id="regex"),
-    pytest.param({"ip_family": "ipv5"}, "ip_family", "expected one of", id="family"),
+    pytest.param({"ip_family": "ipv5"}, "ip_family", "not one of", id="family"),
     pytest.param(
         {"plaintext_auth": "yes"}, "plaintext_auth", "true or false", id="plaintext-auth-type"
     ),
