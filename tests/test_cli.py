@@ -125,12 +125,12 @@ def test_check_nagios_up_and_down(web: str, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run_cli(capsys, "check", "http", f"{web}/", "--nagios", "--warn", "5")
     assert code == 0
     assert NAGIOS.match(out.strip()), out
-    assert out.startswith("HTTP OK - 200 in ")
+    assert out.startswith("HTTP OK - status 200 in ")
     assert ";5;;0 " in out  # the warn threshold in the time perfdata
 
     code, out, _ = run_cli(capsys, "check", "http", f"{web}/fail", "--nagios")
     assert code == 2
-    assert out.startswith("HTTP CRITICAL - 500 in ")
+    assert out.startswith("HTTP CRITICAL - status 500 in ")
     assert NAGIOS.match(out.strip()), out
 
     code, out, _ = run_cli(
@@ -183,7 +183,7 @@ def test_check_header_method_data_and_request_headers(
 def test_check_warn_and_crit_thresholds(web: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "check", "http", f"{web}/", "--nagios", "--warn", "0.000001")
     assert code == 1
-    assert out.startswith("HTTP WARNING - 200 in ")
+    assert out.startswith("HTTP WARNING - status 200 in ")
     code, out, _ = run_cli(
         capsys, "check", "http", f"{web}/", "--nagios", "--warn", "0.000001", "--crit", "0.000002"
     )
@@ -231,7 +231,7 @@ def test_check_tls_options(
     assert code == 0, out
     assert NAGIOS.match(out.strip()), out
     assert " tls=" in out
-    assert re.search(r" cert_days_left=[0-9.]+$", out.strip())
+    assert re.search(r" cert_days_left=[0-9.]+( |$)", out.strip())
     assert run_cli(capsys, "check", "http", f"{tls_web}/", "--insecure")[0] == 0
     target = tls_web.removeprefix("https://")
     assert run_cli(capsys, "check", "tcp", target, "--tls", "--ca-file", str(ca_file))[0] == 0
@@ -328,10 +328,10 @@ def test_python_m_probekit_nagios(web: str) -> None:
     up = run(f"{web}/")
     assert up.returncode == 0, up.stderr
     assert NAGIOS.match(up.stdout.strip()), up.stdout
-    assert up.stdout.startswith("HTTP OK - 200 in ")
+    assert up.stdout.startswith("HTTP OK - status 200 in ")
     down = run(f"{web}/fail")
     assert down.returncode == 2, down.stderr
-    assert down.stdout.startswith("HTTP CRITICAL - 500 in ")
+    assert down.stdout.startswith("HTTP CRITICAL - status 500 in ")
     refused = run(f"http://127.0.0.1:{closed_port()}/")
     assert refused.returncode == 2
     assert refused.stdout.startswith("HTTP CRITICAL - ")

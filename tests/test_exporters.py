@@ -75,8 +75,8 @@ def test_nagios_line_for_an_up_http_check() -> None:
     line, code = nagios_line(make(), warn=0.5, crit=1)
     assert code == 0
     assert line == (
-        "HTTP OK - 200 in 0.012 s | time=0.012s;0.5;1;0 size=123B;;;0 resolve=0.0004s;;;0 "
-        "connect=0.001s;;;0 processing=0.008s;;;0 transfer=0.0026s;;;0"
+        "HTTP OK - status 200 in 0.012 s | time=0.012s;0.5;1;0 size=123B;;;0 resolve=0.0004s;;;0 "
+        "connect=0.001s;;;0 processing=0.008s;;;0 transfer=0.0026s;;;0 status_code=200"
     )
     assert perfdata(line)["time"] == "0.012s;0.5;1;0"
 
@@ -133,7 +133,10 @@ def test_nagios_perfdata_sums_phases_over_redirect_hops_and_has_cert_days() -> N
     assert perf["resolve"] == "0.002s;;;0"
     assert perf["processing"] == "0.03s;;;0"
     assert perf["cert_days_left"] == "88.5"
-    assert list(perf) == ["time", "resolve", "connect", "tls", "processing", "cert_days_left"]
+    assert list(perf) == [
+        *("time", "resolve", "connect", "tls", "processing", "cert_days_left"),
+        "status_code",  # then the metrics the http kind declares
+    ]
 
 
 def test_nagios_tiny_durations_are_plain_decimals() -> None:
@@ -147,7 +150,7 @@ async def test_nagios_line_from_a_real_check(http_server: HttpServer, ctx: Probe
     result = await HttpProbe(http_server.url("/")).check(ctx)
     line, code = nagios_line(result)
     assert code == 0
-    assert line.startswith("HTTP OK - 200 in ")
+    assert line.startswith("HTTP OK - status 200 in ")
     perf = perfdata(line)
     assert perf["size"] == f"{len(b'hello probekit')}B;;;0"
     assert {"time", "resolve", "connect", "processing", "transfer"} <= set(perf)

@@ -904,7 +904,7 @@ def test_cli_check_nagios(real_icmp: IcmpConnector, capsys: pytest.CaptureFixtur
         capsys,
     )
     assert code == 0, out
-    assert out.startswith("ICMP OK - 127.0.0.1 in ")
+    assert out.startswith("ICMP OK - 2/2 replies, 0% loss")
     assert " | time=" in out and " ping=" in out
     assert real_icmp.dialled == [("127.0.0.1", 0)]
 

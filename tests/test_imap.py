@@ -1038,6 +1038,6 @@ async def test_the_command_line_checks_with_nagios_output(
         code = await asyncio.to_thread(main, argv)
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.startswith("IMAP OK - 127.0.0.1:")
+    assert out.startswith("IMAP OK - IMAP")
     assert "banner=" in out and "auth=" in out and "logout=" in out
     assert PASSWORD not in out

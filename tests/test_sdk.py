@@ -469,3 +469,28 @@ def test_a_kind_describes_what_it_saw_for_human_output() -> None:
     assert describe(result("redis", redis_version=70204)) == "redis 7.2.4"
     assert describe(result("tcp", bytes_received=3)) == ""  # tcp says nothing more
     assert describe(result("not-installed-here")) == ""
+
+
+async def test_a_starttls_verify_failure_does_not_dial_again(
+    ctx: ProbeContext, self_signed_tls: Any
+) -> None:
+    from probekit import Expect, Send, StartTls, TcpProbe
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ready\r\n")
+        await reader.readline()
+        writer.write(b"220 go ahead\r\n")
+        await writer.drain()
+        await writer.start_tls(self_signed_tls)
+        await reader.read()
+
+    async with TcpServer(handle) as server:
+        steps = (Expect(pattern="^220"), Send("STARTTLS\r\n"), Expect(pattern="^220 go ahead\r\n"))
+        probe = TcpProbe("127.0.0.1", server.port, steps=(*steps, StartTls()))
+        result = await probe.check(ctx)
+        await asyncio.sleep(0.05)
+        connections = server.connections
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.TLS
+    assert result.error.phase == "tls"
+    assert connections == 1  # no second connection that would meet a greeting, not a handshake

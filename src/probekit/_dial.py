@@ -623,20 +623,30 @@ class Dialer:
         options: TlsOptions,
         timeline: Timeline,
         timeouts: Timeouts,
+        *,
+        diagnose: bool = True,
     ) -> TlsInfo:
-        """Upgrade ``conn`` to TLS (timed as ``tls``); used for direct TLS and for STARTTLS."""
+        """Upgrade ``conn`` to TLS (timed as ``tls``); used for direct TLS and for STARTTLS.
+
+        After a failed certificate verification, ``diagnose`` fetches the chain the peer
+        presents on a second connection to the same address, with TLS from the first byte, to
+        report on it. That is only right for direct TLS: after a STARTTLS dialogue a second
+        connection would meet a greeting, not a handshake, so STARTTLS upgrades pass False.
+        """
         literal = parse_host_address(host)
         server_name = options.server_name or (str(literal) if literal else host.rstrip("."))
         ctx = ssl_context(options)
-        # Plain-text bytes already buffered would be read back as if they had come through TLS
-        # (the STARTTLS injection flaw); a correct server sends nothing before the handshake.
-        buffered = conn.buffered
-        if buffered:
-            raise ProbeFailure(
-                ErrorKind.PROTOCOL, f"{buffered} unexpected plain-text bytes before the TLS upgrade"
-            )
         failure: ssl.SSLCertVerificationError | None = None
         with timeline.phase("tls"):
+            # Plain-text bytes already buffered would be read back as if they had come through
+            # TLS (the STARTTLS injection flaw); a correct server sends nothing before the
+            # handshake.
+            buffered = conn.buffered
+            if buffered:
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL,
+                    f"{buffered} unexpected plain-text bytes before the TLS upgrade",
+                )
             try:
                 conn.upgrading = True
                 loop = asyncio.get_running_loop()
@@ -648,7 +658,7 @@ class Dialer:
                 failure = exc
         if failure is not None:
             timeline.current = "tls"
-            chain = await self._diagnose(conn, server_name, options, timeouts)
+            chain = await self._diagnose(conn, server_name, options, timeouts) if diagnose else None
             raise TlsVerifyFailure(f"certificate verify failed: {failure.verify_message}", chain)
         ssl_object = conn.transport.get_extra_info("ssl_object")
         conn.tls = tls_info(ssl_object, server_name, verified=options.verify)

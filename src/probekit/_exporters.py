@@ -17,7 +17,7 @@ from ._exceptions import DefinitionError
 from ._result import Result, Status
 from ._serialization import converter
 from .probes._kind import Metric
-from .probes._registry import get_kind
+from .probes._registry import describe, get_kind
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "json_line", "nagios_line", "prometheus_text"]
 
@@ -40,7 +40,9 @@ def nagios_line(
     Perfdata follows the plugin guidelines (``'label'=value[UOM];[warn];[crit];[min];[max]``):
     ``time`` is the check's duration (``warn``/``crit`` are its thresholds in seconds, if any),
     ``size`` the body or received bytes, then one item per phase (seconds, summed over redirect
-    hops) and ``cert_days_left`` when a certificate was seen.
+    hops), ``cert_days_left`` when a certificate was seen, and the metrics the result's kind
+    declares (``status_code``, ``answers``, ``rtt_avg``, ...). The detail starts with what the
+    kind says it saw (``status 200``), else the target.
     """
     code = result.status.exit_code
     text = f"{result.kind.upper()} {result.status.nagios} - {_nagios_detail(result)}"
@@ -56,12 +58,34 @@ def nagios_line(
     days = result.metrics.get("cert_days_left")
     if days is not None:
         perf.append(_perf("cert_days_left", days, "", None, None, None))
+    for key, value, unit in _kind_perfdata(result):
+        perf.append(_perf(key, value, unit, None, None, None))
     return f"{text} | {' '.join(perf)}", code
 
 
+_PERF_DONE: Final = frozenset({"cert_days_left", "body_bytes", "bytes_received"})
+
+
+def _kind_perfdata(result: Result) -> list[tuple[str, float, str]]:
+    """The metrics the result's kind declares (in declaration order), as perfdata items; a
+    Prometheus name ending in ``_seconds`` or ``_bytes`` gives the unit."""
+    try:
+        declared = get_kind(result.kind).metrics
+    except DefinitionError:
+        return []
+    items = []
+    for metric in declared:
+        value = result.metrics.get(metric.key)
+        if value is None or metric.key in _PERF_DONE or not math.isfinite(value):
+            continue
+        unit = "s" if metric.name.endswith("_seconds") else ""
+        unit = "B" if metric.name.endswith("_bytes") else unit
+        items.append((metric.key, value, unit))
+    return items
+
+
 def _nagios_detail(result: Result) -> str:
-    code = result.metrics.get("status_code")
-    head = str(int(code)) if code is not None else result.target
+    head = describe(result) or result.target
     detail = f"{head} in {result.duration:.3f} s"
     error = result.error
     if error is not None:

@@ -127,9 +127,18 @@ class Attempt:
         """Record a metric of the result (declare it in the kind's ``metrics`` to export it)."""
         self.metrics[name] = float(value)
 
-    def outcome(self, name: str, passed: bool, expected: str, actual: str) -> AssertionOutcome:
-        """Record an assertion outcome the probe decided itself (a failed one makes it DOWN)."""
-        result = AssertionOutcome(name, passed, expected, actual)
+    def outcome(
+        self,
+        name: str,
+        passed: bool,
+        expected: str,
+        actual: str,
+        *,
+        severity: Status = Status.DOWN,
+    ) -> AssertionOutcome:
+        """Record an assertion outcome the probe decided itself; a failed one makes the check
+        ``severity`` (DOWN, or DEGRADED for a warning threshold)."""
+        result = AssertionOutcome(name, passed, expected, actual, severity)
         self.assertions.append(result)
         return result
 
@@ -199,6 +208,7 @@ class Attempt:
             options if options is not None else TlsOptions(),
             self.timeline,
             self.timeouts,
+            diagnose=False,
         )
         self.record_tls(info)
 

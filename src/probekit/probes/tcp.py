@@ -309,7 +309,12 @@ class _Exchange:
     async def _start_tls(self, step: StartTls) -> None:
         attempt = self.attempt
         info = await attempt.ctx.dialer.start_tls(
-            self.conn, self.probe.host, step.options, attempt.timeline, self.probe.timeouts
+            self.conn,
+            self.probe.host,
+            step.options,
+            attempt.timeline,
+            self.probe.timeouts,
+            diagnose=False,
         )
         attempt.record_tls(info)
 
