@@ -153,3 +153,14 @@ def test_it_is_a_check_subcommand_with_its_options(
     assert main(["check", "--help"]) == 0
     listing = capsys.readouterr().out
     assert kind.name in listing
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_its_class_is_exported_and_documented_on_its_page(kind: ProbeKind) -> None:
+    import probekit
+
+    name = kind.cls.__name__
+    assert getattr(probekit, name) is kind.cls, f"add {name} to probekit's public names"
+    assert kind.docs is not None
+    page = (DOCS / kind.docs).read_text(encoding="utf-8")
+    assert f"::: probekit.{name}" in page, f"docs/{kind.docs} has no API section for {name}"

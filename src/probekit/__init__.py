@@ -68,7 +68,13 @@ if TYPE_CHECKING:
     from ._timeouts import Timeouts
     from ._tls import TlsOptions
     from .probes._base import Probe
+    from .probes.dns import DnsProbe
     from .probes.http import BasicAuth, HttpProbe
+    from .probes.icmp import IcmpProbe
+    from .probes.imap import ImapProbe
+    from .probes.pop3 import Pop3Probe
+    from .probes.redis import RedisProbe
+    from .probes.smtp import SmtpProbe
     from .probes.tcp import Expect, Send, StartTls, TcpProbe
 
 del TYPE_CHECKING
@@ -90,18 +96,22 @@ _LAZY: dict[str, str] = {
     "DefinitionError": "._exceptions",
     "DefinitionErrors": "._exceptions",
     "Dialer": "._dial",
+    "DnsProbe": ".probes.dns",
     "EgressPolicy": "._policy",
     "ErrorKind": "._result",
     "Expect": ".probes.tcp",
     "FakeClock": "._clock",
     "HeaderMatches": "._assertions",
     "HttpProbe": ".probes.http",
+    "IcmpProbe": ".probes.icmp",
+    "ImapProbe": ".probes.imap",
     "Job": "._runner",
     "JsonPath": "._assertions",
     "Monitor": "._scheduler",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
+    "Pop3Probe": ".probes.pop3",
     "Probe": ".probes._base",
     "ProbeContext": "._context",
     "ProbeError": "._result",
@@ -111,6 +121,7 @@ _LAZY: dict[str, str] = {
     "ProtocolError": "._exceptions",
     "ProtocolVersionError": "._exceptions",
     "Proxy": "._dial",
+    "RedisProbe": ".probes.redis",
     "Resolver": "._resolver",
     "ResponseTime": "._assertions",
     "Result": "._result",
@@ -119,8 +130,9 @@ _LAZY: dict[str, str] = {
     "Scheduler": "._scheduler",
     "Secret": "._secret",
     "Send": ".probes.tcp",
-    "StartTls": ".probes.tcp",
+    "SmtpProbe": ".probes.smtp",
     "SpoolError": "._exceptions",
+    "StartTls": ".probes.tcp",
     "StaticResolver": "._resolver",
     "Status": "._result",
     "StatusIn": "._assertions",
@@ -178,18 +190,22 @@ __all__ = [
     "DefinitionError",
     "DefinitionErrors",
     "Dialer",
+    "DnsProbe",
     "EgressPolicy",
     "ErrorKind",
     "Expect",
     "FakeClock",
     "HeaderMatches",
     "HttpProbe",
+    "IcmpProbe",
+    "ImapProbe",
     "Job",
     "JsonPath",
     "Monitor",
     "Observation",
     "Phase",
     "PolicyError",
+    "Pop3Probe",
     "Probe",
     "ProbeContext",
     "ProbeError",
@@ -199,6 +215,7 @@ __all__ = [
     "ProtocolError",
     "ProtocolVersionError",
     "Proxy",
+    "RedisProbe",
     "Resolver",
     "ResponseTime",
     "Result",
@@ -207,6 +224,7 @@ __all__ = [
     "Scheduler",
     "Secret",
     "Send",
+    "SmtpProbe",
     "SpoolError",
     "StartTls",
     "StaticResolver",
