@@ -20,6 +20,7 @@ from ._exceptions import DefinitionError
 from ._result import AssertionOutcome, Status, TlsInfo
 
 __all__ = [
+    "ASSERTION_TYPES",
     "Assertion",
     "BodyContains",
     "BodyMatches",
@@ -31,6 +32,9 @@ __all__ = [
     "StatusIn",
     "TlsForbidden",
     "TlsRequired",
+    "assertion_name",
+    "assertion_to_dict",
+    "register_assertion",
 ]
 
 _MISSING = object()
@@ -436,3 +440,44 @@ class CertExpiry:
             )
         limit = self.warn_days if self.warn_days is not None else self.crit_days
         return _outcome("cert_expiry", True, f"> {limit:g} days left", seen)
+
+
+# -- the registry of assertion types -------------------------------------------------------------
+
+#: ``{"type": name, ...}`` in a definition builds ``ASSERTION_TYPES[name]``.
+ASSERTION_TYPES: dict[str, type] = {
+    "status_in": StatusIn,
+    "body_contains": BodyContains,
+    "body_matches": BodyMatches,
+    "json_path": JsonPath,
+    "header_matches": HeaderMatches,
+    "response_time": ResponseTime,
+    "tls_required": TlsRequired,
+    "tls_forbidden": TlsForbidden,
+    "cert_expiry": CertExpiry,
+}
+_NAMES: dict[type, str] = {cls: name for name, cls in ASSERTION_TYPES.items()}
+
+
+def register_assertion(name: str, cls: type) -> None:
+    """Make ``{"type": name, ...}`` build the assertion class ``cls``."""
+    if not attrs.has(cls):
+        raise TypeError(f"{cls!r} is not an attrs class")
+    ASSERTION_TYPES[name] = cls
+    _NAMES[cls] = name
+
+
+def assertion_name(assertion: object) -> str | None:
+    """The registered ``type`` of ``assertion``'s class, or None."""
+    return _NAMES.get(type(assertion))
+
+
+def assertion_to_dict(assertion: Any) -> dict[str, Any]:
+    """The plain-data form of a registered assertion: ``{"type": ..., **fields}``."""
+    from ._serialization import converter
+
+    name = _NAMES.get(type(assertion))
+    if name is None:
+        raise TypeError(f"{type(assertion).__name__} is not a registered assertion")
+    data: dict[str, Any] = converter.unstructure(assertion)
+    return {"type": name, **data}

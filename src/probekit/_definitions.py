@@ -29,16 +29,11 @@ from typing import Any, Final
 import attrs
 
 from ._assertions import (
+    ASSERTION_TYPES,
     Assertion,
-    BodyContains,
-    BodyMatches,
-    CertExpiry,
-    HeaderMatches,
-    JsonPath,
-    ResponseTime,
-    StatusIn,
-    TlsForbidden,
-    TlsRequired,
+    assertion_name,
+    assertion_to_dict,
+    register_assertion,
 )
 from ._exceptions import DefinitionError, DefinitionErrors
 from ._secret import Secret
@@ -63,19 +58,6 @@ __all__ = [
     "structure",
 ]
 
-_ASSERTIONS: dict[str, type] = {
-    "status_in": StatusIn,
-    "body_contains": BodyContains,
-    "body_matches": BodyMatches,
-    "json_path": JsonPath,
-    "header_matches": HeaderMatches,
-    "response_time": ResponseTime,
-    "tls_required": TlsRequired,
-    "tls_forbidden": TlsForbidden,
-    "cert_expiry": CertExpiry,
-}
-_ASSERTION_NAMES = {cls: name for name, cls in _ASSERTIONS.items()}
-
 
 def register_probe(kind: str, cls: type) -> None:
     """Make ``{"kind": kind, ...}`` build ``cls`` (a frozen attrs probe class whose ``kind`` is
@@ -86,14 +68,6 @@ def register_probe(kind: str, cls: type) -> None:
     from .probes._registry import register_class
 
     register_class(kind, cls)
-
-
-def register_assertion(name: str, cls: type) -> None:
-    """Make ``{"type": name, ...}`` build the assertion class ``cls``."""
-    if not attrs.has(cls):
-        raise TypeError(f"{cls!r} is not an attrs class")
-    _ASSERTIONS[name] = cls
-    _ASSERTION_NAMES[cls] = name
 
 
 def probe_kinds() -> tuple[str, ...]:
@@ -157,9 +131,9 @@ class _SecretReferences:
 
 
 def _assertion_class(name: str) -> tuple[type, Mapping[str, FieldHook]]:
-    cls = _ASSERTIONS.get(name)
+    cls = ASSERTION_TYPES.get(name)
     if cls is None:
-        known = sorted(_ASSERTIONS)
+        known = sorted(ASSERTION_TYPES)
         raise DefinitionError(
             "", f"unknown assertion {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
         )
@@ -245,22 +219,11 @@ _FACTORY: type[Any] = type(attrs.Factory(list))
 def _plain(value: Any, converter: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v, converter) for v in value]
-    if type(value) in _ASSERTION_NAMES:
-        return {"type": _ASSERTION_NAMES[type(value)], **converter.unstructure(value)}
+    if assertion_name(value) is not None:
+        return assertion_to_dict(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return converter.unstructure(value)
-
-
-def assertion_to_dict(assertion: Any) -> dict[str, Any]:
-    """The plain-data form of a registered assertion: ``{"type": ..., **fields}``."""
-    from ._serialization import converter
-
-    name = _ASSERTION_NAMES.get(type(assertion))
-    if name is None:
-        raise TypeError(f"{type(assertion).__name__} is not a registered assertion")
-    data: dict[str, Any] = converter.unstructure(assertion)
-    return {"type": name, **data}
 
 
 def structure(cls: type, data: Any, path: str = "") -> Any:

@@ -52,6 +52,7 @@ __all__ = [
     "did_you_mean",
     "engine",
     "has_surrogates",
+    "nested",
     "plain_secret",
     "register",
     "show",
@@ -755,6 +756,13 @@ engine: Final = Structurer()
 def structure(hint: Any, data: Any, *, policy: Policy = STRICT, path: str = "") -> Any:
     """:meth:`Structurer.structure` on the one engine."""
     return engine.structure(hint, data, policy=policy, path=path)
+
+
+def nested(hint: Any, data: Any, path: str = "") -> Any:
+    """For a kind's field hook: ``data`` as a value of ``hint``, read under the policy of the
+    structuring in progress (so ``{"secret": NAME}`` resolves as the caller's ``build_probe``
+    does), or :data:`STRICT` outside one."""
+    return engine.structure(hint, data, policy=active_policy() or STRICT, path=path)
 
 
 def register(hint: Any, handler: Tagged | FieldHook) -> None:

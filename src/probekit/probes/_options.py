@@ -57,7 +57,7 @@ def option_problem(label: str, exc: DefinitionError) -> DefinitionError:
 
 def add_assertion(definition: MutableMapping[str, Any], value: Any) -> None:
     """Add the plain form of the assertion ``value`` to ``definition["assertions"]``."""
-    from .._definitions import assertion_to_dict
+    from .._assertions import assertion_to_dict
 
     definition.setdefault("assertions", []).append(assertion_to_dict(value))
 

@@ -373,7 +373,7 @@ _STEP_KEYS: Final = "send, send_hex, expect, expect_exact or starttls"
 def _structure_steps(data: Any, path: str) -> tuple[Step, ...]:
     """Steps from one-key objects: ``{"send": "text"}``, ``{"send_hex": "0d0a"}``,
     ``{"expect": "regex"}``, ``{"expect_exact": "text"}``, ``{"starttls": {tls options}}``."""
-    from .._definitions import structure
+    from .._structure import nested
 
     if isinstance(data, str | bytes) or not isinstance(data, list | tuple):
         raise DefinitionError(path, f"expected a list, got {type(data).__name__}")
@@ -398,7 +398,7 @@ def _structure_steps(data: Any, path: str) -> tuple[Step, ...]:
             elif key == "expect_exact" and isinstance(value, str):
                 steps.append(Expect(exact=value))
             elif key == "starttls":
-                steps.append(StartTls(structure(TlsOptions, value or {}, f"{where}.starttls")))
+                steps.append(StartTls(nested(TlsOptions, value or {}, f"{where}.starttls")))
             else:
                 errors.append(DefinitionError(f"{where}.{key}", "unknown step or wrong value type"))
         except DefinitionErrors as exc:
