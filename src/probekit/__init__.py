@@ -24,16 +24,12 @@ if TYPE_CHECKING:
         StatusIn,
         TlsForbidden,
         TlsRequired,
+        register_assertion,
     )
     from ._clock import Clock, FakeClock, SystemClock
     from ._config import Config, load_config, parse_config
     from ._context import ProbeContext
-    from ._definitions import (
-        build_probe,
-        probe_to_dict,
-        register_assertion,
-        register_probe,
-    )
+    from ._definitions import build_probe, probe_to_dict, register_probe
     from ._dial import Connection, Dialer, Proxy, tcp_connect
     from ._exceptions import (
         DefinitionError,
@@ -152,7 +148,7 @@ _LAZY: dict[str, str] = {
     "parse_config": "._config",
     "probe_to_dict": "._definitions",
     "prometheus_text": "._exporters",
-    "register_assertion": "._definitions",
+    "register_assertion": "._assertions",
     "register_probe": "._definitions",
     "result_from_json": "._serialization",
     "result_to_json": "._serialization",
