@@ -12,6 +12,9 @@ from probekit import FakeClock, Status
 from probekit.control._logic import Actions, ControlLogic, MonitorSpec, RunOrder, flap_percent
 
 HB = 5.0
+#: The monitors' run deadline: long enough that a run answered at the end of a minute simulated
+#: in one go is not yet unanswered (see the tests of unanswered runs for short ones).
+SLOW = {"kind": "tcp", "host": "h", "port": 1, "timeouts": {"total": 100}}
 
 
 def make(n_instances: int = 2, monitors: int = 3, seed: int = 1) -> tuple[ControlLogic, FakeClock]:
@@ -20,9 +23,7 @@ def make(n_instances: int = 2, monitors: int = 3, seed: int = 1) -> tuple[Contro
     for i in range(n_instances):
         logic.instance_connected(f"i{i}", "cp")
     for m in range(monitors):
-        logic.upsert_monitor(
-            MonitorSpec(f"m{m}", "cp", 60.0, {"kind": "tcp", "host": "h", "port": 1})
-        )
+        logic.upsert_monitor(MonitorSpec(f"m{m}", "cp", 60.0, SLOW))
     return logic, clock
 
 
