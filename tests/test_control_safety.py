@@ -40,8 +40,8 @@ def settings(db: str = ":memory:", **extra: Any) -> ControlSettings:
     values: dict[str, Any] = {
         "heartbeat_interval": HB,
         "tick_interval": 0.02,
-        "grace": 0.3,
-        "startup_grace": 0.0,
+        "missed_heartbeats": 25,  # instances that send no heartbeats stay up through a test
+        "startup_grace": 60.0,  # and configured checkpoints that never connect are not down
     }
     values.update(extra)
     return ControlSettings(
@@ -79,7 +79,7 @@ async def test_results_for_another_checkpoints_monitor_or_an_unasked_confirm_are
 ) -> None:
     """The issue's attack: office's token, an invented instance, lab's monitor DOWN, and a
     ``confirm`` without a request id. Nothing is stored, nothing alerts."""
-    async with plane(stale_after=3600) as (cp, sink):
+    async with plane() as (cp, sink):
         await cp.add_monitor("lab-web", "lab", DEF, interval=3600)
         await cp.add_monitor("m1", "office", DEF, interval=3600)
         ghost = await join(cp, "ghost")
@@ -254,7 +254,7 @@ async def test_a_silent_instance_that_takes_runs_does_not_blind_the_checkpoint()
     """``good`` answers; ``mute`` heartbeats and takes runs but answers none. Every monitor still
     gets a result within one interval plus the run deadline plus the grace, and ``mute`` is cut
     after three unanswered runs, with an ``instance_unresponsive`` event."""
-    async with plane() as (cp, sink):
+    async with plane(grace=0.3) as (cp, sink):
         good, mute = await join(cp, "good"), await join(cp, "mute")
         await good.expect(p.Sync)
         await mute.expect(p.Sync)
@@ -273,7 +273,7 @@ async def test_a_silent_instance_that_takes_runs_does_not_blind_the_checkpoint()
                 task.cancel()
         assert await closed(mute) == 1008
         assert "unresponsive" in (mute.conn.close_reason or "")
-        bound = INTERVAL + 0.5 + 0.3 + 0.25  # interval + deadline + grace, and scheduling slack
+        bound = INTERVAL + 0.5 + 0.3 + 0.5  # interval + deadline + grace, and scheduling slack
         for i in range(3):
             rows = await cp.results(f"m{i}")
             assert {r["instance_id"] for r in rows} == {"good"}
@@ -292,7 +292,7 @@ async def test_an_instance_that_misses_a_heartbeat_gets_no_runs_and_its_runs_mov
     """A stopped instance (no heartbeats, no answers, connection still open) gets no new run as
     soon as a heartbeat is late by the grace, long before it is declared down, and the run it
     holds goes to the other instance."""
-    async with plane(missed_heartbeats=20) as (cp, sink):
+    async with plane(grace=0.3) as (cp, sink):
         good, stopped = await join(cp, "good"), await join(cp, "stopped")
         await good.expect(p.Sync)
         await stopped.expect(p.Sync)
@@ -312,7 +312,7 @@ async def test_an_instance_that_misses_a_heartbeat_gets_no_runs_and_its_runs_mov
             for task in tasks:
                 task.cancel()
         assert held.deadline == 60  # the run carries the deadline the control plane waits for
-        assert not [e for e in sink.events if e.kind == "instance_down"]  # not yet: 20 beats
+        assert not [e for e in sink.events if e.kind == "instance_down"]  # not yet: 25 beats
         assert not [e for e in sink.events if e.kind == "instance_unresponsive"]
         for inst in (good, stopped):
             await inst.conn.close()
@@ -333,6 +333,7 @@ async def test_a_run_refused_as_busy_goes_to_another_instance_at_once() -> None:
         a, b = await join(cp, "a"), await join(cp, "b")
         await a.expect(p.Sync)
         await b.expect(p.Sync)
+        beats = [asyncio.create_task(a.beat(0.05)), asyncio.create_task(b.beat(0.05))]
         await cp.add_monitor("m1", "office", {**DEF, "timeouts": {"total": 60}}, interval=2.0)
         first = asyncio.create_task(a.expect(p.Run, timeout=3))
         second = asyncio.create_task(b.expect(p.Run, timeout=3))
@@ -344,6 +345,8 @@ async def test_a_run_refused_as_busy_goes_to_another_instance_at_once() -> None:
         moved = await asyncio.wait_for(other, 0.5)  # at once, not at the next interval
         assert moved.monitor_id == "m1" and moved.reason == "scheduled"
         assert moved.request_id != run.request_id
+        for task in beats:
+            task.cancel()
         for inst in (a, b):
             await inst.conn.close()
 
@@ -386,7 +389,7 @@ async def test_an_open_alert_survives_a_restart_and_resolves_on_recovery(tmp_pat
 
 
 async def test_a_configured_checkpoint_that_never_connects_raises_one_checkpoint_down() -> None:
-    async with plane() as (cp, sink):
+    async with plane(missed_heartbeats=3, startup_grace=0.0) as (cp, sink):
         office = await join(cp, "office-a")
         await office.expect(p.Sync)
         beat = asyncio.create_task(office.beat(0.05))
@@ -418,7 +421,7 @@ async def test_checkpoint_down_is_not_forgotten_across_a_restart(tmp_path: Path)
         await asyncio.sleep(0.1)
         await a.conn.close()
     seen = time.time()
-    async with plane(db, startup_grace=0.5) as (cp, sink):
+    async with plane(db, missed_heartbeats=3, startup_grace=0.5) as (cp, sink):
         last = await cp.last_seen()
         assert seen - 5 < last["checkpoints"]["office"] <= seen
         assert last["instances"]["a"]["checkpoint_id"] == "office"
