@@ -50,14 +50,45 @@ class FakeInstance:
     async def send(self, message: p.Message) -> None:
         await self.conn.send(p.encode(message))
 
-    async def result(self, run: p.Run | None, status: Status, monitor_id: str = "m1") -> str:
+    async def heartbeat(self) -> None:
+        await self.send(
+            p.Heartbeat(
+                in_flight=0,
+                queue_depth=0,
+                spool_depth=0,
+                spool_dropped=0,
+                reconnects=0,
+                policy={},
+                sent_at=dt.datetime.now(dt.UTC),
+            )
+        )
+
+    async def beat(self, every: float) -> None:
+        """Send a heartbeat every ``every`` seconds, until cancelled."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.heartbeat()
+                await asyncio.sleep(every)
+
+    async def result(
+        self,
+        run: p.Run | None,
+        status: Status,
+        monitor_id: str = "m1",
+        *,
+        request_id: str | None = None,
+        reason: str | None = None,
+        instance_id: str | None = None,
+    ) -> str:
+        """Send one result: the answer to ``run``, or (without one) a result of ``monitor_id``
+        with the given ``request_id`` and ``reason`` (by default a scheduled one)."""
         result_id = uuid.uuid4().hex
         envelope = p.ResultEnvelope(
             result_id=result_id,
             monitor_id=run.monitor_id if run else monitor_id,
-            request_id=run.request_id if run else None,
-            reason=run.reason if run else "scheduled",
-            instance_id=self.instance_id,
+            request_id=run.request_id if run else request_id,
+            reason=run.reason if run else (reason or "scheduled"),
+            instance_id=instance_id or self.instance_id,
             result=Result(
                 kind="tcp",
                 target="127.0.0.1:9",
@@ -85,13 +116,16 @@ async def join(
     instance_id: str,
     holdings: dict[str, int] | None = None,
     kinds: tuple[str, ...] = ("tcp",),
+    *,
+    token: str = TOKEN,
+    checkpoint_id: str = "office",
 ) -> FakeInstance:
     conn = await connect(
-        cp.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None
+        cp.url, additional_headers={"Authorization": f"Bearer {token}"}, proxy=None
     )
     inst = FakeInstance(conn, instance_id)
     hello = p.Hello(
-        checkpoint_id="office",
+        checkpoint_id=checkpoint_id,
         instance_id=instance_id,
         software_version="t",
         kinds=kinds,
@@ -114,19 +148,7 @@ async def test_hello_gets_a_full_sync_and_runs_alternate(
     got: asyncio.Queue[tuple[str, p.Run]] = asyncio.Queue()
 
     async def beats(inst: FakeInstance) -> None:
-        while True:
-            await inst.send(
-                p.Heartbeat(
-                    in_flight=0,
-                    queue_depth=0,
-                    spool_depth=0,
-                    spool_dropped=0,
-                    reconnects=0,
-                    policy={},
-                    sent_at=dt.datetime.now(dt.UTC),
-                )
-            )
-            await asyncio.sleep(0.05)
+        await inst.beat(0.05)
 
     async def pump(inst: FakeInstance) -> None:
         while True:

@@ -5,13 +5,28 @@ from __future__ import annotations
 import itertools
 import random
 import time
+import uuid
+from typing import Any
 
 import pytest
 
 from probekit import FakeClock, Status
-from probekit.control._logic import Actions, ControlLogic, MonitorSpec, RunOrder, flap_percent
+from probekit.control._ids import IdGenerator
+from probekit.control._logic import (
+    Actions,
+    Alert,
+    ControlLogic,
+    Event,
+    MonitorSpec,
+    Refusal,
+    RunOrder,
+    flap_percent,
+)
 
 HB = 5.0
+#: The monitors' run deadline: long enough that a run answered at the end of a minute simulated
+#: in one go is not yet unanswered (see the tests of unanswered runs for short ones).
+SLOW = {"kind": "tcp", "host": "h", "port": 1, "timeouts": {"total": 100}}
 
 
 def make(n_instances: int = 2, monitors: int = 3, seed: int = 1) -> tuple[ControlLogic, FakeClock]:
@@ -20,9 +35,7 @@ def make(n_instances: int = 2, monitors: int = 3, seed: int = 1) -> tuple[Contro
     for i in range(n_instances):
         logic.instance_connected(f"i{i}", "cp")
     for m in range(monitors):
-        logic.upsert_monitor(
-            MonitorSpec(f"m{m}", "cp", 60.0, {"kind": "tcp", "host": "h", "port": 1})
-        )
+        logic.upsert_monitor(MonitorSpec(f"m{m}", "cp", 60.0, SLOW))
     return logic, clock
 
 
@@ -223,3 +236,227 @@ def test_autonomous_checkpoints_get_no_scheduled_runs_but_still_confirmations() 
     assert [r.reason for r in acts.runs] == ["confirm"]
     logic.autonomous.discard("cp")
     assert advance(logic, clock, 61).runs
+
+
+# -- issue 10: unanswered runs, refused results, state across restarts ------------------------
+
+QUICK = {"kind": "tcp", "host": "h", "port": 1, "timeouts": {"total": 3}}
+
+
+def quick(grace: float = 2.0, **extra: Any) -> tuple[ControlLogic, FakeClock]:
+    clock = FakeClock()
+    logic = ControlLogic(clock, heartbeat_interval=HB, grace=grace, rng=random.Random(3), **extra)
+    for i in ("i0", "i1"):
+        logic.instance_connected(i, "cp")
+    logic.upsert_monitor(MonitorSpec("m0", "cp", 60.0, QUICK))
+    return logic, clock
+
+
+def first_run(logic: ControlLogic, clock: FakeClock) -> RunOrder:
+    for _ in range(61):
+        clock.advance(1)
+        beat(logic, "i0", "i1")
+        runs = logic.tick().runs
+        if runs:
+            (run,) = runs
+            return run
+    raise AssertionError("no run in a minute")
+
+
+def test_an_unanswered_run_moves_to_the_other_instance_after_its_deadline_plus_grace() -> None:
+    logic, clock = quick()
+    run = first_run(logic, clock)
+    assert run.deadline == 3.0
+    clock.advance(3 + 2 - 0.5)  # the deadline plus the grace has not passed yet
+    beat(logic, "i0", "i1")
+    assert logic.tick().runs == []
+    clock.advance(1)
+    beat(logic, "i0", "i1")
+    (moved,) = logic.tick().runs
+    assert moved.instance_id != run.instance_id
+    assert (moved.monitor_id, moved.reason) == ("m0", "scheduled")
+    assert logic.reassigned == 1
+    # The late answer to the first run is not acted on; the moved run's answer is.
+    assert logic.on_result("m0", run.instance_id, run.request_id, "scheduled", Status.DOWN) == (
+        Actions()
+    )
+    acts = logic.on_result("m0", moved.instance_id, moved.request_id, "scheduled", Status.DOWN)
+    assert [e.kind for e in acts.events] == ["unconfirmed"]
+
+
+def test_an_instance_that_takes_runs_and_answers_none_is_cut_and_reported() -> None:
+    logic, clock = quick(unanswered_limit=3)
+    for m in range(1, 3):
+        logic.upsert_monitor(MonitorSpec(f"m{m}", "cp", 60.0, QUICK))
+    mute = "i1"
+    cut: list[tuple[str, str]] = []
+    events: list[str] = []
+    for _ in range(120):
+        clock.advance(1)
+        beat(logic, "i0", "i1")  # both heartbeat: only the answers tell them apart
+        acts = logic.tick()
+        cut += acts.cut
+        events += [e.kind for e in acts.events]
+        for run in acts.runs:
+            if run.instance_id != mute:
+                logic.on_result(
+                    run.monitor_id, run.instance_id, run.request_id, run.reason, Status.UP
+                )
+    assert [c[0] for c in cut] == [mute] and "3 runs" in cut[0][1]
+    assert events == ["instance_unresponsive"]
+    assert logic.alive("cp") == ["i0"]
+    logic.instance_connected(mute, "cp")  # it reconnects: a fresh start
+    assert logic.alive("cp") == ["i0", "i1"]
+
+
+def test_an_instance_whose_heartbeat_is_late_gets_no_runs_before_it_is_down() -> None:
+    logic, clock = quick(grace=1.0)
+    run = first_run(logic, clock)
+    silent = run.instance_id
+    other = "i1" if silent == "i0" else "i0"
+    clock.advance(HB + 1.5)  # its heartbeat is late by more than the grace, not yet 3 missed
+    beat(logic, other)
+    acts = logic.tick()
+    assert logic.alive("cp") == [other]
+    (moved,) = acts.runs  # its run in flight moved at once, long before its deadline
+    assert moved.instance_id == other
+    assert not [e for e in acts.events if e.kind == "instance_down"]
+    assert logic.reassigned == 1 and logic.cut == 0  # silence is not counted as unanswered runs
+
+
+def test_a_run_the_instance_refuses_moves_at_once() -> None:
+    logic, clock = quick()
+    run = first_run(logic, clock)
+    (moved,) = logic.run_refused(run.instance_id, run.request_id).runs
+    assert moved.instance_id != run.instance_id and run.request_id not in logic.outstanding
+    assert logic.run_refused("i0", "no-such-run") == Actions()
+
+
+def test_results_are_judged_against_the_instance_bound_at_hello() -> None:
+    logic, clock = quick()
+    logic.upsert_monitor(MonitorSpec("lab-web", "lab", 60.0, QUICK))
+    run = first_run(logic, clock)
+    me, other = run.instance_id, ("i1" if run.instance_id == "i0" else "i0")
+
+    def check(**fields: Any) -> Any:
+        values = {
+            "instance_id": me,
+            "monitor_id": "m0",
+            "request_id": None,
+            "reason": "scheduled",
+            **fields,
+        }
+        return logic.check_result(me, "cp", **values)
+
+    assert check() == "act"  # its own schedule
+    assert check(request_id=run.request_id) == "act"  # the run sent to it
+    assert check(request_id="not-outstanding") == "lookup"
+    refusals = {
+        "instance_id": check(instance_id=other),
+        "monitor_id": check(monitor_id="lab-web"),
+        "request_id": check(reason="confirm"),
+    }
+    for field, verdict in refusals.items():
+        assert isinstance(verdict, Refusal) and verdict.field == field, verdict
+    assert isinstance(check(monitor_id="nope"), Refusal)
+    assert isinstance(check(reason="adhoc"), Refusal)
+    assert logic.check_result(other, "cp", other, "m0", run.request_id, "scheduled") == Refusal(
+        "request_id",
+        "a run sent elsewhere",
+        f"{run.request_id!r} is not a run sent to this instance",
+    )
+    assert isinstance(check(request_id=run.request_id, reason="confirm"), Refusal)
+    recorded = (me, "m0", "scheduled")
+    assert logic.check_recorded(me, "r", recorded, "m0", "scheduled") == "late"
+    assert isinstance(logic.check_recorded(other, "r", recorded, "m0", "scheduled"), Refusal)
+    assert isinstance(logic.check_recorded(me, "r", None, "m0", "scheduled"), Refusal)
+
+
+def test_a_confirm_result_without_its_run_opens_no_alert() -> None:
+    logic, clock = quick()
+    run = first_run(logic, clock)
+    acts = logic.on_result("m0", run.instance_id, run.request_id, "scheduled", Status.DOWN)
+    (confirm,) = acts.runs
+    assert logic.on_result("m0", confirm.instance_id, None, "confirm", Status.DOWN).events == []
+    assert logic.monitors["m0"].alert is None
+
+
+def test_events_carry_wall_clock_times_and_unique_ids() -> None:
+    logic, clock = quick()
+    run = first_run(logic, clock)
+    (confirm,) = logic.on_result(
+        "m0", run.instance_id, run.request_id, "scheduled", Status.DOWN
+    ).runs
+    (event,) = logic.on_result(
+        "m0", confirm.instance_id, confirm.request_id, "confirm", Status.DOWN
+    ).events
+    assert event.at == clock.now().timestamp()
+    assert event.alert is not None and event.alert.opened_at == event.at
+    assert len({run.request_id, confirm.request_id, event.alert.alert_id}) == 3
+
+
+def test_an_alert_restored_after_a_restart_stays_open_and_resolves_on_recovery() -> None:
+    logic, clock = quick()
+    run = first_run(logic, clock)
+    (confirm,) = logic.on_result(
+        "m0", run.instance_id, run.request_id, "scheduled", Status.DOWN
+    ).runs
+    (opened,) = logic.on_result(
+        "m0", confirm.instance_id, confirm.request_id, "confirm", Status.DOWN
+    ).events
+    assert opened.alert is not None
+    # A new logic, as after a restart, given the alert back from the database.
+    again, clock = quick()
+    again.configure_checkpoints(["cp"])
+    assert again.restore_alert(opened.alert) == Actions()
+    assert again.on_result("m0", "i0", None, "scheduled", Status.DOWN) == Actions()
+    (resolved,) = again.on_result("m0", "i0", None, "scheduled", Status.UP).events
+    assert resolved.kind == "alert_resolved" and resolved.alert == opened.alert
+    # An alert whose subject is gone resolves at once.
+    gone = Alert("a-1", "monitor_down", "removed-monitor", 0.0, "removed-monitor is down")
+    assert [e.kind for e in again.restore_alert(gone).events] == ["alert_resolved"]
+    unconfigured = Alert("a-2", "checkpoint_down", "old", 0.0, "checkpoint old is down")
+    assert [e.kind for e in again.restore_alert(unconfigured).events] == ["alert_resolved"]
+
+
+def test_a_configured_checkpoint_never_seen_is_down_once_after_the_threshold() -> None:
+    clock = FakeClock()
+    logic = ControlLogic(clock, heartbeat_interval=HB, startup_grace=20.0)
+    logic.configure_checkpoints(["office", "lab"], {"office": 1.7e9})
+    opened: list[Event] = []
+    for _ in range(19):
+        clock.advance(1)
+        opened += logic.tick().events
+    assert opened == []  # neither the threshold (15 s) nor the startup grace (20 s) passed
+    for _ in range(60):
+        clock.advance(1)
+        opened += logic.tick().events
+    assert sorted(e.subject for e in opened) == ["lab", "office"]
+    assert all(e.kind == "alert_opened" for e in opened)
+    messages = {e.subject: e.message for e in opened}
+    assert "never seen" in messages["lab"] and "last seen 2023-11-14" in messages["office"]
+    (back,) = logic.instance_connected("lab-a", "lab").events
+    assert back.kind == "alert_resolved" and back.subject == "lab"
+
+
+def test_removing_a_monitor_resolves_its_open_alerts() -> None:
+    logic, clock = quick()
+    run = first_run(logic, clock)
+    (confirm,) = logic.on_result(
+        "m0", run.instance_id, run.request_id, "scheduled", Status.DOWN
+    ).runs
+    logic.on_result("m0", confirm.instance_id, confirm.request_id, "confirm", Status.DOWN)
+    (resolved,) = logic.remove_monitor("m0").events
+    assert resolved.kind == "alert_resolved" and "removed" in resolved.message
+
+
+def test_ids_are_uuid7_and_increase_even_when_the_clock_does_not() -> None:
+    now = [1_700_000_000_000_000_000]
+    make_id = IdGenerator(lambda: now[0])
+    ids = [make_id() for _ in range(5000)]  # more than 4096 in one millisecond
+    now[0] -= 10_000_000_000  # and the clock steps back
+    ids += [make_id() for _ in range(10)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    parsed = uuid.UUID(ids[0])
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == 1_700_000_000_000  # the Unix time in milliseconds comes first

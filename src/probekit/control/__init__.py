@@ -1,10 +1,12 @@
 """The reference control plane: a WebSocket server that checkpoint instances dial into.
 
-It keeps monitor definitions and results in SQLite, drives scheduling through
+It keeps monitor definitions, results, the runs it sent, events, open alerts and last-seen
+times in SQLite (so a restart forgets no alert), drives scheduling through
 :class:`~probekit.control._logic.ControlLogic` (one instance per run, alternating; a failure is
-confirmed on another instance before an alert; flapping and silent checkpoints are detected), and
-hands alert events to pluggable sinks (:class:`LogSink`, :class:`WebhookSink`,
-:class:`MemorySink`).
+confirmed on another instance before an alert; an unanswered run moves to another instance;
+flapping and silent checkpoints are detected), checks every result against the identity its
+connection proved at ``hello``, and hands alert events to pluggable sinks (:class:`LogSink`,
+:class:`WebhookSink`, :class:`MemorySink`).
 
 ::
 
@@ -17,16 +19,16 @@ hands alert events to pluggable sinks (:class:`LogSink`, :class:`WebhookSink`,
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hmac
 import json
 import logging
+import math
 import sqlite3
 import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self
 
 import attrs
 
@@ -40,8 +42,10 @@ from .._policy import EgressPolicy
 from .._result import Status
 from .._secret import Secret
 from .._serialization import converter
+from . import _store as db
 from ._config import ControlConfig, load_control_config
-from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, RunOrder
+from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, Refusal, RunOrder, Verdict
+from ._store import Store
 
 __all__ = [
     "AlertSink",
@@ -56,7 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("probekit.control")
-T = TypeVar("T")
 
 
 class AlertSink(Protocol):
@@ -66,15 +69,15 @@ class AlertSink(Protocol):
 
 
 class LogSink:
-    """Logs events on ``probekit.control.alerts``: openings (and ``kind_unavailable``) at
-    WARNING, the rest at INFO."""
+    """Logs events on ``probekit.control.alerts``: openings (and ``kind_unavailable``,
+    ``instance_unresponsive``) at WARNING, the rest at INFO."""
 
     def __init__(self) -> None:
         self.log = logging.getLogger("probekit.control.alerts")
 
     async def send(self, event: Event) -> None:
         level = logging.INFO
-        if event.kind in ("alert_opened", "kind_unavailable"):
+        if event.kind in ("alert_opened", "kind_unavailable", "instance_unresponsive"):
             level = logging.WARNING
         self.log.log(level, "%s %s: %s", event.kind, event.subject, event.message)
 
@@ -153,14 +156,35 @@ def _tokens(value: Mapping[str, Secret]) -> dict[str, Secret]:
     return out
 
 
+def _check_settings(settings: ControlSettings) -> None:
+    for name in ("grace", "startup_grace"):
+        value = getattr(settings, name)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise DefinitionError(
+                name, f"must be a finite number of seconds, 0 or more, got {value!r}"
+            )
+    value = settings.unanswered_runs
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DefinitionError("unanswered_runs", f"must be an integer of 1 or more, got {value!r}")
+
+
 @attrs.frozen
 class ControlSettings:
     """How a control plane listens and decides.
 
     ``tokens`` maps each checkpoint id to the bearer token its instances present; an instance
-    may only speak for the checkpoint its token belongs to. ``missed_heartbeats`` heartbeat
-    intervals of silence mark an instance down. ``db_path`` is the SQLite file (``:memory:`` for
-    a throwaway one).
+    may only speak for the checkpoint its token belongs to, and every checkpoint in it is
+    expected to be up. ``missed_heartbeats`` heartbeat intervals of silence mark an instance
+    down. ``grace``: a run unanswered after its deadline plus this moves to another instance,
+    and an instance whose heartbeat is this late gets no runs. ``unanswered_runs`` runs in a row
+    left unanswered by an instance that heartbeats get it disconnected. ``startup_grace``: after
+    a start, a checkpoint has at least this long to connect before it is reported down.
+    ``db_path`` is the SQLite file (``:memory:`` for a throwaway one).
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -174,60 +198,27 @@ class ControlSettings:
     hello_timeout: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
     stale_after: float = 120.0
+    grace: float = 2.0
+    unanswered_runs: int = 3
+    startup_grace: float = 30.0
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS monitors (
-    monitor_id TEXT PRIMARY KEY, checkpoint_id TEXT NOT NULL, interval REAL NOT NULL,
-    revision INTEGER NOT NULL, definition TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    result_id TEXT PRIMARY KEY, monitor_id TEXT, checkpoint_id TEXT, instance_id TEXT,
-    request_id TEXT, reason TEXT, status TEXT, error_kind TEXT, started_at TEXT,
-    stored_at REAL, body TEXT);
-CREATE INDEX IF NOT EXISTS results_monitor ON results (monitor_id, started_at);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, subject TEXT, at REAL, message TEXT,
-    alert_id TEXT, alert_kind TEXT);
-"""
-
-
-class _Store:
-    """SQLite on one worker thread, so the event loop never waits on the disk."""
-
-    def __init__(self, path: str) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="probekit-control-db"
-        )
-        self._conn: sqlite3.Connection | None = None
-        self._path = path
-
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn)
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = sqlite3.connect(self._path)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
-        return fn(self._conn)
-
-    async def close(self) -> None:
-        def shut(conn: sqlite3.Connection) -> None:
-            conn.close()
-
-        if self._conn is not None:
-            await self.call(shut)
-            self._conn = None
-        self._pool.shutdown(wait=True)
+    def __attrs_post_init__(self) -> None:
+        # (Checked here, not with attrs validators: this package's ``_config`` module would
+        # shadow the name attrs' generated validating __init__ looks up.)
+        _check_settings(self)
 
 
 class _Peer:
-    __slots__ = ("checkpoint_id", "conn", "instance_id")
+    """One connection, and the identity its ``hello`` bound it to for its whole life."""
+
+    __slots__ = ("checkpoint_id", "conn", "instance_id", "warned")
 
     def __init__(self, conn: Any, checkpoint_id: str, instance_id: str) -> None:
         self.conn = conn
         self.checkpoint_id = checkpoint_id
         self.instance_id = instance_id
+        #: The kinds of refusal already logged at WARNING for this connection.
+        self.warned: set[str] = set()
 
 
 def _frame_size(message: p.Message) -> int:
@@ -283,15 +274,26 @@ class ControlPlane:
             self.clock,
             heartbeat_interval=settings.heartbeat_interval,
             missed_heartbeats=settings.missed_heartbeats,
+            grace=settings.grace,
+            unanswered_limit=settings.unanswered_runs,
+            startup_grace=settings.startup_grace,
         )
-        self._store = _Store(settings.db_path)
+        self._store = Store(settings.db_path)
         self._server: Any = None
         self._peers: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._specs: dict[str, MonitorSpec] = {}
+        self._revisions: dict[str, int] = {}
         self._autonomous: dict[str, bool] = {}
+        #: instance id -> the checkpoint it belongs to (from the database and every hello).
+        self._owners: dict[str, str] = {}
+        #: Sightings (instance -> checkpoint, wall-clock time) not yet written.
+        self._seen: dict[str, tuple[str, float]] = {}
+        self._seen_flushed = 0.0
         self.results_stored = 0
         self.duplicates = 0
+        self.results_refused = 0
+        self.runs_sent = 0
         #: Called with each newly stored result envelope (after deduplication), e.g. by a UI.
         self.result_listeners: list[Callable[[p.ResultEnvelope], None]] = []
 
@@ -300,9 +302,18 @@ class ControlPlane:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
-        for spec in await self._store.call(_load_monitors):
+        for spec in await self._store.call(db.load_monitors):
             self._specs[spec.monitor_id] = spec
             self.logic.upsert_monitor(spec)
+        self._revisions = await self._store.call(db.load_revisions)
+        checkpoints_seen, instances_seen = await self._store.call(db.load_seen)
+        self._owners = {i: c for i, (c, _) in instances_seen.items()}
+        self.logic.configure_checkpoints(self.settings.tokens, checkpoints_seen)
+        actions = Actions()
+        for alert, scope in await self._store.call(db.load_open_alerts):
+            actions.extend(self.logic.restore_alert(alert, scope))
+        await self._dispatch(actions)
+        self._seen_flushed = self.clock.monotonic()
         self._server = await serve(
             self._handle,
             self.settings.host,
@@ -330,6 +341,10 @@ class ControlPlane:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        try:
+            await self._flush_seen()
+        except sqlite3.Error:
+            log.exception("could not record the last-seen times")
         await self._store.close()
 
     async def __aenter__(self) -> Self:
@@ -375,21 +390,19 @@ class ControlPlane:
             dict(definition),
         ):
             return old
-        spec = MonitorSpec(
-            monitor_id,
-            checkpoint_id,
-            float(interval),
-            dict(definition),
-            (old.revision + 1) if old else 1,
-        )
+        # Revisions never go back, even for an id removed and added again: an instance that
+        # held the old definition must not take the new one for it.
+        last = max(old.revision if old else 0, self._revisions.get(monitor_id, 0))
+        spec = MonitorSpec(monitor_id, checkpoint_id, float(interval), dict(definition), last + 1)
         p.MonitorDefinition(  # validates the definition as the wire will carry it
             monitor_id=monitor_id,
             revision=spec.revision,
             interval=spec.interval,
             definition=spec.definition,
         )
-        await self._store.call(lambda c: _save_monitor(c, spec))
+        await self._store.call(lambda c: db.save_monitor(c, spec))
         self._specs[monitor_id] = spec
+        self._revisions[monitor_id] = spec.revision
         self.logic.upsert_monitor(spec)
         await self._broadcast(checkpoint_id, self._sync([spec], []))
         return spec
@@ -400,11 +413,12 @@ class ControlPlane:
         return dict(self._specs)
 
     async def remove_monitor(self, monitor_id: str) -> None:
+        """Remove a monitor; its open alerts resolve, its checkpoint's instances drop it."""
         spec = self._specs.pop(monitor_id, None)
         if spec is None:
             return
-        await self._store.call(lambda c: _delete_monitor(c, monitor_id))
-        self.logic.remove_monitor(monitor_id)
+        await self._store.call(lambda c: db.delete_monitor(c, monitor_id))
+        await self._dispatch(self.logic.remove_monitor(monitor_id))
         await self._broadcast(spec.checkpoint_id, self._sync([], [monitor_id]))
 
     async def set_autonomous(self, checkpoint_id: str, autonomous: bool) -> None:
@@ -437,11 +451,45 @@ class ControlPlane:
     def connected(self) -> list[str]:
         return sorted(self._peers)
 
+    def stats(self) -> dict[str, int]:
+        """Counters: results stored, dropped as duplicates and refused; runs sent, outstanding
+        and reassigned (after going unanswered); instances cut for leaving runs unanswered;
+        instances connected now."""
+        return {
+            "results_stored": self.results_stored,
+            "duplicates": self.duplicates,
+            "results_refused": self.results_refused,
+            "runs_sent": self.runs_sent,
+            "runs_outstanding": len(self.logic.outstanding),
+            "runs_reassigned": self.logic.reassigned,
+            "instances_cut": self.logic.cut,
+            "connected": len(self._peers),
+        }
+
+    async def alerts(self, *, open_only: bool = True) -> list[dict[str, Any]]:
+        """The alerts in the database (open ones only, by default), oldest first: ``alert_id``,
+        ``kind``, ``subject``, ``scope``, ``opened_at``, ``message``, ``resolved_at`` (times in
+        wall-clock Unix seconds; ``resolved_at`` None while open)."""
+        return await self._store.call(lambda c: db.query_alerts(c, open_only))
+
+    async def last_seen(self) -> dict[str, dict[str, Any]]:
+        """When each configured checkpoint and each instance ever seen was last heard from
+        (wall-clock Unix seconds), as kept in the database: ``{"checkpoints": {id: time or
+        None}, "instances": {id: {"checkpoint_id": ..., "last_seen": time}}}``."""
+        await self._flush_seen()
+        checkpoints, instances = await self._store.call(db.load_seen)
+        return {
+            "checkpoints": {c: checkpoints.get(c) for c in sorted(self.settings.tokens)},
+            "instances": {
+                i: {"checkpoint_id": c, "last_seen": t} for i, (c, t) in sorted(instances.items())
+            },
+        }
+
     async def results(self, monitor_id: str | None = None) -> list[dict[str, Any]]:
         """Stored results (oldest first): one dict per result with the envelope fields
         (``result_id``, ``monitor_id``, ``instance_id``, ``request_id``, ``reason``, ``status``,
-        ``error_kind``, ``started_at``) and ``result``, the result's JSON form as a dict
-        (:func:`~probekit.result_from_json` reads it back)."""
+        ``error_kind``, ``started_at``), ``stored_at`` (wall-clock Unix seconds) and ``result``,
+        the result's JSON form as a dict (:func:`~probekit.result_from_json` reads it back)."""
 
         def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
             cols = list(_RESULT_COLUMNS)
@@ -469,6 +517,10 @@ class ControlPlane:
         )
 
     async def events(self) -> list[dict[str, Any]]:
+        """Recorded events, oldest first: ``kind``, ``subject``, ``at`` (wall-clock Unix seconds;
+        None for events recorded by a version that kept no time), ``message``, ``alert_id``,
+        ``alert_kind``."""
+
         def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
             cols = ["kind", "subject", "at", "message", "alert_id", "alert_kind"]
             rows = c.execute(f"SELECT {', '.join(cols)} FROM events ORDER BY id")  # noqa: S608 - fixed columns
@@ -499,11 +551,14 @@ class ControlPlane:
             hello = await self._expect_hello(conn, checkpoint_id)
             if hello is None:
                 return
+            # The connection is this instance, of this checkpoint, until it closes.
             peer = _Peer(conn, checkpoint_id, hello.instance_id)
             previous = self._peers.get(hello.instance_id)
             if previous is not None:
                 await previous.conn.close(1008, "replaced by a newer connection")
             self._peers[hello.instance_id] = peer
+            self._owners[hello.instance_id] = checkpoint_id
+            self._saw(peer)
             await self._dispatch(
                 self.logic.instance_connected(hello.instance_id, checkpoint_id, hello.kinds)
             )
@@ -532,17 +587,31 @@ class ControlPlane:
             await conn.close(exc.close_code or 1002, exc.code)
             return None
         if not isinstance(message, p.Hello):
+            log.warning(
+                "refused a connection of checkpoint %s: its first frame was %s, not hello",
+                checkpoint_id,
+                message.type,
+            )
             await conn.send(
-                p.encode(p.Error(code="bad_field", message="the first frame must be a hello"))
+                p.encode(
+                    p.Error(
+                        code="unknown_type",
+                        message=f"the first frame must be a hello, not {message.type}",
+                    )
+                )
             )
             await conn.close(1002, "no hello")
             return None
+        refusal = None
         if message.checkpoint_id != checkpoint_id:
-            await conn.send(
-                p.encode(
-                    p.Error(code="unauthorized", message="the token is for another checkpoint")
-                )
+            refusal = "the token is for another checkpoint"
+        elif self._owners.get(message.instance_id, checkpoint_id) != checkpoint_id:
+            refusal = f"instance id {message.instance_id!r} belongs to another checkpoint"
+        if refusal is not None:
+            log.warning(
+                "refused a hello as %s of %s: %s", message.instance_id, checkpoint_id, refusal
             )
+            await conn.send(p.encode(p.Error(code="unauthorized", message=refusal)))
             await conn.close(1008, "unauthorized")
             return None
         log.info("instance %s of %s connected", message.instance_id, checkpoint_id)
@@ -562,18 +631,69 @@ class ControlPlane:
         if isinstance(message, p.Results):
             await self._on_results(peer, message)
         elif isinstance(message, p.Heartbeat):
+            self._saw(peer)
             await self._dispatch(self.logic.heartbeat(peer.instance_id))
         elif isinstance(message, p.Error):
             log.warning(
-                "instance %s reports %s: %s", peer.instance_id, message.code, message.message
+                "instance %s reports %s: %s%s",
+                peer.instance_id,
+                message.code,
+                message.message,
+                f" (run {message.ref})" if message.ref else "",
+            )
+            if message.ref is not None:  # a run it will not carry out goes elsewhere at once
+                await self._dispatch(self.logic.run_refused(peer.instance_id, message.ref))
+        elif isinstance(message, p.Hello):  # the connection stays bound to the first one's
+            log.warning(
+                "instance %s sent another hello (as %s); refused",
+                peer.instance_id,
+                message.instance_id,
+            )
+            await self._send(
+                peer,
+                p.Error(
+                    code="unknown_type",
+                    message=f"a second hello on one connection is refused; this connection is "
+                    f"instance {peer.instance_id!r}",
+                ),
             )
         else:
             await self._send(
-                peer, p.Error(code="bad_field", message=f"unexpected {message.type} after hello")
+                peer, p.Error(code="unknown_type", message=f"unexpected {message.type}")
             )
 
     async def _on_results(self, peer: _Peer, message: p.Results) -> None:
         envelopes = message.results
+        verdicts: list[Verdict | Refusal] = [
+            self.logic.check_result(
+                peer.instance_id,
+                peer.checkpoint_id,
+                e.instance_id,
+                e.monitor_id,
+                e.request_id,
+                e.reason,
+            )
+            for e in envelopes
+        ]
+        lookups = [
+            e.request_id
+            for e, v in zip(envelopes, verdicts, strict=True)
+            if v == "lookup" and e.request_id is not None
+        ]
+        if lookups:  # not outstanding: is the run on record as sent to this instance?
+            found = await self._store.call(lambda c: db.find_runs(c, lookups))
+            verdicts = [
+                self.logic.check_recorded(
+                    peer.instance_id, e.request_id, found.get(e.request_id), e.monitor_id, e.reason
+                )
+                if v == "lookup" and e.request_id is not None
+                else v
+                for e, v in zip(envelopes, verdicts, strict=True)
+            ]
+        accepted = [
+            (e, v) for e, v in zip(envelopes, verdicts, strict=True) if not isinstance(v, Refusal)
+        ]
+        stored_at = self.clock.now().timestamp()
         rows = [
             (
                 e.result_id,
@@ -585,18 +705,27 @@ class ControlPlane:
                 e.result.status.value,
                 e.result.error.kind.value if e.result.error else None,
                 e.result.started_at.isoformat(),
-                self.clock.monotonic(),
+                stored_at,
                 json.dumps(converter.unstructure(e.result), separators=(",", ":")),
             )
-            for e in envelopes
+            for e, _ in accepted
         ]
-        fresh_ids = await self._store.call(lambda c: _insert_results(c, rows))
+        fresh_ids = await self._store.call(lambda c: db.insert_results(c, rows)) if rows else set()
         self.results_stored += len(fresh_ids)
-        self.duplicates += len(envelopes) - len(fresh_ids)
+        self.duplicates += len(accepted) - len(fresh_ids)
+        refused = [
+            (i, e, v)
+            for i, (e, v) in enumerate(zip(envelopes, verdicts, strict=True))
+            if isinstance(v, Refusal)
+        ]
+        if refused:
+            await self._refuse(peer, refused)
+        # Refused results are acked too: they will never be stored, so resending cannot help,
+        # and an honest instance must not keep them in its spool for ever.
         await self._send(peer, p.Ack(result_ids=tuple(e.result_id for e in envelopes)))
         now = self.clock.now()
         actions = Actions()
-        for e in envelopes:
+        for e, verdict in accepted:
             if e.result_id not in fresh_ids:
                 continue
             for listener in self.result_listeners:
@@ -604,6 +733,8 @@ class ControlPlane:
                     listener(e)
                 except Exception:
                     log.exception("result listener %r failed", listener)
+            if verdict != "act":
+                continue  # a late answer: its run was reassigned, or sent before a restart
             if (now - e.result.started_at).total_seconds() > self.settings.stale_after:
                 continue  # an old result uploaded after an outage: stored, not acted on
             actions.extend(
@@ -613,18 +744,99 @@ class ControlPlane:
             )
         await self._dispatch(actions)
 
+    async def _refuse(
+        self, peer: _Peer, refused: list[tuple[int, p.ResultEnvelope, Refusal]]
+    ) -> None:
+        """Answer a results frame's refused envelopes with one ``error``, count them, and log
+        each kind of refusal once per connection at WARNING (then at DEBUG)."""
+        self.results_refused += len(refused)
+        for index, _envelope, refusal in refused:
+            text = f"results[{index}].{refusal.field}: {refusal.message}"
+            if refusal.why in peer.warned:
+                level = logging.DEBUG
+            else:
+                peer.warned.add(refusal.why)
+                level = logging.WARNING
+            log.log(
+                level,
+                "refused a result from instance %s of %s (%s; not stored, acked): %s",
+                peer.instance_id,
+                peer.checkpoint_id,
+                refusal.why,
+                text,
+            )
+        index, envelope, refusal = refused[0]
+        message = f"results[{index}].{refusal.field}: {refusal.message}"
+        if len(refused) > 1:
+            message += f" (and {len(refused) - 1} more results refused)"
+        message += "; refused results are acked and not stored"
+        if len(message) > p.MAX_TEXT_LENGTH:
+            message = message[: p.MAX_TEXT_LENGTH - 3] + "..."
+        await self._send(peer, p.Error(code="bad_field", message=message, ref=envelope.request_id))
+
+    def _saw(self, peer: _Peer) -> None:
+        self._seen[peer.instance_id] = (peer.checkpoint_id, self.clock.now().timestamp())
+
+    async def _flush_seen(self) -> None:
+        """Write the last-seen times gathered since the last write."""
+        if not self._seen:
+            return
+        seen, self._seen = self._seen, {}
+        rows = [(i, c, t) for i, (c, t) in seen.items()]
+        await self._store.call(lambda c: db.save_seen(c, rows))
+
     # -- doing ---------------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
         while True:
             await self._dispatch(self.logic.tick())
+            now = self.clock.monotonic()
+            if now - self._seen_flushed >= self.settings.heartbeat_interval:
+                self._seen_flushed = now
+                try:
+                    await self._flush_seen()
+                except sqlite3.Error:
+                    log.exception("could not record the last-seen times")
             await asyncio.sleep(self.settings.tick_interval)
 
     async def _dispatch(self, actions: Actions) -> None:
+        if actions.runs:
+            await self._record_runs(actions.runs)
         for order in actions.runs:
             await self._send_run(order)
         for event in actions.events:
             await self._record(event)
+        for instance_id, reason in actions.cut:
+            self._cut(instance_id, reason)
+
+    async def _record_runs(self, orders: list[RunOrder]) -> None:
+        """Keep every run sent (before it is sent): a result answering it is genuine even after
+        a restart, and no other instance can claim it."""
+        sent_at = self.clock.now().timestamp()
+        rows = []
+        for order in orders:
+            inst = self.logic.instances.get(order.instance_id)
+            checkpoint_id = inst.checkpoint_id if inst is not None else ""
+            rows.append(
+                (
+                    order.request_id,
+                    order.instance_id,
+                    checkpoint_id,
+                    order.monitor_id,
+                    order.reason,
+                    sent_at,
+                    order.deadline,
+                )
+            )
+        await self._store.call(lambda c: db.insert_runs(c, rows))
+
+    def _cut(self, instance_id: str, reason: str) -> None:
+        peer = self._peers.get(instance_id)
+        if peer is None:
+            return
+        log.warning("closing the connection of %s: %s", instance_id, reason)
+        # In the background: the closing handshake may wait for a peer that never answers.
+        self._spawn(peer.conn.close(1008, "unresponsive: runs left unanswered"))
 
     async def _send_run(self, order: RunOrder) -> None:
         peer = self._peers.get(order.instance_id)
@@ -636,9 +848,15 @@ class ControlPlane:
                 order.instance_id,
             )
             return
+        self.runs_sent += 1
         await self._send(
             peer,
-            p.Run(request_id=order.request_id, reason=order.reason, monitor_id=order.monitor_id),
+            p.Run(
+                request_id=order.request_id,
+                reason=order.reason,
+                monitor_id=order.monitor_id,
+                deadline=order.deadline,
+            ),
         )
 
     async def _record(self, event: Event) -> None:
@@ -651,7 +869,13 @@ class ControlPlane:
             alert.alert_id if alert else None,
             alert.kind if alert else None,
         )
-        await self._store.call(lambda c: _insert_event(c, row))
+        opened = None
+        resolved = None
+        if alert is not None and event.kind in ("alert_opened", "kind_unavailable"):
+            opened = (alert, self.logic.alert_scope(alert.alert_id))
+        elif alert is not None and event.kind == "alert_resolved":
+            resolved = (alert.alert_id, event.at)
+        await self._store.call(lambda c: db.record_event(c, row, opened, resolved))
         for sink in self.sinks:
             try:
                 await sink.send(event)
@@ -721,52 +945,5 @@ class ControlPlane:
 
 _RESULT_COLUMNS: tuple[str, ...] = (
     *("result_id", "monitor_id", "instance_id", "request_id"),
-    *("reason", "status", "error_kind", "started_at"),
+    *("reason", "status", "error_kind", "started_at", "stored_at"),
 )
-
-
-def _load_monitors(c: sqlite3.Connection) -> list[MonitorSpec]:
-    rows = c.execute(
-        "SELECT monitor_id, checkpoint_id, interval, revision, definition FROM monitors"
-    )
-    return [MonitorSpec(m, cp, i, json.loads(d), r) for m, cp, i, r, d in rows]
-
-
-def _delete_monitor(c: sqlite3.Connection, monitor_id: str) -> None:
-    with c:
-        c.execute("DELETE FROM monitors WHERE monitor_id=?", (monitor_id,))
-
-
-def _save_monitor(c: sqlite3.Connection, spec: MonitorSpec) -> None:
-    c.execute(
-        "INSERT OR REPLACE INTO monitors VALUES (?, ?, ?, ?, ?)",
-        (
-            spec.monitor_id,
-            spec.checkpoint_id,
-            spec.interval,
-            spec.revision,
-            json.dumps(spec.definition),
-        ),
-    )
-    c.commit()
-
-
-def _insert_results(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
-    fresh: set[str] = set()
-    with c:
-        for row in rows:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
-            )
-            if cur.rowcount:
-                fresh.add(row[0])
-    return fresh
-
-
-def _insert_event(c: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    with c:
-        c.execute(
-            "INSERT INTO events (kind, subject, at, message, alert_id, alert_kind)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            row,
-        )

@@ -1,26 +1,42 @@
 """The control plane's decisions, as a state machine with no I/O and an injectable clock.
 
 :class:`ControlLogic` decides which instance runs what and when, confirms failures on another
-instance before alerting, detects flapping and silent checkpoints. The network shell
-(:class:`~probekit.control.ControlPlane`) feeds it events and carries out the
+instance before alerting, detects flapping and silent checkpoints, reassigns runs that go
+unanswered and cuts instances that take runs without answering them. It also judges whether a
+result may be accepted from the instance that sent it (:meth:`ControlLogic.check_result`). The
+network shell (:class:`~probekit.control.ControlPlane`) feeds it events and carries out the
 :class:`Actions` it returns; tests drive it directly, simulating hours in milliseconds.
+
+Times: scheduling uses the clock's monotonic readings; every :class:`Event` and :class:`Alert`
+carries wall-clock Unix seconds (``clock.now()``), which mean something after a restart.
 """
 
 from __future__ import annotations
 
-import itertools
+import datetime as dt
 import logging
+import math
 import random
 from collections import deque
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Literal
 
 import attrs
 
 from .._clock import Clock
 from .._result import Status
+from ._ids import new_id
 
-__all__ = ["Actions", "Alert", "ControlLogic", "Event", "MonitorSpec", "RunOrder"]
+__all__ = [
+    "DEFAULT_RUN_DEADLINE",
+    "Actions",
+    "Alert",
+    "ControlLogic",
+    "Event",
+    "MonitorSpec",
+    "Refusal",
+    "RunOrder",
+]
 
 log = logging.getLogger("probekit.control")
 
@@ -31,6 +47,9 @@ AlertKind = Literal["monitor_down", "checkpoint_down", "flapping", "kind_unavail
 FLAP_WINDOW = 21
 FLAP_HIGH = 50.0
 FLAP_LOW = 25.0
+
+#: The deadline of a run whose definition sets no ``timeouts.total``: a probe's own default.
+DEFAULT_RUN_DEADLINE: Final = 10.0
 
 
 @attrs.frozen
@@ -49,19 +68,36 @@ class MonitorSpec:
         kind = self.definition.get("kind")
         return kind if isinstance(kind, str) else None
 
+    @property
+    def deadline(self) -> float:
+        """Seconds a run of this monitor may take: its ``timeouts.total``, or a probe's default."""
+        timeouts = self.definition.get("timeouts")
+        total = timeouts.get("total") if isinstance(timeouts, dict) else None
+        if (
+            isinstance(total, int | float)
+            and not isinstance(total, bool)
+            and math.isfinite(total)
+            and total > 0
+        ):
+            return float(total)
+        return DEFAULT_RUN_DEADLINE
+
 
 @attrs.frozen
 class RunOrder:
-    """Ask ``instance_id`` to run ``monitor_id`` now."""
+    """Ask ``instance_id`` to run ``monitor_id`` now, within ``deadline`` seconds."""
 
     instance_id: str
     request_id: str
     monitor_id: str
     reason: Reason
+    deadline: float = DEFAULT_RUN_DEADLINE
 
 
 @attrs.frozen
 class Alert:
+    """An open problem; ``opened_at`` is wall-clock Unix seconds, ``alert_id`` a UUIDv7."""
+
     alert_id: str
     kind: AlertKind
     subject: str  # a monitor id, or a checkpoint id for checkpoint_down
@@ -69,19 +105,25 @@ class Alert:
     message: str
 
 
+EventKind = Literal[
+    "alert_opened",
+    "alert_resolved",
+    "unconfirmed",
+    "transient",
+    "instance_down",
+    "instance_up",
+    "instance_unresponsive",
+    "kind_unavailable",
+]
+
+
 @attrs.frozen
 class Event:
-    """Something worth telling a person or a log: alerts opening and resolving, transients."""
+    """Something worth telling a person or a log: alerts opening and resolving, transients.
 
-    kind: Literal[
-        "alert_opened",
-        "alert_resolved",
-        "unconfirmed",
-        "transient",
-        "instance_down",
-        "instance_up",
-        "kind_unavailable",
-    ]
+    ``at`` is wall-clock Unix seconds."""
+
+    kind: EventKind
     subject: str
     at: float
     message: str
@@ -90,12 +132,46 @@ class Event:
 
 @attrs.define
 class Actions:
+    """What the shell is to do: send ``runs``, record ``events``, and close the connections of
+    the instances in ``cut`` (instance id, reason)."""
+
     runs: list[RunOrder] = attrs.Factory(list)
     events: list[Event] = attrs.Factory(list)
+    cut: list[tuple[str, str]] = attrs.Factory(list)
 
     def extend(self, other: Actions) -> None:
         self.runs.extend(other.runs)
         self.events.extend(other.events)
+        self.cut.extend(other.cut)
+
+
+@attrs.frozen
+class Refusal:
+    """Why a result may not be accepted from the connection it came on.
+
+    ``field`` is the envelope member at fault, ``why`` a short fixed label (one warning is
+    logged per label and connection), ``message`` the text for the ``error`` reply."""
+
+    field: str
+    why: str
+    message: str
+
+
+#: :meth:`ControlLogic.check_result`'s verdict on a result it accepts: act on it (it answers an
+#: outstanding run, or comes from the instance's own schedule), or look its run up in the
+#: record of runs sent (it is not outstanding: reassigned, or sent before a restart).
+Verdict = Literal["act", "lookup", "late"]
+
+
+@attrs.define
+class _Run:
+    """A run sent and not yet answered."""
+
+    monitor_id: str
+    instance_id: str
+    reason: Reason
+    sent: float
+    expires: float
 
 
 @attrs.define
@@ -105,6 +181,7 @@ class _Monitor:
     last_instance: str | None = None
     history: deque[bool] = attrs.Factory(lambda: deque(maxlen=FLAP_WINDOW))  # True = up
     confirming: str | None = None  # request id of the confirm run in flight
+    pending: set[str] = attrs.Factory(set)  # request ids of its runs in flight
     first_failure: str | None = None  # instance that saw the unconfirmed failure
     alert: Alert | None = None
     flap_alert: Alert | None = None
@@ -118,9 +195,20 @@ class _Instance:
     down: bool = False
     #: The probe kinds its ``hello`` listed; None when not told (then it is given any kind).
     kinds: frozenset[str] | None = None
+    #: Runs in a row that expired unanswered while it was otherwise healthy.
+    unanswered: int = 0
+    #: Cut for leaving runs unanswered: no runs until it connects again.
+    cut: bool = False
 
     def runs(self, kind: str | None) -> bool:
         return kind is None or self.kinds is None or kind in self.kinds
+
+
+@attrs.define
+class _Checkpoint:
+    """A configured checkpoint: when it was last seen (wall clock, from the database)."""
+
+    last_seen: float | None
 
 
 def flap_percent(history: deque[bool] | list[bool]) -> float:
@@ -137,7 +225,15 @@ def flap_percent(history: deque[bool] | list[bool]) -> float:
 
 
 class ControlLogic:
-    """Scheduling, confirmation, flap and silence detection for one control plane."""
+    """Scheduling, confirmation, reassignment, flap and silence detection for one control plane.
+
+    ``grace`` is the slack given to an instance before acting on its silence: a run not answered
+    within its deadline plus ``grace`` is reassigned, and an instance whose heartbeat is late by
+    more than ``grace`` is sent no more runs (its runs in flight move at once). An instance that
+    lets ``unanswered_limit`` runs in a row expire while it heartbeats is cut. A configured
+    checkpoint with no instance alive is down ``missed_heartbeats`` heartbeat intervals (at least
+    ``startup_grace`` seconds) after the logic started.
+    """
 
     def __init__(
         self,
@@ -145,24 +241,39 @@ class ControlLogic:
         *,
         heartbeat_interval: float = 5.0,
         missed_heartbeats: int = 3,
-        run_timeout: float = 60.0,
+        grace: float = 2.0,
+        unanswered_limit: int = 3,
+        startup_grace: float = 30.0,
         rng: random.Random | None = None,
+        ids: Callable[[], str] = new_id,
     ) -> None:
         self.clock = clock
         self.heartbeat_interval = heartbeat_interval
         self.missed_heartbeats = missed_heartbeats
-        self.run_timeout = run_timeout
+        self.grace = grace
+        self.unanswered_limit = unanswered_limit
+        self.startup_grace = startup_grace
         self.rng = rng or random.Random()  # noqa: S311 - spreading start times
+        self.started = clock.monotonic()
         self.monitors: dict[str, _Monitor] = {}
         self.instances: dict[str, _Instance] = {}
-        self.outstanding: dict[str, tuple[str, str, Reason, float]] = {}
+        #: Runs sent and not answered yet, by request id.
+        self.outstanding: dict[str, _Run] = {}
         self.checkpoint_alerts: dict[str, Alert] = {}
+        #: The configured checkpoints (see :meth:`configure_checkpoints`).
+        self.checkpoints: dict[str, _Checkpoint] = {}
         #: Checkpoints told to run on their own schedule: no scheduled runs are sent to them.
         self.autonomous: set[str] = set()
         #: (monitor id, reason) -> the open ``kind_unavailable`` alert: a run of the monitor was
         #: not sent because no connected instance of its checkpoint has the monitor's kind.
         self.kind_alerts: dict[tuple[str, Reason], Alert] = {}
-        self._ids = itertools.count(1)
+        #: Runs given to another instance after going unanswered; instances cut.
+        self.reassigned = 0
+        self.cut = 0
+        self._ids = ids
+
+    def _wall(self) -> float:
+        return self.clock.now().timestamp()
 
     # -- definitions ---------------------------------------------------------------------------
 
@@ -177,10 +288,69 @@ class ControlLogic:
             current.spec = spec
             current.next_due = min(current.next_due, now + spec.interval)
 
-    def remove_monitor(self, monitor_id: str) -> None:
-        self.monitors.pop(monitor_id, None)
-        for key in [k for k in self.kind_alerts if k[0] == monitor_id]:
-            del self.kind_alerts[key]
+    def remove_monitor(self, monitor_id: str) -> Actions:
+        """Forget a monitor; its open alerts resolve (a removed monitor has nothing to alert)."""
+        actions = Actions()
+        mon = self.monitors.pop(monitor_id, None)
+        alerts = [a for a in (mon.alert, mon.flap_alert) if a is not None] if mon else []
+        keys = [k for k in self.kind_alerts if k[0] == monitor_id]
+        alerts.extend(self.kind_alerts.pop(key) for key in keys)
+        wall = self._wall()
+        for alert in alerts:
+            message = f"{monitor_id} was removed"
+            actions.events.append(Event("alert_resolved", monitor_id, wall, message, alert))
+        return actions
+
+    # -- state kept across restarts ------------------------------------------------------------
+
+    def configure_checkpoints(
+        self, checkpoint_ids: Iterable[str], last_seen: Mapping[str, float] | None = None
+    ) -> None:
+        """The checkpoints that should be up, with the wall-clock time each was last seen (by an
+        earlier run of the control plane), if ever. One with no instance alive raises
+        ``checkpoint_down`` once its silence, counted from this logic's start, passes the
+        threshold."""
+        seen = last_seen or {}
+        self.checkpoints = {c: _Checkpoint(seen.get(c)) for c in checkpoint_ids}
+
+    def alert_scope(self, alert_id: str) -> str | None:
+        """What besides its subject keys an open alert: a ``kind_unavailable`` alert's reason."""
+        for (_monitor, reason), alert in self.kind_alerts.items():
+            if alert.alert_id == alert_id:
+                return reason
+        return None
+
+    def restore_alert(self, alert: Alert, scope: str | None = None) -> Actions:
+        """Take back an alert that was open when the control plane stopped. One whose subject is
+        gone (a monitor removed, a checkpoint no longer configured) resolves at once."""
+        mon = self.monitors.get(alert.subject)
+        restored = False
+        if alert.kind == "monitor_down" and mon is not None and mon.alert is None:
+            mon.alert = alert
+            restored = True
+        elif alert.kind == "flapping" and mon is not None and mon.flap_alert is None:
+            mon.flap_alert = alert
+            restored = True
+        elif alert.kind == "checkpoint_down" and alert.subject in self.checkpoints:
+            restored = self.checkpoint_alerts.setdefault(alert.subject, alert) is alert
+        elif (
+            alert.kind == "kind_unavailable"
+            and mon is not None
+            and scope in ("scheduled", "confirm")
+        ):
+            key: tuple[str, Reason] = (
+                alert.subject,
+                "scheduled" if scope == "scheduled" else "confirm",
+            )
+            restored = self.kind_alerts.setdefault(key, alert) is alert
+        actions = Actions()
+        if not restored:
+            message = f"{alert.subject}: {alert.kind} alert no longer applies"
+            log.info("%s; resolved", message)
+            actions.events.append(
+                Event("alert_resolved", alert.subject, self._wall(), message, alert)
+            )
+        return actions
 
     # -- instances -----------------------------------------------------------------------------
 
@@ -188,7 +358,8 @@ class ControlLogic:
         self, instance_id: str, checkpoint_id: str, kinds: Iterable[str] | None = None
     ) -> Actions:
         """An instance said ``hello``; ``kinds`` are the probe kinds it listed (None: not told,
-        any kind may be sent to it). Resolves the ``kind_unavailable`` alerts it can serve."""
+        any kind may be sent to it). Resolves the checkpoint's ``checkpoint_down`` alert and the
+        ``kind_unavailable`` alerts it can serve."""
         now = self.clock.monotonic()
         inst = self.instances.get(instance_id)
         if inst is None:
@@ -196,8 +367,15 @@ class ControlLogic:
         inst.connected = True
         inst.checkpoint_id = checkpoint_id
         inst.kinds = None if kinds is None else frozenset(kinds)
+        inst.unanswered = 0
+        inst.cut = False
         actions = self.heartbeat(instance_id)
-        for (monitor_id, reason), alert in list(self.kind_alerts.items()):
+        wall = self._wall()
+        alert = self.checkpoint_alerts.pop(checkpoint_id, None)
+        if alert is not None:
+            message = f"checkpoint {checkpoint_id} is back: instance {instance_id} connected"
+            actions.events.append(Event("alert_resolved", checkpoint_id, wall, message, alert))
+        for (monitor_id, reason), kind_alert in list(self.kind_alerts.items()):
             mon = self.monitors.get(monitor_id)
             if (
                 mon is None
@@ -208,10 +386,11 @@ class ControlLogic:
             del self.kind_alerts[(monitor_id, reason)]
             message = f"{monitor_id}: instance {instance_id} runs {mon.spec.kind!r} probes"
             log.info("%s; %s runs are sent again", message, reason)
-            actions.events.append(Event("alert_resolved", monitor_id, now, message, alert))
+            actions.events.append(Event("alert_resolved", monitor_id, wall, message, kind_alert))
         return actions
 
     def instance_disconnected(self, instance_id: str) -> None:
+        """Its connection closed: it gets no runs, and its runs in flight move at the next tick."""
         inst = self.instances.get(instance_id)
         if inst is not None:
             inst.connected = False
@@ -221,12 +400,12 @@ class ControlLogic:
         inst = self.instances.get(instance_id)
         if inst is None:
             return actions
-        now = self.clock.monotonic()
-        inst.last_seen = now
+        inst.last_seen = self.clock.monotonic()
         if inst.down:
             inst.down = False
+            wall = self._wall()
             actions.events.append(
-                Event("instance_up", instance_id, now, f"instance {instance_id} is back")
+                Event("instance_up", instance_id, wall, f"instance {instance_id} is back")
             )
             alert = self.checkpoint_alerts.pop(inst.checkpoint_id, None)
             if alert is not None:
@@ -234,35 +413,54 @@ class ControlLogic:
                     Event(
                         "alert_resolved",
                         inst.checkpoint_id,
-                        now,
+                        wall,
                         f"checkpoint {inst.checkpoint_id} is back",
                         alert,
                     )
                 )
         return actions
 
+    def _usable(self, inst: _Instance, now: float) -> bool:
+        """May be sent runs: connected, not cut, and its heartbeat not late beyond the grace."""
+        return (
+            inst.connected
+            and not inst.down
+            and not inst.cut
+            and now - inst.last_seen <= self.heartbeat_interval + self.grace
+        )
+
     def alive(self, checkpoint_id: str, kind: str | None = None) -> list[str]:
         """Instances of ``checkpoint_id`` that may be given runs (of probe ``kind``, when given:
         those whose ``hello`` listed it), in a stable order."""
+        now = self.clock.monotonic()
         return sorted(
             i
             for i, s in self.instances.items()
-            if s.checkpoint_id == checkpoint_id and s.connected and not s.down and s.runs(kind)
+            if s.checkpoint_id == checkpoint_id and self._usable(s, now) and s.runs(kind)
         )
+
+    def run_refused(self, instance_id: str, request_id: str) -> Actions:
+        """``instance_id`` answered run ``request_id`` with an ``error`` (busy, draining, not
+        held): it goes to another instance at once."""
+        actions = Actions()
+        run = self.outstanding.get(request_id)
+        if run is None or run.instance_id != instance_id:
+            return actions
+        self._forget(request_id)
+        inst = self.instances.get(instance_id)
+        if inst is not None:
+            inst.unanswered = 0  # it answered, if with a no
+        self._reassign(request_id, run, self.clock.monotonic(), actions)
+        return actions
 
     # -- time ----------------------------------------------------------------------------------
 
     def tick(self) -> Actions:
-        """Everything due now: silent instances, expired runs, scheduled runs."""
+        """Everything due now: silent instances, unanswered runs, scheduled runs."""
         now = self.clock.monotonic()
         actions = Actions()
         self._detect_silence(now, actions)
-        for request_id, (monitor_id, _instance, reason, sent) in list(self.outstanding.items()):
-            if now - sent > self.run_timeout:
-                del self.outstanding[request_id]
-                mon = self.monitors.get(monitor_id)
-                if mon is not None and reason == "confirm" and mon.confirming == request_id:
-                    mon.confirming = None
+        self._expire(now, actions)
         for mon in self.monitors.values():
             if mon.next_due > now:
                 continue
@@ -272,9 +470,8 @@ class ControlLogic:
                 mon.next_due = now + interval
             if mon.spec.checkpoint_id in self.autonomous:
                 continue  # its instances schedule it themselves
-            busy = any(m == mon.spec.monitor_id for m, *_ in self.outstanding.values())
-            if busy:
-                continue
+            if mon.pending:
+                continue  # its previous run is still in flight (and moves if unanswered)
             instance = self._pick(
                 mon.spec.checkpoint_id, avoid=mon.last_instance, kind=mon.spec.kind
             )
@@ -285,8 +482,75 @@ class ControlLogic:
             actions.runs.append(self.order(instance, mon.spec.monitor_id, "scheduled", now))
         return actions
 
+    def _expire(self, now: float, actions: Actions) -> None:
+        """Move runs whose instance is gone or silent at once, and runs unanswered past their
+        deadline plus the grace; count those against an instance that otherwise seems well."""
+        for request_id, run in list(self.outstanding.items()):
+            inst = self.instances.get(run.instance_id)
+            usable = inst is not None and self._usable(inst, now)
+            if usable and now < run.expires:
+                continue
+            self._forget(request_id)
+            if inst is not None and usable:
+                inst.unanswered += 1
+                log.info(
+                    "run %s (%s of %s) sent to %s is unanswered after %.1f s",
+                    request_id,
+                    run.reason,
+                    run.monitor_id,
+                    run.instance_id,
+                    now - run.sent,
+                )
+                if inst.unanswered >= self.unanswered_limit:
+                    self._cut(run.instance_id, inst, actions)
+            self._reassign(request_id, run, now, actions)
+
+    def _cut(self, instance_id: str, inst: _Instance, actions: Actions) -> None:
+        inst.cut = True
+        self.cut += 1
+        message = (
+            f"instance {instance_id} took {inst.unanswered} runs in a row and answered none "
+            "within its deadline; disconnected"
+        )
+        actions.cut.append((instance_id, message))
+        actions.events.append(Event("instance_unresponsive", instance_id, self._wall(), message))
+
+    def _reassign(self, request_id: str, run: _Run, now: float, actions: Actions) -> None:
+        mon = self.monitors.get(run.monitor_id)
+        if mon is None or run.reason == "adhoc":
+            return  # an ad-hoc run was meant for its instance; the caller may ask again
+        if run.reason == "confirm" and mon.confirming != request_id:
+            return  # superseded
+        avoid = mon.first_failure if run.reason == "confirm" else mon.last_instance
+        target = self._pick(
+            mon.spec.checkpoint_id, avoid=avoid, kind=mon.spec.kind, exclude=run.instance_id
+        )
+        if target is None:
+            if run.reason == "confirm":
+                mon.confirming = None  # the next failure starts a new confirmation
+            return
+        order = self.order(target, run.monitor_id, run.reason, now)
+        if run.reason == "confirm":
+            mon.confirming = order.request_id
+        else:
+            mon.last_instance = target
+        self.reassigned += 1
+        log.info(
+            "%s run of %s moved from %s to %s", run.reason, run.monitor_id, run.instance_id, target
+        )
+        actions.runs.append(order)
+
+    def _forget(self, request_id: str) -> _Run | None:
+        run = self.outstanding.pop(request_id, None)
+        if run is not None:
+            mon = self.monitors.get(run.monitor_id)
+            if mon is not None:
+                mon.pending.discard(request_id)
+        return run
+
     def _detect_silence(self, now: float, actions: Actions) -> None:
         limit = self.missed_heartbeats * self.heartbeat_interval
+        wall = self._wall()
         for instance_id, inst in self.instances.items():
             if not inst.down and now - inst.last_seen > limit:
                 inst.down = True
@@ -294,28 +558,128 @@ class ControlLogic:
                     Event(
                         "instance_down",
                         instance_id,
-                        now,
+                        wall,
                         f"instance {instance_id} missed {self.missed_heartbeats} heartbeats",
                     )
                 )
-        by_checkpoint: dict[str, list[_Instance]] = {}
+        by_checkpoint: dict[str, list[_Instance]] = {c: [] for c in self.checkpoints}
         for inst in self.instances.values():
             by_checkpoint.setdefault(inst.checkpoint_id, []).append(inst)
         for checkpoint_id, members in by_checkpoint.items():
-            if all(m.down for m in members) and checkpoint_id not in self.checkpoint_alerts:
-                alert = Alert(
-                    self._id("alert"),
-                    "checkpoint_down",
-                    checkpoint_id,
-                    now,
-                    f"checkpoint {checkpoint_id} is down: {len(members)} instances silent",
-                )
-                self.checkpoint_alerts[checkpoint_id] = alert
-                actions.events.append(
-                    Event("alert_opened", checkpoint_id, now, alert.message, alert)
-                )
+            if checkpoint_id in self.checkpoint_alerts:
+                continue
+            if members:
+                if not all(m.down for m in members):
+                    continue
+                message = f"checkpoint {checkpoint_id} is down: {len(members)} instances silent"
+            else:
+                if now - self.started <= max(limit, self.startup_grace):
+                    continue
+                seen = self.checkpoints[checkpoint_id].last_seen
+                if seen is None:
+                    message = f"checkpoint {checkpoint_id} is down: never seen"
+                else:
+                    when = dt.datetime.fromtimestamp(seen, dt.UTC).isoformat(timespec="seconds")
+                    message = (
+                        f"checkpoint {checkpoint_id} is down: no instance since the control "
+                        f"plane started; last seen {when}"
+                    )
+            alert = Alert(self._ids(), "checkpoint_down", checkpoint_id, wall, message)
+            self.checkpoint_alerts[checkpoint_id] = alert
+            actions.events.append(Event("alert_opened", checkpoint_id, wall, message, alert))
 
     # -- results -------------------------------------------------------------------------------
+
+    def check_result(
+        self,
+        bound: str,
+        checkpoint_id: str,
+        instance_id: str,
+        monitor_id: str | None,
+        request_id: str | None,
+        reason: str,
+    ) -> Verdict | Refusal:
+        """May the connection bound at ``hello`` to instance ``bound`` of ``checkpoint_id``
+        report this result? It may report, as itself, the answer to a run sent to it, or a
+        result of its checkpoint's monitor from its own schedule (no request id, and not a
+        ``confirm`` or ``adhoc``, which answer runs)."""
+        if instance_id != bound:
+            return Refusal(
+                "instance_id",
+                "another instance",
+                f"{instance_id!r} is not the instance this connection said hello as ({bound!r})",
+            )
+        if request_id is None:
+            if reason in ("confirm", "adhoc"):
+                return Refusal(
+                    "request_id",
+                    f"unrequested {reason}",
+                    f"null: a {reason} result answers a {reason} run sent to this instance",
+                )
+            mon = self.monitors.get(monitor_id) if monitor_id is not None else None
+            if mon is None or mon.spec.checkpoint_id != checkpoint_id:
+                why = "unknown monitor" if mon is None else "another checkpoint's monitor"
+                return Refusal(
+                    "monitor_id",
+                    why,
+                    f"{monitor_id!r} is not a monitor of checkpoint {checkpoint_id!r}",
+                )
+            return "act"
+        run = self.outstanding.get(request_id)
+        if run is None:
+            return "lookup"
+        return (
+            self._matches(
+                bound, request_id, (run.instance_id, run.monitor_id, run.reason), monitor_id, reason
+            )
+            or "act"
+        )
+
+    def check_recorded(
+        self,
+        bound: str,
+        request_id: str,
+        record: tuple[str, str | None, str] | None,
+        monitor_id: str | None,
+        reason: str,
+    ) -> Verdict | Refusal:
+        """The verdict on a result whose run is not outstanding, given the record of that run
+        (instance, monitor, reason) or None: a genuine late answer is ``"late"`` (stored, not
+        acted on: the run was reassigned, or sent before a restart)."""
+        if record is None:
+            return Refusal(
+                "request_id", "unknown run", f"{request_id!r} is not a run sent to this instance"
+            )
+        return self._matches(bound, request_id, record, monitor_id, reason) or "late"
+
+    @staticmethod
+    def _matches(
+        bound: str,
+        request_id: str,
+        record: tuple[str, str | None, str],
+        monitor_id: str | None,
+        reason: str,
+    ) -> Refusal | None:
+        sent_to, sent_monitor, sent_reason = record
+        if sent_to != bound:
+            return Refusal(
+                "request_id",
+                "a run sent elsewhere",
+                f"{request_id!r} is not a run sent to this instance",
+            )
+        if monitor_id != sent_monitor:
+            return Refusal(
+                "monitor_id",
+                "wrong monitor for its run",
+                f"{monitor_id!r}: run {request_id!r} was for {sent_monitor!r}",
+            )
+        if reason != sent_reason:
+            return Refusal(
+                "reason",
+                "wrong reason for its run",
+                f"{reason!r}: run {request_id!r} was a {sent_reason!r} run",
+            )
+        return None
 
     def on_result(
         self,
@@ -325,40 +689,47 @@ class ControlLogic:
         reason: str,
         status: Status,
     ) -> Actions:
-        """React to one (already deduplicated) result."""
+        """React to one (already deduplicated and accepted) result. A result answering a run that
+        is no longer outstanding (reassigned, or sent before a restart) changes nothing."""
         now = self.clock.monotonic()
         actions = Actions()
         if request_id is not None:
-            self.outstanding.pop(request_id, None)
+            run = self._forget(request_id)
+            if run is None:
+                return actions
+            inst = self.instances.get(run.instance_id)
+            if inst is not None and run.instance_id == instance_id:
+                inst.unanswered = 0
         mon = self.monitors.get(monitor_id) if monitor_id else None
         if mon is None:
             return actions
+        wall = self._wall()
         up = status is not Status.DOWN
         mon.history.append(up)
-        self._flapping(mon, now, actions)
+        self._flapping(mon, wall, actions)
         if reason == "confirm":
-            if request_id is not None and mon.confirming not in (None, request_id):
-                return actions  # an older confirmation; the current one decides
+            if request_id is None or mon.confirming != request_id:
+                return actions  # not the confirmation in flight; that one decides
             mon.confirming = None
             if up:
                 actions.events.append(
                     Event(
                         "transient",
                         monitor_id or "",
-                        now,
+                        wall,
                         f"{monitor_id}: failed on {mon.first_failure}, passed on {instance_id}",
                     )
                 )
             elif mon.alert is None and mon.flap_alert is None:
                 mon.alert = Alert(
-                    self._id("alert"),
+                    self._ids(),
                     "monitor_down",
                     mon.spec.monitor_id,
-                    now,
+                    wall,
                     f"{monitor_id} is down: failed on {mon.first_failure}, again on {instance_id}",
                 )
                 actions.events.append(
-                    Event("alert_opened", mon.spec.monitor_id, now, mon.alert.message, mon.alert)
+                    Event("alert_opened", mon.spec.monitor_id, wall, mon.alert.message, mon.alert)
                 )
             return actions
         if up:
@@ -368,7 +739,7 @@ class ControlLogic:
                     Event(
                         "alert_resolved",
                         mon.spec.monitor_id,
-                        now,
+                        wall,
                         f"{monitor_id} is up again",
                         alert,
                     )
@@ -392,27 +763,31 @@ class ControlLogic:
             Event(
                 "unconfirmed",
                 mon.spec.monitor_id,
-                now,
+                wall,
                 f"{monitor_id} failed on {instance_id}; confirming on {target}",
             )
         )
         return actions
 
-    def _flapping(self, mon: _Monitor, now: float, actions: Actions) -> None:
+    def _flapping(self, mon: _Monitor, wall: float, actions: Actions) -> None:
         if len(mon.history) < FLAP_WINDOW:
             return
         pct = flap_percent(mon.history)
         if mon.flap_alert is None and pct > FLAP_HIGH:
             mon.flap_alert = Alert(
-                self._id("alert"),
+                self._ids(),
                 "flapping",
                 mon.spec.monitor_id,
-                now,
+                wall,
                 f"{mon.spec.monitor_id} is flapping ({pct:.0f}% state change)",
             )
             actions.events.append(
                 Event(
-                    "alert_opened", mon.spec.monitor_id, now, mon.flap_alert.message, mon.flap_alert
+                    "alert_opened",
+                    mon.spec.monitor_id,
+                    wall,
+                    mon.flap_alert.message,
+                    mon.flap_alert,
                 )
             )
         elif mon.flap_alert is not None and pct < FLAP_LOW:
@@ -421,7 +796,7 @@ class ControlLogic:
                 Event(
                     "alert_resolved",
                     mon.spec.monitor_id,
-                    now,
+                    wall,
                     f"{mon.spec.monitor_id} stopped flapping ({pct:.0f}%)",
                     alert,
                 )
@@ -446,20 +821,34 @@ class ControlLogic:
             f"{mon.spec.kind!r} probes; its {reason} runs are not sent"
         )
         log.warning("%s", message)
-        alert = Alert(self._id("alert"), "kind_unavailable", mon.spec.monitor_id, now, message)
+        wall = self._wall()
+        alert = Alert(self._ids(), "kind_unavailable", mon.spec.monitor_id, wall, message)
         self.kind_alerts[key] = alert
-        actions.events.append(Event("kind_unavailable", mon.spec.monitor_id, now, message, alert))
+        actions.events.append(Event("kind_unavailable", mon.spec.monitor_id, wall, message, alert))
 
-    def _pick(self, checkpoint_id: str, avoid: str | None, kind: str | None = None) -> str | None:
-        choices = self.alive(checkpoint_id, kind)
+    def _pick(
+        self,
+        checkpoint_id: str,
+        avoid: str | None,
+        kind: str | None = None,
+        exclude: str | None = None,
+    ) -> str | None:
+        """A live instance of the checkpoint for a run of ``kind``: never ``exclude``, and not
+        ``avoid`` when there is a choice."""
+        choices = [i for i in self.alive(checkpoint_id, kind) if i != exclude]
         if len(choices) > 1 and avoid in choices:
             choices.remove(avoid)
         return self.rng.choice(choices) if choices else None
 
     def order(self, instance_id: str, monitor_id: str, reason: Reason, now: float) -> RunOrder:
-        order = RunOrder(instance_id, self._id("run"), monitor_id, reason)
-        self.outstanding[order.request_id] = (monitor_id, instance_id, reason, now)
+        """A run of ``monitor_id`` for ``instance_id``, outstanding from ``now`` until its
+        deadline plus the grace."""
+        mon = self.monitors.get(monitor_id)
+        deadline = mon.spec.deadline if mon is not None else DEFAULT_RUN_DEADLINE
+        order = RunOrder(instance_id, self._ids(), monitor_id, reason, deadline)
+        self.outstanding[order.request_id] = _Run(
+            monitor_id, instance_id, reason, now, now + deadline + self.grace
+        )
+        if mon is not None:
+            mon.pending.add(order.request_id)
         return order
-
-    def _id(self, prefix: str) -> str:
-        return f"{prefix}-{next(self._ids)}"

@@ -1,0 +1,296 @@
+"""The control plane's SQLite database: monitors, results, runs, events, alerts, last-seen times.
+
+Every query runs on one worker thread (:class:`Store`), so the event loop never waits on the
+disk. The schema has a number, kept in SQLite's ``user_version``: a database of an older schema
+is migrated in place when opened, one of a newer one is refused.
+
+Times stored here are wall-clock Unix seconds (``time.time()``), except ``events.monotonic``,
+which keeps the monotonic readings that schema 1 stored in ``events.at`` (they are not times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeVar
+
+from ._logic import Alert, MonitorSpec
+
+__all__ = ["SCHEMA_VERSION", "Store"]
+
+log = logging.getLogger("probekit.control")
+T = TypeVar("T")
+
+#: The schema this version writes. 1 was the first (user_version 0, before versions were kept).
+SCHEMA_VERSION: Final = 2
+
+_TABLES: Final = (
+    """CREATE TABLE IF NOT EXISTS monitors (
+        monitor_id TEXT PRIMARY KEY, checkpoint_id TEXT NOT NULL, interval REAL NOT NULL,
+        revision INTEGER NOT NULL, definition TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS results (
+        result_id TEXT PRIMARY KEY, monitor_id TEXT, checkpoint_id TEXT, instance_id TEXT,
+        request_id TEXT, reason TEXT, status TEXT, error_kind TEXT, started_at TEXT,
+        stored_at REAL, body TEXT)""",
+    "CREATE INDEX IF NOT EXISTS results_monitor ON results (monitor_id, started_at)",
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, subject TEXT, at REAL, message TEXT,
+        alert_id TEXT, alert_kind TEXT, monotonic REAL)""",
+    # Schema 2 --------------------------------------------------------------------------------
+    # Every alert, open (resolved_at NULL) or not; ``scope`` is what else keys it (the run
+    # reason of a kind_unavailable alert).
+    """CREATE TABLE IF NOT EXISTS alerts (
+        alert_id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, scope TEXT,
+        opened_at REAL NOT NULL, message TEXT NOT NULL, resolved_at REAL)""",
+    "CREATE INDEX IF NOT EXISTS alerts_open ON alerts (resolved_at)",
+    # Every run sent: a result answering one is genuine even after a restart.
+    """CREATE TABLE IF NOT EXISTS runs (
+        request_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, checkpoint_id TEXT NOT NULL,
+        monitor_id TEXT, reason TEXT NOT NULL, sent_at REAL NOT NULL, deadline REAL)""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        checkpoint_id TEXT PRIMARY KEY, last_seen REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS instances (
+        instance_id TEXT PRIMARY KEY, checkpoint_id TEXT NOT NULL, last_seen REAL NOT NULL)""",
+    # The last revision each monitor id had, kept after the monitor is removed, so that a
+    # monitor added again under the same id never reuses a revision an instance may hold.
+    """CREATE TABLE IF NOT EXISTS revisions (
+        monitor_id TEXT PRIMARY KEY, revision INTEGER NOT NULL)""",
+)
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"the control-plane database was written by a newer probekit (schema {version}; "
+            f"this version reads up to {SCHEMA_VERSION}); refusing to touch it"
+        )
+    conn.execute("PRAGMA journal_mode=WAL")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "events" in tables:  # schema 1: ``at`` held monotonic readings, not times
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+            if "monotonic" not in columns:
+                conn.execute("ALTER TABLE events ADD COLUMN monotonic REAL")
+                conn.execute("UPDATE events SET monotonic = at, at = NULL")
+        for statement in _TABLES:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT OR IGNORE INTO revisions (monitor_id, revision) "
+            "SELECT monitor_id, revision FROM monitors"
+        )
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    if tables:
+        log.info("migrated the control-plane database from schema %d to %d", 1, SCHEMA_VERSION)
+
+
+class Store:
+    """SQLite on one worker thread, so the event loop never waits on the disk."""
+
+    def __init__(self, path: str) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="probekit-control-db"
+        )
+        self._conn: sqlite3.Connection | None = None
+        self._path = path
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path)
+            try:
+                _prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return fn(self._conn)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self.call(shut)
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
+
+# -- monitors ---------------------------------------------------------------------------------
+
+
+def load_monitors(c: sqlite3.Connection) -> list[MonitorSpec]:
+    rows = c.execute(
+        "SELECT monitor_id, checkpoint_id, interval, revision, definition FROM monitors"
+    )
+    return [MonitorSpec(m, cp, i, json.loads(d), r) for m, cp, i, r, d in rows]
+
+
+def load_revisions(c: sqlite3.Connection) -> dict[str, int]:
+    return {str(m): int(r) for m, r in c.execute("SELECT monitor_id, revision FROM revisions")}
+
+
+def save_monitor(c: sqlite3.Connection, spec: MonitorSpec) -> None:
+    with c:
+        c.execute(
+            "INSERT OR REPLACE INTO monitors VALUES (?, ?, ?, ?, ?)",
+            (
+                spec.monitor_id,
+                spec.checkpoint_id,
+                spec.interval,
+                spec.revision,
+                json.dumps(spec.definition),
+            ),
+        )
+        c.execute(
+            "INSERT OR REPLACE INTO revisions VALUES (?, ?)", (spec.monitor_id, spec.revision)
+        )
+
+
+def delete_monitor(c: sqlite3.Connection, monitor_id: str) -> None:
+    with c:
+        c.execute("DELETE FROM monitors WHERE monitor_id=?", (monitor_id,))
+
+
+# -- results and runs -------------------------------------------------------------------------
+
+
+def insert_results(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    fresh: set[str] = set()
+    with c:
+        for row in rows:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
+            if cur.rowcount:
+                fresh.add(row[0])
+    return fresh
+
+
+def insert_runs(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Rows of (request_id, instance_id, checkpoint_id, monitor_id, reason, sent_at, deadline)."""
+    with c:
+        c.executemany("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def find_runs(
+    c: sqlite3.Connection, request_ids: Iterable[str]
+) -> dict[str, tuple[str, str | None, str]]:
+    """The runs on record among ``request_ids``: request id -> (instance, monitor, reason)."""
+    found: dict[str, tuple[str, str | None, str]] = {}
+    for request_id in set(request_ids):
+        row = c.execute(
+            "SELECT instance_id, monitor_id, reason FROM runs WHERE request_id=?", (request_id,)
+        ).fetchone()
+        if row is not None:
+            found[request_id] = (str(row[0]), row[1], str(row[2]))
+    return found
+
+
+# -- events and alerts ------------------------------------------------------------------------
+
+
+def record_event(
+    c: sqlite3.Connection,
+    row: tuple[Any, ...],
+    opened: tuple[Alert, str | None] | None,
+    resolved: tuple[str, float] | None,
+) -> None:
+    """Store an event (kind, subject, at, message, alert_id, alert_kind) and, in the same
+    transaction, the alert it opens (with its scope) or the id and time of the one it resolves."""
+    with c:
+        c.execute(
+            "INSERT INTO events (kind, subject, at, message, alert_id, alert_kind)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        if opened is not None:
+            alert, scope = opened
+            c.execute(
+                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (alert.alert_id, alert.kind, alert.subject, scope, alert.opened_at, alert.message),
+            )
+        if resolved is not None:
+            c.execute(
+                "UPDATE alerts SET resolved_at=? WHERE alert_id=? AND resolved_at IS NULL",
+                (resolved[1], resolved[0]),
+            )
+
+
+def load_open_alerts(c: sqlite3.Connection) -> list[tuple[Alert, str | None]]:
+    rows = c.execute(
+        "SELECT alert_id, kind, subject, opened_at, message, scope FROM alerts "
+        "WHERE resolved_at IS NULL ORDER BY opened_at"
+    )
+    return [
+        (Alert(str(alert_id), kind, str(subject), float(opened_at), str(message)), scope)
+        for alert_id, kind, subject, opened_at, message, scope in rows
+    ]
+
+
+ALERT_COLUMNS: Final = (
+    "alert_id",
+    "kind",
+    "subject",
+    "scope",
+    "opened_at",
+    "message",
+    "resolved_at",
+)
+
+
+def query_alerts(c: sqlite3.Connection, open_only: bool) -> list[dict[str, Any]]:
+    sql = f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts"  # noqa: S608 - fixed columns
+    if open_only:
+        sql += " WHERE resolved_at IS NULL"
+    rows = c.execute(sql + " ORDER BY opened_at, rowid")
+    return [dict(zip(ALERT_COLUMNS, row, strict=True)) for row in rows]
+
+
+# -- last seen --------------------------------------------------------------------------------
+
+
+def save_seen(c: sqlite3.Connection, seen: Iterable[tuple[str, str, float]]) -> None:
+    """Record (instance, checkpoint, wall-clock time) sightings; times only move forward."""
+    with c:
+        for instance_id, checkpoint_id, at in seen:
+            c.execute(
+                "INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
+                "checkpoint_id=excluded.checkpoint_id, "
+                "last_seen=max(last_seen, excluded.last_seen)",
+                (instance_id, checkpoint_id, at),
+            )
+            c.execute(
+                "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT (checkpoint_id) DO UPDATE SET "
+                "last_seen=max(last_seen, excluded.last_seen)",
+                (checkpoint_id, at),
+            )
+
+
+def load_seen(
+    c: sqlite3.Connection,
+) -> tuple[dict[str, float], dict[str, tuple[str, float]]]:
+    """(checkpoint -> last seen, instance -> (checkpoint, last seen))."""
+    checkpoints = {
+        str(k): float(t) for k, t in c.execute("SELECT checkpoint_id, last_seen FROM checkpoints")
+    }
+    instances = {
+        str(i): (str(k), float(t))
+        for i, k, t in c.execute("SELECT instance_id, checkpoint_id, last_seen FROM instances")
+    }
+    return checkpoints, instances
