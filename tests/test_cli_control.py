@@ -496,3 +496,23 @@ def test_checkpoint_without_its_control_plane_still_stops_cleanly_on_sigterm(
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_the_liveness_settings_come_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "live.toml"
+    (tmp_path / "tok").write_text("s3cret-token\n")
+    rest = (
+        f'[[checkpoints]]\nid = "office"\ntoken = {{file = "{tmp_path / "tok"}"}}\n'
+        '[[monitors]]\nid = "m"\ncheckpoint = "office"\nkind = "tcp"\nhost = "h"\nport = 1\n'
+    )
+    path.write_text(
+        '[control]\nport = 0\ndb = "c.db"\ngrace = 0.5\nunanswered_runs = 5\nstartup_grace = 7\n'
+        + rest
+    )
+    config = load_control_config(path, warn=lambda _: None)
+    assert (config.settings.grace, config.settings.unanswered_runs) == (0.5, 5)
+    assert config.settings.startup_grace == 7.0
+    path.write_text('[control]\nport = 0\ndb = "c.db"\ngrace = -1\nunanswered_runs = 0\n' + rest)
+    with pytest.raises(DefinitionErrors) as info:
+        load_control_config(path, warn=lambda _: None)
+    assert {e.path for e in info.value.errors} == {"control.grace", "control.unanswered_runs"}

@@ -35,8 +35,11 @@ log = logging.getLogger("probekit.control")
 
 #: The sections of a control-plane config file, and the keys of its [control] table.
 _CONTROL_SECTIONS: Final = ("control", "checkpoints", "monitors", "webhooks")
-_CONTROL_NUMBERS: Final = ("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after")
-_CONTROL_INTEGERS: Final = ("missed_heartbeats", "max_frame_bytes")
+_CONTROL_NUMBERS: Final = (
+    *("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after"),
+    *("grace", "startup_grace"),
+)
+_CONTROL_INTEGERS: Final = ("missed_heartbeats", "max_frame_bytes", "unanswered_runs")
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key"),
     *_CONTROL_NUMBERS,
