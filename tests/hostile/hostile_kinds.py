@@ -295,7 +295,8 @@ PROFILES: dict[str, KindProfile] = {
             "ICMP echo has no server to misbehave on loopback: the kernel answers pings, and "
             "this process may not open ICMP sockets at all (net.ipv4.ping_group_range); what a "
             "hostile host can send back (garbage, duplicates, floods) is tests/test_icmp.py's "
-            "FakeHost. The policy checks (SSRF spellings, mixed answers) need no server."
+            "FakeHost, which also stands in for the host in the SSRF rebinding test. The "
+            "policy checks (SSRF spellings, mixed answers) need no server."
         ),
     ),
 }

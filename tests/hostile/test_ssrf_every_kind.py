@@ -35,6 +35,7 @@ from probekit import (
 from probekit._policy import IPAddress, parse_host_address
 from proxy import LoopbackProxy
 from servers import GuardedConnector, TcpServer, make_context
+from test_icmp import echo, fake_host
 
 KINDS = [pytest.param(p, id=p.name) for p in builtin_profiles()]
 SPELLED = [pytest.param(host, id=name) for name, host in SPELLINGS.items()]
@@ -113,6 +114,25 @@ async def test_rebinding_cannot_swap_the_checked_address(profile: KindProfile, t
         assert connector.dialled == [("127.0.0.1", server.port)] and connector.refused == []
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("then", ["169.254.169.254", "2002:a9fe:a9fe::1", "fd00:ec2::254"])
+async def test_rebinding_cannot_swap_the_address_pinged(then: str) -> None:
+    """icmp meets no server (its profile says why); test_icmp's scripted host stands in for
+    one, behind the same guard: the echo goes to the checked address, and a rebound name is
+    denied before a socket exists."""
+    icmp = builtin_profiles_by_name()["icmp"]
+    async with fake_host(echo) as host:
+        resolver = RebindingResolver("127.0.0.1", then)
+        ctx = _context(resolver, host)
+        probe = _probe(icmp, "rebind.test", PORT)
+        first = await probe.check(ctx)
+        assert first.status is Status.UP, first.summary()
+        assert resolver.queries == ["rebind.test"]
+        assert host.dialled == [("127.0.0.1", 0)] and len(host.requests) == 1
+        second = await probe.check(ctx)
+        assert second.error is not None and second.error.kind is ErrorKind.POLICY_DENIED
+        assert host.dialled == [("127.0.0.1", 0)] and host.refused == []
 
 
 async def test_rebinding_between_redirect_hops_is_decided_again() -> None:
