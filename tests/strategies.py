@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import string
@@ -339,10 +340,117 @@ redis_definitions = st.fixed_dictionaries(
         "timeouts": _or_odd(timeouts),
     },
 )
+mail_addresses = st.sampled_from(
+    ["", "probe@example.test", "a b@x", "<x>", "p\x00@x", "x" * 300, "\u00e9@x.test"]
+) | st.text(max_size=12)
+starttls_modes = st.sampled_from(["required", "optional", "off", "OFF", ""])
+ip_families = st.sampled_from(["any", "ipv4", "ipv6", "ipx"])
+user_names = st.sampled_from(["probe", "", "a b", "a\x00b", "a\r\nb", "\u00e9"]) | st.text(
+    max_size=8
+)
+
+
+def _mail_fields(
+    kind: str, **extra: st.SearchStrategy[object]
+) -> st.SearchStrategy[dict[str, object]]:
+    """The fields smtp, imap and pop3 share, and ``extra``."""
+    return st.fixed_dictionaries(
+        {"kind": st.just(kind), "host": _or_odd(spelled_hosts)},
+        optional={
+            "port": _or_odd(ports | st.none()),
+            "tls": _or_odd(tls_options | st.none()),
+            "starttls": _or_odd(starttls_modes),
+            "starttls_options": _or_odd(tls_options | st.none()),
+            "username": _or_odd(user_names),
+            "password": secret_refs,
+            "ip_family": _or_odd(ip_families),
+            "assertions": assertion_lists,
+            "timeouts": _or_odd(timeouts),
+            **extra,
+        },
+    )
+
+
+smtp_definitions = _mail_fields(
+    "smtp",
+    helo_name=_or_odd(
+        st.sampled_from(["probe.example", "[127.0.0.1]", "[IPv6:::1]", "bad name", "", "a" * 300])
+    ),
+    plaintext_auth=_or_odd(st.booleans()),
+    mail_from=_or_odd(mail_addresses),
+    rcpt_to=_or_odd(st.lists(mail_addresses, max_size=3)),
+    expect_banner=_or_odd(regexes),
+)
+imap_definitions = _mail_fields(
+    "imap",
+    mailbox=_or_odd(st.sampled_from(["INBOX", "Archive/2024", "Entw\u00fcrfe", "a&b", "", "a\rb"])),
+)
+pop3_definitions = _mail_fields("pop3", stat=_or_odd(st.booleans()))
+dns_names = st.one_of(
+    spelled_hosts,
+    st.sampled_from(
+        [".", "example.test.", "a..b", "-a.test", "_sip._tcp.example.test", "a" * 64 + ".test"]
+    ),
+    st.lists(st.from_regex(r"\A[a-z0-9-]{1,70}\Z"), min_size=1, max_size=6).map(".".join),
+)
+base64_keys = st.sampled_from(
+    ["c2VjcmV0LWtleS0xMjM0NTY=", "not base64!", "", "====", "AA=="]
+) | st.binary(max_size=40).map(lambda raw: base64.b64encode(raw).decode())
+dns_definitions = st.fixed_dictionaries(
+    {"kind": st.just("dns"), "name": _or_odd(dns_names)},
+    optional={
+        "type": _or_odd(st.sampled_from(["A", "aaaa", "TXT", "PTR", "SOA", "ANY", "TYPE65", ""])),
+        "server": _or_odd(spelled_hosts | st.none()),
+        "port": _or_odd(ports),
+        "transport": _or_odd(st.sampled_from(["udp", "tcp", "UDP", "quic"])),
+        "tls": _or_odd(tls_options | st.none()),
+        "valid_rcodes": _or_odd(
+            st.lists(st.sampled_from(["NOERROR", "nxdomain", "SERVFAIL", "BOGUS", ""]), max_size=3)
+        ),
+        "recursion": _or_odd(st.booleans()),
+        "expect_answers": _or_odd(
+            st.lists(st.sampled_from(["192.0.2.1", "::1", "mail.example.", "", " "]), max_size=3)
+        ),
+        "answers_match": _or_odd(regexes | st.none()),
+        "answers_not_match": _or_odd(regexes | st.none()),
+        "min_answers": _or_odd(st.integers(-1, 5) | st.none()),
+        "max_answers": _or_odd(st.integers(-1, 5) | st.none()),
+        "tsig_name": _or_odd(dns_names | st.none()),
+        "tsig_key": st.one_of(secret_refs, base64_keys),
+        "tsig_algorithm": _or_odd(st.sampled_from(["hmac-sha256", "hmac-md5", "HMAC-SHA1", "x"])),
+        "max_bytes": _or_odd(st.integers(-1, 70000)),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
+seconds = st.floats(min_value=0, max_value=120, allow_nan=False) | st.integers(-1, 120)
+ratios = st.floats(min_value=-0.5, max_value=1.5, allow_nan=False)
+icmp_definitions = st.fixed_dictionaries(
+    {"kind": st.just("icmp"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "count": _or_odd(st.integers(-1, 200)),
+        "ping_interval": _or_odd(seconds),
+        "size": _or_odd(st.integers(-1, 70000)),
+        "ttl": _or_odd(st.integers(-1, 300) | st.none()),
+        "rtt_warn": _or_odd(seconds | st.none()),
+        "rtt_crit": _or_odd(seconds | st.none()),
+        "loss_warn": _or_odd(ratios | st.none()),
+        "loss_crit": _or_odd(ratios | st.none()),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
     "tcp": tcp_definitions,
     "redis": redis_definitions,
+    "smtp": smtp_definitions,
+    "imap": imap_definitions,
+    "pop3": pop3_definitions,
+    "dns": dns_definitions,
+    "icmp": icmp_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

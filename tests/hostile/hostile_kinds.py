@@ -2,10 +2,18 @@
 
 A new kind joins every suite (hostile servers, SSRF spellings, the secret canary, fuzzing) by
 adding one :class:`KindProfile` to :data:`PROFILES`; ``test_every_builtin_kind_has_a_profile``
-fails until it does. A profile says how to write a definition that reaches a server at
-``host:port`` and passes against :func:`good_line_server`/:func:`good_http_server` (so every
-hostile variant is a change of the server only), which family of hostile servers speaks its
-protocol, and where its secrets go.
+fails until it does. A profile says what a definition of the kind asks (``ask``) and where a
+server's ``host:port`` goes in it (``place``: the kind's target syntax for most kinds; the
+``server`` field for ``dns``, whose target is the *name* asked about, not a host to connect to),
+so that the definition passes against the well-behaved server of its ``family`` (see
+:data:`GOOD_SERVERS`) and every hostile variant is a change of the server only. It also says
+where the kind's secrets go.
+
+Families: ``http`` (HTTP/1.1), ``line`` (a Redis-like ``PING``/``+PONG`` line protocol, for TCP
+scripts and Redis), ``smtp``, ``imap``, ``pop3`` (each greets with the marker and accepts the
+probe's dialogue, the login included), ``dns`` (UDP and TCP on one port, answering a TXT record
+holding the marker), and ``none``: a kind that cannot meet a server on loopback at all says so,
+and why, in ``exempt`` (it still runs through the SSRF, canary and fuzz suites).
 """
 
 from __future__ import annotations
@@ -15,15 +23,20 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
+from hostile_dns import DnsServer, StreamHandler, UdpHandler, answer_txt, framed, read_query
 
 from probekit.probes._kind import HostPort, Name, Url
 from probekit.probes._registry import builtin_names, get_kind
+from servers import TcpServer
 
 #: Every definition asks for this text, which only the well-behaved servers send: a hostile
 #: server can therefore never make a check UP, whatever a probe does with a body it cut short.
 MARKER = "probekit-hostile-marker"
 
-Family = Literal["http", "line"]
+Family = Literal["http", "line", "smtp", "imap", "pop3", "dns", "none"]
+#: The families whose servers are TCP streams from the first byte: every protocol-independent
+#: stream case (silence, RST, a full backlog, garbage, ...) applies to them as it is.
+STREAM_FAMILIES: frozenset[str] = frozenset({"http", "line", "smtp", "imap", "pop3"})
 Definition = dict[str, Any]
 
 
@@ -54,31 +67,76 @@ def fields_for(kind: str, host: str, port: int, *, tls: bool = False) -> Definit
     }
 
 
-def _http(host: str, port: int, tls: bool) -> Definition:
-    definition = fields_for("http", host, port, tls=tls)
-    definition["assertions"] = [{"type": "body_contains", "text": MARKER}]
-    return definition
+#: Puts ``host:port`` into a definition: ``(definition, host, port, tls) -> None``.
+Placer = Callable[[Definition, str, int, bool], None]
 
 
-def _tcp(host: str, port: int, tls: bool) -> Definition:
-    definition = fields_for("tcp", host, port)
-    definition["steps"] = [
-        {"send": "PING\r\n"},
-        {"expect": r"^\+PONG\r$"},
-        {"send": "INFO\r\n"},
-        {"expect_exact": MARKER},
-    ]
+def by_target(definition: Definition, host: str, port: int, tls: bool) -> None:
+    """Where the kind's target syntax puts a host (a URL, ``HOST:PORT``, a plain host)."""
+    definition.update(fields_for(definition["kind"], host, port, tls=tls))
+
+
+def as_server(definition: Definition, host: str, port: int, tls: bool) -> None:
+    """The ``server`` and ``port`` fields: a DNS check connects to its server; its target (the
+    name asked about) is never dialled, so the egress policy applies to the server."""
+    definition["server"] = host
+    definition["port"] = port
+
+
+def _http(tls: bool) -> Definition:
+    return {"kind": "http", "assertions": [{"type": "body_contains", "text": MARKER}]}
+
+
+def _tcp(tls: bool) -> Definition:
+    definition: Definition = {
+        "kind": "tcp",
+        "steps": [
+            {"send": "PING\r\n"},
+            {"expect": r"^\+PONG\r$"},
+            {"send": "INFO\r\n"},
+            {"expect_exact": MARKER},
+        ],
+    }
     if tls:
         definition["tls"] = {}
     return definition
 
 
-def _redis(host: str, port: int, tls: bool) -> Definition:
-    definition = fields_for("redis", host, port)
-    definition["assertions"] = [{"type": "body_contains", "text": MARKER}]
+def _asks_marker(kind: str) -> Callable[[bool], Definition]:
+    """A definition whose body (a Redis INFO, an SMTP greeting and EHLO reply, an IMAP greeting
+    and capabilities, a POP3 greeting and CAPA list) must hold the marker."""
+
+    def ask(tls: bool) -> Definition:
+        definition: Definition = {
+            "kind": kind,
+            "assertions": [{"type": "body_contains", "text": MARKER}],
+        }
+        if tls:
+            definition["tls"] = {}
+        return definition
+
+    return ask
+
+
+#: The name every DNS definition asks about (a TXT record holding the marker).
+DNS_NAME = "hostile.probekit.test"
+
+
+def _dns(tls: bool) -> Definition:
+    definition: Definition = {
+        "kind": "dns",
+        "name": DNS_NAME,
+        "type": "TXT",
+        "expect_answers": [MARKER],
+    }
     if tls:
+        definition["transport"] = "tcp"
         definition["tls"] = {}
     return definition
+
+
+def _icmp(tls: bool) -> Definition:
+    return {"kind": "icmp", "count": 1, "timeouts": {"read": 0.5}}
 
 
 #: Puts a secret into a definition: ``(definition, secret reference, loopback port) -> None``.
@@ -110,36 +168,74 @@ def _password(definition: Definition, secret: Any, _port: int) -> None:
     definition["password"] = secret
 
 
+def _login(definition: Definition, secret: Any, _port: int) -> None:
+    """A mail login. STARTTLS off, so the password goes out in the dialogue the refusing
+    server echoes (SMTP sends it in plain text only with ``plaintext_auth``)."""
+    definition.update(username="probe", password=secret, starttls="off")
+    if definition["kind"] == "smtp":
+        definition["plaintext_auth"] = True
+
+
 def _key_password(definition: Definition, secret: Any, _port: int) -> None:
     tls = dict(definition.get("tls") or {})
     tls["client_key_password"] = secret
     definition["tls"] = tls
 
 
+def _starttls_key_password(definition: Definition, secret: Any, _port: int) -> None:
+    """The client key of the STARTTLS upgrade (read when the server says go ahead)."""
+    definition["starttls"] = "required"
+    definition["starttls_options"] = {"client_key_password": secret}
+
+
+def _tsig(definition: Definition, secret: Any, _port: int) -> None:
+    definition["tsig_name"] = "probekit-hostile-key."
+    definition["tsig_key"] = secret
+
+
+MAIL_SECRETS: dict[str, SecretSetter] = {
+    "password": _login,
+    "tls.client_key_password": _key_password,
+    "starttls_options.client_key_password": _starttls_key_password,
+}
+
+
 @attrs.frozen
 class KindProfile:
     """One built-in kind, as the hostile suites use it.
 
-    ``definition(host, port, tls)`` reaches a well-behaved server of ``family`` at
-    ``host:port`` and is UP there; ``tls`` is None for kinds without TLS. ``secrets`` maps each
-    secret field's path (as :func:`secret_paths` finds it) to the setter that fills it.
-    ``redirects`` says whether the kind follows redirects (so a redirect pivot applies).
+    ``definition(host, port, tls)`` is ``ask(tls)`` with ``host:port`` put in by ``place``; it
+    reaches a well-behaved server of ``family`` at ``host:port`` and is UP there. ``tls`` says
+    whether the kind has TLS (then ``ask(True)`` asks for it). ``secrets`` maps each secret
+    field's path (as :func:`secret_paths` finds it) to the setter that fills it;
+    ``base64_secrets`` are those whose value must be base64 text (a TSIG key), which the canary
+    goes into encoded. ``redirects`` says whether the kind follows redirects (so a redirect
+    pivot applies), ``proxy`` whether it dials through a proxy. ``exempt``: why a kind of
+    family ``none`` meets no server (the hostile-server suite skips it).
     """
 
     name: str
     family: Family
-    definition: Callable[[str, int, bool], Definition]
+    ask: Callable[[bool], Definition]
     tls: bool
+    place: Placer = by_target
     redirects: bool = False
     proxy: bool = False
     secrets: dict[str, SecretSetter] = attrs.field(factory=dict)
+    base64_secrets: frozenset[str] = frozenset()
+    exempt: str = ""
+
+    def definition(self, host: str, port: int, tls: bool) -> Definition:
+        definition = self.ask(tls)
+        self.place(definition, host, port, tls)
+        return definition
 
 
 PROFILES: dict[str, KindProfile] = {
     "http": KindProfile(
         name="http",
         family="http",
-        definition=_http,
+        ask=_http,
         tls=True,
         redirects=True,
         proxy=True,
@@ -154,7 +250,7 @@ PROFILES: dict[str, KindProfile] = {
     "tcp": KindProfile(
         name="tcp",
         family="line",
-        definition=_tcp,
+        ask=_tcp,
         tls=True,
         proxy=True,
         secrets={
@@ -168,11 +264,47 @@ PROFILES: dict[str, KindProfile] = {
     "redis": KindProfile(
         name="redis",
         family="line",
-        definition=_redis,
+        ask=_asks_marker("redis"),
         tls=True,
         secrets={"password": _password, "tls.client_key_password": _key_password},
     ),
+    "smtp": KindProfile(
+        name="smtp", family="smtp", ask=_asks_marker("smtp"), tls=True, secrets=MAIL_SECRETS
+    ),
+    "imap": KindProfile(
+        name="imap", family="imap", ask=_asks_marker("imap"), tls=True, secrets=MAIL_SECRETS
+    ),
+    "pop3": KindProfile(
+        name="pop3", family="pop3", ask=_asks_marker("pop3"), tls=True, secrets=MAIL_SECRETS
+    ),
+    "dns": KindProfile(
+        name="dns",
+        family="dns",
+        ask=_dns,
+        tls=True,
+        place=as_server,
+        secrets={"tsig_key": _tsig, "tls.client_key_password": _key_password},
+        base64_secrets=frozenset({"tsig_key"}),
+    ),
+    "icmp": KindProfile(
+        name="icmp",
+        family="none",
+        ask=_icmp,
+        tls=False,
+        exempt=(
+            "ICMP echo has no server to misbehave on loopback: the kernel answers pings, and "
+            "this process may not open ICMP sockets at all (net.ipv4.ping_group_range); what a "
+            "hostile host can send back (garbage, duplicates, floods) is tests/test_icmp.py's "
+            "FakeHost, which also stands in for the host in the SSRF rebinding test. The "
+            "policy checks (SSRF spellings, mixed answers) need no server."
+        ),
+    ),
 }
+
+
+def server_profiles() -> list[KindProfile]:
+    """The profiles that meet servers (every family but ``none``)."""
+    return [p for p in builtin_profiles() if p.family != "none"]
 
 
 def builtin_profiles() -> list[KindProfile]:
@@ -264,4 +396,100 @@ async def good_http_server(reader: asyncio.StreamReader, writer: asyncio.StreamW
     writer.write(http_response(f"all good: {MARKER}".encode()))
 
 
-GOOD_SERVERS = {"http": good_http_server, "line": good_line_server}
+async def good_smtp_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Greets with the marker, offers AUTH PLAIN and accepts it, accepts anything else."""
+    writer.write(f"220 hostile.test ESMTP {MARKER}\r\n".encode())
+    while line := await reader.readline():
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if verb in (b"EHLO", b"HELO"):
+            writer.write(b"250-hostile.test\r\n250-AUTH PLAIN\r\n250 SIZE 10240000\r\n")
+        elif verb == b"AUTH":
+            writer.write(b"235 2.7.0 accepted\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 2.0.0 bye\r\n")
+            return
+        else:
+            writer.write(b"250 2.0.0 ok\r\n")
+        await writer.drain()
+
+
+async def good_imap_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Greets with the marker; answers CAPABILITY, LOGIN, EXAMINE and LOGOUT."""
+    writer.write(f"* OK [CAPABILITY IMAP4rev1] {MARKER} ready\r\n".encode())
+    while line := await reader.readline():
+        tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+        verb = rest.split(b" ", 1)[0].upper()
+        if verb == b"CAPABILITY":
+            writer.write(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n%s OK done\r\n" % tag)
+        elif verb == b"LOGIN":
+            writer.write(b"%s OK logged in\r\n" % tag)
+        elif verb == b"EXAMINE":
+            writer.write(b"* 3 EXISTS\r\n%s OK [READ-ONLY] done\r\n" % tag)
+        elif verb == b"LOGOUT":
+            writer.write(b"* BYE bye\r\n%s OK done\r\n" % tag)
+            return
+        else:
+            writer.write(b"%s BAD unknown\r\n" % tag)
+        await writer.drain()
+
+
+async def good_pop3_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Greets with the marker; answers CAPA, USER, PASS, STAT and QUIT."""
+    writer.write(f"+OK {MARKER} ready\r\n".encode())
+    while line := await reader.readline():
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if verb == b"CAPA":
+            writer.write(b"+OK capabilities\r\nUSER\r\nTOP\r\n.\r\n")
+        elif verb in (b"USER", b"PASS"):
+            writer.write(b"+OK\r\n")
+        elif verb == b"STAT":
+            writer.write(b"+OK 2 320\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"+OK bye\r\n")
+            return
+        else:
+            writer.write(b"-ERR unknown\r\n")
+        await writer.drain()
+
+
+def good_dns_udp(query: bytes) -> list[bytes]:
+    return [answer_txt(query, MARKER)]
+
+
+async def good_dns_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(framed(answer_txt(await read_query(reader), MARKER)))
+
+
+@attrs.frozen
+class DnsHandlers:
+    """A DNS server's two sides: ``udp`` answers a datagram, ``tcp`` serves a connection."""
+
+    udp: UdpHandler | None = None
+    tcp: StreamHandler | None = None
+
+
+Handler = StreamHandler | DnsHandlers
+
+GOOD_SERVERS: dict[str, Handler] = {
+    "http": good_http_server,
+    "line": good_line_server,
+    "smtp": good_smtp_server,
+    "imap": good_imap_server,
+    "pop3": good_pop3_server,
+    "dns": DnsHandlers(good_dns_udp, good_dns_tcp),
+}
+
+
+def make_server(family: Family, handler: Handler) -> TcpServer | DnsServer:
+    """A (not yet started) loopback server of ``family`` running ``handler``: a DNS server
+    (UDP and TCP on one port) for ``dns``, a TCP server for the others."""
+    if family == "dns":
+        assert isinstance(handler, DnsHandlers), handler
+        return DnsServer(handler.udp, handler.tcp)
+    assert family in STREAM_FAMILIES and not isinstance(handler, DnsHandlers), (family, handler)
+    return TcpServer(handler)
+
+
+def good_server(family: Family) -> TcpServer | DnsServer:
+    """The well-behaved server of ``family`` (not yet started)."""
+    return make_server(family, GOOD_SERVERS[family])

@@ -2,9 +2,18 @@
 
 A case is one misbehaviour (slowloris, an endless body, a compression bomb, ...). Its handler for
 the ``http`` family speaks broken HTTP/1.1; its handler for the ``line`` family breaks a
-``PING``/``+PONG`` line protocol (TCP scripts, Redis). Cases that do not depend on the protocol
-(silence, RST, a listener that never accepts, a TLS handshake that never starts) have one
-handler for both. ``expected`` is the set of error kinds a correct probe may report.
+``PING``/``+PONG`` line protocol (TCP scripts, Redis); the ``smtp``, ``imap`` and ``pop3``
+handlers greet first, as those servers do, and break the dialogue after. Cases that do not
+depend on the protocol (silence, RST, garbage, a listener that never accepts, a TLS handshake
+that never starts) have one ``any`` handler for every stream family. ``expected`` is the set of
+error kinds a correct probe may report.
+
+The ``dns`` family is a UDP and TCP server on one port (:class:`hostile_kinds.DnsHandlers`):
+its cases are the UDP misbehaviours (silence, garbage, a wrong id, an oversized datagram, ...)
+and, through a truncated (TC) UDP reply that the probe must ask again over TCP, the stream ones
+(dribbling, RST, half-close, a lying length prefix). A stream case without a ``dns`` handler
+does not apply to DNS (a full backlog: UDP needs no accept); the table in
+tests/hostile/test_hostile_servers.py lists what runs.
 """
 
 from __future__ import annotations
@@ -19,12 +28,21 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
-from hostile_kinds import Family, http_response, read_request
+import dns.flags
+from hostile_dns import framed, read_query, response_to, silent, truncated
+from hostile_kinds import (
+    STREAM_FAMILIES,
+    DnsHandlers,
+    Family,
+    http_response,
+    make_server,
+    read_request,
+)
 
 from probekit import ErrorKind
-from servers import TcpServer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+MAIL = ("smtp", "imap", "pop3")
 
 DRIBBLE = 0.2  # seconds between the bytes of a slowloris server
 MiB = 1024 * 1024
@@ -187,6 +205,182 @@ async def http_giant_header(reader: asyncio.StreamReader, writer: asyncio.Stream
     await asyncio.sleep(3600)
 
 
+# -- the mail families (smtp, imap, pop3): the server speaks first -----------------------------
+
+#: A valid greeting of each mail protocol, without the marker.
+GREETING = {
+    "smtp": b"220 hostile.test ESMTP ready\r\n",
+    "imap": b"* OK hostile.test IMAP4rev1 ready\r\n",
+    "pop3": b"+OK hostile.test POP3 ready\r\n",
+}
+#: How a greeting line starts, before its text.
+OPENING = {"smtp": b"220 ", "imap": b"* OK ", "pop3": b"+OK "}
+
+
+def _per_mail(make: Callable[[str], Handler]) -> dict[str, Handler]:
+    return {family: make(family) for family in MAIL}
+
+
+def mail_slowloris(family: str) -> Handler:
+    """A greeting that never ends: one byte every DRIBBLE seconds."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(OPENING[family])
+        while True:
+            await writer.drain()
+            await asyncio.sleep(DRIBBLE)
+            writer.write(b"a")
+
+    return handler
+
+
+def mail_endless_line(family: str) -> Handler:
+    """A greeting line with no end, as fast as the client reads."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(OPENING[family])
+        chunk = b"a" * 65536
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+    return handler
+
+
+def mail_giant(family: str) -> Handler:
+    """A 1 MiB greeting line, then its end."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(OPENING[family] + b"a" * MiB + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    return handler
+
+
+#: One line of an endless reply to the probe's first command: SMTP continuation lines of the
+#: EHLO reply, untagged IMAP responses before CAPABILITY's tagged one, POP3 CAPA list lines.
+_ENDLESS_LINE = {"smtp": b"250-hostile.test\r\n", "imap": b"* OK still going\r\n", "pop3": b"X\r\n"}
+_ENDLESS_FIRST = {"smtp": b"", "imap": b"", "pop3": b"+OK capabilities\r\n"}
+
+
+def mail_endless_reply(family: str) -> Handler:
+    """A valid greeting, then a reply to the first command that never ends (short lines, as
+    fast as the client reads)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING[family])
+        await reader.readline()
+        writer.write(_ENDLESS_FIRST[family])
+        chunk = _ENDLESS_LINE[family] * 4096
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+    return handler
+
+
+def mail_half_close(family: str) -> Handler:
+    """A valid greeting; then, once the probe has sent a command, our sending side shut down."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING[family])
+        await reader.readline()
+        writer.write_eof()
+        while await reader.read(4096):
+            pass
+        await asyncio.sleep(3600)
+
+    return handler
+
+
+def mail_banner_then_close(family: str) -> Handler:
+    """A valid greeting, then the connection closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING[family])
+        await writer.drain()
+
+    return handler
+
+
+def _imap_literal(size: int, stall: bool) -> Handler:
+    """A greeting, then a CAPABILITY reply announcing a ``size``-byte literal: ten bytes come,
+    then the connection closes (or, with ``stall``, nothing more)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING["imap"])
+        await reader.readline()
+        writer.write(b"* CAPABILITY {%d}\r\nIMAP4rev1 " % size)
+        await writer.drain()
+        if stall:
+            await asyncio.sleep(3600)
+
+    return handler
+
+
+# -- the dns family: UDP answers, and the TCP asked after a truncated UDP reply -----------------
+
+
+def _udp(make: Callable[[bytes], list[bytes]]) -> DnsHandlers:
+    return DnsHandlers(udp=make)
+
+
+def _after_truncation(tcp: Handler) -> DnsHandlers:
+    """UDP answers truncated (TC): the probe asks again over TCP, where ``tcp`` waits."""
+    return DnsHandlers(udp=truncated, tcp=tcp)
+
+
+def dns_garbage(query: bytes) -> list[bytes]:
+    return [garbage()[:512]]
+
+
+def dns_wrong_id(query: bytes) -> list[bytes]:
+    response = response_to(query)
+    response.id = (response.id + 1) % 65536
+    return [response.to_wire()]
+
+
+def dns_not_a_response(query: bytes) -> list[bytes]:
+    response = response_to(query)
+    response.flags &= ~dns.flags.QR
+    return [response.to_wire()]
+
+
+def dns_oversized(query: bytes) -> list[bytes]:
+    """The largest UDP datagram (65507 bytes): the query's header as a reply, then junk."""
+    header = bytearray(query[:12])
+    header[2] |= 0x80
+    return [bytes(header) + garbage()[: 65507 - 12]]
+
+
+async def dns_tcp_lying_length(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, stall: bool = False
+) -> None:
+    """A length prefix of 65535 bytes; ten come, then the connection closes (or stalls)."""
+    await read_query(reader)
+    writer.write(b"\xff\xff" + b"0123456789")
+    await writer.drain()
+    if stall:
+        await asyncio.sleep(3600)
+
+
+async def dns_tcp_lying_length_stall(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    await dns_tcp_lying_length(reader, writer, stall=True)
+
+
+async def dns_tcp_slowloris(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A reply whose length prefix says 65535, its bytes one every DRIBBLE seconds."""
+    query = await read_query(reader)
+    writer.write(b"\xff\xff")
+    for byte in framed(query)[2:] + garbage():
+        await writer.drain()
+        await asyncio.sleep(DRIBBLE)
+        writer.write(bytes([byte]))
+
+
 # -- the cases -------------------------------------------------------------------------------
 
 PROTOCOL = frozenset({ErrorKind.PROTOCOL})
@@ -198,37 +392,95 @@ CAPPED = frozenset({ErrorKind.PROTOCOL, ErrorKind.ASSERTION})
 
 @attrs.frozen
 class Case:
-    """One hostile server. ``handlers`` by family (``any`` serves both); ``expected`` the error
-    kinds a correct probe reports; ``tls`` for cases that need the kind's TLS definition;
-    ``listener`` for the case that is not a server at all (a backlog that is full)."""
+    """One hostile server. ``handlers`` by family (``any`` serves every stream family that has
+    none of its own); ``expected`` the error kinds a correct probe reports; ``tls`` for cases
+    that need the kind's TLS definition; ``listener`` for the case that is not a server at all
+    (a backlog that is full, for the stream families)."""
 
     name: str
-    handlers: dict[str, Handler]
+    handlers: dict[str, Handler | DnsHandlers]
     expected: frozenset[ErrorKind]
     tls: bool = False
     listener: bool = False
 
-    def handler(self, family: Family) -> Handler | None:
-        return self.handlers.get(family) or self.handlers.get("any")
+    def handler(self, family: Family) -> Handler | DnsHandlers | None:
+        if family in self.handlers:
+            return self.handlers[family]
+        return self.handlers.get("any") if family in STREAM_FAMILIES else None
 
+    def applies(self, family: Family) -> bool:
+        if self.listener:
+            return family in STREAM_FAMILIES
+        return self.handler(family) is not None
+
+
+CONNECT_OR_PROTOCOL = frozenset({ErrorKind.CONNECT, ErrorKind.PROTOCOL})
 
 CASES: tuple[Case, ...] = (
-    Case("slowloris", {"http": http_slowloris, "line": line_slowloris}, TIMEOUT),
+    Case(
+        "slowloris",
+        {
+            "http": http_slowloris,
+            "line": line_slowloris,
+            **_per_mail(mail_slowloris),
+            "dns": _after_truncation(dns_tcp_slowloris),
+        },
+        TIMEOUT,
+    ),
     Case("endless-body", {"http": http_endless_body}, CAPPED),
-    Case("endless-line", {"line": line_endless}, PROTOCOL),
-    Case("lying-length-close", {"http": http_lying_length, "line": line_lying_length}, PROTOCOL),
-    Case("lying-length-stall", {"http": http_lying_length_stall}, TIMEOUT),
+    Case("endless-line", {"line": line_endless, **_per_mail(mail_endless_line)}, PROTOCOL),
+    Case("endless-reply", _per_mail(mail_endless_reply), PROTOCOL),
+    Case(
+        "lying-length-close",
+        {
+            "http": http_lying_length,
+            "line": line_lying_length,
+            "imap": _imap_literal(1000, stall=False),
+            "dns": _after_truncation(dns_tcp_lying_length),
+        },
+        PROTOCOL,
+    ),
+    Case(
+        "lying-length-stall",
+        {
+            "http": http_lying_length_stall,
+            "imap": _imap_literal(1000, stall=True),
+            "dns": _after_truncation(dns_tcp_lying_length_stall),
+        },
+        TIMEOUT,
+    ),
+    Case("huge-literal", {"imap": _imap_literal(10**11, stall=True)}, PROTOCOL),
     Case("gzip-bomb", {"http": http_gzip_bomb}, CAPPED),
     Case("deflate-bomb", {"http": http_deflate_bomb}, CAPPED),
     Case("gzip-bomb-behind-redirect", {"http": http_redirect_to_bomb}, CAPPED),
-    Case("giant-head", {"http": http_giant_header, "line": line_giant}, PROTOCOL),
-    Case("garbage", {"any": garbage_then_close}, PROTOCOL),
-    Case("tls-stall", {"any": silence}, TIMEOUT, tls=True),
-    Case("accept-then-silence", {"any": silence}, TIMEOUT),
-    Case("rst", {"any": reset}, frozenset({ErrorKind.CONNECT, ErrorKind.PROTOCOL})),
+    Case(
+        "giant-head",
+        {
+            "http": http_giant_header,
+            "line": line_giant,
+            **_per_mail(mail_giant),
+            "dns": _udp(dns_oversized),
+        },
+        PROTOCOL,
+    ),
+    Case("garbage", {"any": garbage_then_close, "dns": _udp(dns_garbage)}, PROTOCOL),
+    Case("garbage-after-truncation", {"dns": _after_truncation(garbage_then_close)}, PROTOCOL),
+    Case("wrong-id", {"dns": _udp(dns_wrong_id)}, PROTOCOL),
+    Case("not-a-response", {"dns": _udp(dns_not_a_response)}, PROTOCOL),
+    Case("tls-stall", {"any": silence, "dns": DnsHandlers(tcp=silence)}, TIMEOUT, tls=True),
+    Case("accept-then-silence", {"any": silence, "dns": _udp(silent)}, TIMEOUT),
+    Case("rst", {"any": reset, "dns": _after_truncation(reset)}, CONNECT_OR_PROTOCOL),
     Case("never-accepts", {}, TIMEOUT, listener=True),
-    Case("half-close", {"any": half_close}, PROTOCOL),
-    Case("banner-then-close", {"any": banner_then_close}, PROTOCOL),
+    Case(
+        "half-close",
+        {"any": half_close, **_per_mail(mail_half_close), "dns": _after_truncation(half_close)},
+        PROTOCOL,
+    ),
+    Case(
+        "banner-then-close",
+        {"any": banner_then_close, **_per_mail(mail_banner_then_close)},
+        PROTOCOL,
+    ),
 )
 
 
@@ -266,7 +518,7 @@ async def serve(case: Case, family: Family) -> AsyncIterator[int]:
         return
     handler = case.handler(family)
     assert handler is not None
-    server = await TcpServer(handler).start()
+    server = await make_server(family, handler).start()
     try:
         yield server.port
     finally:

@@ -54,7 +54,11 @@ def check_definition(data: Any) -> Any:
     plain = probe_to_dict(probe)
     json.dumps(plain)
     # What a probe says it is builds again (secrets come back as the placeholder text).
-    build_probe(plain)
+    try:
+        build_probe(plain)
+    except DefinitionError as exc:
+        if not _masked_tsig_key(exc, plain):
+            raise
     return probe
 
 
@@ -72,6 +76,21 @@ def _unnamed_bad_brackets(problem: DefinitionError, data: dict[Any, Any]) -> boo
     to such a Location UNKNOWN/internal, see tests/hostile/test_hostile_servers.py)."""
     return data.get("kind") == "http" and (
         "Invalid IPv6 URL" in problem.message or "IPv4 or IPv6 address" in problem.message
+    )
+
+
+def _masked_tsig_key(exc: DefinitionError, plain: Any) -> bool:
+    """A dns probe with a TSIG key written inline does not build again from its plain form (found
+    by this fuzzing): ``probe_to_dict`` writes the key as ``"<secret>"``, which DnsProbe's
+    definition check (src/probekit/probes/dns.py ``_check_tsig``, line 341) refuses as "not
+    base64", where every other secret field takes the placeholder back. The fuzzing goes on past
+    it; test_a_dns_probe_with_an_inline_tsig_key_builds_again_from_its_plain_form records it."""
+    problems = exc.errors if isinstance(exc, DefinitionErrors) else [exc]
+    return (
+        isinstance(plain, dict)
+        and plain.get("kind") == "dns"
+        and plain.get("tsig_key") == "<secret>"
+        and all(p.path == "tsig_key" and "not base64" in p.message for p in problems)
     )
 
 
@@ -204,6 +223,20 @@ def test_a_url_with_broken_brackets_is_an_error_of_the_url_field(url: str) -> No
     with pytest.raises(DefinitionError) as info:
         build_probe({"kind": "http", "url": url})
     assert all(e.path == "url" for e in info.value.errors)  # type: ignore[attr-defined]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="src/probekit/probes/dns.py:341 (_check_tsig) refuses the '<secret>' placeholder that "
+    "probe_to_dict writes for tsig_key as 'not base64'",
+)
+def test_a_dns_probe_with_an_inline_tsig_key_builds_again_from_its_plain_form() -> None:
+    probe = build_probe(
+        {"kind": "dns", "name": "example.test", "tsig_name": "key.", "tsig_key": "c2VjcmV0"}
+    )
+    plain = probe_to_dict(probe)
+    assert plain["tsig_key"] == "<secret>"
+    build_probe(plain)
 
 
 def test_every_builtin_kind_has_a_definition_strategy() -> None:

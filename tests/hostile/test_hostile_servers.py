@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 import pytest
-from hostile_kinds import GOOD_SERVERS, KindProfile, builtin_profiles, http_response
+from hostile_kinds import KindProfile, good_server, http_response, server_profiles
 from hostile_measure import MEASURED, Usage
 from hostile_servers import CASES, Case, bomb, garbage, serve
 
@@ -33,14 +33,12 @@ def _probe(profile: KindProfile, port: int, tls: bool) -> Any:
 
 
 def _rows() -> list[Any]:
-    rows = []
-    for profile in builtin_profiles():
-        for case in CASES:
-            if case.listener or case.handler(profile.family) is not None:
-                if case.tls and not profile.tls:
-                    continue
-                rows.append(pytest.param(profile, case, id=f"{profile.name}-{case.name}"))
-    return rows
+    return [
+        pytest.param(profile, case, id=f"{profile.name}-{case.name}")
+        for profile in server_profiles()
+        for case in CASES
+        if case.applies(profile.family) and (profile.tls or not case.tls)
+    ]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,11 +76,11 @@ async def test_hostile_server(profile: KindProfile, case: Case) -> None:
     assert connector.refused == []
 
 
-@pytest.mark.parametrize("profile", builtin_profiles(), ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", server_profiles(), ids=lambda p: p.name)
 async def test_each_kind_is_up_against_the_well_behaved_server(profile: KindProfile) -> None:
     """The control row: the same definitions pass when the server behaves, so every DOWN above
     is the hostile server's doing."""
-    server = await TcpServer(GOOD_SERVERS[profile.family]).start()
+    server = await good_server(profile.family).start()
     try:
         result = await _probe(profile, server.port, False).check(make_context())
     finally:

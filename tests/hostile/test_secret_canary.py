@@ -19,12 +19,22 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from hostile_kinds import KindProfile, builtin_profiles, http_response, read_request
+from hostile_dns import framed, read_query
+from hostile_kinds import (
+    DnsHandlers,
+    Family,
+    Handler,
+    KindProfile,
+    builtin_profiles,
+    http_response,
+    make_server,
+    read_request,
+)
 from hostile_servers import silence
 
 from probekit import (
@@ -39,17 +49,22 @@ from probekit import (
 )
 from probekit.checkpoint import Checkpoint, CheckpointSettings
 from probekit.control import ControlPlane, ControlSettings, MemorySink
-from servers import GuardedConnector, TcpServer, closed_port, make_context
+from servers import GuardedConnector, closed_port, make_context
 
 CANARY = "cAnArY-7#~q1Zx9-never-shown"
+#: The canary as base64 text, for secret fields that must be base64 (a TSIG key): the key the
+#: probe decodes is then the canary itself.
+CANARY_BASE64 = base64.b64encode(CANARY.encode()).decode()
+SECRETS = {"canary": Secret(CANARY), "canary-base64": Secret(CANARY_BASE64)}
 TOKEN = "canary-suite-token-4#r"
 TOTAL = 0.5
 
 
 def forbidden() -> list[str]:
-    """The canary as a leak could spell it: as is, and as basic/proxy auth encode it."""
+    """The canary as a leak could spell it: as is, as basic/proxy auth encode it, and as base64
+    (SMTP's AUTH LOGIN sends it so; a TSIG key is written so)."""
     encoded = base64.b64encode(f"probe:{CANARY}".encode()).decode()
-    return [CANARY, encoded]
+    return [CANARY, encoded, CANARY_BASE64]
 
 
 def assert_hidden(text: str | bytes, where: str) -> None:
@@ -77,7 +92,79 @@ async def refusing_echo_line(reader: asyncio.StreamReader, writer: asyncio.Strea
         await writer.drain()
 
 
-REFUSING = {"http": refusing_echo_http, "line": refusing_echo_line}
+def _echo(line: bytes) -> bytes:
+    return line.rstrip(b"\r\n").replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+async def refusing_echo_smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Offers STARTTLS (and says go ahead, so the client key is read) and AUTH; refuses the
+    credentials, repeating what was sent."""
+    writer.write(b"220 hostile.test ESMTP\r\n")
+    while line := await reader.readline():
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if verb == b"EHLO":
+            writer.write(b"250-hostile.test\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n")
+        elif verb == b"STARTTLS":
+            writer.write(b"220 2.0.0 go ahead\r\n")
+        else:
+            writer.write(b"535 5.7.8 rejected: " + _echo(line) + b"\r\n")
+        await writer.drain()
+
+
+async def refusing_echo_imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"* OK hostile.test IMAP4rev1 ready\r\n")
+    while line := await reader.readline():
+        tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+        verb = rest.split(b" ", 1)[0].upper()
+        if verb == b"CAPABILITY":
+            writer.write(b"* CAPABILITY IMAP4rev1 STARTTLS\r\n%s OK done\r\n" % tag)
+        elif verb == b"STARTTLS":
+            writer.write(b"%s OK begin TLS\r\n" % tag)
+        else:
+            writer.write(b"%s NO [AUTHENTICATIONFAILED] %s\r\n" % (tag, _echo(line)))
+        await writer.drain()
+
+
+async def refusing_echo_pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"+OK hostile.test POP3 ready\r\n")
+    while line := await reader.readline():
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if verb == b"CAPA":
+            writer.write(b"+OK\r\nUSER\r\nSTLS\r\n.\r\n")
+        elif verb == b"STLS":
+            writer.write(b"+OK begin TLS\r\n")
+        elif verb == b"USER":
+            writer.write(b"+OK " + _echo(line) + b"\r\n")
+        else:
+            writer.write(b"-ERR [AUTH] invalid: " + _echo(line) + b"\r\n")
+        await writer.drain()
+
+
+def _echoed_query(query: bytes) -> bytes:
+    """The query sent back as a NOTAUTH reply: every byte of it, its TSIG record included."""
+    header = bytearray(query[:4])
+    header[2] |= 0x80
+    header[3] = (header[3] & 0xF0) | 9
+    return bytes(header) + query[4:]
+
+
+async def refusing_echo_dns_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(framed(_echoed_query(await read_query(reader))))
+
+
+REFUSING: dict[str, Handler] = {
+    "http": refusing_echo_http,
+    "line": refusing_echo_line,
+    "smtp": refusing_echo_smtp,
+    "imap": refusing_echo_imap,
+    "pop3": refusing_echo_pop3,
+    "dns": DnsHandlers(lambda query: [_echoed_query(query)], refusing_echo_dns_tcp),
+}
+#: A server that accepts and stays silent, by family (for dns: UDP and TCP).
+SILENT: dict[str, Handler] = {
+    **dict.fromkeys(("http", "line", "smtp", "imap", "pop3"), silence),
+    "dns": DnsHandlers(None, silence),
+}
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +203,9 @@ BY_VALUE_ONLY: frozenset[str] = frozenset()
 
 
 def definition(profile: KindProfile, path: str, port: int, pair: tuple[str, str]) -> dict[str, Any]:
-    tls = path.endswith("client_key_password") and not path.startswith("steps")
-    data = profile.definition("127.0.0.1", port, tls)
-    secret = CANARY if path in BY_VALUE_ONLY else {"secret": "canary"}
+    data = profile.definition("127.0.0.1", port, path.startswith("tls."))
+    name = "canary-base64" if path in profile.base64_secrets else "canary"
+    secret = SECRETS[name].reveal() if path in BY_VALUE_ONLY else {"secret": name}
     profile.secrets[path](data, secret, port)
     _with_client_files(data, pair)
     data["timeouts"] = {"total": TOTAL}
@@ -136,12 +223,17 @@ async def _broken_connector(ip: str, port: int, source: Any) -> Any:
     raise RuntimeError(f"the connector broke while dialling {ip}:{port}")
 
 
+async def _broken_socket_connector(ip: str, port: int, source: Any, protocol: str) -> Any:
+    raise RuntimeError(f"the socket connector broke opening {protocol} to {ip}:{port}")
+
+
 def _failing_ways(profile: KindProfile) -> dict[str, Callable[[], Any]]:
+    family: Family = profile.family
     return {
         "refused": lambda: None,
-        "silent": lambda: TcpServer(silence),
-        "refusing-echo": lambda: TcpServer(REFUSING[profile.family]),
-        "traceback": lambda: TcpServer(silence),
+        "silent": lambda: make_server(family, SILENT[family]),
+        "refusing-echo": lambda: make_server(family, REFUSING[family]),
+        "traceback": lambda: make_server(family, SILENT[family]),
     }
 
 
@@ -150,16 +242,20 @@ async def test_the_canary_never_shows(
     profile: KindProfile, path: str, client_pair: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    secrets = {"canary": Secret(CANARY)}
+    secrets = SECRETS
     seen: list[Result] = []
-    for way, make_server in _failing_ways(profile).items():
-        server = make_server()
+    for way, start in _failing_ways(profile).items():
+        server = start()
         port = closed_port() if server is None else (await server.start()).port
         try:
             probe = build_probe(definition(profile, path, port, client_pair), secrets=secrets)
             if way == "traceback":
                 ctx = ProbeContext(
-                    dialer=Dialer(resolver=StaticResolver({}), connector=_broken_connector)
+                    dialer=Dialer(
+                        resolver=StaticResolver({}),
+                        connector=_broken_connector,
+                        socket_connector=_broken_socket_connector,
+                    )
                 )
             else:
                 ctx = make_context(connector=GuardedConnector())
@@ -194,7 +290,10 @@ async def _until(condition: Callable[[], Any], timeout: float, what: str) -> Non
 async def test_the_canary_is_not_in_the_spool_or_the_control_plane_database(
     tmp_path: Path, client_pair: tuple[str, str]
 ) -> None:
-    servers = {family: await TcpServer(handler).start() for family, handler in REFUSING.items()}
+    servers = {
+        family: await make_server(cast(Family, family), handler).start()
+        for family, handler in REFUSING.items()
+    }
     try:
         plane = ControlSettings(
             tokens={"office": Secret(TOKEN)},
@@ -213,7 +312,7 @@ async def test_the_canary_is_not_in_the_spool_or_the_control_plane_database(
                 heartbeat_interval=0.3,
                 reconnect_initial=0.05,
                 reconnect_max=0.3,
-                secrets={"canary": Secret(CANARY)},
+                secrets=dict(SECRETS),
             )
             async with Checkpoint(instance):
                 monitors = []

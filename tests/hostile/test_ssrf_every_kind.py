@@ -11,10 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hostile_kinds import GOOD_SERVERS, KindProfile, bracket, builtin_profiles, http_response
+from hostile_kinds import (
+    DNS_NAME,
+    KindProfile,
+    bracket,
+    builtin_profiles,
+    good_server,
+    http_response,
+    server_profiles,
+)
 from ssrf_table import SPELLINGS
 
 from probekit import (
+    DefinitionError,
     Dialer,
     EgressPolicy,
     ErrorKind,
@@ -26,6 +35,7 @@ from probekit import (
 from probekit._policy import IPAddress, parse_host_address
 from proxy import LoopbackProxy
 from servers import GuardedConnector, TcpServer, make_context
+from test_icmp import echo, fake_host
 
 KINDS = [pytest.param(p, id=p.name) for p in builtin_profiles()]
 SPELLED = [pytest.param(host, id=name) for name, host in SPELLINGS.items()]
@@ -80,10 +90,15 @@ def _context(resolver: Any, connector: GuardedConnector) -> ProbeContext:
     )
 
 
+SERVED = [pytest.param(p, id=p.name) for p in server_profiles()]
+
+
 @pytest.mark.parametrize("then", ["169.254.169.254", "2002:a9fe:a9fe::1", "fd00:ec2::254"])
-@pytest.mark.parametrize("profile", KINDS)
+@pytest.mark.parametrize("profile", SERVED)
 async def test_rebinding_cannot_swap_the_checked_address(profile: KindProfile, then: str) -> None:
-    server = await TcpServer(GOOD_SERVERS[profile.family]).start()
+    # A datagram kind (dns) opens its socket through the guard's `.socket`, which records it in
+    # `dialled` as the connector does for TCP.
+    server = await good_server(profile.family).start()
     try:
         resolver = RebindingResolver("127.0.0.1", then)
         connector = GuardedConnector()
@@ -99,6 +114,25 @@ async def test_rebinding_cannot_swap_the_checked_address(profile: KindProfile, t
         assert connector.dialled == [("127.0.0.1", server.port)] and connector.refused == []
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("then", ["169.254.169.254", "2002:a9fe:a9fe::1", "fd00:ec2::254"])
+async def test_rebinding_cannot_swap_the_address_pinged(then: str) -> None:
+    """icmp meets no server (its profile says why); test_icmp's scripted host stands in for
+    one, behind the same guard: the echo goes to the checked address, and a rebound name is
+    denied before a socket exists."""
+    icmp = builtin_profiles_by_name()["icmp"]
+    async with fake_host(echo) as host:
+        resolver = RebindingResolver("127.0.0.1", then)
+        ctx = _context(resolver, host)
+        probe = _probe(icmp, "rebind.test", PORT)
+        first = await probe.check(ctx)
+        assert first.status is Status.UP, first.summary()
+        assert resolver.queries == ["rebind.test"]
+        assert host.dialled == [("127.0.0.1", 0)] and len(host.requests) == 1
+        second = await probe.check(ctx)
+        assert second.error is not None and second.error.kind is ErrorKind.POLICY_DENIED
+        assert host.dialled == [("127.0.0.1", 0)] and host.refused == []
 
 
 async def test_rebinding_between_redirect_hops_is_decided_again() -> None:
@@ -194,3 +228,33 @@ async def test_a_proxy_at_a_denied_address_is_not_dialled(profile: KindProfile, 
     proxy_host = bracket(host.replace("%", "%25")) if ":" in host else host
     probe = _probe(profile, "127.0.0.1", PORT, proxy={"url": f"http://{proxy_host}:3128"})
     _denied(await probe.check(make_context(connector=connector)), connector)
+
+
+@pytest.mark.parametrize("host", SPELLED)
+async def test_a_dns_name_asked_about_is_not_a_host_to_connect_to(host: str) -> None:
+    """The policy applies to the DNS server; a metadata address as the *name* is asked of the
+    allowed server and never dialled (the target syntax of dns is the name)."""
+    server = await good_server("dns").start()
+    try:
+        connector = GuardedConnector()
+        definition = {"kind": "dns", "name": host, "type": "TXT", "server": "127.0.0.1"}
+        definition["port"] = server.port
+        try:
+            probe = build_probe(definition)
+        except DefinitionError:
+            pytest.skip(f"{host!r} is not a DNS name the dns kind accepts")
+        result = await probe.check(make_context(connector=connector))
+        assert result.status is Status.UP, result.summary()
+        assert connector.dialled == [("127.0.0.1", server.port)] and connector.refused == []
+        assert server.queries == 1
+    finally:
+        await server.stop()
+
+
+def test_the_dns_profile_puts_the_host_in_the_server_field() -> None:
+    definition = builtin_profiles_by_name()["dns"].definition("169.254.169.254", 53, False)
+    assert definition["server"] == "169.254.169.254" and definition["name"] == DNS_NAME
+
+
+def builtin_profiles_by_name() -> dict[str, KindProfile]:
+    return {p.name: p for p in builtin_profiles()}
