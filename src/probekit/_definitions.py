@@ -80,6 +80,9 @@ def probe_kinds() -> tuple[str, ...]:
 SecretLookup = Callable[[str], Secret]
 
 
+_MASKED: Final = str(Secret(""))
+
+
 @attrs.frozen
 class _SecretReferences:
     """The secret policy of definitions: a string is the secret itself, ``{"secret": NAME}``
@@ -93,6 +96,12 @@ class _SecretReferences:
         if isinstance(data, Secret):
             return data  # from Python (a kind's to_definition): never a plain string on the way
         if isinstance(data, str):
+            if data == _MASKED:
+                # What probe_to_dict writes for a secret: loading it back would make the mask
+                # itself the password. Say so instead of checking with the wrong credential.
+                raise DefinitionError(
+                    "", 'a masked "<secret>" cannot be loaded back; give {"secret": NAME}'
+                )
             return Secret(data)
         if isinstance(data, Mapping) and len(data) == 1:
             ((how, name),) = data.items()

@@ -53,11 +53,12 @@ def check_definition(data: Any) -> Any:
     assert probe.target
     plain = probe_to_dict(probe)
     json.dumps(plain)
-    # What a probe says it is builds again (secrets come back as the placeholder text).
+    # What a probe says it is builds again, unless it holds a secret: the plain form masks it,
+    # and loading the mask back is refused (it would check with "<secret>" as the credential).
     try:
         build_probe(plain)
     except DefinitionError as exc:
-        if not _masked_tsig_key(exc, plain):
+        if not _masked_secret(exc):
             raise
     return probe
 
@@ -79,19 +80,10 @@ def _unnamed_bad_brackets(problem: DefinitionError, data: dict[Any, Any]) -> boo
     )
 
 
-def _masked_tsig_key(exc: DefinitionError, plain: Any) -> bool:
-    """A dns probe with a TSIG key written inline does not build again from its plain form (found
-    by this fuzzing): ``probe_to_dict`` writes the key as ``"<secret>"``, which DnsProbe's
-    definition check (src/probekit/probes/dns.py ``_check_tsig``, line 341) refuses as "not
-    base64", where every other secret field takes the placeholder back. The fuzzing goes on past
-    it; test_a_dns_probe_with_an_inline_tsig_key_builds_again_from_its_plain_form records it."""
+def _masked_secret(exc: DefinitionError) -> bool:
+    """Every problem is a masked ``"<secret>"`` given back where a secret goes."""
     problems = exc.errors if isinstance(exc, DefinitionErrors) else [exc]
-    return (
-        isinstance(plain, dict)
-        and plain.get("kind") == "dns"
-        and plain.get("tsig_key") == "<secret>"
-        and all(p.path == "tsig_key" and "not base64" in p.message for p in problems)
-    )
+    return all('masked "<secret>" cannot be loaded back' in p.message for p in problems)
 
 
 def _has_lone_surrogate(node: Any) -> bool:
@@ -225,18 +217,24 @@ def test_a_url_with_broken_brackets_is_an_error_of_the_url_field(url: str) -> No
     assert all(e.path == "url" for e in info.value.errors)  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/probekit/probes/dns.py:341 (_check_tsig) refuses the '<secret>' placeholder that "
-    "probe_to_dict writes for tsig_key as 'not base64'",
-)
-def test_a_dns_probe_with_an_inline_tsig_key_builds_again_from_its_plain_form() -> None:
-    probe = build_probe(
-        {"kind": "dns", "name": "example.test", "tsig_name": "key.", "tsig_key": "c2VjcmV0"}
-    )
-    plain = probe_to_dict(probe)
-    assert plain["tsig_key"] == "<secret>"
-    build_probe(plain)
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"kind": "dns", "name": "example.test", "tsig_name": "key.", "tsig_key": "c2VjcmV0"},
+         "tsig_key"),
+        ({"kind": "redis", "host": "127.0.0.1", "password": "pw"}, "password"),
+        ({"kind": "http", "url": "http://h/", "bearer_token": "tok"}, "bearer_token"),
+    ],
+)  # fmt: skip
+def test_a_masked_secret_from_a_plain_form_is_refused_by_name(
+    data: dict[str, Any], field: str
+) -> None:
+    plain = probe_to_dict(build_probe(data))
+    assert plain[field] == "<secret>"
+    with pytest.raises(DefinitionErrors) as info:
+        build_probe(plain)
+    assert [e.path for e in info.value.errors] == [field]
+    assert 'give {"secret": NAME}' in str(info.value)
 
 
 def test_every_builtin_kind_has_a_definition_strategy() -> None:
