@@ -21,6 +21,7 @@ from .._result import Result
 from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
+from ._fields import host
 from ._kind import HostPort, Option
 from ._options import TLS_OPTIONS, add_assertion, body_assertions, option_problem, tls_definition
 
@@ -76,13 +77,8 @@ class MailTarget(HostPort):
 
 
 def mail_host(value: str) -> str:
-    """The ``host`` converter: a string; ``[v6]`` brackets dropped."""
-    raw: object = value
-    if not isinstance(raw, str):
-        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
-    if raw.startswith("[") and raw.endswith("]"):
-        return raw[1:-1]
-    return raw
+    """The ``host`` converter (the shared one): a string; ``[v6]`` brackets dropped."""
+    return host(value)
 
 
 def mail_port(_inst: object, _attribute: attrs.Attribute[int | None], value: int | None) -> None:

@@ -43,6 +43,7 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
+from ._fields import port as _port
 from ._kind import Metric, Name, Option, ProbeKind
 from ._options import TLS_OPTIONS, tls_definition
 
@@ -170,12 +171,6 @@ def _server(value: str | None) -> str | None:
     if raw.startswith("[") and raw.endswith("]"):
         return raw[1:-1]
     return raw
-
-
-def _port(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
-    raw: object = value
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
-        raise DefinitionError("port", f"must be an integer from 1 to 65535, got {value!r}")
 
 
 def _check_name(name: object) -> None:

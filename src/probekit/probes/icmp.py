@@ -54,6 +54,8 @@ from .._resolver import Family
 from .._result import AssertionOutcome, ErrorKind, Result, Status
 from .._timeouts import Timeouts
 from ._base import Attempt, ProbeBase
+from ._fields import check_family, check_host
+from ._fields import host as _host
 from ._kind import Metric, Name, Option, ProbeKind
 
 __all__ = [
@@ -86,7 +88,6 @@ _IPV4_HEADER_MAX: Final = 60
 _TOKEN_BYTES: Final = 8
 # The bytes after the token, as ping(8) fills its payload.
 _PATTERN: Final = bytes(range(0x10, 0x100))
-_FAMILIES: Final = ("any", "ipv4", "ipv6")
 # A socket that keeps reporting errors without a datagram in between is not worth more waits.
 _MAX_ERRORS: Final = 16
 
@@ -169,15 +170,6 @@ def _refused_message(exc: PermissionError, version: int) -> str:
 
 
 # -- the definition --------------------------------------------------------------------------------
-
-
-def _host(value: str) -> str:
-    raw: object = value
-    if not isinstance(raw, str):
-        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
-    if raw.startswith("[") and raw.endswith("]"):
-        return raw[1:-1]
-    return raw
 
 
 def _is_number(value: object) -> bool:
@@ -274,14 +266,8 @@ class IcmpProbe(ProbeBase):
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     def __attrs_post_init__(self) -> None:
-        if not self.host.strip():
-            raise DefinitionError("host", "a host is required")
-        if any(c.isspace() or c in "\0/" for c in self.host):
-            raise DefinitionError("host", f"not a host name or address: {self.host!r}")
-        if self.ip_family is not None and self.ip_family not in _FAMILIES:
-            raise DefinitionError(
-                "ip_family", f"expected one of {list(_FAMILIES)}, got {self.ip_family!r}"
-            )
+        check_host(self.host)
+        check_family(self.ip_family)
         literal = _literal(self.host)
         if literal is not None and self.ip_family in ("ipv4", "ipv6"):
             wanted = 4 if self.ip_family == "ipv4" else 6

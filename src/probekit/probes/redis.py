@@ -29,6 +29,9 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
+from ._fields import check_host
+from ._fields import host as _host
+from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, tls_definition
 
@@ -78,21 +81,6 @@ def _shown(data: bytes, secret: Secret | None = None) -> str:
     return repr(text)
 
 
-def _host(value: str) -> str:
-    raw: object = value
-    if not isinstance(raw, str):
-        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
-    if raw.startswith("[") and raw.endswith("]"):
-        return raw[1:-1]
-    return raw
-
-
-def _port(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
-    raw: object = value
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
-        raise DefinitionError("port", f"must be an integer from 1 to 65535, got {value!r}")
-
-
 @attrs.frozen
 class RedisProbe(ProbeBase):
     """Check a Redis server: connect (TLS with ``tls``), ``AUTH`` when a ``password`` is set,
@@ -118,10 +106,7 @@ class RedisProbe(ProbeBase):
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     def __attrs_post_init__(self) -> None:
-        if not self.host.strip():
-            raise DefinitionError("host", "a host is required")
-        if any(c.isspace() or c in "\0/" for c in self.host):
-            raise DefinitionError("host", f"not a host name or address: {self.host!r}")
+        check_host(self.host)
         password: object = self.password
         if password is not None:
             if not isinstance(password, Secret):

@@ -39,6 +39,9 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
+from ._fields import check_family, check_host
+from ._fields import host as _host
+from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._options import BODY_OPTIONS, TLS_OPTIONS, add_assertion, body_assertions, tls_definition
 
@@ -58,7 +61,6 @@ DEFAULT_HELO: Final = "probekit.invalid"
 StartTlsMode = Literal["required", "optional", "off"]
 
 _MODES: Final = ("required", "optional", "off")
-_FAMILIES: Final = ("any", "ipv4", "ipv6")
 _EXCERPT: Final = 80
 _CAPABILITIES_SHOWN: Final = 400
 _CHUNK: Final = 4096
@@ -72,21 +74,6 @@ _FORBIDDEN_IN_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
 
 
 # -- definitions -------------------------------------------------------------------------------
-
-
-def _host(value: str) -> str:
-    raw: object = value
-    if not isinstance(raw, str):
-        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
-    if raw.startswith("[") and raw.endswith("]"):
-        return raw[1:-1]
-    return raw
-
-
-def _port(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
-    raw: object = value
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
-        raise DefinitionError("port", f"must be an integer from 1 to 65535, got {value!r}")
 
 
 def _recipients(value: Iterable[str]) -> tuple[str, ...]:
@@ -164,14 +151,8 @@ class SmtpProbe(ProbeBase):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
 
     def _check_target(self) -> None:
-        if not self.host.strip():
-            raise DefinitionError("host", "a host is required")
-        if any(c.isspace() or c in "\0/" for c in self.host):
-            raise DefinitionError("host", f"not a host name or address: {self.host!r}")
-        if self.ip_family is not None and self.ip_family not in _FAMILIES:
-            raise DefinitionError(
-                "ip_family", f"expected one of {list(_FAMILIES)}, got {self.ip_family!r}"
-            )
+        check_host(self.host)
+        check_family(self.ip_family)
 
     def _check_tls(self) -> None:
         if self.tls is not None and not isinstance(self.tls, TlsOptions):

@@ -26,6 +26,9 @@ from .._result import AssertionOutcome, ErrorKind
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
+from ._fields import check_family, check_host
+from ._fields import host as _host
+from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, option_problem, tls_definition
 
@@ -33,7 +36,6 @@ __all__ = ["KIND", "Expect", "Send", "StartTls", "Step", "TcpProbe"]
 
 _READ = 64 * 1024
 _EXCERPT = 80
-_FAMILIES = ("any", "ipv4", "ipv6")
 
 
 def _excerpt(data: bytes | bytearray) -> str:
@@ -156,26 +158,11 @@ class StartTls:
 Step: TypeAlias = Send | Expect | StartTls
 
 
-def _host(value: str) -> str:
-    raw: object = value
-    if not isinstance(raw, str):
-        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
-    if raw.startswith("[") and raw.endswith("]"):
-        return raw[1:-1]
-    return raw
-
-
 def _steps(value: Iterable[Step]) -> tuple[Step, ...]:
     raw: object = value
     if isinstance(raw, str | bytes) or not isinstance(raw, Iterable):
         raise DefinitionError("steps", f"expected a sequence of steps, got {type(raw).__name__}")
     return tuple(value)
-
-
-def _port(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
-    raw: object = value
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
-        raise DefinitionError("port", f"must be an integer from 1 to 65535, got {value!r}")
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -212,16 +199,10 @@ class TcpProbe(ProbeBase):
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     def __attrs_post_init__(self) -> None:
-        if not self.host.strip():
-            raise DefinitionError("host", "a host is required")
-        if any(c.isspace() or c in "\0/" for c in self.host):
-            raise DefinitionError("host", f"not a host name or address: {self.host!r}")
+        check_host(self.host)
         if self.tls is not None and not isinstance(self.tls, TlsOptions):
             raise DefinitionError("tls", f"expected TlsOptions, got {self.tls!r}")
-        if self.ip_family is not None and self.ip_family not in _FAMILIES:
-            raise DefinitionError(
-                "ip_family", f"expected one of {_FAMILIES}, got {self.ip_family!r}"
-            )
+        check_family(self.ip_family)
         upgraded = False
         for i, step in enumerate(self.steps):
             if not isinstance(step, Send | Expect | StartTls):

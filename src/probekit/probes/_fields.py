@@ -1,0 +1,66 @@
+"""Field rules many probe kinds share: a host, a port, an address family.
+
+A kind uses them as attrs converters and validators (``host: str = attrs.field(converter=host)``,
+``port: int = attrs.field(validator=port)``) and calls :func:`check_host` and
+:func:`check_family` from ``__attrs_post_init__``; every problem is a
+:class:`~probekit.DefinitionError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+
+from .._exceptions import DefinitionError
+
+__all__ = ["FAMILIES", "check_family", "check_host", "host", "optional_host", "port"]
+
+#: The values of an ``ip_family`` field (None: the dialer's own choice).
+FAMILIES: Final = ("any", "ipv4", "ipv6")
+
+
+def host(value: str) -> str:
+    """Converter: a host name or address as a string; ``[v6]`` brackets dropped."""
+    raw: object = value
+    if not isinstance(raw, str):
+        raise DefinitionError("host", f"a host must be a string, got {type(raw).__name__}")
+    if raw.startswith("[") and raw.endswith("]"):
+        return raw[1:-1]
+    return raw
+
+
+def optional_host(field: str) -> Any:
+    """Converter for an optional host field called ``field`` (None stays None)."""
+
+    def convert(value: str | None) -> str | None:
+        raw: object = value
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            message = f"a {field} must be a string, got {type(raw).__name__}"
+            raise DefinitionError(field, message)
+        return raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+
+    return convert
+
+
+def check_host(value: str, field: str = "host") -> None:
+    """A host is required, with no whitespace, NUL or slash in it."""
+    if not value.strip():
+        raise DefinitionError(field, f"a {field} is required")
+    if any(c.isspace() or c in "\0/" for c in value):
+        raise DefinitionError(field, f"not a host name or address: {value!r}")
+
+
+def port(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    """Validator: an integer port from 1 to 65535."""
+    raw: object = value
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise DefinitionError(attribute.name, f"must be an integer from 1 to 65535, got {value!r}")
+
+
+def check_family(value: object) -> None:
+    """``ip_family`` is None or one of :data:`FAMILIES`."""
+    if value is not None and value not in FAMILIES:
+        raise DefinitionError("ip_family", f"expected one of {list(FAMILIES)}, got {value!r}")
