@@ -12,7 +12,7 @@
   :func:`register_kind` from Python, or the ``probekit.probes`` entry-point group.
 - :data:`BODY_OPTIONS`, :data:`TLS_OPTIONS` and the helpers a kind's ``to_definition`` uses
   (:func:`body_assertions`, :func:`tls_definition`, :func:`add_assertion`,
-  :func:`option_problem`).
+  :func:`option_problem`, :func:`secret_from_env`).
 
 ``docs/probes/writing.md`` walks through a complete kind. Importing this package loads no
 protocol library and no kind module.
@@ -31,6 +31,7 @@ from ._options import (
     add_assertion,
     body_assertions,
     option_problem,
+    secret_from_env,
     tls_definition,
 )
 from ._registry import ENTRY_POINT_GROUP, get_kind, kind_errors, kinds, register_kind
@@ -61,5 +62,6 @@ __all__ = [
     "kinds",
     "option_problem",
     "register_kind",
+    "secret_from_env",
     "tls_definition",
 ]

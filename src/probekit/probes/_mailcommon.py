@@ -8,7 +8,6 @@ themselves over the dial path.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final, Literal, TypeAlias, get_args
 
@@ -23,7 +22,14 @@ from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._fields import host
 from ._kind import HostPort, Option
-from ._options import TLS_OPTIONS, add_assertion, body_assertions, option_problem, tls_definition
+from ._options import (
+    TLS_OPTIONS,
+    add_assertion,
+    body_assertions,
+    option_problem,
+    secret_from_env,
+    tls_definition,
+)
 
 __all__ = [
     "CERT_OPTIONS",
@@ -258,21 +264,10 @@ def common_to_definition(
 ) -> list[DefinitionError]:
     """Add what the shared options mean to ``definition``; return the problems found."""
     problems: list[DefinitionError] = []
-    variable = values.get("password_env")
-    if variable:
-        # Read here, not as {"env": VAR}: a definition built for the command line is not
-        # necessarily built as local configuration, where only env secrets are allowed.
-        value = os.environ.get(variable)
-        if value is None:
-            problems.append(
-                DefinitionError("--password-env", f"environment variable {variable} is not set")
-            )
-        elif not value:
-            problems.append(
-                DefinitionError("--password-env", f"environment variable {variable} is empty")
-            )
-        else:
-            definition["password"] = value
+    try:
+        secret_from_env(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     try:
         tls = tls_definition(values)
     except DefinitionError as exc:

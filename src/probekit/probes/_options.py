@@ -8,6 +8,7 @@ the option's label, which is how ``probekit check`` reports them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "add_assertion",
     "body_assertions",
     "option_problem",
+    "secret_from_env",
     "tls_definition",
 ]
 
@@ -96,3 +98,30 @@ def tls_definition(values: Mapping[str, Any]) -> dict[str, Any] | None:
     if ca_file:
         out["ca_file"] = ca_file
     return out
+
+
+def secret_from_env(
+    values: Mapping[str, Any],
+    definition: MutableMapping[str, Any],
+    *,
+    dest: str = "password_env",
+    field: str = "password",
+    label: str = "--password-env",
+) -> None:
+    """An option naming an environment variable (``--password-env VAR``) as the ``Secret`` in
+    ``definition[field]``: a password never goes on a command line, where ``ps`` shows it.
+
+    Read here rather than written as ``{"env": VAR}``: a definition built for the command line
+    is not necessarily built as local configuration, where only such references are allowed.
+    Raises :class:`DefinitionError` at ``label`` for a variable that is not set or is empty.
+    """
+    from .._secret import Secret
+
+    variable = values.get(dest)
+    if not variable:
+        return
+    value = os.environ.get(variable)
+    if not value:
+        state = "is not set" if value is None else "is empty"
+        raise DefinitionError(label, f"environment variable {variable} {state}")
+    definition[field] = Secret(value)

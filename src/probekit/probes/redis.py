@@ -14,7 +14,6 @@ text, which is also the body the ``assertions`` see.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any, ClassVar, Final
@@ -33,7 +32,7 @@ from ._fields import check_host
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
-from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, tls_definition
+from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, secret_from_env, tls_definition
 
 __all__ = ["INFO_LIMIT", "KIND", "LINE_LIMIT", "RedisProbe"]
 
@@ -246,21 +245,10 @@ def _record_info(attempt: Attempt, text: bytes, target: str) -> None:
 
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
-    variable = values.get("password_env")
-    if variable:
-        # Read here, not as {"env": VAR}: a definition built for the command line is not
-        # necessarily built as local configuration, where only env secrets are allowed.
-        value = os.environ.get(variable)
-        if value is None:
-            problems.append(
-                DefinitionError("--password-env", f"environment variable {variable} is not set")
-            )
-        elif not value:
-            problems.append(
-                DefinitionError("--password-env", f"environment variable {variable} is empty")
-            )
-        else:
-            definition["password"] = value
+    try:
+        secret_from_env(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     try:
         tls = tls_definition(values)
     except DefinitionError as exc:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, ClassVar, Final, Literal
@@ -43,7 +42,14 @@ from ._fields import check_family, check_host
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
-from ._options import BODY_OPTIONS, TLS_OPTIONS, add_assertion, body_assertions, tls_definition
+from ._options import (
+    BODY_OPTIONS,
+    TLS_OPTIONS,
+    add_assertion,
+    body_assertions,
+    secret_from_env,
+    tls_definition,
+)
 
 __all__ = ["DEFAULT_HELO", "KIND", "LINE_LIMIT", "REPLY_LIMIT", "SmtpProbe", "StartTlsMode"]
 
@@ -616,21 +622,10 @@ def _days(text: str) -> float:
 
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
-    variable = values.get("password_env")
-    if variable:
-        # Read here, not as {"env": VAR}: a definition built for the command line is not
-        # necessarily built as local configuration, where only env secrets are allowed.
-        value = os.environ.get(variable)
-        if value is None:
-            problems.append(
-                DefinitionError("--password-env", f"environment variable {variable} is not set")
-            )
-        elif not value:
-            problems.append(
-                DefinitionError("--password-env", f"environment variable {variable} is empty")
-            )
-        else:
-            definition["password"] = Secret(value)
+    try:
+        secret_from_env(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     try:
         tls = tls_definition(values)
     except DefinitionError as exc:
