@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 
 from probekit import (
@@ -16,12 +17,15 @@ from probekit import (
     Expect,
     Probe,
     ProbeContext,
+    Secret,
     Send,
     StartTls,
     Status,
     TcpProbe,
     Timeouts,
     TlsOptions,
+    build_probe,
+    probe_to_dict,
     result_from_json,
     result_to_json,
 )
@@ -470,3 +474,66 @@ async def test_expect_anchors_match_at_line_starts(ctx: ProbeContext) -> None:
         result = await probe.check(ctx)
     assert result.status is Status.UP, result.summary()
     assert [a.passed for a in result.assertions] == [True, True]
+
+
+# -- raw bytes from the command line, secrets in a send step (issue 12) -------------------------
+
+
+def test_cli_send_escape_is_the_raw_byte() -> None:
+    from probekit.probes.tcp import unescape
+
+    # PostgreSQL's SSLRequest: length 8, code 80877103 (0x04d2162f); \x80 and up are one byte.
+    assert unescape(r"\x00\x00\x00\x08\x04\xd2\x16\x2f") == bytes.fromhex("0000000804d2162f")
+    assert unescape(r"\x80é\r\n") == b"\x80" + "é".encode() + b"\r\n"
+    assert unescape(r"a\\x41") == b"a\\x41"  # an escaped backslash is not an escape
+
+
+async def test_cli_send_of_bytes_that_are_not_utf8_reaches_the_server_unchanged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from probekit.cli import main
+
+    got = bytearray()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.extend(await reader.readexactly(4))
+        writer.write(b"S")
+        await writer.drain()
+
+    async with TcpServer(handle) as server:
+        argv = ["check", "tcp", f"127.0.0.1:{server.port}", "--send", r"\x80\xff\x00A"]
+        code = await asyncio.to_thread(main, [*argv, "--expect", "S"])
+    assert code == 0, capsys.readouterr()
+    assert bytes(got) == b"\x80\xff\x00A"
+
+
+async def test_a_send_step_may_carry_a_secret_that_never_shows(
+    ctx: ProbeContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary = "tok-canary-51f"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        writer.write(b"NO " + line)  # a server that echoes the token back
+        await writer.drain()
+
+    probe = build_probe(
+        {
+            "kind": "tcp",
+            "host": "127.0.0.1",
+            "port": 1,
+            "steps": [{"send": {"secret": "tok"}}, {"send": "\r\n"}, {"expect": "^OK"}],
+        },
+        secrets={"tok": Secret(canary)},
+    )
+    assert canary not in repr(probe)
+    assert probe_to_dict(probe)["steps"][0] == {"send": "<secret>"}
+    async with TcpServer(handle) as server:
+        probe = attrs.evolve(probe, port=server.port)
+        with caplog.at_level("DEBUG"):
+            result = await probe.check(ctx)
+    assert result.status is Status.DOWN  # the server said NO
+    assert result.metrics["bytes_sent"] == len(canary) + 2
+    text = result_to_json(result)
+    assert canary not in text and "<secret>" in text
+    assert canary not in caplog.text

@@ -259,6 +259,8 @@ PROFILES: dict[str, KindProfile] = {
             "steps[].options.client_key_password": lambda d, s, p: d["steps"].insert(
                 0, {"starttls": {"client_key_password": s}}
             ),
+            # An AUTH line sent before the well-behaved server's PING: it answers every line.
+            "steps[].data": lambda d, s, p: d["steps"].insert(0, {"send": s}),
         },
     ),
     "redis": KindProfile(

@@ -23,6 +23,7 @@ from .._dial import Connection, Proxy
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
 from .._result import AssertionOutcome, ErrorKind
+from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
@@ -54,8 +55,10 @@ def _utf8(field: str, text: str) -> bytes:
         raise DefinitionError(field, "is not valid Unicode (a lone surrogate)") from None
 
 
-def _data(value: bytes | str) -> bytes:
+def _data(value: bytes | str | Secret) -> bytes | Secret:
     raw: object = value
+    if isinstance(raw, Secret):
+        return raw
     if isinstance(raw, str):
         return _utf8("data", raw)
     if isinstance(raw, bytes | bytearray | memoryview):
@@ -76,13 +79,22 @@ def _exact(value: bytes | str | None) -> bytes | None:
 
 @attrs.frozen
 class Send:
-    """Write ``data`` to the peer; a str is sent UTF-8 encoded, as written (no escapes)."""
+    """Write ``data`` to the peer; a str is sent UTF-8 encoded, as written (no escapes).
 
-    data: bytes = attrs.field(converter=_data)
+    ``data`` may be a :class:`~probekit.Secret` (a token or password a line protocol sends):
+    it is revealed only when written, and the step shows, serialises and logs as ``<secret>``.
+    """
+
+    data: bytes | Secret = attrs.field(converter=_data)
 
     def __attrs_post_init__(self) -> None:
         if not self.data:
             raise DefinitionError("data", "nothing to send")
+
+    def payload(self) -> bytes:
+        """The bytes to write."""
+        data = self.data
+        return data.reveal().encode() if isinstance(data, Secret) else data
 
 
 @attrs.frozen
@@ -242,13 +254,13 @@ class TcpProbe(ProbeBase):
             conn.close()
             attempt.metrics["bytes_received"] = len(exchange.received)
             attempt.metrics["bytes_sent"] = exchange.sent
-        attempt.observe(body=bytes(exchange.received))
+        attempt.observe(body=exchange.masked(exchange.received))
 
 
 class _Exchange:
     """The conversation of one check: what was sent, received, and not yet consumed."""
 
-    __slots__ = ("attempt", "conn", "pending", "probe", "received", "sent")
+    __slots__ = ("attempt", "conn", "pending", "probe", "received", "secrets", "sent")
 
     def __init__(self, probe: TcpProbe, attempt: Attempt, conn: Connection) -> None:
         self.probe = probe
@@ -257,6 +269,7 @@ class _Exchange:
         self.received = bytearray()  # everything read, for the assertions
         self.pending = bytearray()  # read but not yet consumed by an Expect
         self.sent = 0
+        self.secrets: list[bytes] = []  # what Secret steps sent: masked if the peer echoes it
 
     async def run(self) -> None:
         segment: list[Send | Expect] = []
@@ -284,7 +297,7 @@ class _Exchange:
                 raise ProbeFailure(
                     ErrorKind.PROTOCOL,
                     f"{len(self.pending)} unexpected bytes before the TLS upgrade: "
-                    f"{_excerpt(self.pending)}",
+                    f"{self._excerpt(self.pending)}",
                 )
 
     async def _start_tls(self, step: StartTls) -> None:
@@ -301,8 +314,11 @@ class _Exchange:
 
     async def _send(self, step: Send) -> None:
         conn = self.conn
-        conn.write(step.data)
-        self.sent += len(step.data)
+        data = step.payload()
+        if isinstance(step.data, Secret):
+            self.secrets.append(data)
+        conn.write(data)
+        self.sent += len(data)
         await conn.drain()
 
     async def _expect(self, step: Expect) -> None:
@@ -317,7 +333,7 @@ class _Exchange:
                     matched = bytes(pending[span[0] : span[1]])
                     del pending[: span[1]]
                     outcome = AssertionOutcome(
-                        "expect", True, step.describe(), f"match {_excerpt(matched)}"
+                        "expect", True, step.describe(), f"match {self._excerpt(matched)}"
                     )
                     return
                 room = cap - len(self.received)
@@ -325,7 +341,7 @@ class _Exchange:
                     raise ProbeFailure(
                         ErrorKind.PROTOCOL,
                         f"read max_bytes ({cap}) without finding {step.describe()}; "
-                        f"got {_excerpt(pending)}",
+                        f"got {self._excerpt(pending)}",
                     )
                 start = step._resume(len(pending))
                 data = await self._read(min(room, _READ))
@@ -333,17 +349,28 @@ class _Exchange:
                     raise ProbeFailure(
                         ErrorKind.PROTOCOL,
                         f"expected {step.describe()} but the connection closed; "
-                        f"got {_excerpt(pending)}",
+                        f"got {self._excerpt(pending)}",
                     )
                 self.received += data
                 pending += data
         finally:
             if outcome is None:
-                outcome = AssertionOutcome("expect", False, step.describe(), _excerpt(pending))
+                outcome = AssertionOutcome("expect", False, step.describe(), self._excerpt(pending))
             self.attempt.assertions.append(outcome)
 
     async def _read(self, size: int) -> bytes:
         return await self.conn.read(size, self.probe.timeouts.read)
+
+    def _excerpt(self, data: bytes | bytearray) -> str:
+        """An excerpt of received bytes with every secret this check sent masked: a server
+        that echoes a password must not put it in the result."""
+        return _excerpt(self.masked(data))
+
+    def masked(self, data: bytes | bytearray) -> bytes:
+        out = bytes(data)
+        for secret in self.secrets:
+            out = out.replace(secret, b"<secret>")
+        return out
 
 
 # -- the plain-data and command-line forms --------------------------------------------------------
@@ -369,6 +396,8 @@ def _structure_steps(data: Any, path: str) -> tuple[Step, ...]:
         try:
             if key == "send" and isinstance(value, str):
                 steps.append(Send(value))
+            elif key == "send" and isinstance(value, Mapping):
+                steps.append(Send(nested(Secret, value, f"{where}.send")))
             elif key == "send_hex" and isinstance(value, str):
                 try:
                     steps.append(Send(bytes.fromhex(value)))
@@ -397,6 +426,9 @@ def _unstructure_steps(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for step in steps:
         if isinstance(step, Send):
+            if isinstance(step.data, Secret):
+                out.append({"send": str(step.data)})  # masked, like every secret
+                continue
             try:
                 out.append({"send": step.data.decode()})
             except UnicodeDecodeError:
@@ -416,16 +448,22 @@ _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.S)
 _ESCAPES: Final = {"r": "\r", "n": "\n", "t": "\t", "0": "\0", "\\": "\\"}
 
 
-def unescape(text: str) -> str:
-    r"""Read ``\r``, ``\n``, ``\t``, ``\0``, ``\\`` and ``\xHH`` in a --send argument."""
-
-    def replace(match: re.Match[str]) -> str:
+def unescape(text: str) -> bytes:
+    r"""The bytes a --send argument means: its text UTF-8 encoded, with ``\r``, ``\n``,
+    ``\t``, ``\0`` and ``\\`` read as escapes and ``\xHH`` as the raw byte HH (so
+    ``\x80`` is one byte, as a binary handshake such as PostgreSQL's SSLRequest needs)."""
+    out = bytearray()
+    at = 0
+    for match in _ESCAPE.finditer(text):
+        out += _utf8("data", text[at : match.start()])
         code = match.group(1)
         if code.startswith("x") and len(code) == 3:
-            return chr(int(code[1:], 16))
-        return _ESCAPES.get(code, match.group(0))
-
-    return _ESCAPE.sub(replace, text)
+            out.append(int(code[1:], 16))
+        else:
+            out += _utf8("data", _ESCAPES.get(code, match.group(0)))
+        at = match.end()
+    out += _utf8("data", text[at:])
+    return bytes(out)
 
 
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
@@ -434,7 +472,11 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
     for name, value in values.get("ordered") or ():
         try:
             if name == "send":
-                steps.append({"send": Send(unescape(value)).data.decode("utf-8")})
+                data = Send(unescape(value)).payload()
+                try:
+                    steps.append({"send": data.decode("utf-8")})
+                except UnicodeDecodeError:
+                    steps.append({"send_hex": data.hex()})
             else:
                 steps.append({"expect": Expect(pattern=value).pattern or ""})
         except DefinitionError as exc:
