@@ -21,9 +21,7 @@ other way.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -46,6 +44,7 @@ from ._structure import (
     engine,
     register,
 )
+from ._validate import read_secret
 
 __all__ = [
     "DefinitionErrors",
@@ -113,16 +112,8 @@ class _SecretReferences:
                 raise DefinitionError(
                     how, f"'{how}' secrets are only read from local configuration"
                 )
-            if how == "env":
-                value = os.environ.get(name)
-                if value is None:
-                    raise DefinitionError("env", f"environment variable {name} is not set")
-                return Secret(value)
-            if how == "file":
-                try:
-                    return Secret(Path(name).read_text().rstrip("\r\n"))
-                except OSError as exc:
-                    raise DefinitionError("file", f"cannot read {name}: {exc.strerror}") from None
+            if how in ("env", "file"):
+                return read_secret(how, name)
         raise DefinitionError(
             "", 'a secret is a string or one of {"secret": NAME}, {"env": VAR}, {"file": PATH}'
         )
