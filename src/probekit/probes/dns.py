@@ -26,7 +26,6 @@ import base64
 import binascii
 import ipaddress
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -45,7 +44,7 @@ from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
 from ._fields import port as _port
 from ._kind import Metric, Name, Option, ProbeKind
-from ._options import TLS_OPTIONS, tls_definition
+from ._options import TLS_OPTIONS, secret_from_env, tls_definition
 
 if TYPE_CHECKING:
     import dns.message
@@ -726,18 +725,12 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         definition.setdefault("port", 853)
     if values.get("no_recursion"):
         definition["recursion"] = False
-    variable = values.get("tsig_key_env")
-    if variable:
-        # Read here, not as {"env": VAR}: a definition built for the command line is not
-        # necessarily built as local configuration, where only env secrets are allowed.
-        value = os.environ.get(variable)
-        if not value:
-            state = "is not set" if value is None else "is empty"
-            problems.append(
-                DefinitionError("--tsig-key-env", f"environment variable {variable} {state}")
-            )
-        else:
-            definition["tsig_key"] = Secret(value)
+    try:
+        secret_from_env(
+            values, definition, dest="tsig_key_env", field="tsig_key", label="--tsig-key-env"
+        )
+    except DefinitionError as exc:
+        problems.append(exc)
     if problems:
         raise DefinitionErrors(problems)
 
