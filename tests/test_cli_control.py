@@ -516,3 +516,39 @@ def test_the_liveness_settings_come_from_the_config_file(tmp_path: Path) -> None
     with pytest.raises(DefinitionErrors) as info:
         load_control_config(path, warn=lambda _: None)
     assert {e.path for e in info.value.errors} == {"control.grace", "control.unanswered_runs"}
+
+
+def test_retention_and_metrics_come_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "ops.toml"
+    (tmp_path / "tok").write_text("s3cret-token\n")
+    rest = (
+        f'[[checkpoints]]\nid = "office"\ntoken = {{file = "{tmp_path / "tok"}"}}\n'
+        '[[monitors]]\nid = "m"\ncheckpoint = "office"\nkind = "tcp"\nhost = "h"\nport = 1\n'
+    )
+    head = '[control]\nport = 0\ndb = "c.db"\n'
+    path.write_text(head + rest)
+    settings = load_control_config(path, warn=lambda _: None).settings
+    assert (settings.retention, settings.prune_interval, settings.metrics_port) == (
+        30 * 86400,
+        60.0,
+        None,
+    )
+    path.write_text(
+        head + "retention = 3600\nprune_interval = 5\nprune_batch = 50\n"
+        'metrics_host = "::1"\nmetrics_port = 9466\n' + rest
+    )
+    settings = load_control_config(path, warn=lambda _: None).settings
+    assert (settings.retention, settings.prune_interval, settings.prune_batch) == (3600, 5, 50)
+    assert (settings.metrics_host, settings.metrics_port) == ("::1", 9466)
+    path.write_text(head + "retention = false\n" + rest)
+    assert load_control_config(path, warn=lambda _: None).settings.retention is None
+    path.write_text(
+        head + 'retention = 0\nprune_interval = "1m"\nprune_batch = 0\nmetrics_port = 70000\n'
+        "metrics_host = 1\n" + rest
+    )
+    with pytest.raises(DefinitionErrors) as info:
+        load_control_config(path, warn=lambda _: None)
+    assert {e.path for e in info.value.errors} == {
+        *("control.retention", "control.prune_interval", "control.prune_batch"),
+        *("control.metrics_port", "control.metrics_host"),
+    }
