@@ -1042,6 +1042,65 @@ async def test_a_full_spool_drops_the_oldest_and_counts_them(target: HttpServer)
     assert int(dropped.rsplit(" ", 1)[1]) >= 3
 
 
+async def test_the_oldest_unacked_age_and_results_lost_are_metrics(target: HttpServer) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples(text: str) -> dict[str, float]:
+        return {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    async with (
+        control(auto_ack=False) as server,
+        Checkpoint(settings_for(server.url, metrics_port=0)) as cp,
+    ):
+        await server.hello()
+        assert cp.metrics_address is not None
+        assert cp.stats["oldest_unacked_seconds"] == 0  # an empty spool
+        await server.send(sync(("m1", http_def(target.url("/ok")))))
+        await eventually(lambda: cp.holdings == {"m1": 1})
+        await server.send(p.Run(request_id="r1", reason="adhoc", monitor_id="m1"))
+        envelope = await server.envelope(lambda e: e.request_id == "r1")
+        await eventually(lambda: cp.stats["spool_depth"] == 1)
+        await asyncio.sleep(0.3)
+        _, before = await _get(cp.metrics_address, "/metrics")
+        await server.send(p.Ack(result_ids=(envelope.result_id,)))
+        await eventually(lambda: cp.stats["spool_depth"] == 0)
+        _, after = await _get(cp.metrics_address, "/metrics")
+        stats = cp.stats
+    assert samples(before)["probekit_checkpoint_oldest_unacked_seconds"] >= 0.3
+    assert samples(after)["probekit_checkpoint_oldest_unacked_seconds"] == 0
+    assert samples(after)["probekit_checkpoint_results_lost_total"] == 0
+    assert stats["oldest_unacked_seconds"] == 0
+    assert {
+        f.name: f.type for f in text_string_to_metric_families(after) if "unacked" in f.name
+    } == {"probekit_checkpoint_oldest_unacked_seconds": "gauge"}
+
+
+def test_results_lost_is_its_own_counter_next_to_spool_dropped() -> None:
+    from probekit.checkpoint._metrics import metrics_text
+
+    stats = {
+        **dict.fromkeys(
+            (
+                *("in_flight", "queue_depth", "spool_depth", "reconnects", "connected"),
+                *("autonomous", "definitions", "results_produced", "results_acked"),
+            ),
+            0,
+        ),
+        "spool_dropped": 4,
+        "results_lost": 2,
+        "oldest_unacked_seconds": 12.5,
+    }
+    text = metrics_text(stats, "cp", "a")
+    labels = '{checkpoint_id="cp",instance_id="a"}'
+    assert f"probekit_checkpoint_results_lost_total{labels} 2\n" in text
+    assert f"probekit_checkpoint_spool_dropped_total{labels} 4\n" in text
+    assert f"probekit_checkpoint_oldest_unacked_seconds{labels} 12.5\n" in text
+
+
 async def test_checks_can_run_in_worker_processes(target: HttpServer) -> None:
     """processes=2: the checkpoint's checks run in a ProcessRunner; results flow as usual."""
     async with control() as server:

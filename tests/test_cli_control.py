@@ -516,3 +516,124 @@ def test_the_liveness_settings_come_from_the_config_file(tmp_path: Path) -> None
     with pytest.raises(DefinitionErrors) as info:
         load_control_config(path, warn=lambda _: None)
     assert {e.path for e in info.value.errors} == {"control.grace", "control.unanswered_runs"}
+
+
+def test_retention_and_metrics_come_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "ops.toml"
+    (tmp_path / "tok").write_text("s3cret-token\n")
+    rest = (
+        f'[[checkpoints]]\nid = "office"\ntoken = {{file = "{tmp_path / "tok"}"}}\n'
+        '[[monitors]]\nid = "m"\ncheckpoint = "office"\nkind = "tcp"\nhost = "h"\nport = 1\n'
+    )
+    head = '[control]\nport = 0\ndb = "c.db"\n'
+    path.write_text(head + rest)
+    settings = load_control_config(path, warn=lambda _: None).settings
+    assert (settings.retention, settings.prune_interval, settings.metrics_port) == (
+        30 * 86400,
+        60.0,
+        None,
+    )
+    path.write_text(
+        head + "retention = 3600\nprune_interval = 5\nprune_batch = 50\n"
+        'metrics_host = "::1"\nmetrics_port = 9466\n' + rest
+    )
+    settings = load_control_config(path, warn=lambda _: None).settings
+    assert (settings.retention, settings.prune_interval, settings.prune_batch) == (3600, 5, 50)
+    assert (settings.metrics_host, settings.metrics_port) == ("::1", 9466)
+    path.write_text(head + "retention = false\n" + rest)
+    assert load_control_config(path, warn=lambda _: None).settings.retention is None
+    path.write_text(
+        head + 'retention = 0\nprune_interval = "1m"\nprune_batch = 0\nmetrics_port = 70000\n'
+        "metrics_host = 1\n" + rest
+    )
+    with pytest.raises(DefinitionErrors) as info:
+        load_control_config(path, warn=lambda _: None)
+    assert {e.path for e in info.value.errors} == {
+        *("control.retention", "control.prune_interval", "control.prune_batch"),
+        *("control.metrics_port", "control.metrics_host"),
+    }
+
+
+def test_quiet_prints_alert_events_but_no_line_per_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, web: int
+) -> None:
+    monkeypatch.setenv("PK_TEST_TOKEN", TOKEN)
+    port = closed_port()
+    path = control_config(
+        tmp_path, web, more=f'[[checkpoints]]\nid = "lab"\ntoken = "{TOKEN}-lab"\n'
+    )
+    text = path.read_text().replace("port = 0\n", f"port = {port}\n", 1)
+    path.write_text(
+        text.replace("heartbeat_interval = 1\n", "heartbeat_interval = 0.5\nstartup_grace = 0.5\n")
+    )
+    env = {**os.environ, "PK_TEST_TOKEN": TOKEN, "PK_TEST_API": API_KEY}
+    url = f"ws://127.0.0.1:{port}/"
+    instance = probekit(
+        *checkpoint_args(tmp_path, url, "--insecure", "--secret", "api=PK_TEST_API"),
+        *("--heartbeat-interval", "0.5"),
+        env=env,
+    )
+    try:
+        code = main(["control", "--config", str(path), "--duration", "8", "--quiet"])
+    finally:
+        instance.kill()
+        instance.communicate(timeout=10)
+    assert code == 0
+    out = capsys.readouterr().out
+    stored = re.search(r"stopped \((\d+) results stored", out)
+    assert stored is not None
+    assert int(stored.group(1)) > 0, out  # results arrived...
+    assert not re.search(r" web(-port)? +(UP|DOWN)", out), out  # ...and none was printed
+    assert "*** CHECKPOINT DOWN -> ALERT: " in out, out  # lab never connects: its alert prints
+
+
+def test_sighup_reloads_the_monitors_and_a_bad_config_keeps_the_running_one(
+    tmp_path: Path, web: int
+) -> None:
+    env = {**os.environ, "PK_TEST_TOKEN": TOKEN, "PK_TEST_API": API_KEY}
+    path = control_config(tmp_path, web)
+    control = probekit("control", "--config", str(path), "--metrics-port", "0", env=env)
+    out, err = Lines(control.stdout), Lines(control.stderr)
+
+    def stored() -> dict[str, int]:
+        with sqlite3.connect(tmp_path / "control.db") as db:
+            return dict(db.execute("SELECT monitor_id, revision FROM monitors").fetchall())
+
+    try:
+        out.wait_for(r"listening on ws://127\.0\.0\.1:\d+/", 20)
+        metrics = int(out.wait_for(r"/metrics and /ready at http://127\.0\.0\.1:(\d+)/", 5)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as response:
+            assert 'probekit_control_instances_connected{checkpoint_id="office"} 0' in (
+                response.read().decode()
+            )
+        assert stored() == {"web": 1, "web-port": 1}
+        # web-port removed, web changed, new added
+        text = path.read_text()
+        text = text[: text.index('[[monitors]]\nid = "web-port"')].replace(
+            "interval = 0.3", "interval = 0.5"
+        )
+        text += (
+            '[[monitors]]\nid = "new"\ncheckpoint = "office"\nkind = "tcp"\n'
+            f'host = "127.0.0.1"\nport = {web}\n'
+        )
+        path.write_text(text)
+        control.send_signal(signal.SIGHUP)
+        out.wait_for(r"reloaded .*: 2 monitors \(1 added, 1 changed, 1 removed\)", 10)
+        assert stored() == {"web": 2, "new": 1}
+        # a config with an error: reported, and the running config stays
+        path.write_text(text.replace("interval = 0.5", "interval = -1"))
+        control.send_signal(signal.SIGHUP)
+        err.wait_for(r"reload failed, the running config stays: .*: 1 error$", 10)
+        err.wait_for(r"^  monitors\[0\]\.interval: ", 1)
+        assert stored() == {"web": 2, "new": 1}
+        assert control.poll() is None
+        code, _took = stop(control, 15)
+        assert code == 0, err.rest()
+        assert re.search(r"stopped \(\d+ results stored", out.rest())
+    finally:
+        if control.poll() is None:
+            control.kill()
+        control.wait(10)
+        for stream in (control.stdout, control.stderr):
+            if stream is not None:
+                stream.close()

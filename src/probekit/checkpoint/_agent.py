@@ -147,7 +147,7 @@ class Checkpoint:
     # -- observation --------------------------------------------------------------------------
 
     @property
-    def stats(self) -> dict[str, int | bool]:
+    def stats(self) -> dict[str, int | float | bool]:
         """How this instance is doing, now.
 
         ``in_flight``: checks executing; ``queue_depth``: runs waiting for a concurrency slot
@@ -155,7 +155,9 @@ class Checkpoint:
         spool and evicted from it in total; ``reconnects``: connections made after the first;
         ``connect_failures``: failed connection attempts; ``connected``; ``autonomous`` (the
         local schedule is running); ``results_produced``, ``results_acked``, ``results_lost``
-        (could not be spooled); ``definitions`` held.
+        (could not be spooled; those evicted from the full spool are ``spool_dropped``);
+        ``oldest_unacked_seconds``: how long ago the oldest result in the spool (not acked yet)
+        was spooled, 0 when it is empty; ``definitions`` held.
         """
         runner = self._runner
         executing = runner.in_flight if runner is not None else 0
@@ -172,8 +174,15 @@ class Checkpoint:
             "results_produced": self._produced,
             "results_acked": self._channel.acked,
             "results_lost": self._lost,
+            "oldest_unacked_seconds": self._oldest_unacked(),
             "definitions": len(self._definitions),
         }
+
+    def _oldest_unacked(self) -> float:
+        oldest = self._spool.oldest_created_at
+        if oldest is None:
+            return 0.0
+        return max(0.0, self._clock.now().timestamp() - oldest)
 
     @property
     def holdings(self) -> dict[str, int]:

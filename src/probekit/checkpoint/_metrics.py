@@ -19,6 +19,19 @@ _ROWS: Final = (
     ("definitions", "gauge", "Monitor definitions held.", "definitions"),
     ("results_total", "counter", "Results produced.", "results_produced"),
     ("acked_total", "counter", "Results acked by the control plane.", "results_acked"),
+    (
+        "results_lost_total",
+        "counter",
+        "Results that could not be written to the spool (lost; spool evictions are "
+        "spool_dropped_total).",
+        "results_lost",
+    ),
+    (
+        "oldest_unacked_seconds",
+        "gauge",
+        "Age of the oldest spooled result not yet acked (0: the spool is empty).",
+        "oldest_unacked_seconds",
+    ),
 )
 
 
@@ -26,7 +39,13 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_text(stats: Mapping[str, int | bool], checkpoint_id: str, instance_id: str) -> str:
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def metrics_text(
+    stats: Mapping[str, int | float | bool], checkpoint_id: str, instance_id: str
+) -> str:
     """The Prometheus text exposition of a checkpoint's ``stats``."""
     labels = f'checkpoint_id="{_label(checkpoint_id)}",instance_id="{_label(instance_id)}"'
     lines = []
@@ -34,5 +53,5 @@ def metrics_text(stats: Mapping[str, int | bool], checkpoint_id: str, instance_i
         metric = f"probekit_checkpoint_{name}"
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} {kind}")
-        lines.append(f"{metric}{{{labels}}} {int(stats[key])}")
+        lines.append(f"{metric}{{{labels}}} {_number(stats[key])}")
     return "\n".join(lines) + "\n"

@@ -169,6 +169,8 @@ class Spool:
         # (depth, dropped) as of this spool's last operation; AsyncSpool reads it without a trip
         # to the worker thread.
         self._known: tuple[int, int] = (0, 0)
+        # The created_at of the oldest entry (None: empty) as of the last operation, likewise.
+        self._oldest: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -253,7 +255,9 @@ class Spool:
                 depth -= evicted
                 dropped += evicted
             _store_counters(conn, depth, dropped)
+            oldest = _oldest(conn)
         self._known = (depth, dropped)
+        self._oldest = oldest
         if evicted:
             log.warning(
                 "spool %s is full (max_entries=%d): dropped the %d oldest results "
@@ -280,7 +284,9 @@ class Spool:
             depth -= deleted
             if deleted:
                 _store_counters(conn, depth, dropped)
+            oldest = _oldest(conn)
         self._known = (depth, dropped)
+        self._oldest = oldest
         return deleted
 
     # -- reading -------------------------------------------------------------------------------
@@ -398,12 +404,14 @@ class Spool:
                     )
                     depth = count
                     _store_counters(conn, depth, dropped)
+                oldest = _oldest(conn)
                 conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
         self._known = (depth, dropped)
+        self._oldest = oldest
 
     def _check_identity(self, application_id: int, version: int, tables: int) -> None:
         if application_id == 0 and version == 0 and tables == 0:
@@ -479,6 +487,12 @@ def _row(item: SpoolItem, created: float) -> tuple[str, Payload, str | None, flo
     return result_id, payload, monitor_id, created
 
 
+def _oldest(conn: sqlite3.Connection) -> float | None:
+    """The created_at of the oldest entry, or None when there is none (reads the first row)."""
+    row = conn.execute("SELECT created_at FROM entries ORDER BY seq LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
+
+
 def _counters(conn: sqlite3.Connection) -> tuple[int, int]:
     values = dict(conn.execute("SELECT name, value FROM counters").fetchall())
     return int(values["depth"]), int(values["dropped"])
@@ -535,6 +549,12 @@ class AsyncSpool:
     def dropped(self) -> int:
         """Evicted entries in total as of the last completed operation (never waits)."""
         return self._spool._known[1]
+
+    @property
+    def oldest_created_at(self) -> float | None:
+        """When the oldest spooled entry was put (Unix seconds), as of the last completed
+        operation, or None when the spool was empty (never waits)."""
+        return self._spool._oldest
 
     async def open(self) -> Self:
         """Start the worker thread and open the database on it (see :meth:`Spool.open`)."""

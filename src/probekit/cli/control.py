@@ -6,14 +6,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sqlite3
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .._exceptions import UsageError
+import attrs
+
+from .._exceptions import DefinitionError, DefinitionErrors, UsageError
 from ..control._config import ControlConfig, load_control_config
-from ._common import Command, _add_verbose, _asyncio_run, _err, _on_stop_signals, _seconds
+from ._common import (
+    Command,
+    _add_verbose,
+    _asyncio_run,
+    _err,
+    _integer,
+    _on_stop_signals,
+    _seconds,
+)
 
 if TYPE_CHECKING:
     from ..control import ControlPlane
@@ -37,6 +48,26 @@ def _configure_control(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", type=_seconds, metavar="S", help="stop after S seconds (default: Ctrl-C)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=_integer(0, 65535),
+        metavar="N",
+        help="serve the control plane's /metrics and /ready on port N (0 picks a free one; "
+        "overrides metrics_port of the config file)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help="the address of /metrics and /ready (default: metrics_host of the config file, "
+        "else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print no line per stored result: only alert events, errors and the start and "
+        "stop lines",
+    )
     _add_verbose(parser)
 
 
@@ -50,21 +81,114 @@ async def _apply_monitors(plane: ControlPlane, monitors: Sequence[MonitorSpec]) 
         await plane.add_monitor(spec.monitor_id, spec.checkpoint_id, spec.definition, spec.interval)
 
 
-def _run_control(args: argparse.Namespace) -> int:
-    from ..control import ControlPlane
-    from ._demo import Printer
+@contextlib.contextmanager
+def _on_sighup(callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback`` on SIGHUP while inside (where the platform has it)."""
+    loop = asyncio.get_running_loop()
+    hup = getattr(signal, "SIGHUP", None)
+    installed = False
+    if hup is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(hup, callback)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed and hup is not None:
+            loop.remove_signal_handler(hup)
 
+
+def _load(args: argparse.Namespace) -> ControlConfig:
     config = load_control_config(
         args.config,
         insecure=args.insecure,
         warn=lambda text: _err(f"probekit control: warning: {text}"),
     )
+    changes: dict[str, Any] = {}
+    if args.metrics_port is not None:
+        changes["metrics_port"] = args.metrics_port
+    if args.metrics_host is not None:
+        changes["metrics_host"] = args.metrics_host
+    if changes:
+        config = attrs.evolve(config, settings=attrs.evolve(config.settings, **changes))
+    return config
+
+
+def _plural(count: int, what: str) -> str:
+    return f"{count} {what}{'s' if count != 1 else ''}"
+
+
+async def _reload(
+    args: argparse.Namespace,
+    plane: ControlPlane,
+    running: ControlConfig,
+    say: Callable[[str], None],
+) -> ControlConfig:
+    """Read the config file again and apply its monitors and webhooks; on any problem keep the
+    running config and say why. Returns the config now in force."""
+    try:
+        config = _load(args)
+    except DefinitionError as exc:  # DefinitionErrors too: every problem, each with its path
+        problems = exc.errors if isinstance(exc, DefinitionErrors) else [exc]
+        _err(
+            f"probekit control: reload failed, the running config stays: {args.config}: "
+            f"{_plural(len(problems), 'error')}"
+        )
+        for problem in problems:
+            _err(f"  {problem}")
+        return running
+    old = {k: v.reveal() for k, v in running.settings.tokens.items()}
+    new = {k: v.reveal() for k, v in config.settings.tokens.items()}
+    if old != new:
+        _err(
+            "probekit control: reload failed, the running config stays: the checkpoints or "
+            "their tokens changed, which takes a restart"
+        )
+        return running
+    ignored = [
+        name
+        for name in ("host", "port", "db_path", "max_frame_bytes", "heartbeat_interval")
+        if getattr(config.settings, name) != getattr(running.settings, name)
+    ]
+    if ignored:
+        _err(
+            "probekit control: warning: reload: [control] changes take a restart "
+            f"(not applied: {', '.join(ignored)})"
+        )
+    before = plane.monitors
+    try:
+        await _apply_monitors(plane, config.monitors)
+    except (DefinitionError, sqlite3.Error) as exc:
+        _err(f"probekit control: reload failed part way: {exc}")
+        return running
+    after = plane.monitors
+    added = len(set(after) - set(before))
+    removed = len(set(before) - set(after))
+    changed = sum(1 for m in set(before) & set(after) if before[m].revision != after[m].revision)
+    plane.sinks[:] = [s for s in plane.sinks if s not in running.webhooks]
+    plane.sinks.extend(config.webhooks)
+    say(
+        f"probekit control: reloaded {args.config}: {_plural(len(after), 'monitor')} "
+        f"({added} added, {changed} changed, {removed} removed)"
+    )
+    return config
+
+
+def _run_control(args: argparse.Namespace) -> int:
+    from ..control import ControlPlane
+    from ._demo import Printer
+
+    config = _load(args)
 
     async def serve() -> None:
+        nonlocal config
         width = max(len(m.monitor_id) for m in config.monitors)
         printer = Printer(sys.stdout, width=width, keep_events=False)
-        stop = asyncio.Event()
-        with _on_stop_signals(stop.set):
+        signals: asyncio.Queue[str] = asyncio.Queue()
+        with (
+            _on_stop_signals(lambda: signals.put_nowait("stop")),
+            _on_sighup(lambda: signals.put_nowait("reload")),
+        ):
             plane = ControlPlane(config.settings, sinks=[printer, *config.webhooks])
             try:
                 await plane.start()
@@ -72,17 +196,23 @@ def _run_control(args: argparse.Namespace) -> int:
                 await plane.stop()
                 raise UsageError(f"cannot start the control plane: {exc}") from None
             try:
-                plane.result_listeners.append(printer.result)
+                if not args.quiet:
+                    plane.result_listeners.append(printer.result)
                 await _apply_monitors(plane, config.monitors)
                 checkpoints = ", ".join(sorted(config.settings.tokens))
                 count = len(config.monitors)
                 printer.line(
                     f"probekit control: listening on {plane.url} (checkpoints: {checkpoints}; "
-                    f"{count} monitor{'s' if count != 1 else ''})"
+                    f"{_plural(count, 'monitor')})"
                 )
+                if plane.metrics_address is not None:
+                    host, port = plane.metrics_address[:2]
+                    shown = f"[{host}]" if ":" in host else host
+                    printer.line(f"probekit control: /metrics and /ready at http://{shown}:{port}/")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(args.duration):
-                        await stop.wait()
+                        while await signals.get() != "stop":
+                            config = await _reload(args, plane, config, printer.line)
                 printer.line("probekit control: stopping")
             finally:
                 await plane.stop()
@@ -104,6 +234,8 @@ COMMAND = Command(
         "Run the reference control plane: checkpoint instances dial in with their "
         "checkpoint's token, it sends them the monitors of the config file, schedules runs "
         "across them, confirms failures on another instance and raises alerts. Prints a line "
-        "per stored result and per alert event, until Ctrl-C, SIGTERM or --duration."
+        "per stored result (none with --quiet) and per alert event, until Ctrl-C, SIGTERM or "
+        "--duration. SIGHUP reads the config file again and applies its monitors and webhooks "
+        "(a config with errors is reported and the running one stays)."
     ),
 )

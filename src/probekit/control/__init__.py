@@ -19,6 +19,7 @@ connection proved at ``hello``, and hands alert events to pluggable sinks (:clas
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -28,7 +29,7 @@ import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 import attrs
 
@@ -47,6 +48,9 @@ from ._config import ControlConfig, load_control_config
 from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, Refusal, RunOrder, Verdict
 from ._store import Store
 
+if TYPE_CHECKING:
+    from .._metrics_server import MetricsServer
+
 __all__ = [
     "AlertSink",
     "ControlConfig",
@@ -54,12 +58,16 @@ __all__ = [
     "ControlSettings",
     "LogSink",
     "MemorySink",
+    "Pruned",
     "WebhookSink",
     "load_control_config",
     "split_sync",
 ]
 
 log = logging.getLogger("probekit.control")
+
+#: How long results, events, runs and resolved alerts are kept by default: 30 days.
+DEFAULT_RETENTION: Final = 30 * 86400.0
 
 
 class AlertSink(Protocol):
@@ -141,6 +149,14 @@ class WebhookSink:
             log.warning("webhook %s failed: %s", self.url, result.summary())
 
 
+@attrs.frozen
+class Pruned:
+    """What one :meth:`ControlPlane.prune` did: rows deleted per table, statements run."""
+
+    deleted: Mapping[str, int]
+    statements: int
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
     data: dict[str, Any] = converter.unstructure(event)
     return data
@@ -168,9 +184,28 @@ def _check_settings(settings: ControlSettings) -> None:
             raise DefinitionError(
                 name, f"must be a finite number of seconds, 0 or more, got {value!r}"
             )
-    value = settings.unanswered_runs
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DefinitionError("unanswered_runs", f"must be an integer of 1 or more, got {value!r}")
+    for name in ("retention", "prune_interval"):
+        value = getattr(settings, name)
+        if value is None and name == "retention":
+            continue
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise DefinitionError(
+                name, f"must be a finite number of seconds, more than 0, got {value!r}"
+            )
+    for name in ("unanswered_runs", "prune_batch"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DefinitionError(name, f"must be an integer of 1 or more, got {value!r}")
+    port = settings.metrics_port
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
+    ):
+        raise DefinitionError("metrics_port", f"must be a port number (0-65535), got {port!r}")
 
 
 @attrs.frozen
@@ -185,6 +220,11 @@ class ControlSettings:
     left unanswered by an instance that heartbeats get it disconnected. ``startup_grace``: after
     a start, a checkpoint has at least this long to connect before it is reported down.
     ``db_path`` is the SQLite file (``:memory:`` for a throwaway one).
+
+    ``retention``: results, events, runs sent and resolved alerts older than this many seconds
+    are deleted (None keeps everything), ``prune_batch`` rows per statement on the database's
+    worker thread, at most once every ``prune_interval`` seconds. ``metrics_port`` (None: off)
+    serves ``/metrics`` and ``/ready`` on ``metrics_host``.
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -201,6 +241,11 @@ class ControlSettings:
     grace: float = 2.0
     unanswered_runs: int = 3
     startup_grace: float = 30.0
+    retention: float | None = DEFAULT_RETENTION
+    prune_interval: float = 60.0
+    prune_batch: int = 1000
+    metrics_host: str | None = "127.0.0.1"
+    metrics_port: int | None = None
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -294,6 +339,12 @@ class ControlPlane:
         self.duplicates = 0
         self.results_refused = 0
         self.runs_sent = 0
+        #: Rows deleted by retention; the database's size and its oldest prunable row's time
+        #: as last measured (see :meth:`prune`, :meth:`measure`).
+        self.rows_pruned = 0
+        self.db_bytes = 0
+        self.oldest_row: float | None = None
+        self._metrics_server: MetricsServer | None = None
         #: Called with each newly stored result envelope (after deduplication), e.g. by a UI.
         self.result_listeners: list[Callable[[p.ResultEnvelope], None]] = []
 
@@ -331,9 +382,24 @@ class ControlPlane:
             ),
         )
         self._spawn(self._ticker())
+        await self.measure()
+        self._spawn(self._maintain())
+        if self.settings.metrics_port is not None:
+            from .._metrics_server import serve_metrics
+
+            self._metrics_server = await serve_metrics(
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                self.metrics_text,
+                ready=lambda: self._server is not None,
+            )
+            log.info("serving /metrics and /ready on %s:%d", *self._metrics_server.address)
         log.info("control plane listening on %s", self.url)
 
     async def stop(self) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
+            self._metrics_server = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -367,6 +433,11 @@ class ControlPlane:
     def port(self) -> int:
         assert self._server is not None, "not started"
         return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics`` and ``/ready`` are served (None when ``metrics_port`` is None)."""
+        return self._metrics_server.address if self._metrics_server is not None else None
 
     @property
     def url(self) -> str:
@@ -451,6 +522,10 @@ class ControlPlane:
     def connected(self) -> list[str]:
         return sorted(self._peers)
 
+    def connected_checkpoints(self) -> list[str]:
+        """The checkpoint of each connected instance (one entry per instance)."""
+        return [peer.checkpoint_id for peer in self._peers.values()]
+
     def stats(self) -> dict[str, int]:
         """Counters: results stored, dropped as duplicates and refused; runs sent, outstanding
         and reassigned (after going unanswered); instances cut for leaving runs unanswered;
@@ -465,6 +540,71 @@ class ControlPlane:
             "instances_cut": self.logic.cut,
             "connected": len(self._peers),
         }
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition of this control plane (what ``/metrics`` serves)."""
+        from ._metrics import metrics_text
+
+        return metrics_text(self)
+
+    def prune_lag(self) -> float:
+        """Seconds by which the oldest prunable row is past ``retention`` (as last measured),
+        0 when none is, or when everything is kept."""
+        retention = self.settings.retention
+        if retention is None or self.oldest_row is None:
+            return 0.0
+        return max(0.0, self.clock.now().timestamp() - retention - self.oldest_row)
+
+    async def prune(self) -> Pruned:
+        """Delete the results, events, runs and resolved alerts older than ``retention``, at
+        most ``prune_batch`` rows per statement, each statement its own call on the database's
+        worker thread (so other queries go between them). Nothing when ``retention`` is None."""
+        retention = self.settings.retention
+        if retention is None:
+            return Pruned({}, 0)
+        cutoff = self.clock.now().timestamp() - retention
+        limit = self.settings.prune_batch
+        deleted: dict[str, int] = {}
+        statements = 0
+        for table in db.PRUNED_TABLES:
+            total = 0
+            while True:
+                count = await self._store.call(
+                    functools.partial(db.prune_batch, table=table, cutoff=cutoff, limit=limit)
+                )
+                statements += 1
+                total += count
+                if count < limit:
+                    break
+            deleted[table] = total
+        pruned = sum(deleted.values())
+        self.rows_pruned += pruned
+        if pruned:
+            log.info(
+                "pruned %d rows older than %g s (%s)",
+                pruned,
+                retention,
+                ", ".join(f"{n} {t}" for t, n in deleted.items() if n),
+            )
+        return Pruned(deleted, statements)
+
+    async def measure(self) -> None:
+        """Read the database's size and the time of its oldest prunable row (for metrics)."""
+
+        def read(c: sqlite3.Connection) -> tuple[int, float | None]:
+            return db.size_bytes(c), db.oldest(c)
+
+        self.db_bytes, self.oldest_row = await self._store.call(read)
+
+    async def _maintain(self) -> None:
+        """Prune and measure, once every ``prune_interval`` seconds."""
+        while True:
+            try:
+                await self.prune()
+                await self.measure()
+            except sqlite3.Error:
+                log.exception("could not prune the control-plane database")
+            await asyncio.sleep(self.settings.prune_interval)
 
     async def alerts(self, *, open_only: bool = True) -> list[dict[str, Any]]:
         """The alerts in the database (open ones only, by default), oldest first: ``alert_id``,

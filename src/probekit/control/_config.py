@@ -37,11 +37,13 @@ log = logging.getLogger("probekit.control")
 _CONTROL_SECTIONS: Final = ("control", "checkpoints", "monitors", "webhooks")
 _CONTROL_NUMBERS: Final = (
     *("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after"),
-    *("grace", "startup_grace"),
+    *("grace", "startup_grace", "prune_interval"),
 )
-_CONTROL_INTEGERS: Final = ("missed_heartbeats", "max_frame_bytes", "unanswered_runs")
+_CONTROL_INTEGERS: Final = (
+    *("missed_heartbeats", "max_frame_bytes", "unanswered_runs", "prune_batch"),
+)
 _CONTROL_KEYS: Final = (
-    *("host", "port", "db", "tls_cert", "tls_key"),
+    *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
 )
@@ -143,6 +145,36 @@ class _ControlLoader(_Loader):
             self.fail("control.db", f"expected a file path, got {db!r}")
         else:
             out["db_path"] = db
+        retention = data.get("retention")
+        if retention is False:
+            out["retention"] = None
+        elif retention is not None:
+            if (problem := seconds_problem(retention)) is not None:
+                self.fail("control.retention", f"{problem} (or false to keep everything)")
+            else:
+                out["retention"] = float(retention)
+        metrics_host = data.get("metrics_host")
+        if metrics_host is not None:
+            if not isinstance(metrics_host, str) or not metrics_host:
+                self.fail(
+                    "control.metrics_host",
+                    f"expected an address or host name, got {metrics_host!r}",
+                )
+            else:
+                out["metrics_host"] = metrics_host
+        metrics_port = data.get("metrics_port")
+        if metrics_port is not None:
+            if (
+                isinstance(metrics_port, bool)
+                or not isinstance(metrics_port, int)
+                or not 0 <= metrics_port <= 65535
+            ):
+                self.fail(
+                    "control.metrics_port",
+                    f"expected a port number (0-65535), got {metrics_port!r}",
+                )
+            else:
+                out["metrics_port"] = metrics_port
         for key in _CONTROL_NUMBERS:
             value = data.get(key)
             if value is None:

@@ -313,6 +313,18 @@ class ControlLogic:
         seen = last_seen or {}
         self.checkpoints = {c: _Checkpoint(seen.get(c)) for c in checkpoint_ids}
 
+    def open_alerts(self) -> list[Alert]:
+        """Every alert open now: monitors down or flapping, checkpoints down, kinds missing."""
+        alerts = [
+            alert
+            for mon in self.monitors.values()
+            for alert in (mon.alert, mon.flap_alert)
+            if alert is not None
+        ]
+        alerts.extend(self.checkpoint_alerts.values())
+        alerts.extend(self.kind_alerts.values())
+        return alerts
+
     def alert_scope(self, alert_id: str) -> str | None:
         """What besides its subject keys an open alert: a ``kind_unavailable`` alert's reason."""
         for (_monitor, reason), alert in self.kind_alerts.items():

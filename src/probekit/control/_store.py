@@ -20,13 +20,14 @@ from typing import Any, Final, TypeVar
 
 from ._logic import Alert, MonitorSpec
 
-__all__ = ["SCHEMA_VERSION", "Store"]
+__all__ = ["PRUNED_TABLES", "SCHEMA_VERSION", "Store"]
 
 log = logging.getLogger("probekit.control")
 T = TypeVar("T")
 
-#: The schema this version writes. 1 was the first (user_version 0, before versions were kept).
-SCHEMA_VERSION: Final = 2
+#: The schema this version writes. 1 was the first (user_version 0, before versions were kept);
+#: 3 adds the indexes retention prunes by.
+SCHEMA_VERSION: Final = 3
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS monitors (
@@ -59,6 +60,12 @@ _TABLES: Final = (
     # monitor added again under the same id never reuses a revision an instance may hold.
     """CREATE TABLE IF NOT EXISTS revisions (
         monitor_id TEXT PRIMARY KEY, revision INTEGER NOT NULL)""",
+    # Schema 3 --------------------------------------------------------------------------------
+    # What retention prunes by: each table's time, so finding old rows reads an index.
+    "CREATE INDEX IF NOT EXISTS results_stored ON results (stored_at)",
+    "CREATE INDEX IF NOT EXISTS events_at ON events (at)",
+    "CREATE INDEX IF NOT EXISTS runs_sent ON runs (sent_at)",
+    "CREATE INDEX IF NOT EXISTS alerts_resolved ON alerts (resolved_at)",
 )
 
 
@@ -94,7 +101,11 @@ def _prepare(conn: sqlite3.Connection) -> None:
         conn.rollback()
         raise
     if tables:
-        log.info("migrated the control-plane database from schema %d to %d", 1, SCHEMA_VERSION)
+        log.info(
+            "migrated the control-plane database from schema %d to %d",
+            max(version, 1),
+            SCHEMA_VERSION,
+        )
 
 
 class Store:
@@ -294,3 +305,45 @@ def load_seen(
         for i, k, t in c.execute("SELECT instance_id, checkpoint_id, last_seen FROM instances")
     }
     return checkpoints, instances
+
+
+# -- retention --------------------------------------------------------------------------------
+
+#: The tables retention prunes, each with the wall-clock column that dates a row and the
+#: condition a row must also meet (an open alert is never pruned, however old).
+PRUNED_TABLES: Final = {
+    "results": ("stored_at", ""),
+    "events": ("at", ""),
+    "runs": ("sent_at", ""),
+    "alerts": ("resolved_at", " AND resolved_at IS NOT NULL"),
+}
+
+
+def prune_batch(c: sqlite3.Connection, table: str, cutoff: float, limit: int) -> int:
+    """Delete at most ``limit`` rows of ``table`` dated before ``cutoff``, in one statement and
+    one transaction; returns how many were deleted."""
+    column, extra = PRUNED_TABLES[table]
+    sql = (
+        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "  # noqa: S608 - fixed names
+        f"WHERE {column} < ?{extra} ORDER BY {column} LIMIT ?)"
+    )
+    with c:
+        return c.execute(sql, (cutoff, limit)).rowcount
+
+
+def oldest(c: sqlite3.Connection) -> float | None:
+    """The wall-clock time of the oldest prunable row of any pruned table (read from the
+    indexes), or None when there is none."""
+    times = []
+    for table, (column, _extra) in PRUNED_TABLES.items():
+        row = c.execute(f"SELECT min({column}) FROM {table}").fetchone()  # noqa: S608 - fixed names
+        if row[0] is not None:
+            times.append(float(row[0]))
+    return min(times, default=None)
+
+
+def size_bytes(c: sqlite3.Connection) -> int:
+    """The database's size in bytes (pages in use or free, times the page size)."""
+    pages = c.execute("PRAGMA page_count").fetchone()[0]
+    size = c.execute("PRAGMA page_size").fetchone()[0]
+    return int(pages) * int(size)
