@@ -442,6 +442,32 @@ icmp_definitions = st.fixed_dictionaries(
         "timeouts": _or_odd(timeouts),
     },
 )
+tls_definitions = st.fixed_dictionaries(
+    {"kind": st.just("tls"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "port": _or_odd(ports),
+        "starttls": _or_odd(
+            st.sampled_from(["none", "smtp", "imap", "pop3", "ftp", "postgres", "SMTP", ""])
+        ),
+        "server_name": _or_odd(spelled_hosts | st.none()),
+        "verify": _or_odd(st.booleans()),
+        "tls": _or_odd(tls_options | st.none()),
+        "min_version": _or_odd(st.sampled_from(["TLSv1.2", "TLSv1.3", "1.3", "SSLv3"]) | st.none()),
+        "cert_warn_days": _or_odd(seconds | st.none()),
+        "cert_crit_days": _or_odd(seconds | st.none()),
+        "expect_subject": _or_odd(st.sampled_from(["CN=example.test", "", " "]) | st.none()),
+        "expect_issuer": _or_odd(st.sampled_from(["O=Internal CA", ""]) | st.none()),
+        "expect_san": _or_odd(
+            st.lists(st.sampled_from(["example.test", "127.0.0.1", "", "*.x"]), max_size=3)
+        ),
+        "fingerprint_sha256": _or_odd(
+            st.sampled_from(["ab" * 32, "AB:" * 31 + "AB", "abc", "zz" * 32]) | st.none()
+        ),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -452,5 +478,6 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "pop3": pop3_definitions,
     "dns": dns_definitions,
     "icmp": icmp_definitions,
+    "tls": tls_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from .probes.redis import RedisProbe
     from .probes.smtp import SmtpProbe
     from .probes.tcp import Expect, Send, StartTls, TcpProbe
+    from .probes.tls import TlsProbe
 
 del TYPE_CHECKING
 
@@ -138,6 +139,7 @@ _LAZY: dict[str, str] = {
     "TlsForbidden": "._assertions",
     "TlsInfo": "._result",
     "TlsOptions": "._tls",
+    "TlsProbe": ".probes.tls",
     "TlsRequired": "._assertions",
     "UsageError": "._exceptions",
     "build_probe": "._definitions",
@@ -232,6 +234,7 @@ __all__ = [
     "TlsForbidden",
     "TlsInfo",
     "TlsOptions",
+    "TlsProbe",
     "TlsRequired",
     "UsageError",
     "build_probe",
