@@ -227,8 +227,15 @@ async def _broken_socket_connector(ip: str, port: int, source: Any, protocol: st
     raise RuntimeError(f"the socket connector broke opening {protocol} to {ip}:{port}")
 
 
+def _servers_family(profile: KindProfile) -> Family:
+    """The server family the canary's failing servers come from: a kind that meets no
+    well-behaved server of its own (family ``none``: tls) still dials TCP, so it meets the line
+    family's silent and echoing servers, which fail it as they should."""
+    return profile.family if profile.family in REFUSING else cast(Family, "line")
+
+
 def _failing_ways(profile: KindProfile) -> dict[str, Callable[[], Any]]:
-    family: Family = profile.family
+    family: Family = _servers_family(profile)
     return {
         "refused": lambda: None,
         "silent": lambda: make_server(family, SILENT[family]),
@@ -320,7 +327,7 @@ async def test_the_canary_is_not_in_the_spool_or_the_control_plane_database(
                     profile, path = row.values
                     if path in BY_VALUE_ONLY:
                         continue
-                    port = servers[profile.family].port
+                    port = servers[_servers_family(profile)].port
                     monitor = f"{profile.name}-{path}".replace(".", "-").replace("[]", "")
                     await cp.add_monitor(
                         monitor,
