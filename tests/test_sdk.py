@@ -494,3 +494,34 @@ async def test_a_starttls_verify_failure_does_not_dial_again(
     assert result.error.kind is ErrorKind.TLS
     assert result.error.phase == "tls"
     assert connections == 1  # no second connection that would meet a greeting, not a handshake
+
+
+@pytest.mark.parametrize("raw_allowed", [True, False])
+async def test_an_icmp_socket_falls_back_to_raw_where_datagram_icmp_is_refused(
+    monkeypatch: pytest.MonkeyPatch, raw_allowed: bool
+) -> None:
+    import socket as socket_module
+
+    from probekit import _dial
+
+    real = socket_module.socket
+    asked: list[int] = []
+
+    def fake(family: int, kind: int, proto: int = 0) -> socket_module.socket:
+        asked.append(kind)
+        if kind == socket_module.SOCK_DGRAM or not raw_allowed:
+            raise PermissionError(13, "Permission denied")
+        return real(family, socket_module.SOCK_DGRAM)  # a stand-in that can connect to lo
+
+    monkeypatch.setattr(_dial.socket, "socket", fake)
+    if raw_allowed:
+        sock = await _dial.open_socket("127.0.0.1", 0, None, "icmp")
+        sock.close()
+    else:
+        with pytest.raises(PermissionError, match="Permission denied"):
+            await _dial.open_socket("127.0.0.1", 0, None, "icmp")
+    assert asked == [socket_module.SOCK_DGRAM, socket_module.SOCK_RAW]
+    asked.clear()
+    with pytest.raises(PermissionError):  # udp never falls back to raw
+        await _dial.open_socket("127.0.0.1", 9, None, "udp")
+    assert asked == [socket_module.SOCK_DGRAM]

@@ -109,16 +109,28 @@ async def open_socket(
 ) -> socket.socket:
     """The default :data:`SocketConnector`: a connected non-blocking socket (no checks).
 
-    ``tcp`` connects a stream socket; ``udp`` and ``icmp`` connect datagram sockets (``icmp``
+    ``tcp`` connects a stream socket; ``udp`` and ``icmp`` connect datagram sockets. ``icmp``
     is the unprivileged ``SOCK_DGRAM`` echo socket Linux offers to the groups in
-    ``net.ipv4.ping_group_range``, and to root).
+    ``net.ipv4.ping_group_range``; where that range leaves the process out, a raw socket is
+    used instead when the process may open one (root, or ``CAP_NET_RAW``). Readers of an
+    ``icmp`` socket must therefore accept what a raw socket delivers too (an IPv4 header
+    first, other programs' messages).
     """
     version = ipaddress.ip_address(ip).version
     family = socket.AF_INET6 if version == 6 else socket.AF_INET
     if protocol == "tcp":
         sock = socket.socket(family, socket.SOCK_STREAM)
     elif (protocol, version) in _DATAGRAM_PROTOCOLS:
-        sock = socket.socket(family, socket.SOCK_DGRAM, _DATAGRAM_PROTOCOLS[protocol, version])
+        number = _DATAGRAM_PROTOCOLS[protocol, version]
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM, number)
+        except PermissionError as refused:
+            if protocol != "icmp":
+                raise
+            try:
+                sock = socket.socket(family, socket.SOCK_RAW, number)
+            except PermissionError:
+                raise refused from None  # the datagram socket's refusal says what to change
     else:
         raise ValueError(f"unknown socket protocol {protocol!r}")
     try:

@@ -4,9 +4,10 @@ It writes the echo requests itself (RFC 792, RFC 4443) and sends them from a dat
 that the dial path opened after resolving the host and checking every address against the egress
 policy, so no ICMP library is loaded and no packet goes to an address the policy denies. Linux
 gives such sockets to the groups in ``net.ipv4.ping_group_range`` (it also governs IPv6); the
-kernel sets the echo identifier and routes replies to the socket that sent the requests. The
-parser also reads what a raw socket receives (an IPv4 header first, other programs' messages),
-so the probe does not depend on the kind of socket it was given.
+kernel sets the echo identifier and routes replies to the socket that sent the requests. Where
+the range leaves the process out, the dial path gives a raw ICMP socket to a process allowed
+one (root, ``CAP_NET_RAW``); the parser also reads what a raw socket receives (an IPv4 header
+first, other programs' messages), so the probe does not depend on the kind of socket it got.
 
 Replies are matched on sequence number and payload (a random token per check); every datagram is
 read with a bound (the size of the expected reply plus the largest IPv4 header), and anything that
@@ -162,10 +163,11 @@ def _refused_message(exc: PermissionError, version: int) -> str:
     which = "gid " + ", ".join(str(g) for g in groups)
     family = "IPv6 ping (ICMPv6) sockets too" if version == 6 else "IPv6 too"
     return (
-        f"the kernel refused an unprivileged ICMP socket ({_error_text(exc)}): this process "
+        f"the kernel refused an ICMP socket ({_error_text(exc)}): this process "
         f"({which}) is not in net.ipv4.ping_group_range. Allow it with: "
         'sysctl -w net.ipv4.ping_group_range="0 2147483647" (or a range holding one of its '
-        f"groups; persist it in /etc/sysctl.d/). The setting covers {family}"
+        f"groups; persist it in /etc/sysctl.d/), or run it with CAP_NET_RAW for a raw socket. "
+        f"The setting covers {family}"
     )
 
 
