@@ -14,7 +14,15 @@ import attrs
 
 from .._exceptions import DefinitionError
 
-__all__ = ["FAMILIES", "check_family", "check_host", "host", "optional_host", "port"]
+__all__ = [
+    "FAMILIES",
+    "check_family",
+    "check_host",
+    "host",
+    "host_port",
+    "optional_host",
+    "port",
+]
 
 #: The values of an ``ip_family`` field (None: the dialer's own choice).
 FAMILIES: Final = ("any", "ipv4", "ipv6")
@@ -64,3 +72,8 @@ def check_family(value: object) -> None:
     """``ip_family`` is None or one of :data:`FAMILIES`."""
     if value is not None and value not in FAMILIES:
         raise DefinitionError("ip_family", f"expected one of {list(FAMILIES)}, got {value!r}")
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as people write it (``[v6]:port``): a kind's ``target``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

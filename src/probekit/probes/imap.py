@@ -32,6 +32,7 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
+from ._fields import host_port
 from ._kind import Metric, Option, ProbeKind
 from ._mailcommon import (
     MailTarget,
@@ -329,14 +330,13 @@ class ImapProbe(ProbeBase):
 
     @property
     def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self._port}"
+        return host_port(self.host, self._port)
 
     @property
     def _port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return IMAPS_PORT if self.tls is not None else IMAP_PORT  # pragma: no cover
+        """The port: ``__attrs_post_init__`` fills the protocol's default in."""
+        assert self.port is not None
+        return self.port
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self._port, tls=self.tls, family=self.ip_family)

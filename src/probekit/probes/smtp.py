@@ -38,7 +38,7 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
-from ._fields import check_family, check_host
+from ._fields import check_family, check_host, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
@@ -246,8 +246,7 @@ class SmtpProbe(ProbeBase):
 
     @property
     def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self.port, tls=self.tls, family=self.ip_family)

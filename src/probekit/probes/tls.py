@@ -34,7 +34,7 @@ from .._result import CertInfo, ErrorKind, Result, TlsInfo
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, TlsVersion
 from ._base import Attempt, ProbeBase
-from ._fields import check_family, check_host, host, port
+from ._fields import check_family, check_host, host, host_port, port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._options import TLS_OPTIONS, option_problem, tls_definition
 
@@ -335,8 +335,7 @@ class TlsProbe(ProbeBase):
 
     @property
     def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def options(self) -> TlsOptions:
