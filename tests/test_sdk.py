@@ -525,3 +525,45 @@ async def test_an_icmp_socket_falls_back_to_raw_where_datagram_icmp_is_refused(
     with pytest.raises(PermissionError):  # udp never falls back to raw
         await _dial.open_socket("127.0.0.1", 9, None, "udp")
     assert asked == [socket_module.SOCK_DGRAM]
+
+
+@attrs.frozen
+class _ShadowHttp(ProbeBase):
+    """A plugin's class that claims a built-in kind's name."""
+
+    kind: ClassVar[str] = "http"
+    host: str = "h"
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+
+    @property
+    def target(self) -> str:
+        return self.host
+
+
+SHADOW = ProbeKind(name="http", cls=_ShadowHttp, summary="shadow", target=HostPort())
+
+
+def test_a_plugin_cannot_take_over_a_builtin_kind_under_another_entry_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from importlib import metadata
+
+    from probekit.probes import _registry
+
+    shadow = metadata.EntryPoint(
+        name="shadow", value="test_sdk:SHADOW", group=_registry.ENTRY_POINT_GROUP
+    )
+
+    def entry_points(**selection: str) -> list[metadata.EntryPoint]:
+        return [shadow] if selection.get("group") == _registry.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    _registry.reset_plugins()
+    try:
+        with caplog.at_level("WARNING", logger="probekit.probes"):
+            assert get_kind("http").cls.__name__ == "HttpProbe"
+            kinds()
+        assert "kind 'http' of entry point shadow is ignored" in caplog.text
+    finally:
+        monkeypatch.undo()
+        _registry.reset_plugins()

@@ -117,8 +117,9 @@ def _scan_plugins() -> None:
     _scan_builtin()
     from importlib import metadata  # ~10-30 ms: only when plugins are looked for
 
+    builtin = _builtin_kind_names()
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name in _kinds and entry.name in _builtin_kind_names():
+        if entry.name in builtin:
             log.warning(
                 "entry point %s (%s) is ignored: %r is a built-in probe kind",
                 entry.name,
@@ -132,6 +133,13 @@ def _scan_plugins() -> None:
             for kind in found:
                 if not isinstance(kind, ProbeKind):
                     raise TypeError(f"{entry.value} is not a ProbeKind: {kind!r}")
+                if kind.name in builtin:
+                    log.warning(
+                        "kind %r of entry point %s is ignored: it is a built-in probe kind",
+                        kind.name,
+                        entry.name,
+                    )
+                    continue
                 with _lock:
                     if kind.name not in _kinds:
                         _kinds[kind.name] = kind
