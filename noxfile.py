@@ -1,5 +1,5 @@
 """Sessions: `tests`, `lint`, `typecheck` (the default, fast ones), `docs`, `bench`, `fuzz` and
-`peers`."""
+`peers`, and the long ones that need real daemons or processes: `interop` and `faults`."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "interop", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "interop", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -116,3 +116,17 @@ def peers(session: nox.Session) -> None:
         session.run("apt-get", "update", external=True, env=env)
         session.run("apt-get", "install", "-y", *PEER_PACKAGES, external=True, env=env)
     session.run("python", "benchmarks/peers.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """Every protocol kind against the real daemon, beside the matching monitoring-plugin.
+
+    Installs the Debian packages of interop/packages/*.txt when missing (as root, without
+    starting their services), then runs interop/: each module starts its daemon on loopback
+    high ports and records probekit's verdict beside the plugin's; the session prints the
+    agreement table (set INTEROP_REPORT=path to keep it). See interop/README.md.
+    """
+    session.install("-e", ".[dns]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("bash", "interop/install.sh", external=True)
+    session.run("pytest", "interop", "-q", "-p", "no:cacheprovider", "-s", *session.posargs)
