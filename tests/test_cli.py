@@ -44,6 +44,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(500, b"broken")
         elif self.path == "/echo":
             self.reply(200, self.headers.as_string().encode())
+        elif self.path == "/api":
+            self.reply(200, b'{"status": "ok", "items": [1, 2, 3], "count": 3}')
         else:
             self.reply(404, b"not found")
 
@@ -282,6 +284,116 @@ def test_check_bad_options_in_nagios_mode_print_an_unknown_line(
     code, out, _ = run_cli(capsys, "check", "tcp", "nocolon", "--nagios")
     assert code == 3
     assert out.startswith("TCP UNKNOWN - invalid options: TARGET: expected HOST:PORT")
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["check", "http", "http://x/", "--nagios", "--bogus"],
+            "HTTP UNKNOWN - invalid options: unrecognized arguments: --bogus",
+        ),
+        (
+            ["check", "http", "--nagios"],
+            "HTTP UNKNOWN - invalid options: the following arguments are required: URL",
+        ),
+        (
+            ["check", "--nagios", "gopher", "x"],
+            "CHECK UNKNOWN - invalid options: argument KIND: invalid choice: 'gopher'",
+        ),
+        (
+            ["check", "tcp", "--nagios", "h:1", "--expect"],
+            "TCP UNKNOWN - invalid options: argument --expect: expected one argument",
+        ),
+    ],
+)
+def test_usage_errors_in_nagios_mode_print_an_unknown_line_on_stdout(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/cli.md: an invalid option in --nagios mode prints `KIND UNKNOWN - ...` on stdout,
+    exit 3 (argparse's own errors too, not only the values the kind checks)."""
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 3
+    assert out.startswith(line), out
+    assert len(out.splitlines()) == 1
+    assert "usage: probekit check" in err
+
+
+def test_usage_errors_without_nagios_print_nothing_on_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(capsys, "check", "http", "http://x/", "--bogus")
+    assert (code, out) == (3, "")
+    assert "unrecognized arguments: --bogus" in err
+    # --nagios after "--" is an argument, not the option: no plugin line
+    code, out, _ = run_cli(capsys, "check", "http", "--bogus", "--", "--nagios")
+    assert (code, out) == (3, "")
+
+
+def test_check_http_jsonpath(web: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"{web}/api"
+    ok = ["--jsonpath", "$.status", "eq", "ok", "--jsonpath", "$.count", "ge", "3"]
+    ok += ["--jsonpath", "$.items[1]", "eq", "2", "--jsonpath", "$.missing", "absent", "-"]
+    code, out, _ = run_cli(capsys, "check", "http", url, "--json", *ok)
+    assert code == 0, out
+    result = result_from_json(out)
+    assert [a.name for a in result.assertions].count("json_path") == 4
+    assert all(a.passed for a in result.assertions)
+    code, out, _ = run_cli(
+        capsys, "check", "http", url, "--json", "--jsonpath", "$.count", "gt", "3"
+    )
+    assert code == 2
+    result = result_from_json(out)
+    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    failed = [a for a in result.assertions if not a.passed]
+    assert [(a.expected, a.observed) for a in failed] == [("$.count gt 3", "'3'")]
+    # "3" in JSON quotes is the string: the number 3 is not equal to it
+    code, _, _ = run_cli(capsys, "check", "http", url, "--jsonpath", "$.count", "eq", '"3"')
+    assert code == 2
+
+
+def test_check_http_jsonpath_bad_expression_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(
+        capsys, "check", "http", "http://x/", "--nagios", "--jsonpath", "status", "eq", "1"
+    )
+    assert code == 3
+    assert out.startswith("HTTP UNKNOWN - invalid options: --jsonpath: a JSON path starts")
+    code, _, err = run_cli(
+        capsys, "check", "http", "http://x/", "--jsonpath", "$.a", "between", "1"
+    )
+    assert code == 3
+    assert "--jsonpath: unknown operator 'between'" in err
+
+
+def test_check_http_sni_cert_days_and_http2(
+    tls_web: str, ca: trustme.CA, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    base = ["check", "http", f"{tls_web}/", "--ca-file", str(ca_file), "--json"]
+    code, out, _ = run_cli(capsys, *base, "--cert-warn-days", "30", "--cert-crit-days", "7")
+    assert code == 0, out
+    assert [a.name for a in result_from_json(out).assertions] == ["status", "cert_expiry"]
+    # trustme's certificates end in the year 3000, within 1,000,000 days: DEGRADED, then DOWN
+    code, out, _ = run_cli(capsys, *base, "--cert-warn-days", "1000000")
+    assert code == 1, out
+    code, out, _ = run_cli(capsys, *base, "--cert-crit-days", "1000000")
+    assert code == 2, out
+    # --sni names what is sent and verified: the certificate is for 127.0.0.1, not this name
+    code, out, _ = run_cli(capsys, *base, "--sni", "other.example")
+    assert code == 2
+    result = result_from_json(out)
+    assert result.error is not None and result.error.kind is ErrorKind.TLS
+    assert result.tls is None or result.tls.server_name != "127.0.0.1"
+    # --http2 offers h2 by ALPN; the test server has no h2, so HTTP/1.x is used
+    code, out, _ = run_cli(capsys, *base, "--http2")
+    assert code == 0, out
+    assert result_from_json(out).metrics["http_version"] < 2
+    code, _, err = run_cli(capsys, *base, "--cert-warn-days", "5", "--cert-crit-days", "9")
+    assert code == 3
+    assert "--cert-warn-days" in err
 
 
 @pytest.mark.parametrize(
@@ -759,3 +871,18 @@ def test_run_once_shows_a_progress_bar_on_a_terminal(
     assert ["web", "UP"] in rows and ["broken", "DOWN"] in rows
     monkeypatch.setitem(sys.modules, "rich.progress", None)  # rich not installed: no bar
     assert cli.run._rich_progress() is None
+
+
+async def test_check_http2_speaks_h2_with_prior_knowledge(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from h2server import H2Server
+
+    async with H2Server(None) as server:
+        url = f"http://127.0.0.1:{server.port}/x"
+        code = await asyncio.to_thread(main, ["check", "http", url, "--http2", "--json"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert result_from_json(out).metrics["http_version"] == 2.0
+        code = await asyncio.to_thread(main, ["check", "http", url, "--json"])
+        assert code == 2  # without --http2 the h2-only server does not answer HTTP/1.1

@@ -351,6 +351,15 @@ def test_option_and_metric_declarations() -> None:
     assert Option(("-H", "--request-header"), help="").name == "request_header"
     assert Option(("--x",), field="body", help="").name == "body"
     assert Option(("--x",), dest="d", field="body", help="").label == "--x"
+    with pytest.raises(DefinitionError, match="nargs is a positive count"):
+        Option(("--x",), help="", action="flag", nargs=2)
+    with pytest.raises(DefinitionError, match="nargs is a positive count"):
+        Option(("--x",), help="", nargs=0)
+    with pytest.raises(DefinitionError, match="expected 3 names"):
+        Option(("--x",), help="", nargs=3, metavar=("A", "B"))
+    with pytest.raises(DefinitionError, match="needs nargs"):
+        Option(("--x",), help="", metavar=("A", "B"))
+    assert Option(("--x",), help="", nargs=2, metavar=("A", "B")).nargs == 2
 
 
 @pytest.mark.parametrize(

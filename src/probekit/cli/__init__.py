@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 from .._definitions import DefinitionErrors
 from .._exceptions import UsageError
 from ..control._config import ControlConfig, load_control_config
 from . import check, checkpoint, control, demo, run
-from ._common import EXIT_USAGE, Command, _err, _Parser
+from ._common import EXIT_USAGE, Command, UsageExit, _err, _out, _Parser
 from ._common import _loop_factory as _loop_factory  # tests and embedders use it
 
 __all__ = [
@@ -76,20 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nagios_usage_line(words: Sequence[str], exc: UsageExit) -> None:
+    """``probekit check ... --nagios`` with a usage error (an unknown option, a missing
+    target): the monitoring system reads standard output, so say it there too, as a plugin
+    line (``HTTP UNKNOWN - invalid options: ...``). The exit code is 3 (UNKNOWN) either way."""
+    before_end = words[: words.index("--")] if "--" in words else words
+    prog = exc.prog.split()
+    if "--nagios" not in before_end or prog[1:2] != ["check"]:
+        return
+    name = prog[2] if len(prog) > 2 else "check"
+    _out(f"{name.upper()} UNKNOWN - invalid options: {exc.message}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``probekit`` command line with ``argv`` (default ``sys.argv[1:]``).
 
     Returns the exit code instead of exiting, so it can be called in-process.
     """
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args, extras = parser.parse_known_args(argv)
+        args, extras = parser.parse_known_args(words)
         if extras:
             # Said by the (sub-)command that was parsing, with its usage: `check tcp` names the
             # option that tcp checks do not take.
             owner: argparse.ArgumentParser = getattr(args, "usage_parser", parser)
             owner.error(f"unrecognized arguments: {' '.join(extras)}")
-    except SystemExit as exc:  # --help, --version and usage errors
+    except UsageExit as exc:
+        _nagios_usage_line(words, exc)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     verbosity = args.verbose + getattr(args, "command_verbose", 0)
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)

@@ -51,7 +51,21 @@ class _Parser(argparse.ArgumentParser):
         text = f"{self.prog}: error: {message}\n"
         if self.hint and self.hint_for in message:
             text += f"{self.prog}: {self.hint}\n"
-        self.exit(EXIT_USAGE, text)
+        sys.stderr.write(text)
+        raise UsageExit(self.prog, message)
+
+
+class UsageExit(SystemExit):
+    """A usage error, raised by :class:`_Parser` after printing it: exits 3 (UNKNOWN).
+
+    ``prog`` and ``message`` let the caller say it again, as ``probekit check --nagios`` does on
+    standard output (``KIND UNKNOWN - invalid options: ...``).
+    """
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.prog = prog
+        self.message = message
 
 
 def _out(text: str = "", stream: IO[str] | None = None) -> None:

@@ -155,6 +155,8 @@ def _add_option(group: argparse._ArgumentGroup, option: Option) -> None:
         "type": _argument_type(option),
         "choices": option.choices,
     }
+    if option.nargs is not None:
+        settings["nargs"] = option.nargs
     if option.action == "ordered":
         group.add_argument(
             *option.flags, dest=_ORDERED_DEST, action=_Ordered, const=option.name, **settings

@@ -119,19 +119,23 @@ class Option:
     ``action`` is ``value`` (one value), ``append`` (repeatable, a list), ``flag`` (true when
     given), or ``ordered`` (repeatable, kept in one list of ``(dest, value)`` pairs shared by
     every ``ordered`` option of the kind, so their relative order on the command line survives,
-    as a script of steps needs). ``parse`` turns the text into a value and raises ``ValueError``
-    with a message when it cannot. With ``field`` the value goes straight into the definition
-    under that key (a list for ``append``); otherwise the kind's ``to_definition`` reads it by
-    ``dest``. Definition errors at ``field``, or at any of the fields in ``sets`` (those its
-    ``to_definition`` fills), are reported against this option's flags.
+    as a script of steps needs). ``nargs`` makes the option take that many words, given to
+    ``parse`` one at a time (``--jsonpath EXPR OP VALUE``: ``metavar`` is then a tuple of as
+    many names, and the value a list of the words). ``parse`` turns the text into a value and
+    raises ``ValueError`` with a message when it cannot. With ``field`` the value goes straight
+    into the definition under that key (a list for ``append``); otherwise the kind's
+    ``to_definition`` reads it by ``dest``. Definition errors at ``field``, or at any of the
+    fields in ``sets`` (those its ``to_definition`` fills), are reported against this option's
+    flags.
     """
 
     flags: tuple[str, ...]
     help: str
     field: str | None = None
     dest: str | None = None
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None
     action: Literal["value", "append", "flag", "ordered"] = "value"
+    nargs: int | None = None
     parse: Callable[[str], Any] | None = None
     choices: tuple[str, ...] | None = None
     sets: tuple[str, ...] = ()
@@ -141,6 +145,15 @@ class Option:
             raise DefinitionError(
                 "flags", f"expected option flags like '--name', got {self.flags!r}"
             )
+        if self.nargs is not None:
+            if self.action not in ("value", "append") or self.nargs < 1:
+                raise DefinitionError(
+                    "nargs", "nargs is a positive count, for a 'value' or 'append' option"
+                )
+            if isinstance(self.metavar, tuple) and len(self.metavar) != self.nargs:
+                raise DefinitionError("metavar", f"expected {self.nargs} names for nargs")
+        elif isinstance(self.metavar, tuple):
+            raise DefinitionError("metavar", "a tuple of names needs nargs")
 
     @property
     def name(self) -> str:

@@ -13,7 +13,6 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
-from .._assertions import CertExpiry
 from .._exceptions import DefinitionError, DefinitionErrors
 from .._resolver import Family
 from .._result import Result
@@ -23,10 +22,10 @@ from .._tls import TlsOptions
 from ._fields import host
 from ._kind import HostPort, Option
 from ._options import (
+    CERT_OPTIONS,
     TLS_OPTIONS,
-    add_assertion,
     body_assertions,
-    option_problem,
+    cert_assertion,
     secret_from_env,
     tls_definition,
 )
@@ -219,44 +218,6 @@ def common_options(kind: str, tls_port: int) -> tuple[Option, ...]:
         ),
         *CERT_OPTIONS,
     )
-
-
-def _days(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"expected a positive number of days, got {text!r}")
-    return value
-
-
-CERT_OPTIONS: Final[tuple[Option, ...]] = (
-    Option(
-        ("--cert-warn-days",),
-        dest="cert_warn_days",
-        metavar="DAYS",
-        parse=_days,
-        sets=("assertions",),
-        help="DEGRADED (WARNING) when the certificate expires within DAYS",
-    ),
-    Option(
-        ("--cert-crit-days",),
-        dest="cert_crit_days",
-        metavar="DAYS",
-        parse=_days,
-        sets=("assertions",),
-        help="DOWN (CRITICAL) when the certificate expires within DAYS",
-    ),
-)
-
-
-def cert_assertion(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
-    """``--cert-warn-days``/``--cert-crit-days`` as a ``cert_expiry`` assertion."""
-    warn, crit = values.get("cert_warn_days"), values.get("cert_crit_days")
-    if warn is None and crit is None:
-        return
-    try:
-        add_assertion(definition, CertExpiry(warn_days=warn, crit_days=crit))
-    except DefinitionError as exc:
-        raise option_problem("--cert-warn-days", exc) from None
 
 
 def common_to_definition(

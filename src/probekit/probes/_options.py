@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 from .._exceptions import DefinitionError, DefinitionErrors
 from ._kind import Option
 
 __all__ = [
     "BODY_OPTIONS",
+    "CERT_OPTIONS",
     "TLS_OPTIONS",
     "add_assertion",
     "body_assertions",
+    "cert_assertion",
     "option_problem",
     "secret_from_env",
     "tls_definition",
@@ -47,6 +49,34 @@ TLS_OPTIONS: tuple[Option, ...] = (
         ("--insecure",), dest="insecure", action="flag", help="do not verify the TLS certificate"
     ),
     Option(("--ca-file",), dest="ca_file", metavar="FILE", help="trust the CAs in this PEM file"),
+)
+
+
+def _days(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive number of days, got {text!r}")
+    return value
+
+
+#: ``--cert-warn-days``/``--cert-crit-days``, read by :func:`cert_assertion`.
+CERT_OPTIONS: Final[tuple[Option, ...]] = (
+    Option(
+        ("--cert-warn-days",),
+        dest="cert_warn_days",
+        metavar="DAYS",
+        parse=_days,
+        sets=("assertions",),
+        help="DEGRADED (WARNING) when the certificate expires within DAYS",
+    ),
+    Option(
+        ("--cert-crit-days",),
+        dest="cert_crit_days",
+        metavar="DAYS",
+        parse=_days,
+        sets=("assertions",),
+        help="DOWN (CRITICAL) when the certificate expires within DAYS",
+    ),
 )
 
 
@@ -78,6 +108,19 @@ def body_assertions(values: Mapping[str, Any], definition: MutableMapping[str, A
             problems.append(option_problem("--regex", exc))
     if problems:
         raise DefinitionErrors(problems)
+
+
+def cert_assertion(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
+    """``--cert-warn-days``/``--cert-crit-days`` as a ``cert_expiry`` assertion."""
+    from .._assertions import CertExpiry
+
+    warn, crit = values.get("cert_warn_days"), values.get("cert_crit_days")
+    if warn is None and crit is None:
+        return
+    try:
+        add_assertion(definition, CertExpiry(warn_days=warn, crit_days=crit))
+    except DefinitionError as exc:
+        raise option_problem("--cert-warn-days", exc) from None
 
 
 def tls_definition(values: Mapping[str, Any]) -> dict[str, Any] | None:

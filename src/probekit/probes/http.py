@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import attrs
 
-from .._assertions import Assertion, HeaderMatches, StatusIn, assertion_tuple
+from .._assertions import Assertion, HeaderMatches, JsonPath, StatusIn, assertion_tuple
 from .._context import ProbeContext
 from .._dial import Connection, Proxy
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
@@ -34,9 +34,11 @@ from ._h1 import ResponseParser
 from ._kind import Metric, Option, ProbeKind, Url
 from ._options import (
     BODY_OPTIONS,
+    CERT_OPTIONS,
     TLS_OPTIONS,
     add_assertion,
     body_assertions,
+    cert_assertion,
     option_problem,
     tls_definition,
 )
@@ -781,15 +783,39 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
             add_assertion(definition, HeaderMatches(name.strip(), pattern))
         except DefinitionError as exc:
             problems.append(option_problem("--header", exc))
+    for expr, op, text in values.get("jsonpath") or ():
+        try:
+            add_assertion(definition, JsonPath(expr, op, _json_value(text)))
+        except DefinitionError as exc:
+            problems.append(option_problem("--jsonpath", exc))
+    try:
+        cert_assertion(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
+    if values.get("http2"):
+        definition["http_version"] = "2"
     try:
         tls = tls_definition(values)
     except DefinitionError as exc:
         problems.append(exc)
     else:
+        if values.get("sni"):
+            tls = {**(tls or {}), "server_name": values["sni"]}
         if tls is not None:
             definition["tls"] = tls
     if problems:
         raise DefinitionErrors(problems)
+
+
+def _json_value(text: str) -> Any:
+    """``--jsonpath``'s VALUE: a JSON literal when it reads as one (``3``, ``true``, ``null``,
+    ``"3"``), else the text itself (``ok``)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 KIND = ProbeKind(
@@ -826,8 +852,39 @@ KIND = ProbeKind(
             metavar="NAME:RE",
             help="a value of response header NAME matches RE (repeatable)",
         ),
+        Option(
+            ("--jsonpath",),
+            dest="jsonpath",
+            action="append",
+            nargs=3,
+            metavar=("EXPR", "OP", "VALUE"),
+            sets=("assertions",),
+            help=(
+                "the JSON body's value at EXPR ($.a.b[0]) compares to VALUE with OP: eq ne lt "
+                "le gt ge contains matches, or exists/absent (VALUE ignored); VALUE is read as "
+                "JSON when it is (3, true, null), else as text (repeatable)"
+            ),
+        ),
         *BODY_OPTIONS,
         *(attrs.evolve(o, sets=("tls",)) if o.dest == "ca_file" else o for o in TLS_OPTIONS),
+        Option(
+            ("--sni",),
+            dest="sni",
+            metavar="NAME",
+            sets=("tls",),
+            help="send NAME as the TLS server name and verify the certificate against it",
+        ),
+        *CERT_OPTIONS,
+        Option(
+            ("--http2",),
+            dest="http2",
+            action="flag",
+            sets=("http_version",),
+            help=(
+                "speak HTTP/2: offered by ALPN over TLS (HTTP/1.1 when the server declines), "
+                "with prior knowledge over http://"
+            ),
+        ),
     ),
     to_definition=_to_definition,
     metrics=(
