@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from ._scheduler import Monitor, Scheduler
     from ._secret import Secret
     from ._serialization import converter, result_from_json, result_to_json
+    from ._sync import check_all_sync, check_sync
     from ._timeouts import Timeouts
     from ._tls import TlsOptions
     from .probes._base import Probe
@@ -123,6 +124,8 @@ _LAZY: dict[str, str] = {
     "ResponseTime": "._assertions",
     "Result": "._result",
     "Runner": "._runner",
+    "check_sync": "._sync",
+    "check_all_sync": "._sync",
     "SCHEMA_VERSION": "._result",
     "Scheduler": "._scheduler",
     "Secret": "._secret",
@@ -218,6 +221,8 @@ __all__ = [
     "ResponseTime",
     "Result",
     "Runner",
+    "check_all_sync",
+    "check_sync",
     "SCHEMA_VERSION",
     "Scheduler",
     "Secret",
