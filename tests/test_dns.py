@@ -345,6 +345,20 @@ async def test_nxdomain_can_be_the_expected_answer(ctx: ProbeContext) -> None:
     assert result.status is Status.UP, result.summary()
     assert result.metrics["rcode"] == 3
     assert result.metrics["answers"] == 0
+    # the section counts blackbox_exporter reports: no answer, the zone's SOA as authority,
+    # the OPT record of EDNS as additional
+    assert result.metrics["answer_rrs"] == 0
+    assert result.metrics["authority_rrs"] == 1
+    assert result.metrics["additional_rrs"] == 1
+
+
+async def test_section_counts_cover_every_record_of_the_answer(ctx: ProbeContext) -> None:
+    """answer_rrs counts the whole answer section (CNAMEs too); answers only the asked type."""
+    server = FakeDns()
+    server.zone[("alias.probekit.test.", "CNAME")] = ["www.probekit.test."]
+    result = await check(server, ctx, name="alias.probekit.test")
+    assert result.status is Status.UP, result.summary()
+    assert result.metrics["answer_rrs"] == result.metrics["answers"] + 1
 
 
 async def test_no_recursion_clears_the_rd_bit(ctx: ProbeContext) -> None:
@@ -1049,6 +1063,9 @@ def test_the_kind_is_registered() -> None:
         "authoritative",
         "truncated",
         "bytes_received",
+        "answer_rrs",
+        "authority_rrs",
+        "additional_rrs",
     }
     flags = {f for o in kind.options for f in o.flags}
     assert {"--server", "--port", "--type", "--tcp", "--rcode", "--expect-address"} <= flags

@@ -504,6 +504,10 @@ class DnsProbe(ProbeBase):
         rcode = int(reply.rcode())
         rcode_name = _RCODE_NAMES.get(rcode, f"RCODE{rcode}")
         attempt.metric("rcode", rcode)
+        attempt.metric("answer_rrs", sum(len(rrset) for rrset in reply.answer))
+        attempt.metric("authority_rrs", sum(len(rrset) for rrset in reply.authority))
+        extra = sum(len(rrset) for rrset in reply.additional) + (reply.opt is not None)
+        attempt.metric("additional_rrs", extra)
         attempt.metric("authoritative", int(int(reply.flags) & _AA != 0))
         if reply.question != query.question and (
             reply.question or rcode_name in ("NOERROR", "NXDOMAIN")
@@ -886,6 +890,21 @@ KIND = ProbeKind(
             "1 when the UDP reply was truncated and the question asked again over TCP.",
         ),
         Metric("bytes_received", "probekit_dns_reply_bytes", "Bytes of the DNS reply."),
+        Metric(
+            "answer_rrs",
+            "probekit_dns_answer_rrs",
+            "Records in the reply's answer section, of every type.",
+        ),
+        Metric(
+            "authority_rrs",
+            "probekit_dns_authority_rrs",
+            "Records in the reply's authority section.",
+        ),
+        Metric(
+            "additional_rrs",
+            "probekit_dns_additional_rrs",
+            "Records in the reply's additional section (the OPT record included).",
+        ),
     ),
     docs="probes/dns.md",
     tls_field="tls",
