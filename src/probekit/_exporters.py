@@ -305,7 +305,7 @@ def _base_labels(monitor: str, result: Result) -> dict[str, str]:
 
 
 def _row(name: str, labels: Mapping[str, str], value: float) -> str:
-    return f"{name}{_labels(labels)} {_number(float(value))}"
+    return f"{name}{_labels(labels) if labels else ''} {_number(float(value))}"
 
 
 def _labels(labels: Mapping[str, str]) -> str:

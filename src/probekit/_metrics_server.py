@@ -34,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Final, Self
+from urllib.parse import parse_qs
 
 from prometheus_client.exposition import gzip_accepted
 
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "REQUEST_TIMEOUT",
     "MetricsServer",
+    "Route",
     "serve_metrics",
 ]
 
@@ -62,6 +64,7 @@ MAX_CONNECTIONS: Final = 64
 _TEXT: Final = "text/plain; charset=utf-8"
 _REASONS: Final = {
     200: "OK",
+    302: "Found",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -70,6 +73,14 @@ _REASONS: Final = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+#: A handler for one more path: ``route(method, query, header)`` with the query string's
+#: parameters and a function from a header name to its value(s) ("" when absent); returns the
+#: status, the content type and the body. It bounds its own time; an exception is answered 500.
+Route = Callable[
+    [str, Mapping[str, list[str]], Callable[[str], str]], Awaitable[tuple[int, str, bytes]]
+]
 
 
 class MetricsServer:
@@ -87,7 +98,9 @@ class MetricsServer:
         max_request_bytes: int,
         request_timeout: float,
         max_connections: int,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
+        self._routes = dict(routes or {})
         self._render = render
         self._ready = ready
         self._max_request_bytes = max_request_bytes
@@ -159,7 +172,7 @@ class MetricsServer:
             writer.close()
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        answered = False
+        head: bytes | None
         try:
             async with asyncio.timeout(self._timeout):
                 try:
@@ -167,23 +180,39 @@ class MetricsServer:
                 except asyncio.IncompleteReadError:
                     return  # the client went away
                 except asyncio.LimitOverrunError:
-                    response = _response(431, "request too large\n")
-                else:
-                    response = await self._respond(head)
-                answered = True
+                    head = None
+        except TimeoutError:
+            log.debug("request not complete within %s s: connection closed", self._timeout)
+            writer.write(_response(408, "request timeout\n"))
+            return
+        # A route (the exporter's /probe) may take longer than reading did: it bounds itself.
+        response = (
+            _response(431, "request too large\n") if head is None else await self._respond(head)
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
                 writer.write(response)
                 await writer.drain()
         except TimeoutError:
-            log.debug("metrics request not done within %s s: connection closed", self._timeout)
-            if not answered:
-                writer.write(_response(408, "request timeout\n"))
+            log.debug("response not taken within %s s: connection closed", self._timeout)
 
     async def _respond(self, head: bytes) -> bytes:
         lines = head.decode("latin-1").split("\r\n")
         request = lines[0].split(" ")
         if len(request) != 3 or not request[2].startswith("HTTP/1.") or not request[1]:
             return _response(400, "bad request\n")
-        method, path = request[0], request[1].split("?", 1)[0]
+        method, target = request[0], request[1]
+        path, _, query = target.partition("?")
+        route = self._routes.get(path)
+        if route is not None:
+            try:
+                status, content_type, body = await route(
+                    method, parse_qs(query), lambda name: _header(lines, name)
+                )
+            except Exception:
+                log.exception("answering %s failed", path)
+                return _response(500, "internal error\n")
+            return _response(status, body, content_type, head_only=method == "HEAD")
         ready = self._ready
         if path != "/metrics" and (path != "/ready" or ready is None):
             return _response(404, "not found\n")
@@ -215,6 +244,7 @@ async def serve_metrics(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     request_timeout: float = REQUEST_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
+    routes: Mapping[str, Route] | None = None,
 ) -> MetricsServer:
     """Serve ``GET /metrics`` (the text ``render()`` returns) on ``host:port`` until closed.
 
@@ -230,6 +260,10 @@ async def serve_metrics(
     not complete within ``request_timeout`` seconds gets 408 (the response must also be taken
     within that time), and the connection is closed. At most ``max_connections`` are served at
     once; more are closed when accepted. Raises ``OSError`` when the address cannot be bound.
+
+    ``routes`` serves more paths (the exporter's ``/probe``, ``/-/healthy``, ``/-/reload``):
+    see :data:`Route`. A route's own time is not bounded by ``request_timeout``, which bounds
+    reading the request and writing the response.
     """
     server = MetricsServer(
         render,
@@ -237,6 +271,7 @@ async def serve_metrics(
         max_request_bytes=max_request_bytes,
         request_timeout=request_timeout,
         max_connections=max_connections,
+        routes=routes,
     )
     await server._start(host, port)
     return server

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from .._definitions import DefinitionErrors
 from .._exceptions import UsageError
 from ..control._config import ControlConfig, load_control_config
-from . import check, checkpoint, control, demo, run
+from . import check, checkpoint, control, demo, exporter, run
 from ._common import EXIT_USAGE, Command, UsageExit, _err, _out, _Parser
 from ._common import _loop_factory as _loop_factory  # tests and embedders use it
 
@@ -47,6 +47,7 @@ COMMANDS: list[Command] = [
     demo.COMMAND,
     control.COMMAND,
     checkpoint.COMMAND,
+    exporter.COMMAND,
 ]
 
 
