@@ -420,11 +420,11 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_commands_are_one_table() -> None:
-    assert [c.name for c in COMMANDS] == ["check", "run", "demo", "control", "checkpoint"]
+    assert [c.name for c in COMMANDS] == ["check", "run", "demo", "control", "checkpoint", "exporter"]
     subparsers = next(
         a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
     )
-    assert list(subparsers.choices) == ["check", "run", "demo", "control", "checkpoint"]  # type: ignore[union-attr]
+    assert list(subparsers.choices) == ["check", "run", "demo", "control", "checkpoint", "exporter"]  # type: ignore[union-attr]
 
 
 def test_python_m_probekit_nagios(web: str) -> None:
