@@ -9,6 +9,8 @@ What each fence language means, and how it is checked:
   ``probekit.cli.load_control_config``, any other through ``probekit.load_config``, with the
   environment variables and files it names provided by the test. A block preceded by
   ``<!-- fragment -->`` is deliberately partial and only has to parse as TOML.
+- ```yaml: a blackbox_exporter ``blackbox.yml`` that ``probekit.exporter.parse_blackbox``
+  must load, or a Prometheus config (with ``scrape_configs``) that only has to parse.
 - ```json: must parse. The result example in results.md must load with ``result_from_json``. The
   protocol messages in protocol.md are decoded by ``test_the_documented_examples_decode`` in
   tests/test_protocol.py, so they are only checked for JSON validity here.
@@ -20,8 +22,8 @@ What each fence language means, and how it is checked:
   files the commands name are written by ``_files``. A ``probekit check KIND`` command for a
   registered kind the command line does not offer yet is an expected failure. Skipped by rule:
   long-running commands (``probekit control``, ``probekit checkpoint``, ``probekit demo``,
-  ``probekit run`` without ``--once`` or ``--duration``), which tests/test_cli_control.py and
-  tests/test_demo.py cover. In a block with ``$ `` prompts only prompted lines are commands, and for
+  ``probekit exporter``, ``probekit run`` without ``--once`` or ``--duration``), which
+  tests/test_cli_control.py, tests/test_demo.py and tests/test_exporter.py cover. In a block with ``$ `` prompts only prompted lines are commands, and for
   a command that exits 3 (invalid input, so no timings in its output) every line of the transcript
   below it must be printed. Other lines in an sh block are output, installation (``pip``, ``nox``,
   ``apt-get``), benchmarks or shell plumbing and are not run.
@@ -57,8 +59,8 @@ from probekit.cli import load_control_config
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 FRAGMENT = "<!-- fragment -->"
-LANGUAGES = {"python", "py", "toml", "json", "sh", "text"}
-LONG_RUNNING = {"control", "checkpoint", "demo"}
+LANGUAGES = {"python", "py", "toml", "yaml", "json", "sh", "text"}
+LONG_RUNNING = {"control", "checkpoint", "demo", "exporter"}
 
 
 def _fences() -> Iterator[tuple[str, str, str, bool]]:
@@ -141,6 +143,11 @@ def test_config_loads(
         stand_in = tmp_path / f"secret-{index}"
         stand_in.write_text("doc-secret-0123456789abcdef0123456789\n")
         code = code.replace(f'"{doc_path}"', json.dumps(str(stand_in)))
+    if "modules" in data:  # probekit exporter's modules in probekit's TOML
+        from probekit.exporter import parse_toml_modules
+
+        assert parse_toml_modules(code)
+        return
     if "control" in data or "checkpoints" in data:
         ca = trustme.CA()
         leaf = ca.issue_cert("control.example")
@@ -160,6 +167,22 @@ def test_config_loads(
         except DefinitionErrors as exc:  # pragma: no cover - the failure message
             pytest.fail(f"documented config does not load: {exc.errors}")
         assert config_.monitors
+
+
+# -- yaml ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "fragment"), _blocks("yaml"))
+def test_yaml_loads(code: str, fragment: bool) -> None:
+    """A blackbox.yml loads as probekit exporter reads it; a Prometheus scrape config parses."""
+    import yaml
+
+    data = yaml.safe_load(code)
+    if fragment or "scrape_configs" in data:
+        return
+    from probekit.exporter import parse_blackbox
+
+    assert parse_blackbox(code)
 
 
 # -- json ---------------------------------------------------------------------------------------
@@ -377,6 +400,7 @@ def test_long_running_commands_are_exercised_elsewhere(line: str, output: list[s
         "control": "test_cli_control.py",
         "checkpoint": "test_cli_control.py",
         "demo": "test_demo.py",
+        "exporter": "test_exporter.py",
         "run": "test_cli.py",
     }[command]
     source = (Path(__file__).parent / covering).read_text()
