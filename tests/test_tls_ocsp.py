@@ -743,3 +743,166 @@ def test_unusable_urls(url: str) -> None:
 def test_request_targets() -> None:
     assert _ocsp._target("http://ocsp.test") == ("ocsp.test", 80, "/", "ocsp.test")
     assert _ocsp._target("http://[::1]:8080/p?q=1") == ("::1", 8080, "/p?q=1", "[::1]:8080")
+
+
+# -- stapling: openssl s_server -status_file -------------------------------------------------
+
+
+class SServer:
+    """``openssl s_server`` on a loopback high port serving ``leaf`` (and ``staple``, if any)."""
+
+    def __init__(self, pki: Pki, key: Key, leaf: x509.Certificate, staple: bytes | None) -> None:
+        self.directory = pki.directory
+        self.cert = _pem(pki.directory / "sserver.pem", leaf)
+        self.key = _pem(pki.directory / "sserver.key", key)
+        self.staple = staple
+        self.port = 0
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> SServer:
+        assert OPENSSL is not None
+        self.port = closed_port()
+        extra: list[str] = []
+        if self.staple is not None:
+            status = self.directory / "staple.der"
+            status.write_bytes(self.staple)
+            extra = ["-status_file", str(status)]
+        self.process = await asyncio.create_subprocess_exec(
+            OPENSSL,
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{self.port}",
+            "-cert",
+            str(self.cert),
+            "-key",
+            str(self.key),
+            "-www",
+            *extra,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.directory,
+        )
+        for _ in range(200):
+            try:
+                _r, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.025)
+                continue
+            writer.close()
+            return self
+        raise RuntimeError("openssl s_server did not start")
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.terminate()
+        await self.process.wait()
+
+
+async def _openssl_staple(pki: Pki, leaf: x509.Certificate, revoked: bool) -> bytes:
+    """The staple openssl's responder makes for ``leaf``."""
+    index = pki.directory / "index-staple.txt"
+    reason = f"{_stamp(REVOKED_AT)},cessationOfOperation" if revoked else None
+    index.write_text(_index_line(leaf, reason))
+    responder = OpensslResponder(pki, index)
+    reader = asyncio.StreamReader()
+    request = _ocsp.build_request(leaf, pki.ca)
+    reader.feed_data(
+        b"POST / HTTP/1.1\r\nContent-Type: application/ocsp-request\r\n"
+        + f"Content-Length: {len(request)}\r\n\r\n".encode()
+        + request
+    )
+
+    class Sink:
+        data = b""
+
+        def write(self, data: bytes) -> None:
+            Sink.data += data
+
+    await responder.handle(reader, Sink())  # type: ignore[arg-type]
+    return Sink.data.split(b"\r\n\r\n", 1)[1]
+
+
+async def _staple_case(
+    pki: Pki, make: Callable[[x509.Certificate], Awaitable[bytes | None]], **fields: Any
+) -> Result:
+    """A leaf whose responder is down, served by s_server with ``staple(leaf)``."""
+    key = _key()
+    leaf = pki.issue("localhost", key=key, ocsp_url=f"http://127.0.0.1:{closed_port()}/")
+    async with SServer(pki, key, leaf, await make(leaf)) as server:
+        fields.setdefault("staple", True)
+        probe = TlsProbe("127.0.0.1", server.port, tls=TlsOptions(ca_data=pki.ca_pem), **fields)
+        return await _check(probe)
+
+
+async def test_a_good_staple_is_up_without_asking_the_responder(openssl_pki: Pki) -> None:
+    pki = openssl_pki
+
+    async def good(leaf: x509.Certificate) -> bytes:
+        return await _openssl_staple(pki, leaf, revoked=False)
+
+    result = await _staple_case(pki, good)
+    assert result.status is Status.UP, result.summary()
+    assert "staple" in result.phase_names() and "ocsp" not in result.phase_names()
+    (outcome,) = [a for a in result.assertions if a.name == "revocation"]
+    assert outcome.observed.startswith("good per the staple")
+    # Without staple = true the same server is only as good as its (down) responder.
+    unstapled = await _staple_case(pki, good, staple=False)
+    assert unstapled.status is Status.DEGRADED, unstapled.summary()
+    assert "staple" not in unstapled.phase_names()
+
+
+async def test_a_revoked_staple_is_down(openssl_pki: Pki) -> None:
+    pki = openssl_pki
+
+    async def revoked(leaf: x509.Certificate) -> bytes:
+        return await _openssl_staple(pki, leaf, revoked=True)
+
+    result = await _staple_case(pki, revoked)
+    assert result.status is Status.DOWN and result.error is not None
+    assert result.error.kind is ErrorKind.TLS
+    assert "revoked at" in result.error.message and "cessationOfOperation" in result.error.message
+    assert "per the staple" in result.error.message
+
+
+async def test_no_staple_falls_back_to_the_responder(openssl_pki: Pki) -> None:
+    async def none(leaf: x509.Certificate) -> None:
+        return None
+
+    result = await _staple_case(openssl_pki, none)
+    assert result.status is Status.DEGRADED, result.summary()
+    assert result.error is not None
+    assert "no staple sent" in result.error.message
+    assert "connection refused" in result.error.message
+    assert {"staple", "ocsp"} <= set(result.phase_names())
+
+
+async def test_a_stale_staple_is_ignored(openssl_pki: Pki) -> None:
+    pki = openssl_pki
+
+    async def stale(leaf: x509.Certificate) -> bytes:
+        return _answer(
+            pki,
+            leaf,
+            this_update=NOW - dt.timedelta(days=3),
+            next_update=NOW - dt.timedelta(days=2),
+        )
+
+    result = await _staple_case(pki, stale, revocation="hard")
+    assert result.status is Status.DOWN and result.error is not None
+    assert "staple ignored: the answer is stale" in result.error.message
+    assert result.error.phase == "ocsp"
+
+
+async def test_staple_without_pyopenssl_says_what_to_install(
+    openssl_pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "OpenSSL", None)
+
+    async def none(leaf: x509.Certificate) -> None:
+        return None
+
+    result = await _staple_case(openssl_pki, none)
+    assert result.status is Status.UNKNOWN and result.error is not None
+    assert "install probekit[ocsp]" in result.error.message

@@ -45,14 +45,17 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOCK_SKEW",
     "MAX_AGE_WITHOUT_NEXT_UPDATE",
+    "MAX_HANDSHAKE",
     "MAX_HEAD",
     "MAX_RESPONSE",
     "REVOCATION_MODES",
     "OcspProblem",
     "Revocation",
     "Verdict",
+    "Staple",
     "ask",
     "build_request",
+    "fetch_staple",
     "judge",
     "leaf_and_issuer",
     "responder_url",
@@ -430,3 +433,99 @@ def judge(
         revocation_time=revoked_at,
         reason=reason.value if reason is not None else None,
     )
+
+
+# -- the staple ------------------------------------------------------------------------------------
+
+#: The most handshake bytes read from the server while fetching a staple (a chain of a few
+#: certificates and a staple take 5-20 KB).
+MAX_HANDSHAKE: Final = 256 * 1024
+
+
+@attrs.frozen
+class Staple:
+    """What a handshake that asked for certificate status saw: the leaf, and the staple (None
+    when the server sent none)."""
+
+    leaf_der: bytes
+    response: bytes | None
+
+
+def _require_pyopenssl() -> None:
+    try:
+        import OpenSSL  # noqa: F401 - the optional extra, imported to see that it is there
+    except ImportError:
+        raise ProbeFailure(
+            ErrorKind.INTERNAL, "staple = true needs pyOpenSSL: install probekit[ocsp]"
+        ) from None
+
+
+async def fetch_staple(attempt: Attempt, conn: Connection, server_name: str | None) -> Staple:
+    """Do a TLS handshake over ``conn`` (a dial-path connection, not yet TLS) with pyOpenSSL,
+    asking for certificate status (``status_request``), and return the leaf and the staple.
+
+    The handshake verifies nothing: the staple is trusted only after :func:`judge` (signed by
+    the issuer, about this leaf), and the leaf is compared with the one the verified handshake
+    saw. At most :data:`MAX_HANDSHAKE` bytes are read.
+    """
+    _require_pyopenssl()
+    from OpenSSL import SSL
+
+    seen: list[bytes] = []
+
+    def on_status(_conn: SSL.Connection, data: bytes, _extra: object) -> bool:
+        seen.append(bytes(data))
+        return True  # judged afterwards, with the issuer at hand
+
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_ocsp_client_callback(on_status)
+    tls = SSL.Connection(ctx, None)
+    if server_name:
+        tls.set_tlsext_host_name(server_name.encode("idna"))
+    tls.request_ocsp()
+    tls.set_connect_state()
+    received = 0
+    while True:
+        try:
+            tls.do_handshake()
+            finished = True
+        except SSL.WantReadError:
+            finished = False
+        except SSL.Error as exc:
+            raise ProbeFailure(ErrorKind.TLS, f"the stapling handshake failed: {exc}") from None
+        outgoing = _drain(tls)
+        if outgoing:
+            await attempt.write(conn, outgoing)
+        if finished:
+            break
+        data = await attempt.read(conn, _READ)
+        if not data:
+            raise ProbeFailure(ErrorKind.TLS, "the server closed the stapling handshake")
+        received += len(data)
+        if received > MAX_HANDSHAKE:
+            raise ProbeFailure(ErrorKind.TLS, f"the handshake exceeds {MAX_HANDSHAKE} bytes")
+        tls.bio_write(data)
+    cert = tls.get_peer_certificate(as_cryptography=True)
+    if cert is None:
+        raise ProbeFailure(ErrorKind.TLS, "the server presented no certificate when stapling")
+    from cryptography.hazmat.primitives import serialization
+
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Staple(der, seen[0] if seen and seen[0] else None)
+
+
+def _drain(tls: object) -> bytes:
+    from OpenSSL import SSL
+
+    assert isinstance(tls, SSL.Connection)
+    out = bytearray()
+    while True:
+        try:
+            chunk = tls.bio_read(_READ)
+        except SSL.WantReadError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)

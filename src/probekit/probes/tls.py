@@ -22,6 +22,7 @@ asked, or an answer that cannot be trusted, or ``unknown``, is DEGRADED (``soft`
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -34,6 +35,7 @@ from .._deadline import after
 from .._dial import Connection
 from .._errors import classify
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
+from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import CertInfo, ErrorKind, Result, Status, TlsInfo
 from .._timeouts import Timeouts
@@ -41,10 +43,12 @@ from .._tls import TlsOptions, TlsVersion
 from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host, host, host_port, port
 from ._kind import HostPort, Metric, Option, ProbeKind
-from ._ocsp import REVOCATION_MODES, Revocation
+from ._ocsp import REVOCATION_MODES, Revocation, Verdict
 from ._options import TLS_OPTIONS, option_problem, tls_definition
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from .._context import ProbeContext
 
 __all__ = [
@@ -57,6 +61,8 @@ __all__ = [
     "StartTlsProtocol",
     "TlsProbe",
 ]
+
+log = logging.getLogger("probekit.probe.tls")
 
 TLS_PORT: Final = 443
 #: The longest reply line of a STARTTLS dialogue read (SMTP allows 512 octets, FTP and IMAP
@@ -316,6 +322,7 @@ class TlsProbe(ProbeBase):
     expect_san: tuple[str, ...] = attrs.field(default=(), converter=_names)
     fingerprint_sha256: str | None = attrs.field(default=None, converter=_fingerprint)
     revocation: Revocation = "soft"
+    staple: bool = False
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -354,6 +361,8 @@ class TlsProbe(ProbeBase):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise DefinitionError(field, f"expected text, got {value!r}")
+        if not isinstance(self.staple, bool):
+            raise DefinitionError("staple", f"expected true or false, got {self.staple!r}")
         if self.revocation not in REVOCATION_MODES:
             raise DefinitionError(
                 "revocation", f"expected one of {list(REVOCATION_MODES)}, got {self.revocation!r}"
@@ -414,7 +423,7 @@ class TlsProbe(ProbeBase):
         if cert is None:
             return
         url, named = _ocsp.responder_url(cert)
-        if url is None:
+        if url is None and not self.staple:
             if named:
                 self._unchecked(attempt, f"no http:// OCSP responder among {named}")
             # A leaf naming no responder is not checked: most private CAs run none.
@@ -422,18 +431,30 @@ class TlsProbe(ProbeBase):
         if issuer is None:
             self._unchecked(attempt, "the issuer's certificate is neither sent nor trusted")
             return
-        verdict: _ocsp.Verdict | None = None
-        with attempt.phase("ocsp"):
-            try:
-                with after(self._ocsp_budget(attempt)):
-                    answer = await _ocsp.ask(attempt, url, _ocsp.build_request(cert, issuer))
-                verdict = _ocsp.judge(answer, cert, issuer, attempt.ctx.clock.now(), url)
-            except Exception as exc:  # noqa: BLE001 - every failure of the query is classified
-                attempt.timeline.current = "ocsp"
-                error = classify(exc, "ocsp")
-                self._unchecked(attempt, f"OCSP responder {url}: {error.message}", error.kind)
-        if verdict is None:
+        verdict: Verdict | None = None
+        staple_note = ""
+        if self.staple:
+            verdict, staple_note = await self._from_staple(attempt, conn, cert, issuer)
+        if verdict is None and url is None:
+            why = "no http:// OCSP responder" + (f" among {named}" if named else " named")
+            self._unchecked(attempt, f"{staple_note}; {why}" if staple_note else why)
             return
+        if verdict is None:
+            assert url is not None
+            with attempt.phase("ocsp"):
+                try:
+                    with after(self._ocsp_budget(attempt)):
+                        answer = await _ocsp.ask(attempt, url, _ocsp.build_request(cert, issuer))
+                    verdict = _ocsp.judge(answer, cert, issuer, attempt.ctx.clock.now(), url)
+                except Exception as exc:  # noqa: BLE001 - every failure of the query is classified
+                    attempt.timeline.current = "ocsp"
+                    error = classify(exc, "ocsp")
+                    why = f"OCSP responder {url}: {error.message}"
+                    self._unchecked(
+                        attempt, f"{staple_note}; {why}" if staple_note else why, error.kind
+                    )
+            if verdict is None:
+                return
         attempt.metric("revoked", int(verdict.status == "revoked"))
         if verdict.status == "revoked":
             raise ProbeFailure(ErrorKind.TLS, f"the certificate is {verdict.describe()}")
@@ -444,7 +465,48 @@ class TlsProbe(ProbeBase):
                 ErrorKind.TLS,
             )
             return
-        attempt.outcome("revocation", True, "not revoked (OCSP)", verdict.describe())
+        seen = verdict.describe() + (f" ({staple_note})" if staple_note else "")
+        attempt.outcome("revocation", True, "not revoked (OCSP)", seen)
+
+    async def _from_staple(
+        self, attempt: Attempt, conn: Connection, cert: x509.Certificate, issuer: x509.Certificate
+    ) -> tuple[Verdict | None, str]:
+        """The verdict of the server's staple, from a second handshake asking for it (phase
+        ``staple``); or None and why there is none (then the responder is asked)."""
+        from cryptography.hazmat.primitives import serialization
+
+        from . import _ocsp
+
+        leaf_der = cert.public_bytes(serialization.Encoding.DER)
+        checked = attempt.address
+        # The first connection has told all it can; servers that take one client at a time
+        # (openssl s_server) would not answer the second while it is open.
+        conn.close()
+        with attempt.phase("staple"):
+            try:
+                with after(self._ocsp_budget(attempt)):
+                    second = await attempt.connect(str(conn.ip), conn.port)
+                    if self.starttls != "none":
+                        await _DIALOGUES[self.starttls](attempt, second)
+                    name = self.options.server_name
+                    if name is None and parse_host_address(self.host) is None:
+                        name = self.host.rstrip(".")
+                    stapled = await _ocsp.fetch_staple(attempt, second, name)
+                second.close()
+                if stapled.leaf_der != leaf_der:
+                    return None, "staple ignored: the second handshake presented another leaf"
+                if stapled.response is None:
+                    return None, "no staple sent"
+                now = attempt.ctx.clock.now()
+                return _ocsp.judge(stapled.response, cert, issuer, now, "the staple"), ""
+            except Exception as exc:  # a failed staple falls back to the responder
+                if isinstance(exc, ProbeFailure) and exc.kind is ErrorKind.INTERNAL:
+                    raise  # pyOpenSSL is missing: a set-up problem, not the server's
+                attempt.timeline.current = "staple"
+                log.debug("tls %s: no usable staple: %r", self.target, exc)
+                return None, f"staple ignored: {classify(exc, 'staple').message}"
+            finally:
+                attempt.address = checked
 
     def _ocsp_budget(self, attempt: Attempt) -> float:
         """:data:`OCSP_SHARE` of the time left before the check's deadline."""
@@ -641,6 +703,13 @@ KIND = ProbeKind(
             choices=REVOCATION_MODES,
             help="OCSP check of the leaf: off, soft (default: an unanswered query is WARNING) "
             "or hard (CRITICAL)",
+        ),
+        Option(
+            ("--staple",),
+            field="staple",
+            action="flag",
+            help="use the server's stapled OCSP response when it sends one (a second "
+            "handshake; needs probekit[ocsp])",
         ),
         Option(
             ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
