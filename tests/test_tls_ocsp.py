@@ -906,3 +906,33 @@ async def test_staple_without_pyopenssl_says_what_to_install(
     result = await _staple_case(openssl_pki, none)
     assert result.status is Status.UNKNOWN and result.error is not None
     assert "install probekit[ocsp]" in result.error.message
+
+
+async def test_staple_after_starttls_replays_the_dialogue(pki: Pki) -> None:
+    """After STARTTLS the second handshake needs the dialogue again; a server that staples
+    nothing (Python's ssl cannot) falls back to the responder."""
+    from test_tls import smtp
+
+    key = _key()
+    leaf = pki.issue("localhost", key=key, ocsp_url=f"http://127.0.0.1:{closed_port()}/")
+    async with TcpServer(smtp(_server_tls(pki, key, leaf, "smtp"))) as server:
+        probe = TlsProbe(
+            "127.0.0.1",
+            server.port,
+            starttls="smtp",
+            staple=True,
+            tls=TlsOptions(ca_data=pki.ca_pem),
+        )
+        result = await _check(probe)
+        assert server.connections == 2
+    assert result.status is Status.DEGRADED, result.summary()
+    assert result.error is not None and "no staple sent" in result.error.message
+    assert [p.name for p in result.phases].count("starttls") == 2
+
+
+def test_the_staple_flag(tmp_path: Path) -> None:
+    (option,) = [o for o in KIND.options if o.field == "staple"]
+    assert option.flags == ("--staple",) and option.action == "flag"
+    with pytest.raises(DefinitionErrors) as info:
+        build_probe({"kind": "tls", "host": "example.test", "staple": "yes"})
+    assert any(e.path == "staple" for e in info.value.errors)
