@@ -16,8 +16,10 @@ Revocation (``revocation``, default ``soft``): after the handshake, the OCSP res
 leaf names (its AIA ``http://`` URL) is asked through the dial path, timed as phase ``ocsp``;
 see :mod:`probekit.probes._ocsp`. A revoked leaf is DOWN/``tls``. A responder that cannot be
 asked, or an answer that cannot be trusted, or ``unknown``, is DEGRADED (``soft``) or DOWN
-(``hard``). Stapled responses are not read: CPython's :mod:`ssl` can neither ask for one (the
-``status_request`` extension) nor return it.
+(``hard``). CPython's :mod:`ssl` can neither ask for a stapled response (the ``status_request``
+extension) nor return one, so with ``staple = true`` a second handshake, by pyOpenSSL over a
+second dial-path connection (phase ``staple``), asks for it; a usable staple spares the
+responder query.
 """
 
 from __future__ import annotations
