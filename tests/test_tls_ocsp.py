@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from probekit import (
     DefinitionErrors,
@@ -936,3 +938,57 @@ def test_the_staple_flag(tmp_path: Path) -> None:
     with pytest.raises(DefinitionErrors) as info:
         build_probe({"kind": "tls", "host": "example.test", "staple": "yes"})
     assert any(e.path == "staple" for e in info.value.errors)
+
+
+# -- arbitrary answers -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def judged(pki: Pki) -> tuple[x509.Certificate, bytes]:
+    leaf = pki.issue("judged")
+    return leaf, _answer(pki, leaf)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_answer_is_a_verdict_or_a_problem(
+    pki: Pki, judged: tuple[x509.Certificate, bytes], data: st.DataObject
+) -> None:
+    """Arbitrary bytes, and a valid answer with bytes changed, cut or added, are judged or
+    refused with an OcspProblem; nothing else escapes."""
+    leaf, valid = judged
+    answer = data.draw(
+        st.binary(max_size=600)
+        | st.builds(
+            lambda at, value: valid[:at] + bytes([value]) + valid[at + 1 :],
+            st.integers(0, len(valid) - 1),
+            st.integers(0, 255),
+        )
+        | st.builds(lambda cut: valid[:cut], st.integers(0, len(valid)))
+        | st.builds(lambda extra: valid + extra, st.binary(min_size=1, max_size=20))
+    )
+    problem: _ocsp.OcspProblem | None = None
+    try:
+        verdict = _ocsp.judge(answer, leaf, pki.ca, dt.datetime.now(dt.UTC), "test")
+    except _ocsp.OcspProblem as exc:
+        problem = exc
+    if problem is not None:
+        assert problem.kind in (ErrorKind.PROTOCOL, ErrorKind.TLS)
+    else:
+        assert verdict.status == "good"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    raw=st.binary(max_size=400)
+    | st.builds(
+        lambda body: _http(body),
+        st.binary(max_size=400),
+    )
+    | st.sampled_from([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b""])
+)
+def test_any_responder_bytes_give_a_degraded_result(pki: Pki, raw: bytes) -> None:
+    result, _ = asyncio.run(_fake(pki, lambda leaf: raw, timeouts=Timeouts(total=2.0)))
+    assert result.status is Status.DEGRADED, result.summary()
+    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error.message.startswith("revocation failed: expected a trusted OCSP answer")

@@ -361,6 +361,7 @@ def _single(
     response: x509.ocsp.OCSPResponse, leaf: x509.Certificate, issuer: x509.Certificate
 ) -> x509.ocsp.OCSPSingleResponse:
     """The answer's entry for the leaf (serial number and issuer hashes must match)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.x509 import ocsp
 
     for single in response.responses:
@@ -372,7 +373,7 @@ def _single(
                 .add_certificate(leaf, issuer, single.hash_algorithm)
                 .build()
             )
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             continue
         if (
             single.issuer_name_hash == mine.issuer_name_hash
@@ -391,6 +392,7 @@ def judge(
 ) -> Verdict:
     """Parse and check an OCSP answer about ``leaf``; raise :class:`OcspProblem` when it
     cannot be trusted (malformed, not about this certificate, badly signed, not fresh)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.x509 import ocsp
 
     try:
@@ -410,7 +412,7 @@ def judge(
         state = single.certificate_status
         revoked_at = single.revocation_time_utc if state is ocsp.OCSPCertStatus.REVOKED else None
         reason = single.revocation_reason
-    except ValueError as exc:  # a field cryptography could not decode
+    except (ValueError, UnsupportedAlgorithm) as exc:  # a field cryptography cannot decode
         raise OcspProblem(ErrorKind.PROTOCOL, f"malformed OCSP response: {exc}") from None
     if this_update > now + CLOCK_SKEW:
         raise OcspProblem(ErrorKind.TLS, f"thisUpdate {_stamp(this_update)} is in the future")

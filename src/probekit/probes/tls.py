@@ -421,10 +421,14 @@ class TlsProbe(ProbeBase):
         from . import _ocsp
 
         ssl_object = conn.transport.get_extra_info("ssl_object")
-        cert, issuer = _ocsp.leaf_and_issuer(ssl_object, self.options.ca_data)
-        if cert is None:
+        try:
+            cert, issuer = _ocsp.leaf_and_issuer(ssl_object, self.options.ca_data)
+            if cert is None:
+                return
+            url, named = _ocsp.responder_url(cert)
+        except ValueError as exc:  # an extension or certificate cryptography cannot decode
+            self._unchecked(attempt, f"cannot read the certificates: {exc}")
             return
-        url, named = _ocsp.responder_url(cert)
         if url is None and not self.staple:
             if named:
                 self._unchecked(attempt, f"no http:// OCSP responder among {named}")
@@ -468,7 +472,7 @@ class TlsProbe(ProbeBase):
             )
             return
         seen = verdict.describe() + (f" ({staple_note})" if staple_note else "")
-        attempt.outcome("revocation", True, "not revoked (OCSP)", seen)
+        attempt.outcome("revocation", True, "a trusted OCSP answer", seen)
 
     async def _from_staple(
         self, attempt: Attempt, conn: Connection, cert: x509.Certificate, issuer: x509.Certificate
@@ -522,13 +526,7 @@ class TlsProbe(ProbeBase):
         """Revocation could not be established: DEGRADED (soft) or DOWN of ``kind`` (hard)."""
         if self.revocation == "hard":
             raise ProbeFailure(kind, f"revocation not established: {why}")
-        attempt.outcome(
-            "revocation",
-            False,
-            "not revoked (OCSP)",
-            f"not established: {why}",
-            severity=Status.DEGRADED,
-        )
+        attempt.outcome("revocation", False, "a trusted OCSP answer", why, severity=Status.DEGRADED)
 
     def _check_version(self, info: TlsInfo) -> None:
         if self.min_version is None:
