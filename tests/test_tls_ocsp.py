@@ -45,6 +45,7 @@ from probekit import (
     TlsOptions,
     TlsProbe,
     build_probe,
+    probe_to_dict,
 )
 from probekit.probes import _ocsp
 from probekit.probes.tls import KIND
@@ -443,7 +444,7 @@ async def test_a_metadata_responder_is_denied_and_never_dialled(pki: Pki) -> Non
     assert guard.refused == []
     assert {ip for ip, _ in guard.dialled} == {"127.0.0.1"}
     assert soft.status is Status.DEGRADED and soft.error is not None
-    assert "169.254.169.254" in soft.error.message
+    assert "169.254.169.254" in soft.error.message and "denied" in soft.error.message
     assert hard.status is Status.DOWN and hard.error is not None
     assert hard.error.kind is ErrorKind.POLICY_DENIED and hard.error.phase == "ocsp"
 
@@ -929,6 +930,13 @@ async def test_staple_after_starttls_replays_the_dialogue(pki: Pki) -> None:
     assert result.status is Status.DEGRADED, result.summary()
     assert result.error is not None and "no staple sent" in result.error.message
     assert [p.name for p in result.phases].count("starttls") == 2
+
+
+def test_the_fields_round_trip() -> None:
+    probe = TlsProbe("example.test", revocation="hard", staple=True)
+    plain = probe_to_dict(probe)
+    assert plain["revocation"] == "hard" and plain["staple"] is True
+    assert build_probe(plain) == probe
 
 
 def test_the_staple_flag(tmp_path: Path) -> None:
