@@ -12,13 +12,19 @@ and the go-ahead), and ``tls`` (the handshake). Metrics: ``days_left`` (of the l
 ``chain_length``, ``tls_version`` (1.2 for TLSv1.2) and, as for every TLS check,
 ``cert_days_left`` (the earliest-expiring certificate of the chain).
 
-No OCSP: CPython's :mod:`ssl` can neither ask for a stapled OCSP response (the
-``status_request`` extension) nor read one, so the dial path cannot see a staple, and responder
-queries are not made yet.
+Revocation (``revocation``, default ``soft``): after the handshake, the OCSP responder the
+leaf names (its AIA ``http://`` URL) is asked through the dial path, timed as phase ``ocsp``;
+see :mod:`probekit.probes._ocsp`. A revoked leaf is DOWN/``tls``. A responder that cannot be
+asked, or an answer that cannot be trusted, or ``unknown``, is DEGRADED (``soft``) or DOWN
+(``hard``). CPython's :mod:`ssl` can neither ask for a stapled response (the ``status_request``
+extension) nor return one, so with ``staple = true`` a second handshake, by pyOpenSSL over a
+second dial-path connection (phase ``staple``), asks for it; a usable staple spares the
+responder query.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -27,21 +33,38 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias, get_
 import attrs
 
 from .._assertions import Assertion, CertExpiry, Observation, assertion_tuple
+from .._deadline import after
 from .._dial import Connection
+from .._errors import classify
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
+from .._policy import parse_host_address
 from .._resolver import Family
-from .._result import CertInfo, ErrorKind, Result, TlsInfo
+from .._result import CertInfo, ErrorKind, Result, Status, TlsInfo
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, TlsVersion
 from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host, host, host_port, port
 from ._kind import HostPort, Metric, Option, ProbeKind
+from ._ocsp import REVOCATION_MODES, Revocation, Verdict
 from ._options import TLS_OPTIONS, option_problem, tls_definition
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from .._context import ProbeContext
 
-__all__ = ["KIND", "LINE_LIMIT", "MAX_LINES", "TLS_PORT", "StartTlsProtocol", "TlsProbe"]
+__all__ = [
+    "KIND",
+    "LINE_LIMIT",
+    "MAX_LINES",
+    "OCSP_SHARE",
+    "TLS_PORT",
+    "Revocation",
+    "StartTlsProtocol",
+    "TlsProbe",
+]
+
+log = logging.getLogger("probekit.probe.tls")
 
 TLS_PORT: Final = 443
 #: The longest reply line of a STARTTLS dialogue read (SMTP allows 512 octets, FTP and IMAP
@@ -60,6 +83,9 @@ _VERSION_NUMBERS: Final = {"TLSv1": 1.0, "TLSv1.1": 1.1, "TLSv1.2": 1.2, "TLSv1.
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SSL_REQUEST: Final = struct.pack("!ii", 8, 80877103)
 _EXCERPT: Final = 80
+#: The share of the check's remaining time the OCSP query may take, so that a stalled
+#: responder is reported (DEGRADED under ``revocation = "soft"``) before the check's deadline.
+OCSP_SHARE: Final = 0.9
 
 
 def _shown(data: bytes) -> str:
@@ -274,6 +300,12 @@ class TlsProbe(ProbeBase):
     RFC 4514 subject/issuer contains), ``expect_san`` (names that must all be in the leaf's
     SAN) and ``fingerprint_sha256`` (the leaf's SHA-256, hex, colons allowed) are pins: a
     mismatch is DOWN/``assertion``.
+
+    ``revocation`` (``"off"``, ``"soft"``, ``"hard"``; default ``"soft"``): ask the OCSP
+    responder the leaf names (phase ``ocsp``). ``good`` is UP; ``revoked`` is DOWN/``tls``
+    naming the revocation time and reason; ``unknown``, an unreachable, slow or denied
+    responder, or an answer that is malformed, badly signed or stale is DEGRADED/``assertion``
+    under ``soft`` and DOWN under ``hard``. A leaf that names no responder is not checked.
     """
 
     kind: ClassVar[str] = "tls"
@@ -291,6 +323,8 @@ class TlsProbe(ProbeBase):
     expect_issuer: str | None = None
     expect_san: tuple[str, ...] = attrs.field(default=(), converter=_names)
     fingerprint_sha256: str | None = attrs.field(default=None, converter=_fingerprint)
+    revocation: Revocation = "soft"
+    staple: bool = False
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -329,6 +363,12 @@ class TlsProbe(ProbeBase):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise DefinitionError(field, f"expected text, got {value!r}")
+        if not isinstance(self.staple, bool):
+            raise DefinitionError("staple", f"expected true or false, got {self.staple!r}")
+        if self.revocation not in REVOCATION_MODES:
+            raise DefinitionError(
+                "revocation", f"expected one of {list(REVOCATION_MODES)}, got {self.revocation!r}"
+            )
         check_family(self.ip_family)
         if not isinstance(self.timeouts, Timeouts):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
@@ -351,11 +391,13 @@ class TlsProbe(ProbeBase):
         from .._tls import warm_up
 
         warm_up(self.options)
+        if self.revocation != "off":
+            from cryptography.x509 import ocsp  # noqa: F401 - imported outside the check's clock
 
     async def run(self, attempt: Attempt) -> None:
         options = self.options
         if self.starttls == "none":
-            await attempt.connect(self.host, self.port, tls=options, family=self.ip_family)
+            conn = await attempt.connect(self.host, self.port, tls=options, family=self.ip_family)
         else:
             conn = await attempt.connect(self.host, self.port, family=self.ip_family)
             await _DIALOGUES[self.starttls](attempt, conn)
@@ -372,6 +414,119 @@ class TlsProbe(ProbeBase):
         self._check_version(info)
         self._check_expiry(attempt, info)
         self._check_pins(attempt, leaf)
+        if self.revocation != "off":
+            await self._check_revocation(attempt, conn)
+
+    async def _check_revocation(self, attempt: Attempt, conn: Connection) -> None:
+        from . import _ocsp
+
+        ssl_object = conn.transport.get_extra_info("ssl_object")
+        try:
+            cert, issuer = _ocsp.leaf_and_issuer(ssl_object, self.options.ca_data)
+            if cert is None:
+                return
+            url, named = _ocsp.responder_url(cert)
+        except ValueError as exc:  # an extension or certificate cryptography cannot decode
+            self._unchecked(attempt, f"cannot read the certificates: {exc}")
+            return
+        if url is None and not self.staple:
+            if named:
+                self._unchecked(attempt, f"no http:// OCSP responder among {named}")
+            # A leaf naming no responder is not checked: most private CAs run none.
+            return
+        if issuer is None:
+            self._unchecked(attempt, "the issuer's certificate is neither sent nor trusted")
+            return
+        verdict: Verdict | None = None
+        staple_note = ""
+        if self.staple:
+            verdict, staple_note = await self._from_staple(attempt, conn, cert, issuer)
+        if verdict is None and url is None:
+            why = "no http:// OCSP responder" + (f" among {named}" if named else " named")
+            self._unchecked(attempt, f"{staple_note}; {why}" if staple_note else why)
+            return
+        if verdict is None:
+            assert url is not None
+            with attempt.phase("ocsp"):
+                try:
+                    with after(self._ocsp_budget(attempt)):
+                        answer = await _ocsp.ask(attempt, url, _ocsp.build_request(cert, issuer))
+                    verdict = _ocsp.judge(answer, cert, issuer, attempt.ctx.clock.now(), url)
+                except Exception as exc:  # noqa: BLE001 - every failure of the query is classified
+                    attempt.timeline.current = "ocsp"
+                    error = classify(exc, "ocsp")
+                    why = f"OCSP responder {url}: {error.message}"
+                    self._unchecked(
+                        attempt, f"{staple_note}; {why}" if staple_note else why, error.kind
+                    )
+            if verdict is None:
+                return
+        attempt.metric("revoked", int(verdict.status == "revoked"))
+        if verdict.status == "revoked":
+            raise ProbeFailure(ErrorKind.TLS, f"the certificate is {verdict.describe()}")
+        if verdict.status == "unknown":
+            self._unchecked(
+                attempt,
+                f"the responder does not know the certificate: {verdict.describe()}",
+                ErrorKind.TLS,
+            )
+            return
+        seen = verdict.describe() + (f" ({staple_note})" if staple_note else "")
+        attempt.outcome("revocation", True, "a trusted OCSP answer", seen)
+
+    async def _from_staple(
+        self, attempt: Attempt, conn: Connection, cert: x509.Certificate, issuer: x509.Certificate
+    ) -> tuple[Verdict | None, str]:
+        """The verdict of the server's staple, from a second handshake asking for it (phase
+        ``staple``); or None and why there is none (then the responder is asked)."""
+        from cryptography.hazmat.primitives import serialization
+
+        from . import _ocsp
+
+        leaf_der = cert.public_bytes(serialization.Encoding.DER)
+        checked = attempt.address
+        # The first connection has told all it can; servers that take one client at a time
+        # (openssl s_server) would not answer the second while it is open.
+        conn.close()
+        with attempt.phase("staple"):
+            try:
+                with after(self._ocsp_budget(attempt)):
+                    second = await attempt.connect(str(conn.ip), conn.port)
+                    if self.starttls != "none":
+                        await _DIALOGUES[self.starttls](attempt, second)
+                    name = self.options.server_name
+                    if name is None and parse_host_address(self.host) is None:
+                        name = self.host.rstrip(".")
+                    stapled = await _ocsp.fetch_staple(attempt, second, name)
+                second.close()
+                if stapled.leaf_der != leaf_der:
+                    return None, "staple ignored: the second handshake presented another leaf"
+                if stapled.response is None:
+                    return None, "no staple sent"
+                now = attempt.ctx.clock.now()
+                return _ocsp.judge(stapled.response, cert, issuer, now, "the staple"), ""
+            except Exception as exc:  # a failed staple falls back to the responder
+                if isinstance(exc, ProbeFailure) and exc.kind is ErrorKind.INTERNAL:
+                    raise  # pyOpenSSL is missing: a set-up problem, not the server's
+                attempt.timeline.current = "staple"
+                log.debug("tls %s: no usable staple: %r", self.target, exc)
+                return None, f"staple ignored: {classify(exc, 'staple').message}"
+            finally:
+                attempt.address = checked
+
+    def _ocsp_budget(self, attempt: Attempt) -> float:
+        """:data:`OCSP_SHARE` of the time left before the check's deadline."""
+        now = attempt.ctx.clock.monotonic()
+        deadline = attempt.timeline.start + self.timeouts.total
+        if attempt.ctx.deadline is not None:
+            deadline = min(deadline, attempt.ctx.deadline)
+        return max(deadline - now, 0.0) * OCSP_SHARE
+
+    def _unchecked(self, attempt: Attempt, why: str, kind: ErrorKind = ErrorKind.TLS) -> None:
+        """Revocation could not be established: DEGRADED (soft) or DOWN of ``kind`` (hard)."""
+        if self.revocation == "hard":
+            raise ProbeFailure(kind, f"revocation not established: {why}")
+        attempt.outcome("revocation", False, "a trusted OCSP answer", why, severity=Status.DEGRADED)
 
     def _check_version(self, info: TlsInfo) -> None:
         if self.min_version is None:
@@ -543,6 +698,20 @@ KIND = ProbeKind(
             help="DOWN when the negotiated version is below VERSION (1.2 or 1.3)",
         ),
         Option(
+            ("--revocation",),
+            field="revocation",
+            choices=REVOCATION_MODES,
+            help="OCSP check of the leaf: off, soft (default: an unanswered query is WARNING) "
+            "or hard (CRITICAL)",
+        ),
+        Option(
+            ("--staple",),
+            field="staple",
+            action="flag",
+            help="use the server's stapled OCSP response when it sends one (a second "
+            "handshake; needs probekit[ocsp])",
+        ),
+        Option(
             ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
         ),
         Option(
@@ -557,6 +726,11 @@ KIND = ProbeKind(
             "tls_version",
             "probekit_tls_version",
             "The negotiated TLS version as a number (1.2, 1.3).",
+        ),
+        Metric(
+            "revoked",
+            "probekit_tls_revoked",
+            "1 when the OCSP responder says the leaf is revoked, 0 when it says good.",
         ),
     ),
     docs="probes/tls.md",
