@@ -85,7 +85,8 @@ class Daemon:
 
 @pytest.fixture(scope="session")
 def start_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Daemon]]:
-    """`start_daemon("NAME")` starts interop/daemons/NAME.sh once per session, stops it at the end."""
+    """`start_daemon("NAME")` starts interop/daemons/NAME.sh once per session; all stop at the
+    end."""
     started: dict[str, Daemon] = {}
 
     class _Starter(Daemon):
@@ -176,7 +177,9 @@ class Agreement:
             note,
         )
         _ROWS.append(row)
-        print(f"\n[interop] {daemon} {case}: probekit {row.probekit} ({phases}); plugin {row.plugin}")
+        print(
+            f"\n[interop] {daemon} {case}: probekit {row.probekit} ({phases}); plugin {row.plugin}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -189,11 +192,11 @@ def table() -> str:
         "| daemon | case | expected | probekit | plugin | phases (probekit) | note |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in _ROWS:
-        lines.append(
-            f"| {row.daemon} | {row.case} | {row.expected} | {row.probekit} | {row.plugin} "
-            f"| {row.phases} | {row.note} |"
-        )
+    lines.extend(
+        f"| {row.daemon} | {row.case} | {row.expected} | {row.probekit} | {row.plugin} "
+        f"| {row.phases} | {row.note} |"
+        for row in _ROWS
+    )
     return "\n".join(lines)
 
 

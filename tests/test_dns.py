@@ -346,10 +346,10 @@ async def test_nxdomain_can_be_the_expected_answer(ctx: ProbeContext) -> None:
     assert result.metrics["rcode"] == 3
     assert result.metrics["answers"] == 0
     # the section counts blackbox_exporter reports: no answer, the zone's SOA as authority,
-    # the OPT record of EDNS as additional
+    # nothing additional (the EDNS OPT record is not counted)
     assert result.metrics["answer_rrs"] == 0
     assert result.metrics["authority_rrs"] == 1
-    assert result.metrics["additional_rrs"] == 1
+    assert result.metrics["additional_rrs"] == 0
 
 
 async def test_section_counts_cover_every_record_of_the_answer(ctx: ProbeContext) -> None:

@@ -51,9 +51,8 @@ modules:
       preferred_ip_protocol: ip4
       ip_protocol_fallback: false
       body_size_limit: 1MB
-      http_client_config:
-        tls_config: {insecure_skip_verify: true, server_name: intranet.test}
-        basic_auth: {username: alice, password: s3cret}
+      tls_config: {insecure_skip_verify: true, server_name: intranet.test}
+      basic_auth: {username: alice, password: s3cret}
   must_match:
     prober: http
     http:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import urlsplit
 
 from .._exporters import _escape_help, _row
 from .._result import Result, Status, TlsInfo
@@ -85,14 +86,8 @@ def _http_version_text(value: float | None) -> str | None:
 def ip_hash(address: str | None) -> float:
     """blackbox_exporter's ``probe_ip_addr_hash``: FNV-1a (32 bit) of the address's bytes (4
     for IPv4, 16 for IPv6), 0 when there is no address."""
-    if not address:
-        return 0.0
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    if host.startswith("["):
-        host = host[1:].partition("]")[0]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    ip = _ip(address)
+    if ip is None:
         return 0.0
     value = 0x811C9DC5
     for byte in ip.packed:
@@ -102,14 +97,34 @@ def ip_hash(address: str | None) -> float:
 
 
 def _ip_version(address: str | None) -> int:
+    ip = _ip(address)
+    return ip.version if ip is not None else 0
+
+
+def _ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of ``ip:port``, ``[v6]:port`` or a bare address; None for anything else."""
     if not address:
-        return 0
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    host = host.strip("[]").partition("]")[0] if host.startswith("[") else host
+        return None
+    host = address
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
     try:
-        return ipaddress.ip_address(host).version
+        return ipaddress.ip_address(host)
     except ValueError:
-        return 0
+        return None
+
+
+def _address(result: Result) -> str | None:
+    """The address the check reached or, when it failed before connecting, the target's own
+    address if it is written as one (blackbox_exporter reports the resolved address then)."""
+    if result.address:
+        return result.address
+    target = result.target
+    if "://" in target:
+        target = urlsplit(target).netloc.rpartition("@")[2]
+    return target if _ip(target) is not None else None
 
 
 def _phase(result: Result, name: str) -> float:
@@ -135,6 +150,16 @@ def _tls_samples(tls: TlsInfo | None) -> Iterable[tuple[str, _Sample]]:
     yield "probe_tls_version_info", ({"version": _TLS_NAMES.get(tls.version, tls.version)}, 1.0)
 
 
+def _redirects(result: Result, module: Module) -> float:
+    """Redirects followed; a redirect answered to a module that does not follow them counts
+    as one, as blackbox_exporter counts it."""
+    followed = float(result.metrics.get("redirects", 0))
+    status = result.metrics.get("status_code", 0)
+    if module.definition.get("follow_redirects") is False and 300 <= status < 400:
+        return followed + 1
+    return followed
+
+
 def _regex_failed(result: Result) -> float:
     """1 when a regular expression on the body, a header or the bytes read did not hold."""
     names = ("body_matches", "header_matches", "expect")
@@ -144,21 +169,25 @@ def _regex_failed(result: Result) -> float:
 def _samples(result: Result, module: Module) -> Iterable[tuple[str, _Sample]]:
     prober = module.prober
     yield "probe_dns_lookup_time_seconds", ({}, _phase(result, "resolve"))
-    yield "probe_ip_protocol", ({}, float(_ip_version(result.address)))
-    yield "probe_ip_addr_hash", ({}, ip_hash(result.address))
+    address = _address(result)
+    yield "probe_ip_protocol", ({}, float(_ip_version(address)))
+    yield "probe_ip_addr_hash", ({}, ip_hash(address))
     metrics = result.metrics
     if prober == "http":
+        answered = "status_code" in metrics
         yield "probe_failed_due_to_regex", ({}, _regex_failed(result))
         for phase in ("resolve", "connect", "tls", "processing", "transfer"):
             yield "probe_http_duration_seconds", ({"phase": phase}, _phase(result, phase))
-        wire = metrics.get("wire_bytes", metrics.get("body_bytes"))
-        yield "probe_http_content_length", ({}, float(wire) if wire is not None else -1.0)
+        wire = metrics.get("wire_bytes", metrics.get("body_bytes", 0))
+        yield "probe_http_content_length", ({}, float(wire) if answered else 0.0)
         yield "probe_http_uncompressed_body_length", ({}, float(metrics.get("body_bytes", 0)))
-        yield "probe_http_redirects", ({}, float(metrics.get("redirects", 0)))
-        yield "probe_http_ssl", ({}, 1.0 if result.tls is not None else 0.0)
+        yield "probe_http_redirects", ({}, float(_redirects(result, module)))
+        # as blackbox_exporter: TLS facts of a response, none for a failed handshake
+        tls = result.tls if answered else None
+        yield "probe_http_ssl", ({}, 1.0 if tls is not None else 0.0)
         yield "probe_http_status_code", ({}, float(metrics.get("status_code", 0)))
         yield "probe_http_version", ({}, float(metrics.get("http_version", 0)))
-        yield from _tls_samples(result.tls)
+        yield from _tls_samples(tls)
     elif prober == "tcp":
         yield "probe_failed_due_to_regex", ({}, _regex_failed(result))
         yield from _tls_samples(result.tls)

@@ -450,21 +450,21 @@ def _http(options: _Options) -> tuple[dict[str, Any], tuple[str, ...]]:
     compression = options.take("compression")
     if compression not in (None, "", "gzip", "deflate", "identity"):
         options.problem("compression", f"unsupported compression {compression!r}")
-    client = options.take("http_client_config")
-    if client is not None:
-        _http_client(_Options(f"{options.where}.http_client_config", client), definition)
+    _http_client(options, definition)  # inline in the http section, as blackbox_exporter has it
     if assertions:
         definition["assertions"] = assertions
     options.finish(
         "valid_status_codes, valid_http_versions, preferred_ip_protocol, ip_protocol_fallback, "
         "no_follow_redirects, fail_if_ssl, fail_if_not_ssl, method, headers, body, body_file, "
         "fail_if_body_matches_regexp, fail_if_body_not_matches_regexp, fail_if_header_matches, "
-        "fail_if_header_not_matches, body_size_limit, compression, http_client_config"
+        "fail_if_header_not_matches, body_size_limit, compression, tls_config, "
+        "follow_redirects, basic_auth, bearer_token, bearer_token_file, proxy_url, enable_http2"
     )
     return definition, tuple("HTTP/2.0" if v == "HTTP/2" else v for v in versions)
 
 
 def _http_client(options: _Options, definition: dict[str, Any]) -> None:
+    """The HTTP client options blackbox_exporter takes inline in an ``http`` section."""
     tls = _tls_config(options, "tls_config")
     if tls:
         definition["tls"] = tls
@@ -497,10 +497,6 @@ def _http_client(options: _Options, definition: dict[str, Any]) -> None:
         definition["proxy"] = proxy
     if options.take("enable_http2") is True:
         definition["http_version"] = "2"
-    options.finish(
-        "tls_config, follow_redirects, basic_auth, bearer_token, bearer_token_file, proxy_url, "
-        "enable_http2"
-    )
 
 
 _SIZES: Final = {

@@ -506,8 +506,7 @@ class DnsProbe(ProbeBase):
         attempt.metric("rcode", rcode)
         attempt.metric("answer_rrs", sum(len(rrset) for rrset in reply.answer))
         attempt.metric("authority_rrs", sum(len(rrset) for rrset in reply.authority))
-        extra = sum(len(rrset) for rrset in reply.additional) + (reply.opt is not None)
-        attempt.metric("additional_rrs", extra)
+        attempt.metric("additional_rrs", sum(len(rrset) for rrset in reply.additional))
         attempt.metric("authoritative", int(int(reply.flags) & _AA != 0))
         if reply.question != query.question and (
             reply.question or rcode_name in ("NOERROR", "NXDOMAIN")
@@ -903,7 +902,7 @@ KIND = ProbeKind(
         Metric(
             "additional_rrs",
             "probekit_dns_additional_rrs",
-            "Records in the reply's additional section (the OPT record included).",
+            "Records in the reply's additional section (the EDNS OPT record not counted).",
         ),
     ),
     docs="probes/dns.md",
