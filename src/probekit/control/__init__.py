@@ -201,6 +201,13 @@ def _check_settings(settings: ControlSettings) -> None:
         value = getattr(settings, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DefinitionError(name, f"must be an integer of 1 or more, got {value!r}")
+    size = settings.max_frame_bytes
+    if not isinstance(size, int) or isinstance(size, bool) or size < p.MAX_FRAME_BYTES:
+        raise DefinitionError(
+            "max_frame_bytes",
+            f"must be an integer of at least {p.MAX_FRAME_BYTES} (the protocol's frame limit), "
+            f"got {size!r}",
+        )
     port = settings.metrics_port
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
@@ -256,7 +263,7 @@ class ControlSettings:
 class _Peer:
     """One connection, and the identity its ``hello`` bound it to for its whole life."""
 
-    __slots__ = ("checkpoint_id", "conn", "instance_id", "warned")
+    __slots__ = ("budget", "checkpoint_id", "conn", "instance_id", "warned")
 
     def __init__(self, conn: Any, checkpoint_id: str, instance_id: str) -> None:
         self.conn = conn
@@ -264,6 +271,8 @@ class _Peer:
         self.instance_id = instance_id
         #: The kinds of refusal already logged at WARNING for this connection.
         self.warned: set[str] = set()
+        #: The error replies sent on this connection (more than 10 in 60 s close it).
+        self.budget = p.ErrorBudget()
 
 
 def _frame_size(message: p.Message) -> int:
@@ -713,35 +722,31 @@ class ControlPlane:
                 self.logic.instance_disconnected(peer.instance_id)
 
     async def _expect_hello(self, conn: Any, checkpoint_id: str) -> p.Hello | None:
+        """The connection's first frame, which must be a ``hello``. Anything else is answered
+        with the error it earns (``unknown_type`` for a message of another type) and the
+        connection is closed with 1002 (1008 for ``unauthorized``)."""
         try:
             async with asyncio.timeout(self.settings.hello_timeout):
                 frame = await conn.recv()
-            message = p.decode(
-                frame, max_bytes=self.settings.max_frame_bytes, accept=p.FROM_INSTANCE
-            )
+            message = p.decode(frame, max_bytes=p.MAX_FRAME_BYTES, accept=(p.Hello,))
         except TimeoutError:
             await conn.close(1008, "no hello")
             return None
         except p.ProtocolError as exc:
-            await conn.send(p.encode(p.error_reply(exc)))
-            await conn.close(exc.close_code or 1002, exc.code)
-            return None
-        if not isinstance(message, p.Hello):
-            log.warning(
-                "refused a connection of checkpoint %s: its first frame was %s, not hello",
-                checkpoint_id,
-                message.type,
-            )
-            await conn.send(
-                p.encode(
-                    p.Error(
-                        code="unknown_type",
-                        message=f"the first frame must be a hello, not {message.type}",
-                    )
+            if exc.code == "unknown_type":
+                exc = p.ProtocolError(
+                    "unknown_type", f"the first frame must be a hello; {exc.message}"
                 )
+            log.warning(
+                "refused a connection of checkpoint %s: its first frame is not a valid hello: %s",
+                checkpoint_id,
+                exc,
             )
-            await conn.close(1002, "no hello")
+            await conn.send(p.encode(p.error_reply(exc)))
+            reason = "unauthorized" if exc.code == "unauthorized" else "no hello"
+            await conn.close(exc.close_code or 1002, reason)
             return None
+        assert isinstance(message, p.Hello)
         refusal = None
         if message.checkpoint_id != checkpoint_id:
             refusal = "the token is for another checkpoint"
@@ -758,10 +763,22 @@ class ControlPlane:
         return message
 
     async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
-        try:
-            message = p.decode(
-                frame, max_bytes=self.settings.max_frame_bytes, accept=p.FROM_INSTANCE
+        await self._take_frame(peer, frame)
+        if peer.budget.exceeded:
+            log.warning(
+                "closing the connection of %s of %s: more than %d error replies within %g s",
+                peer.instance_id,
+                peer.checkpoint_id,
+                p.ERROR_BUDGET,
+                p.ERROR_WINDOW,
             )
+            await peer.conn.close(p.TOO_MANY_ERRORS_CLOSE, p.TOO_MANY_ERRORS_REASON)
+
+    async def _take_frame(self, peer: _Peer, frame: str | bytes) -> None:
+        try:
+            # The protocol's limit (1 MiB), not the WebSocket layer's hard one: a frame between
+            # the two is answered with too_large and the connection serves on.
+            message = p.decode(frame, max_bytes=p.MAX_FRAME_BYTES, accept=p.FROM_INSTANCE)
         except p.ProtocolError as exc:
             log.info("bad frame from %s: %s", peer.instance_id, exc)
             await self._send(peer, p.error_reply(exc))
@@ -1025,6 +1042,8 @@ class ControlPlane:
     async def _send(self, peer: _Peer, message: p.Message) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        if isinstance(message, p.Error):  # every error reply counts against the budget
+            peer.budget.spend(self.clock.monotonic())
         # A sync too large for one frame (what an instance decodes is bounded) goes as several.
         parts = split_sync(message) if isinstance(message, p.Sync) else [message]
         try:
