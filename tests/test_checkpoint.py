@@ -1023,6 +1023,63 @@ async def test_wss_refuses_a_control_plane_it_cannot_verify(good_tls: ssl.SSLCon
         assert server.of(p.Hello) == []
 
 
+async def test_wss_to_a_plain_control_plane_says_so_and_what_to_change(
+    ca_pem: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10: this logged ``ConnectionResetError: `` and nothing else."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca_pem)
+    async with control() as server:
+        url = server.url.replace("ws://", "wss://")
+        settings = settings_for(url, insecure=False, ca_file=str(ca_file))
+        with caplog.at_level(logging.WARNING, logger="probekit.checkpoint"):
+            async with Checkpoint(settings) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 1)
+                await eventually(lambda: "cannot connect" in caplog.text)
+        assert server.of(p.Hello) == []
+    (line, *_) = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert "TLS handshake failed" in line and "serves plain ws://" in line, line
+    assert "tls_cert and tls_key" in line and "ws://... and pass --insecure" in line
+    assert TOKEN not in caplog.text
+
+
+async def test_ws_to_a_tls_control_plane_says_so_and_what_to_change(
+    good_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with control(tls=good_tls) as server:
+        url = server.url.replace("wss://", "ws://")
+        with caplog.at_level(logging.WARNING, logger="probekit.checkpoint"):
+            async with Checkpoint(settings_for(url)) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 1)
+                await eventually(lambda: "cannot connect" in caplog.text)
+        assert server.of(p.Hello) == []
+    (line, *_) = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert "serves TLS (wss://)" in line and "change the URL to wss://" in line, line
+    assert TOKEN not in caplog.text
+
+
+async def test_an_unrelated_connection_failure_is_not_called_a_tls_mismatch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"ws://127.0.0.1:{closed_port()}/checkpoint"
+    with caplog.at_level(logging.WARNING, logger="probekit.checkpoint"):
+        async with Checkpoint(settings_for(url)) as cp:
+            await eventually(lambda: cp.stats["connect_failures"] >= 1)
+            await eventually(lambda: "cannot connect" in caplog.text)
+    assert "TLS" not in caplog.text and "retrying in" in caplog.text
+
+
+async def test_an_untrusted_certificate_names_the_ca_file_setting(
+    good_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with control(tls=good_tls) as server:
+        with caplog.at_level(logging.ERROR, logger="probekit.checkpoint"):
+            async with Checkpoint(settings_for(server.url, insecure=False)) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 1)
+                await eventually(lambda: "cannot verify" in caplog.text)
+    assert "--ca-file" in caplog.text
+
+
 async def test_a_full_spool_drops_the_oldest_and_counts_them(target: HttpServer) -> None:
     async with control(auto_ack=False) as server:
         settings = settings_for(server.url, spool_max_entries=3, metrics_port=0)

@@ -467,7 +467,7 @@ class Channel:
             return None
         if tls:
             return (
-                f"the TLS handshake failed ({type(exc).__name__}: {exc or 'connection reset'}) "
+                f"the TLS handshake failed ({type(exc).__name__}: {str(exc) or 'no message'}) "
                 "because the control plane serves plain ws:// (no TLS) on that port: give the "
                 "control plane tls_cert and tls_key (recommended), or change the URL to "
                 "ws://... and pass --insecure (loopback and tests only)"
