@@ -59,6 +59,7 @@ __all__ = [
     "LogSink",
     "MemorySink",
     "Pruned",
+    "Reconfigured",
     "WebhookSink",
     "load_control_config",
     "split_sync",
@@ -147,6 +148,31 @@ class WebhookSink:
         result = await attrs.evolve(self._probe, body=body).check(self._context)
         if result.status is not Status.UP:
             log.warning("webhook %s failed: %s", self.url, result.summary())
+
+
+#: The settings a running control plane cannot change: they take a restart.
+RESTART_SETTINGS: Final = (
+    *("host", "port", "db_path", "ssl_context", "max_frame_bytes", "heartbeat_interval"),
+    *("metrics_host", "metrics_port"),
+)
+
+
+@attrs.frozen
+class Reconfigured:
+    """What one :meth:`ControlPlane.reconfigure` did.
+
+    ``applied``: the settings that changed and are in force now; ``restart``: those that
+    changed and take a restart (still the old values); ``checkpoints_added``,
+    ``checkpoints_removed``, ``tokens_changed``: checkpoint ids; ``closed``: connections closed
+    because their checkpoint was removed or its token changed.
+    """
+
+    applied: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    checkpoints_added: tuple[str, ...] = ()
+    checkpoints_removed: tuple[str, ...] = ()
+    tokens_changed: tuple[str, ...] = ()
+    closed: int = 0
 
 
 @attrs.frozen
@@ -260,6 +286,14 @@ class ControlSettings:
         _check_settings(self)
 
 
+class _TokenMask(MaskingLogger):
+    """The ``websockets`` logger, masking every token configured so far (see ``MaskingLogger``)."""
+
+    def mask(self, secrets: Iterable[str]) -> None:
+        """Mask these values too, from now on."""
+        self._secrets = tuple(dict.fromkeys((*self._secrets, *(s for s in secrets if s))))
+
+
 class _Peer:
     """One connection, and the identity its ``hello`` bound it to for its whole life."""
 
@@ -334,6 +368,10 @@ class ControlPlane:
         )
         self._store = Store(settings.db_path)
         self._server: Any = None
+        # websockets logs handshake headers at DEBUG, the instances' tokens among them; every
+        # token ever configured stays masked (a reload adds the new ones).
+        self._ws_logger = _TokenMask(logging.getLogger("probekit.control.ws"))
+        self._ws_logger.mask(t.reveal() for t in settings.tokens.values())
         self._peers: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._specs: dict[str, MonitorSpec] = {}
@@ -384,11 +422,7 @@ class ControlPlane:
             ping_interval=self.settings.heartbeat_interval,
             ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
             compression=None,
-            # websockets logs handshake headers at DEBUG, the instances' tokens among them
-            logger=MaskingLogger(
-                logging.getLogger("probekit.control.ws"),
-                [t.reveal() for t in self.settings.tokens.values()],
-            ),
+            logger=self._ws_logger,
         )
         self._spawn(self._ticker())
         await self.measure()
@@ -452,6 +486,103 @@ class ControlPlane:
     def url(self) -> str:
         scheme = "wss" if self.settings.ssl_context else "ws"
         return f"{scheme}://{self.settings.host}:{self.port}/"
+
+    async def reconfigure(self, settings: ControlSettings) -> Reconfigured:
+        """Apply new settings to the running control plane (what SIGHUP does with the config
+        file's ``[control]`` and ``[[checkpoints]]``).
+
+        Applied at once: ``tokens`` (a new checkpoint's token is accepted from now on, and its
+        silence is counted from now; a removed checkpoint's connections are closed with 1008,
+        its state forgotten and its ``checkpoint_down`` alert resolved; a checkpoint whose token
+        changed has its connections closed, so its instances must come back with the new
+        token), ``grace``, ``unanswered_runs``, ``missed_heartbeats`` (the silence threshold;
+        the WebSocket ping timeout keeps its start value), ``startup_grace``, ``stale_after``,
+        ``hello_timeout``, ``tick_interval``, ``retention``, ``prune_interval`` and
+        ``prune_batch``. The settings of :data:`RESTART_SETTINGS` (where and how it listens, the
+        database, the heartbeat interval, the metrics endpoint) are not changed: they are listed
+        in the answer's ``restart`` and logged at WARNING. ``ssl_context`` counts as changed
+        only when TLS is switched on or off (a context is not compared by its content).
+        """
+        old = self.settings
+        restart = tuple(
+            name
+            for name in RESTART_SETTINGS
+            if (
+                (getattr(settings, name) is None) != (getattr(old, name) is None)
+                if name == "ssl_context"
+                else getattr(settings, name) != getattr(old, name)
+            )
+        )
+        kept = {name: getattr(old, name) for name in RESTART_SETTINGS}
+        new = attrs.evolve(settings, **kept)
+        applied = tuple(
+            field.name
+            for field in attrs.fields(ControlSettings)
+            if field.name not in RESTART_SETTINGS
+            and field.name != "tokens"
+            and getattr(new, field.name) != getattr(old, field.name)
+        )
+        added = tuple(sorted(set(new.tokens) - set(old.tokens)))
+        removed = tuple(sorted(set(old.tokens) - set(new.tokens)))
+        changed = tuple(
+            sorted(
+                c
+                for c in set(old.tokens) & set(new.tokens)
+                if not hmac.compare_digest(
+                    old.tokens[c].reveal().encode(), new.tokens[c].reveal().encode()
+                )
+            )
+        )
+        self._ws_logger.mask(t.reveal() for t in new.tokens.values())
+        self.settings = new
+        logic = self.logic
+        logic.grace = new.grace
+        logic.unanswered_limit = new.unanswered_runs
+        logic.missed_heartbeats = new.missed_heartbeats
+        logic.startup_grace = new.startup_grace
+        actions = logic.reconfigure_checkpoints(new.tokens)
+        closed = 0
+        for peer in list(self._peers.values()):
+            why = None
+            if peer.checkpoint_id in removed:
+                why = "checkpoint removed"
+            elif peer.checkpoint_id in changed:
+                why = "token changed"
+            if why is None:
+                continue
+            closed += 1
+            del self._peers[peer.instance_id]
+            log.warning(
+                "closing the connection of %s of %s: %s by a reload",
+                peer.instance_id,
+                peer.checkpoint_id,
+                why,
+            )
+            # In the background: the closing handshake may wait for a peer that never answers.
+            self._spawn(peer.conn.close(1008, why))
+            if peer.checkpoint_id in changed:
+                logic.instance_disconnected(peer.instance_id)
+        await self._dispatch(actions)
+        if added or removed or changed or applied:
+            log.info(
+                "reconfigured: %s",
+                "; ".join(
+                    part
+                    for part in (
+                        f"checkpoints added: {', '.join(added)}" if added else "",
+                        f"checkpoints removed: {', '.join(removed)}" if removed else "",
+                        f"tokens changed: {', '.join(changed)}" if changed else "",
+                        f"settings applied: {', '.join(applied)}" if applied else "",
+                    )
+                    if part
+                ),
+            )
+        if restart:
+            log.warning(
+                "reconfigure: these settings take a restart and keep their running values: %s",
+                ", ".join(restart),
+            )
+        return Reconfigured(applied, restart, added, removed, changed, closed)
 
     # -- monitors ------------------------------------------------------------------------------
 
@@ -687,6 +818,7 @@ class ControlPlane:
                 token.encode(), secret.reveal().encode()
             ):
                 connection.probekit_checkpoint = checkpoint_id
+                connection.probekit_token = secret
                 return None
         log.warning("refused a connection from %s: bad or missing token", connection.remote_address)
         return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized\n")
@@ -699,6 +831,15 @@ class ControlPlane:
         try:
             hello = await self._expect_hello(conn, checkpoint_id)
             if hello is None:
+                return
+            if not self._token_current(checkpoint_id, conn.probekit_token):
+                # A reload removed or changed the token while this connection said hello.
+                log.warning(
+                    "closing the connection of %s of %s: its token was changed or removed",
+                    hello.instance_id,
+                    checkpoint_id,
+                )
+                await conn.close(1008, "token changed")
                 return
             # The connection is this instance, of this checkpoint, until it closes.
             peer = _Peer(conn, checkpoint_id, hello.instance_id)
@@ -720,6 +861,12 @@ class ControlPlane:
             if peer is not None and self._peers.get(peer.instance_id) is peer:
                 del self._peers[peer.instance_id]
                 self.logic.instance_disconnected(peer.instance_id)
+
+    def _token_current(self, checkpoint_id: str, token: Secret) -> bool:
+        current = self.settings.tokens.get(checkpoint_id)
+        return current is not None and hmac.compare_digest(
+            current.reveal().encode(), token.reveal().encode()
+        )
 
     async def _expect_hello(self, conn: Any, checkpoint_id: str) -> p.Hello | None:
         """The connection's first frame, which must be a ``hello``. Anything else is answered
