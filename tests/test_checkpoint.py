@@ -496,6 +496,40 @@ async def test_malformed_frames_get_an_error_and_the_channel_keeps_working(
     assert server.close_codes[0] == 1002
 
 
+async def test_more_than_ten_refused_frames_in_a_minute_close_the_channel_with_1002(
+    target: HttpServer,
+) -> None:
+    """docs/protocol.md: more than 10 error replies on one connection within 60 s close it."""
+    async with control() as server, Checkpoint(settings_for(server.url)) as cp:
+        await server.hello()
+        for n in range(10):
+            await server.send(f"not json {n}")
+        await server.wait_for(lambda: len(server.of(p.Error)) == 10)
+        # Ten refused frames: still the first connection, still serving.
+        await server.send(sync(("m1", http_def(target.url("/ok")))))
+        await eventually(lambda: cp.holdings)
+        assert len(server.connections) == 1 and server.close_codes == []
+        await server.send("the eleventh")
+        await server.wait_for(lambda: len(server.of(p.Error)) == 11)
+        await server.wait_for(lambda: server.close_codes != [])
+        await server.hello(2)  # and it comes back, with a fresh budget
+    assert server.close_codes[0] == 1002
+    assert server.connections[0].close_reason == "too many errors"
+
+
+async def test_definitions_it_cannot_build_do_not_spend_the_error_budget() -> None:
+    """Answers about work are not frame errors: 15 unknown kinds in one sync keep the channel."""
+    async with control() as server, Checkpoint(settings_for(server.url)) as cp:
+        await server.hello()
+        defs = [(f"m{n}", {"kind": "no-such-kind"}) for n in range(15)]
+        await server.send(sync(*defs))
+        await server.wait_for(lambda: len(server.of(p.Error)) == 15)
+        await server.send(p.Run(request_id="r1", reason="adhoc", monitor_id="m1"))
+        await server.error(lambda e: e.ref == "r1")
+        assert cp.connected
+    assert len(server.connections) == 1
+
+
 async def test_a_definition_that_does_not_build_is_refused_and_the_rest_kept(
     target: HttpServer,
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
 
 from probekit import DefinitionError, Secret, Status
 from probekit import protocol as p
@@ -342,6 +343,34 @@ async def test_reconfigure_with_a_changed_token_closes_its_connections(
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("probekit")]
     assert any("office-a" in line for line in ours)
     assert not any(TOKEN in line or "office-new-1" in line for line in ours)
+
+
+async def test_a_connection_whose_token_changes_before_its_hello_is_closed() -> None:
+    """The token was good at the upgrade; a reload changed it before the hello arrived."""
+    from websockets.asyncio.client import connect
+
+    async with plane() as cp:
+        async with connect(
+            cp.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None
+        ) as conn:
+            new = attrs.evolve(
+                cp.settings, tokens={"office": Secret("office-new-1"), "lab": Secret(LAB_TOKEN)}
+            )
+            await cp.reconfigure(new)
+            hello = p.Hello(
+                checkpoint_id="office",
+                instance_id="office-a",
+                software_version="test",
+                kinds=("tcp",),
+                holdings={},
+            )
+            await conn.send(p.encode(hello))
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(5):
+                    while True:
+                        await conn.recv()
+            assert (conn.close_code, conn.close_reason) == (1008, "token changed")
+        assert cp.connected == []
 
 
 async def test_reconfigure_applies_live_settings_and_names_those_that_take_a_restart(
