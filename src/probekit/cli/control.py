@@ -253,7 +253,8 @@ COMMAND = Command(
         "checkpoint's token, it sends them the monitors of the config file, schedules runs "
         "across them, confirms failures on another instance and raises alerts. Prints a line "
         "per stored result (none with --quiet) and per alert event, until Ctrl-C, SIGTERM or "
-        "--duration. SIGHUP reads the config file again and applies its monitors and webhooks "
-        "(a config with errors is reported and the running one stays)."
+        "--duration. SIGHUP reads the config file again and applies its checkpoints and tokens, "
+        "monitors, webhooks and the [control] settings that can change live, naming those that "
+        "take a restart (a config with errors is reported and the running one stays)."
     ),
 )
