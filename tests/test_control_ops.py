@@ -490,3 +490,27 @@ port = 9
     assert "checkpoints added: depot" in line and "settings applied: grace" in line
     assert "take a restart" in capsys.readouterr().err
     assert grace == 5.0 and config.settings.port == 0
+
+
+async def test_a_plain_control_plane_names_a_client_that_speaks_tls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other side of a wss:// checkpoint dialling a plain control plane."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    async with plane() as cp:
+        with caplog.at_level(logging.WARNING, logger="probekit.control"):
+            for _ in range(2):  # said once a minute per address, not per attempt
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    async with asyncio.timeout(5):
+                        _, writer = await asyncio.open_connection("127.0.0.1", cp.port, ssl=context)
+                        writer.close()
+            # and an ordinary client is not taken for one
+            inst = await join(cp, "office-a")
+            await inst.expect(p.Sync)
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "127.0.0.1" in lines[0] and "tls_cert and tls_key" in lines[0]

@@ -423,6 +423,7 @@ class ControlPlane:
             ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
             compression=None,
             logger=self._ws_logger,
+            create_connection=None if self.settings.ssl_context else self._plain_connection(),
         )
         self._spawn(self._ticker())
         await self.measure()
@@ -438,6 +439,37 @@ class ControlPlane:
             )
             log.info("serving /metrics and /ready on %s:%d", *self._metrics_server.address)
         log.info("control plane listening on %s", self.url)
+
+    def _plain_connection(self) -> Any:
+        """The connection class of a plain ``ws://`` server: it notices a client that starts a
+        TLS handshake (a checkpoint dialling ``wss://``) and says so, at most once a minute per
+        client address (``websockets`` alone logs it at DEBUG as "no valid HTTP request")."""
+        from websockets.asyncio.server import ServerConnection
+
+        told: dict[str, float] = {}
+        clock = self.clock
+
+        class PlainConnection(ServerConnection):
+            first = True
+
+            def data_received(self, data: bytes) -> None:
+                if self.first:
+                    self.first = False
+                    if data[:2] in (b"\x16\x03", b"\x16\x02"):  # a TLS handshake record
+                        address = self.remote_address
+                        host = str(address[0]) if address else "?"
+                        now = clock.monotonic()
+                        if now - told.get(host, -math.inf) >= 60.0:
+                            told[host] = now
+                            log.warning(
+                                "a client at %s started a TLS handshake on this plain ws:// "
+                                "control plane (its URL says wss://): give the control plane "
+                                "tls_cert and tls_key, or change that client's URL to ws://",
+                                host,
+                            )
+                super().data_received(data)
+
+        return PlainConnection
 
     async def stop(self) -> None:
         if self._metrics_server is not None:
