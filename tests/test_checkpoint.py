@@ -496,6 +496,40 @@ async def test_malformed_frames_get_an_error_and_the_channel_keeps_working(
     assert server.close_codes[0] == 1002
 
 
+async def test_more_than_ten_refused_frames_in_a_minute_close_the_channel_with_1002(
+    target: HttpServer,
+) -> None:
+    """docs/protocol.md: more than 10 error replies on one connection within 60 s close it."""
+    async with control() as server, Checkpoint(settings_for(server.url)) as cp:
+        await server.hello()
+        for n in range(10):
+            await server.send(f"not json {n}")
+        await server.wait_for(lambda: len(server.of(p.Error)) == 10)
+        # Ten refused frames: still the first connection, still serving.
+        await server.send(sync(("m1", http_def(target.url("/ok")))))
+        await eventually(lambda: cp.holdings)
+        assert len(server.connections) == 1 and server.close_codes == []
+        await server.send("the eleventh")
+        await server.wait_for(lambda: len(server.of(p.Error)) == 11)
+        await server.wait_for(lambda: server.close_codes != [])
+        await server.hello(2)  # and it comes back, with a fresh budget
+    assert server.close_codes[0] == 1002
+    assert server.connections[0].close_reason == "too many errors"
+
+
+async def test_definitions_it_cannot_build_do_not_spend_the_error_budget() -> None:
+    """Answers about work are not frame errors: 15 unknown kinds in one sync keep the channel."""
+    async with control() as server, Checkpoint(settings_for(server.url)) as cp:
+        await server.hello()
+        defs = [(f"m{n}", {"kind": "no-such-kind"}) for n in range(15)]
+        await server.send(sync(*defs))
+        await server.wait_for(lambda: len(server.of(p.Error)) == 15)
+        await server.send(p.Run(request_id="r1", reason="adhoc", monitor_id="m1"))
+        await server.error(lambda e: e.ref == "r1")
+        assert cp.connected
+    assert len(server.connections) == 1
+
+
 async def test_a_definition_that_does_not_build_is_refused_and_the_rest_kept(
     target: HttpServer,
 ) -> None:
@@ -1021,6 +1055,63 @@ async def test_wss_refuses_a_control_plane_it_cannot_verify(good_tls: ssl.SSLCon
             await eventually(lambda: cp.stats["connect_failures"] >= 2)
             assert not cp.connected
         assert server.of(p.Hello) == []
+
+
+async def test_wss_to_a_plain_control_plane_says_so_and_what_to_change(
+    ca_pem: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10: this logged ``ConnectionResetError: `` and nothing else."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca_pem)
+    async with control() as server:
+        url = server.url.replace("ws://", "wss://")
+        settings = settings_for(url, insecure=False, ca_file=str(ca_file))
+        with caplog.at_level(logging.WARNING, logger="probekit.checkpoint"):
+            async with Checkpoint(settings) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 1)
+                await eventually(lambda: "cannot connect" in caplog.text)
+        assert server.of(p.Hello) == []
+    (line, *_) = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert "TLS handshake failed" in line and "serves plain ws://" in line, line
+    assert "tls_cert and tls_key" in line and "ws://... and pass --insecure" in line
+    assert TOKEN not in caplog.text
+
+
+async def test_ws_to_a_tls_control_plane_says_so_and_what_to_change(
+    good_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with control(tls=good_tls) as server:
+        url = server.url.replace("wss://", "ws://")
+        with caplog.at_level(logging.WARNING, logger="probekit.checkpoint"):
+            async with Checkpoint(settings_for(url)) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 1)
+                await eventually(lambda: "cannot connect" in caplog.text)
+        assert server.of(p.Hello) == []
+    (line, *_) = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert "serves TLS (wss://)" in line and "change the URL to wss://" in line, line
+    assert TOKEN not in caplog.text
+
+
+async def test_an_unrelated_connection_failure_is_not_called_a_tls_mismatch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"ws://127.0.0.1:{closed_port()}/checkpoint"
+    with caplog.at_level(logging.WARNING, logger="probekit.checkpoint"):
+        async with Checkpoint(settings_for(url)) as cp:
+            await eventually(lambda: cp.stats["connect_failures"] >= 1)
+            await eventually(lambda: "cannot connect" in caplog.text)
+    assert "TLS" not in caplog.text and "retrying in" in caplog.text
+
+
+async def test_an_untrusted_certificate_names_the_ca_file_setting(
+    good_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with control(tls=good_tls) as server:
+        with caplog.at_level(logging.ERROR, logger="probekit.checkpoint"):
+            async with Checkpoint(settings_for(server.url, insecure=False)) as cp:
+                await eventually(lambda: cp.stats["connect_failures"] >= 1)
+                await eventually(lambda: "cannot verify" in caplog.text)
+    assert "--ca-file" in caplog.text
 
 
 async def test_a_full_spool_drops_the_oldest_and_counts_them(target: HttpServer) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
 
 from probekit import DefinitionError, Secret, Status
 from probekit import protocol as p
@@ -80,7 +83,8 @@ async def _count(cp: ControlPlane, table: str) -> int:
 
 async def test_retention_prunes_only_rows_older_than_it_and_never_an_open_alert() -> None:
     clock = FakeClock()
-    async with plane(clock=clock, retention=100.0) as cp:
+    # (A startup grace beyond the clock's jumps: no checkpoint_down event joins those counted.)
+    async with plane(clock=clock, retention=100.0, startup_grace=1e9) as cp:
         await _everything_at(cp, clock.now().timestamp(), "old")
         clock.advance(150)
         await _everything_at(cp, clock.now().timestamp(), "new")
@@ -279,3 +283,235 @@ async def test_no_metrics_endpoint_by_default() -> None:
     async with plane() as cp:
         assert cp.metrics_address is None
         assert "probekit_control_results_stored_total 0" in cp.metrics_text()
+
+
+# -- SIGHUP: the [control] settings and the tokens -------------------------------------------------
+
+
+async def _closed(inst: Any, timeout: float = 5.0) -> int | None:
+    await asyncio.wait_for(asyncio.shield(inst.task), timeout)
+    return int(inst.conn.close_code) if inst.conn.close_code is not None else None
+
+
+async def test_reconfigure_accepts_a_new_token_and_closes_a_removed_checkpoints_connections() -> (
+    None
+):
+    from websockets.exceptions import InvalidStatus
+
+    async with plane() as cp:
+        lab = await join(cp, "lab-a", token=LAB_TOKEN, checkpoint_id="lab")
+        office = await join(cp, "office-a")
+        await lab.expect(p.Sync)
+        await office.expect(p.Sync)
+        with pytest.raises(InvalidStatus):  # not yet a checkpoint
+            await join(cp, "depot-a", token="depot-token-9", checkpoint_id="depot")
+        new = attrs.evolve(
+            cp.settings, tokens={"office": Secret(TOKEN), "depot": Secret("depot-token-9")}
+        )
+        outcome = await cp.reconfigure(new)
+        assert await _closed(lab) == 1008
+        depot = await join(cp, "depot-a", token="depot-token-9", checkpoint_id="depot")
+        await depot.expect(p.Sync)
+        with pytest.raises(InvalidStatus) as refused:  # the removed token is refused
+            await join(cp, "lab-b", token=LAB_TOKEN, checkpoint_id="lab")
+        assert refused.value.response.status_code == 401
+        assert sorted(cp.connected) == ["depot-a", "office-a"]
+        assert not office.task.done()  # the other checkpoints' connections stay
+        assert "lab" not in cp.logic.checkpoints and "depot" in cp.logic.checkpoints
+    assert outcome.checkpoints_added == ("depot",) and outcome.checkpoints_removed == ("lab",)
+    assert outcome.tokens_changed == () and outcome.closed == 1
+
+
+async def test_reconfigure_with_a_changed_token_closes_its_connections(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    async with plane() as cp:
+        old = await join(cp, "office-a")
+        await old.expect(p.Sync)
+        new = attrs.evolve(
+            cp.settings, tokens={"office": Secret("office-new-1"), "lab": Secret(LAB_TOKEN)}
+        )
+        with caplog.at_level(logging.DEBUG):
+            outcome = await cp.reconfigure(new)
+            assert await _closed(old) == 1008
+            with pytest.raises(InvalidStatus):
+                await join(cp, "office-a")  # the old token
+            back = await join(cp, "office-a", token="office-new-1")
+            await back.expect(p.Sync)
+    assert outcome.tokens_changed == ("office",) and outcome.closed == 1
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("probekit")]
+    assert any("office-a" in line for line in ours)
+    assert not any(TOKEN in line or "office-new-1" in line for line in ours)
+
+
+async def test_a_connection_whose_token_changes_before_its_hello_is_closed() -> None:
+    """The token was good at the upgrade; a reload changed it before the hello arrived."""
+    from websockets.asyncio.client import connect
+
+    async with plane() as cp:
+        async with connect(
+            cp.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, proxy=None
+        ) as conn:
+            new = attrs.evolve(
+                cp.settings, tokens={"office": Secret("office-new-1"), "lab": Secret(LAB_TOKEN)}
+            )
+            await cp.reconfigure(new)
+            hello = p.Hello(
+                checkpoint_id="office",
+                instance_id="office-a",
+                software_version="test",
+                kinds=("tcp",),
+                holdings={},
+            )
+            await conn.send(p.encode(hello))
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(5):
+                    while True:
+                        await conn.recv()
+            assert (conn.close_code, conn.close_reason) == (1008, "token changed")
+        assert cp.connected == []
+
+
+async def test_reconfigure_applies_live_settings_and_names_those_that_take_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with plane() as cp:
+        before = cp.settings
+        new = attrs.evolve(
+            before,
+            grace=7.0,
+            unanswered_runs=9,
+            missed_heartbeats=4,
+            startup_grace=11.0,
+            stale_after=33.0,
+            retention=1234.0,
+            prune_batch=77,
+            host="127.0.0.2",
+            port=1,
+            heartbeat_interval=3.0,
+            max_frame_bytes=2 * 1048576,
+        )
+        with caplog.at_level(logging.WARNING, logger="probekit.control"):
+            outcome = await cp.reconfigure(new)
+        settings, logic = cp.settings, cp.logic
+    assert set(outcome.applied) == {
+        *("grace", "unanswered_runs", "missed_heartbeats", "startup_grace"),
+        *("stale_after", "retention", "prune_batch"),
+    }
+    assert set(outcome.restart) == {"host", "port", "heartbeat_interval", "max_frame_bytes"}
+    assert (logic.grace, logic.unanswered_limit, logic.missed_heartbeats) == (7.0, 9, 4)
+    assert logic.startup_grace == 11.0
+    assert (settings.stale_after, settings.retention, settings.prune_batch) == (33.0, 1234.0, 77)
+    # What takes a restart keeps its running value, and the operator is told.
+    assert (settings.host, settings.port) == (before.host, before.port)
+    assert settings.heartbeat_interval == before.heartbeat_interval
+    assert settings.max_frame_bytes == before.max_frame_bytes
+    (warning,) = [r.getMessage() for r in caplog.records if "take a restart" in r.getMessage()]
+    assert "host" in warning and "port" in warning and "max_frame_bytes" in warning
+
+
+async def test_a_removed_checkpoints_alert_resolves_and_an_added_one_gets_its_grace() -> None:
+    clock = FakeClock()
+    sink = MemorySink()
+    settings = ControlSettings(
+        tokens={"office": Secret(TOKEN), "lab": Secret(LAB_TOKEN)},
+        heartbeat_interval=0.2,
+        tick_interval=0.02,
+        startup_grace=30.0,
+        prune_interval=3600.0,
+    )
+
+    def opened(subject: str) -> bool:
+        return any(e.kind == "alert_opened" and e.subject == subject for e in sink.events)
+
+    async with ControlPlane(settings, sinks=[sink], clock=clock) as cp:
+        clock.advance(31.0)
+        await sink.wait_for(lambda _: opened("lab") and opened("office"), 5.0)
+        new = attrs.evolve(settings, tokens={"office": Secret(TOKEN), "depot": Secret("d-9")})
+        await cp.reconfigure(new)
+        await sink.wait_for(
+            lambda ev: any(e.kind == "alert_resolved" and e.subject == "lab" for e in ev), 5.0
+        )
+        # depot is expected from the reload on: its 30 s of grace start now, not at the start.
+        for _ in range(10):
+            await cp._dispatch(cp.logic.tick())
+        assert not opened("depot")
+        clock.advance(31.0)
+        await sink.wait_for(lambda _: opened("depot"), 5.0)
+        open_alerts = {a["subject"] for a in await cp.alerts()}
+    assert open_alerts == {"office", "depot"}
+
+
+async def test_sighup_reload_applies_tokens_and_warns_about_restart_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's reload: a new checkpoint, a changed grace, a changed port (a restart)."""
+    import argparse
+
+    from probekit.cli.control import _load, _reload
+
+    monkeypatch.setenv("PK_OFFICE", TOKEN)
+    monkeypatch.setenv("PK_DEPOT", "depot-token-9")
+    path = tmp_path / "control.toml"
+    text = f"""
+[control]
+port = 0
+db = "{tmp_path / "control.db"}"
+grace = 2
+
+[[checkpoints]]
+id = "office"
+token = {{ env = "PK_OFFICE" }}
+
+[[monitors]]
+id = "m1"
+checkpoint = "office"
+kind = "tcp"
+host = "127.0.0.1"
+port = 9
+"""
+    path.write_text(text)
+    args = argparse.Namespace(
+        config=str(path), insecure=False, metrics_port=None, metrics_host=None
+    )
+    config = _load(args)
+    lines: list[str] = []
+    async with ControlPlane(config.settings, sinks=[MemorySink()]) as cp:
+        path.write_text(
+            text.replace("port = 0", "port = 1").replace("grace = 2", "grace = 5")
+            + '\n[[checkpoints]]\nid = "depot"\ntoken = { env = "PK_DEPOT" }\n'
+        )
+        config = await _reload(args, cp, config, lines.append)
+        depot = await join(cp, "depot-a", token="depot-token-9", checkpoint_id="depot")
+        await depot.expect(p.Sync)
+        grace = cp.logic.grace
+    (line,) = lines
+    assert "checkpoints added: depot" in line and "settings applied: grace" in line
+    assert "take a restart" in capsys.readouterr().err
+    assert grace == 5.0 and config.settings.port == 0
+
+
+async def test_a_plain_control_plane_names_a_client_that_speaks_tls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other side of a wss:// checkpoint dialling a plain control plane."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    async with plane() as cp:
+        with caplog.at_level(logging.WARNING, logger="probekit.control"):
+            for _ in range(2):  # said once a minute per address, not per attempt
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    async with asyncio.timeout(5):
+                        _, writer = await asyncio.open_connection("127.0.0.1", cp.port, ssl=context)
+                        writer.close()
+            # and an ordinary client is not taken for one
+            inst = await join(cp, "office-a")
+            await inst.expect(p.Sync)
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "127.0.0.1" in lines[0] and "tls_cert and tls_key" in lines[0]

@@ -16,6 +16,7 @@ the constructor raises :class:`~probekit.DefinitionError` with the field path.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import math
@@ -44,6 +45,8 @@ __all__ = [
     "ERROR_CODES",
     "FROM_CONTROL",
     "FROM_INSTANCE",
+    "ERROR_BUDGET",
+    "ERROR_WINDOW",
     "MAX_FRAME_BYTES",
     "MAX_ID_LENGTH",
     "MESSAGE_TYPES",
@@ -51,6 +54,7 @@ __all__ = [
     "Ack",
     "Drain",
     "Error",
+    "ErrorBudget",
     "ErrorCode",
     "Heartbeat",
     "Hello",
@@ -61,6 +65,8 @@ __all__ = [
     "Results",
     "Run",
     "Sync",
+    "TOO_MANY_ERRORS_CLOSE",
+    "TOO_MANY_ERRORS_REASON",
     "decode",
     "encode",
     "error_reply",
@@ -70,6 +76,13 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 #: The largest frame ``decode`` reads by default: 1 MiB of UTF-8.
 MAX_FRAME_BYTES: Final = 1_048_576
+#: A receiver that has sent more than this many ``error`` replies on one connection within
+#: :data:`ERROR_WINDOW` seconds closes it with :data:`TOO_MANY_ERRORS_CLOSE` (see
+#: :class:`ErrorBudget`).
+ERROR_BUDGET: Final = 10
+ERROR_WINDOW: Final = 60.0
+TOO_MANY_ERRORS_CLOSE: Final = 1002
+TOO_MANY_ERRORS_REASON: Final = "too many errors"
 #: Longest ``error.message`` and ``drain.reason``.
 MAX_TEXT_LENGTH: Final = 4096
 #: Deepest nesting of the free-form JSON in a definition or a policy summary.
@@ -530,6 +543,36 @@ def error_reply(exc: BaseException) -> Error:
         ref = exc.ref if is_id(exc.ref, blank=True) else None
         return Error(code=exc.code, message=message, ref=ref)
     return Error(code="internal", message=f"internal error ({type(exc).__name__})")
+
+
+class ErrorBudget:
+    """The ``error`` replies one side has sent on one connection, against the protocol's budget.
+
+    Call :meth:`spend` with a monotonic time for each ``error`` sent in answer to a frame this
+    side refused; it returns True once more than ``limit`` were sent within ``window`` seconds,
+    and the caller then closes the connection with :data:`TOO_MANY_ERRORS_CLOSE`.
+    """
+
+    __slots__ = ("_times", "limit", "window")
+
+    def __init__(self, limit: int = ERROR_BUDGET, window: float = ERROR_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._times: collections.deque[float] = collections.deque()
+
+    def spend(self, now: float) -> bool:
+        """Count one error reply sent at ``now``; True when the budget is exceeded."""
+        times = self._times
+        times.append(now)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return len(times) > self.limit
+
+    @property
+    def exceeded(self) -> bool:
+        """More than ``limit`` error replies were counted within the last window (as of the last
+        :meth:`spend`)."""
+        return len(self._times) > self.limit
 
 
 def _parse(frame: str | bytes | bytearray, max_bytes: int) -> Any:

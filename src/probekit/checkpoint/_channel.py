@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from .. import __version__
 from .._dial import Dialer
@@ -32,7 +32,11 @@ from ..protocol import (
     FROM_CONTROL,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    TOO_MANY_ERRORS_CLOSE,
+    TOO_MANY_ERRORS_REASON,
     Ack,
+    Error,
+    ErrorBudget,
     Heartbeat,
     Hello,
     Message,
@@ -63,6 +67,11 @@ _SEND_POLL: Final = 0.05
 #: Results sent on one connection and not yet acked, in batches: beyond this the sender waits.
 _WINDOW_BATCHES: Final = 8
 _MAX_ERROR_TEXT: Final = 1000
+#: Error codes after which a retry cannot succeed until an operator changes something (a token,
+#: a version): the next attempt waits the maximum backoff.
+_REFUSALS: Final = ("unauthorized", "bad_version")
+#: How long the look at a control plane that failed the handshake may take (see _diagnose).
+_DIAGNOSE_TIMEOUT: Final = 2.0
 
 _RESULTS_HEAD: Final = f'{{"type":"results","version":{PROTOCOL_VERSION},"results":['.encode()
 
@@ -170,6 +179,31 @@ def ssl_context(settings: CheckpointSettings) -> ssl.SSLContext | None:
         raise DefinitionError("ca_file", f"cannot load {settings.ca_file!r}: {exc}") from None
 
 
+async def _speaks_http(dialer: Dialer, host: str, port: int) -> bool:
+    """Does ``host:port`` answer a plain HTTP request with an HTTP status line?"""
+    sock, _ = await dial(dialer, host, port, _DIAGNOSE_TIMEOUT)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        line = await reader.read(16)
+        return line.startswith(b"HTTP/1.")
+    finally:
+        writer.close()
+
+
+async def _speaks_tls(dialer: Dialer, host: str, port: int) -> bool:
+    """Does ``host:port`` complete a TLS handshake (certificate not checked: only the protocol
+    is asked about, and nothing is sent over it)?"""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock, _ = await dial(dialer, host, port, _DIAGNOSE_TIMEOUT)
+    _, writer = await asyncio.open_connection(sock=sock, ssl=context, server_hostname=host or None)
+    writer.close()
+    return True
+
+
 class _Ended(Exception):
     """The control plane closed the connection (cleanly or after an error reply of ours)."""
 
@@ -219,6 +253,10 @@ class Channel:
         self.reconnects = 0
         self.connect_failures = 0
         self.acked = 0
+        #: Why the last attempt was refused for good (``unauthorized``: a token refused with
+        #: HTTP 401/403 or an ``error``; ``bad_version``), or None: the next attempt then waits
+        #: the maximum backoff.
+        self.refused: str | None = None
 
     def wake(self) -> None:
         """Look at the spool now: there is something new to send."""
@@ -231,9 +269,13 @@ class Channel:
         if ws is not None:
             await ws.close(1000, "drained")
 
-    def _backoff(self, k: int) -> float:
-        """Full jitter: uniform in [0, min(reconnect_initial * 2**k, reconnect_max)]."""
+    def _backoff(self, k: int, *, refused: bool = False) -> float:
+        """Full jitter: uniform in [0, min(reconnect_initial * 2**k, reconnect_max)]. After a
+        refusal (a token or version the control plane does not accept, which no retry can fix)
+        the maximum backoff: uniform in [reconnect_max / 2, reconnect_max]."""
         s = self.settings
+        if refused:
+            return random.uniform(s.reconnect_max / 2, s.reconnect_max)  # noqa: S311 - jitter
         ceiling = min(s.reconnect_initial * 2 ** min(k, 64), s.reconnect_max)
         return random.uniform(0.0, ceiling)  # noqa: S311 - jitter, not cryptography
 
@@ -251,15 +293,17 @@ class Channel:
         loop = asyncio.get_running_loop()
         streak = 0  # failed attempts and short-lived connections in a row
         first = True
+        delay = 0.0
         # A connection that lasted this long was a working one, and resets the backoff.
         stable = max(2 * self.settings.heartbeat_interval, self.settings.reconnect_initial)
         # Once stopping (draining), no new connection is made just to drain: what is unsent
         # stays spooled for the next start.
         while not stop.is_set():
             if streak:
-                await self._pause(self._backoff(streak - 1), stop)
+                await self._pause(delay, stop)
                 if stop.is_set():
                     return
+            self.refused = None
             try:
                 ws = await self._connect()
             except asyncio.CancelledError:
@@ -267,7 +311,10 @@ class Channel:
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
                 self.connect_failures += 1
                 streak += 1
-                self._log_connect_failure(exc)
+                if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+                    self.refused = "unauthorized"
+                delay = self._backoff(streak - 1, refused=self.refused is not None)
+                await self._log_connect_failure(exc, delay)
                 if not self.tried:
                     self.tried = True
                     self._changed()  # now "disconnected" means something
@@ -277,8 +324,24 @@ class Channel:
                 self.reconnects += 1
             first = False
             opened = loop.time()
-            await self._session(ws)
+            await self._session(ws)  # may set self.refused
             streak = 1 if loop.time() - opened >= stable else streak + 1
+            refused = self._refusal()
+            delay = self._backoff(streak - 1, refused=refused is not None)
+            if refused is not None and not stop.is_set():
+                log.error(
+                    "the control plane at %s refused this instance (%s); a retry cannot "
+                    "succeed until %s changes: retrying in %.1f s (the maximum backoff)",
+                    self.settings.url,
+                    refused,
+                    "the token or the checkpoint id"
+                    if refused == "unauthorized"
+                    else "the protocol version of one side",
+                    delay,
+                )
+
+    def _refusal(self) -> str | None:
+        return self.refused
 
     async def _connect(self) -> ClientConnection:
         """Open the WebSocket: resolve, policy check and TCP connect through the dial path (see
@@ -327,27 +390,93 @@ class Channel:
         )
         return ws
 
-    def _log_connect_failure(self, exc: Exception) -> None:
+    async def _log_connect_failure(self, exc: Exception, delay: float) -> None:
+        url = self.settings.url
         if isinstance(exc, PolicyError):
             log.error(
                 "the egress policy (settings.policy) denies the control plane at %s: %s; "
-                "no connection was attempted. Allow its address in the policy; retrying",
-                self.settings.url,
+                "no connection was attempted. Allow its address in the policy; retrying in %.1f s",
+                url,
                 exc,
+                delay,
             )
         elif isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
             log.error(
-                "the control plane at %s refused this instance's token (HTTP %d); retrying",
-                self.settings.url,
+                "the control plane at %s refused this instance's token (HTTP %d): the token "
+                "(--token-env/--token-file) must be the one the control plane has for checkpoint "
+                "%s; a retry cannot succeed until it changes: retrying in %.1f s (the maximum "
+                "backoff)",
+                url,
                 exc.response.status_code,
+                self.settings.checkpoint_id,
+                delay,
+            )
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            log.error(
+                "the control plane at %s presented a certificate this instance cannot verify: "
+                "%s; give the CA that signed it with --ca-file (settings.ca_file); retrying in "
+                "%.1f s",
+                url,
+                exc.verify_message or exc,
+                delay,
+            )
+        elif (hint := await self._diagnose(exc)) is not None:
+            log.error(
+                "cannot connect to the control plane at %s: %s; retrying in %.1f s",
+                url,
+                hint,
+                delay,
             )
         else:
             log.warning(
-                "cannot connect to the control plane at %s: %s: %s",
-                self.settings.url,
+                "cannot connect to the control plane at %s: %s: %s; retrying in %.1f s",
+                url,
                 type(exc).__name__,
                 exc,
+                delay,
             )
+
+    async def _diagnose(self, exc: Exception) -> str | None:
+        """When the handshake failed the way a TLS mismatch makes it fail, look again (one
+        bounded connection through the dial path) and say what the control plane speaks and
+        what to change; None when that is not the problem, or it cannot be told."""
+        tls = self._ssl is not None
+        mismatch = (
+            isinstance(exc, ConnectionResetError | EOFError | InvalidMessage | ssl.SSLError)
+            if tls
+            else isinstance(exc, InvalidMessage | ConnectionResetError | EOFError)
+        )
+        if not mismatch:
+            return None
+        parts = urlsplit(self.settings.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if tls else 80)
+        try:
+            async with asyncio.timeout(_DIAGNOSE_TIMEOUT):
+                other_works = await (
+                    _speaks_http(self._dialer, host, port)
+                    if tls
+                    else _speaks_tls(self._dialer, host, port)
+                )
+        except (OSError, TimeoutError, PolicyError, ssl.SSLError, EOFError):
+            return None
+        except Exception:
+            log.debug("could not diagnose the connection failure", exc_info=True)
+            return None
+        if not other_works:
+            return None
+        if tls:
+            return (
+                f"the TLS handshake failed ({type(exc).__name__}: {str(exc) or 'no message'}) "
+                "because the control plane serves plain ws:// (no TLS) on that port: give the "
+                "control plane tls_cert and tls_key (recommended), or change the URL to "
+                "ws://... and pass --insecure (loopback and tests only)"
+            )
+        return (
+            "the control plane serves TLS (wss://) on that port and closed this plain ws:// "
+            "connection without an HTTP answer: change the URL to wss://... (with --ca-file "
+            "when its certificate is signed by a private CA)"
+        )
 
     async def _session(self, ws: ClientConnection) -> None:
         """Serve one connection until it ends; every path out closes it."""
@@ -387,14 +516,27 @@ class Channel:
                     raise
 
     async def _receive_loop(self, ws: ClientConnection) -> None:
+        budget = ErrorBudget()
+        loop = asyncio.get_running_loop()
         async for frame in ws:
             try:
                 message = decode(frame, accept=FROM_CONTROL)
             except ProtocolError as exc:
                 log.warning("refused a frame from the control plane: %s", exc)
                 await self._send(ws, error_reply(exc))
+                if exc.code == "bad_version":
+                    self.refused = "bad_version"
                 if exc.close_code is not None:
                     await ws.close(exc.close_code, exc.code)
+                    raise _Ended from None
+                if budget.spend(loop.time()):
+                    log.error(
+                        "closing the control channel: the control plane sent more than %d "
+                        "frames this instance refused within %g s",
+                        budget.limit,
+                        budget.window,
+                    )
+                    await ws.close(TOO_MANY_ERRORS_CLOSE, TOO_MANY_ERRORS_REASON)
                     raise _Ended from None
                 continue
             await self._handle(ws, message)
@@ -408,6 +550,8 @@ class Channel:
             self._wake.set()
             self._progressed()
             return
+        if isinstance(message, Error) and message.code in _REFUSALS:
+            self.refused = message.code  # the connection closes next; the retry waits long
 
         async def reply(answer: Message) -> None:
             await self._send(ws, answer)

@@ -124,8 +124,10 @@ async def _reload(
     running: ControlConfig,
     say: Callable[[str], None],
 ) -> ControlConfig:
-    """Read the config file again and apply its monitors and webhooks; on any problem keep the
-    running config and say why. Returns the config now in force."""
+    """Read the config file again and apply it: checkpoints and tokens, the ``[control]``
+    settings that can change live (see :meth:`ControlPlane.reconfigure`; those that take a
+    restart are named in a warning), monitors and webhooks. A file with errors changes nothing
+    and is reported. Returns the config now in force."""
     try:
         config = _load(args)
     except DefinitionError as exc:  # DefinitionErrors too: every problem, each with its path
@@ -137,24 +139,28 @@ async def _reload(
         for problem in problems:
             _err(f"  {problem}")
         return running
-    old = {k: v.reveal() for k, v in running.settings.tokens.items()}
-    new = {k: v.reveal() for k, v in config.settings.tokens.items()}
-    if old != new:
-        _err(
-            "probekit control: reload failed, the running config stays: the checkpoints or "
-            "their tokens changed, which takes a restart"
-        )
-        return running
-    ignored = [
-        name
-        for name in ("host", "port", "db_path", "max_frame_bytes", "heartbeat_interval")
-        if getattr(config.settings, name) != getattr(running.settings, name)
+    settings = config.settings
+    tls_moved = config.tls_files != running.tls_files
+    if not tls_moved:
+        # The same files: compare as unchanged (a context is not compared by its content).
+        settings = attrs.evolve(settings, ssl_context=plane.settings.ssl_context)
+    outcome = await plane.reconfigure(settings)
+    restart = [
+        "db" if name == "db_path" else name for name in outcome.restart if name != "ssl_context"
     ]
-    if ignored:
+    if tls_moved:
+        restart.append("tls_cert/tls_key")
+    if restart:
         _err(
-            "probekit control: warning: reload: [control] changes take a restart "
-            f"(not applied: {', '.join(ignored)})"
+            "probekit control: warning: reload: these [control] settings take a restart "
+            f"(not applied, the running values stay): {', '.join(restart)}"
         )
+    # What is in force: the running values of what takes a restart.
+    config = attrs.evolve(
+        config,
+        settings=plane.settings,
+        tls_files=running.tls_files,
+    )
     before = plane.monitors
     try:
         await _apply_monitors(plane, config.monitors)
@@ -167,9 +173,21 @@ async def _reload(
     changed = sum(1 for m in set(before) & set(after) if before[m].revision != after[m].revision)
     plane.sinks[:] = [s for s in plane.sinks if s not in running.webhooks]
     plane.sinks.extend(config.webhooks)
+    checkpoints = []
+    if outcome.checkpoints_added:
+        checkpoints.append(f"checkpoints added: {', '.join(outcome.checkpoints_added)}")
+    if outcome.checkpoints_removed:
+        checkpoints.append(f"checkpoints removed: {', '.join(outcome.checkpoints_removed)}")
+    if outcome.tokens_changed:
+        checkpoints.append(f"tokens changed: {', '.join(outcome.tokens_changed)}")
+    if outcome.closed:
+        checkpoints.append(f"{_plural(outcome.closed, 'connection')} closed")
+    if outcome.applied:
+        checkpoints.append(f"settings applied: {', '.join(outcome.applied)}")
     say(
         f"probekit control: reloaded {args.config}: {_plural(len(after), 'monitor')} "
         f"({added} added, {changed} changed, {removed} removed)"
+        + "".join(f"; {part}" for part in checkpoints)
     )
     return config
 
@@ -235,7 +253,8 @@ COMMAND = Command(
         "checkpoint's token, it sends them the monitors of the config file, schedules runs "
         "across them, confirms failures on another instance and raises alerts. Prints a line "
         "per stored result (none with --quiet) and per alert event, until Ctrl-C, SIGTERM or "
-        "--duration. SIGHUP reads the config file again and applies its monitors and webhooks "
-        "(a config with errors is reported and the running one stays)."
+        "--duration. SIGHUP reads the config file again and applies its checkpoints and tokens, "
+        "monitors, webhooks and the [control] settings that can change live, naming those that "
+        "take a restart (a config with errors is reported and the running one stays)."
     ),
 )

@@ -59,6 +59,7 @@ __all__ = [
     "LogSink",
     "MemorySink",
     "Pruned",
+    "Reconfigured",
     "WebhookSink",
     "load_control_config",
     "split_sync",
@@ -149,6 +150,31 @@ class WebhookSink:
             log.warning("webhook %s failed: %s", self.url, result.summary())
 
 
+#: The settings a running control plane cannot change: they take a restart.
+RESTART_SETTINGS: Final = (
+    *("host", "port", "db_path", "ssl_context", "max_frame_bytes", "heartbeat_interval"),
+    *("metrics_host", "metrics_port"),
+)
+
+
+@attrs.frozen
+class Reconfigured:
+    """What one :meth:`ControlPlane.reconfigure` did.
+
+    ``applied``: the settings that changed and are in force now; ``restart``: those that
+    changed and take a restart (still the old values); ``checkpoints_added``,
+    ``checkpoints_removed``, ``tokens_changed``: checkpoint ids; ``closed``: connections closed
+    because their checkpoint was removed or its token changed.
+    """
+
+    applied: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    checkpoints_added: tuple[str, ...] = ()
+    checkpoints_removed: tuple[str, ...] = ()
+    tokens_changed: tuple[str, ...] = ()
+    closed: int = 0
+
+
 @attrs.frozen
 class Pruned:
     """What one :meth:`ControlPlane.prune` did: rows deleted per table, statements run."""
@@ -201,6 +227,13 @@ def _check_settings(settings: ControlSettings) -> None:
         value = getattr(settings, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DefinitionError(name, f"must be an integer of 1 or more, got {value!r}")
+    size = settings.max_frame_bytes
+    if not isinstance(size, int) or isinstance(size, bool) or size < p.MAX_FRAME_BYTES:
+        raise DefinitionError(
+            "max_frame_bytes",
+            f"must be an integer of at least {p.MAX_FRAME_BYTES} (the protocol's frame limit), "
+            f"got {size!r}",
+        )
     port = settings.metrics_port
     if port is not None and (
         not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
@@ -253,10 +286,18 @@ class ControlSettings:
         _check_settings(self)
 
 
+class _TokenMask(MaskingLogger):
+    """The ``websockets`` logger, masking every token configured so far (see ``MaskingLogger``)."""
+
+    def mask(self, secrets: Iterable[str]) -> None:
+        """Mask these values too, from now on."""
+        self._secrets = tuple(dict.fromkeys((*self._secrets, *(s for s in secrets if s))))
+
+
 class _Peer:
     """One connection, and the identity its ``hello`` bound it to for its whole life."""
 
-    __slots__ = ("checkpoint_id", "conn", "instance_id", "warned")
+    __slots__ = ("budget", "checkpoint_id", "conn", "instance_id", "warned")
 
     def __init__(self, conn: Any, checkpoint_id: str, instance_id: str) -> None:
         self.conn = conn
@@ -264,6 +305,8 @@ class _Peer:
         self.instance_id = instance_id
         #: The kinds of refusal already logged at WARNING for this connection.
         self.warned: set[str] = set()
+        #: The error replies sent on this connection (more than 10 in 60 s close it).
+        self.budget = p.ErrorBudget()
 
 
 def _frame_size(message: p.Message) -> int:
@@ -325,6 +368,10 @@ class ControlPlane:
         )
         self._store = Store(settings.db_path)
         self._server: Any = None
+        # websockets logs handshake headers at DEBUG, the instances' tokens among them; every
+        # token ever configured stays masked (a reload adds the new ones).
+        self._ws_logger = _TokenMask(logging.getLogger("probekit.control.ws"))
+        self._ws_logger.mask(t.reveal() for t in settings.tokens.values())
         self._peers: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._specs: dict[str, MonitorSpec] = {}
@@ -375,11 +422,8 @@ class ControlPlane:
             ping_interval=self.settings.heartbeat_interval,
             ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
             compression=None,
-            # websockets logs handshake headers at DEBUG, the instances' tokens among them
-            logger=MaskingLogger(
-                logging.getLogger("probekit.control.ws"),
-                [t.reveal() for t in self.settings.tokens.values()],
-            ),
+            logger=self._ws_logger,
+            create_connection=None if self.settings.ssl_context else self._plain_connection(),
         )
         self._spawn(self._ticker())
         await self.measure()
@@ -395,6 +439,37 @@ class ControlPlane:
             )
             log.info("serving /metrics and /ready on %s:%d", *self._metrics_server.address)
         log.info("control plane listening on %s", self.url)
+
+    def _plain_connection(self) -> Any:
+        """The connection class of a plain ``ws://`` server: it notices a client that starts a
+        TLS handshake (a checkpoint dialling ``wss://``) and says so, at most once a minute per
+        client address (``websockets`` alone logs it at DEBUG as "no valid HTTP request")."""
+        from websockets.asyncio.server import ServerConnection
+
+        told: dict[str, float] = {}
+        clock = self.clock
+
+        class PlainConnection(ServerConnection):
+            first = True
+
+            def data_received(self, data: bytes) -> None:
+                if self.first:
+                    self.first = False
+                    if data[:2] in (b"\x16\x03", b"\x16\x02"):  # a TLS handshake record
+                        address = self.remote_address
+                        host = str(address[0]) if address else "?"
+                        now = clock.monotonic()
+                        if now - told.get(host, -math.inf) >= 60.0:
+                            told[host] = now
+                            log.warning(
+                                "a client at %s started a TLS handshake on this plain ws:// "
+                                "control plane (its URL says wss://): give the control plane "
+                                "tls_cert and tls_key, or change that client's URL to ws://",
+                                host,
+                            )
+                super().data_received(data)
+
+        return PlainConnection
 
     async def stop(self) -> None:
         if self._metrics_server is not None:
@@ -443,6 +518,103 @@ class ControlPlane:
     def url(self) -> str:
         scheme = "wss" if self.settings.ssl_context else "ws"
         return f"{scheme}://{self.settings.host}:{self.port}/"
+
+    async def reconfigure(self, settings: ControlSettings) -> Reconfigured:
+        """Apply new settings to the running control plane (what SIGHUP does with the config
+        file's ``[control]`` and ``[[checkpoints]]``).
+
+        Applied at once: ``tokens`` (a new checkpoint's token is accepted from now on, and its
+        silence is counted from now; a removed checkpoint's connections are closed with 1008,
+        its state forgotten and its ``checkpoint_down`` alert resolved; a checkpoint whose token
+        changed has its connections closed, so its instances must come back with the new
+        token), ``grace``, ``unanswered_runs``, ``missed_heartbeats`` (the silence threshold;
+        the WebSocket ping timeout keeps its start value), ``startup_grace``, ``stale_after``,
+        ``hello_timeout``, ``tick_interval``, ``retention``, ``prune_interval`` and
+        ``prune_batch``. The settings of :data:`RESTART_SETTINGS` (where and how it listens, the
+        database, the heartbeat interval, the metrics endpoint) are not changed: they are listed
+        in the answer's ``restart`` and logged at WARNING. ``ssl_context`` counts as changed
+        only when TLS is switched on or off (a context is not compared by its content).
+        """
+        old = self.settings
+        restart = tuple(
+            name
+            for name in RESTART_SETTINGS
+            if (
+                (getattr(settings, name) is None) != (getattr(old, name) is None)
+                if name == "ssl_context"
+                else getattr(settings, name) != getattr(old, name)
+            )
+        )
+        kept = {name: getattr(old, name) for name in RESTART_SETTINGS}
+        new = attrs.evolve(settings, **kept)
+        applied = tuple(
+            field.name
+            for field in attrs.fields(ControlSettings)
+            if field.name not in RESTART_SETTINGS
+            and field.name != "tokens"
+            and getattr(new, field.name) != getattr(old, field.name)
+        )
+        added = tuple(sorted(set(new.tokens) - set(old.tokens)))
+        removed = tuple(sorted(set(old.tokens) - set(new.tokens)))
+        changed = tuple(
+            sorted(
+                c
+                for c in set(old.tokens) & set(new.tokens)
+                if not hmac.compare_digest(
+                    old.tokens[c].reveal().encode(), new.tokens[c].reveal().encode()
+                )
+            )
+        )
+        self._ws_logger.mask(t.reveal() for t in new.tokens.values())
+        self.settings = new
+        logic = self.logic
+        logic.grace = new.grace
+        logic.unanswered_limit = new.unanswered_runs
+        logic.missed_heartbeats = new.missed_heartbeats
+        logic.startup_grace = new.startup_grace
+        actions = logic.reconfigure_checkpoints(new.tokens)
+        closed = 0
+        for peer in list(self._peers.values()):
+            why = None
+            if peer.checkpoint_id in removed:
+                why = "checkpoint removed"
+            elif peer.checkpoint_id in changed:
+                why = "token changed"
+            if why is None:
+                continue
+            closed += 1
+            del self._peers[peer.instance_id]
+            log.warning(
+                "closing the connection of %s of %s: %s by a reload",
+                peer.instance_id,
+                peer.checkpoint_id,
+                why,
+            )
+            # In the background: the closing handshake may wait for a peer that never answers.
+            self._spawn(peer.conn.close(1008, why))
+            if peer.checkpoint_id in changed:
+                logic.instance_disconnected(peer.instance_id)
+        await self._dispatch(actions)
+        if added or removed or changed or applied:
+            log.info(
+                "reconfigured: %s",
+                "; ".join(
+                    part
+                    for part in (
+                        f"checkpoints added: {', '.join(added)}" if added else "",
+                        f"checkpoints removed: {', '.join(removed)}" if removed else "",
+                        f"tokens changed: {', '.join(changed)}" if changed else "",
+                        f"settings applied: {', '.join(applied)}" if applied else "",
+                    )
+                    if part
+                ),
+            )
+        if restart:
+            log.warning(
+                "reconfigure: these settings take a restart and keep their running values: %s",
+                ", ".join(restart),
+            )
+        return Reconfigured(applied, restart, added, removed, changed, closed)
 
     # -- monitors ------------------------------------------------------------------------------
 
@@ -678,6 +850,7 @@ class ControlPlane:
                 token.encode(), secret.reveal().encode()
             ):
                 connection.probekit_checkpoint = checkpoint_id
+                connection.probekit_token = secret
                 return None
         log.warning("refused a connection from %s: bad or missing token", connection.remote_address)
         return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized\n")
@@ -690,6 +863,15 @@ class ControlPlane:
         try:
             hello = await self._expect_hello(conn, checkpoint_id)
             if hello is None:
+                return
+            if not self._token_current(checkpoint_id, conn.probekit_token):
+                # A reload removed or changed the token while this connection said hello.
+                log.warning(
+                    "closing the connection of %s of %s: its token was changed or removed",
+                    hello.instance_id,
+                    checkpoint_id,
+                )
+                await conn.close(1008, "token changed")
                 return
             # The connection is this instance, of this checkpoint, until it closes.
             peer = _Peer(conn, checkpoint_id, hello.instance_id)
@@ -712,36 +894,38 @@ class ControlPlane:
                 del self._peers[peer.instance_id]
                 self.logic.instance_disconnected(peer.instance_id)
 
+    def _token_current(self, checkpoint_id: str, token: Secret) -> bool:
+        current = self.settings.tokens.get(checkpoint_id)
+        return current is not None and hmac.compare_digest(
+            current.reveal().encode(), token.reveal().encode()
+        )
+
     async def _expect_hello(self, conn: Any, checkpoint_id: str) -> p.Hello | None:
+        """The connection's first frame, which must be a ``hello``. Anything else is answered
+        with the error it earns (``unknown_type`` for a message of another type) and the
+        connection is closed with 1002 (1008 for ``unauthorized``)."""
         try:
             async with asyncio.timeout(self.settings.hello_timeout):
                 frame = await conn.recv()
-            message = p.decode(
-                frame, max_bytes=self.settings.max_frame_bytes, accept=p.FROM_INSTANCE
-            )
+            message = p.decode(frame, max_bytes=p.MAX_FRAME_BYTES, accept=(p.Hello,))
         except TimeoutError:
             await conn.close(1008, "no hello")
             return None
         except p.ProtocolError as exc:
-            await conn.send(p.encode(p.error_reply(exc)))
-            await conn.close(exc.close_code or 1002, exc.code)
-            return None
-        if not isinstance(message, p.Hello):
-            log.warning(
-                "refused a connection of checkpoint %s: its first frame was %s, not hello",
-                checkpoint_id,
-                message.type,
-            )
-            await conn.send(
-                p.encode(
-                    p.Error(
-                        code="unknown_type",
-                        message=f"the first frame must be a hello, not {message.type}",
-                    )
+            if exc.code == "unknown_type":
+                exc = p.ProtocolError(
+                    "unknown_type", f"the first frame must be a hello; {exc.message}"
                 )
+            log.warning(
+                "refused a connection of checkpoint %s: its first frame is not a valid hello: %s",
+                checkpoint_id,
+                exc,
             )
-            await conn.close(1002, "no hello")
+            await conn.send(p.encode(p.error_reply(exc)))
+            reason = "unauthorized" if exc.code == "unauthorized" else "no hello"
+            await conn.close(exc.close_code or 1002, reason)
             return None
+        assert isinstance(message, p.Hello)
         refusal = None
         if message.checkpoint_id != checkpoint_id:
             refusal = "the token is for another checkpoint"
@@ -758,10 +942,22 @@ class ControlPlane:
         return message
 
     async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
-        try:
-            message = p.decode(
-                frame, max_bytes=self.settings.max_frame_bytes, accept=p.FROM_INSTANCE
+        await self._take_frame(peer, frame)
+        if peer.budget.exceeded:
+            log.warning(
+                "closing the connection of %s of %s: more than %d error replies within %g s",
+                peer.instance_id,
+                peer.checkpoint_id,
+                p.ERROR_BUDGET,
+                p.ERROR_WINDOW,
             )
+            await peer.conn.close(p.TOO_MANY_ERRORS_CLOSE, p.TOO_MANY_ERRORS_REASON)
+
+    async def _take_frame(self, peer: _Peer, frame: str | bytes) -> None:
+        try:
+            # The protocol's limit (1 MiB), not the WebSocket layer's hard one: a frame between
+            # the two is answered with too_large and the connection serves on.
+            message = p.decode(frame, max_bytes=p.MAX_FRAME_BYTES, accept=p.FROM_INSTANCE)
         except p.ProtocolError as exc:
             log.info("bad frame from %s: %s", peer.instance_id, exc)
             await self._send(peer, p.error_reply(exc))
@@ -1025,6 +1221,8 @@ class ControlPlane:
     async def _send(self, peer: _Peer, message: p.Message) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        if isinstance(message, p.Error):  # every error reply counts against the budget
+            peer.budget.spend(self.clock.monotonic())
         # A sync too large for one frame (what an instance decodes is bounded) goes as several.
         parts = split_sync(message) if isinstance(message, p.Sync) else [message]
         try:

@@ -58,6 +58,8 @@ class ControlConfig:
     settings: ControlSettings
     monitors: tuple[MonitorSpec, ...]
     webhooks: tuple[WebhookSink, ...]
+    #: The ``tls_cert`` and ``tls_key`` paths (None without TLS): a reload compares them.
+    tls_files: tuple[str | None, str | None] = (None, None)
 
 
 def load_control_config(
@@ -111,7 +113,13 @@ class _ControlLoader(_Loader):
         settings = ControlSettings(
             tokens={k: v for k, v in tokens.items() if v is not None}, **control
         )
-        return ControlConfig(settings, tuple(monitors), tuple(webhooks))
+        control_table = data.get("control")
+        tls_files = (
+            (control_table.get("tls_cert"), control_table.get("tls_key"))
+            if isinstance(control_table, Mapping)
+            else (None, None)
+        )
+        return ControlConfig(settings, tuple(monitors), tuple(webhooks), tls_files)
 
     # -- [control] -----------------------------------------------------------------------------
 

@@ -206,9 +206,12 @@ class _Instance:
 
 @attrs.define
 class _Checkpoint:
-    """A configured checkpoint: when it was last seen (wall clock, from the database)."""
+    """A configured checkpoint: when it was last seen (wall clock, from the database), and since
+    when (monotonic) it is expected, when configured after the logic started (None: since the
+    start)."""
 
     last_seen: float | None
+    since: float | None = None
 
 
 def flap_percent(history: deque[bool] | list[bool]) -> float:
@@ -312,6 +315,29 @@ class ControlLogic:
         threshold."""
         seen = last_seen or {}
         self.checkpoints = {c: _Checkpoint(seen.get(c)) for c in checkpoint_ids}
+
+    def reconfigure_checkpoints(self, checkpoint_ids: Iterable[str]) -> Actions:
+        """The configured checkpoints changed (a reload): a new one is expected from now on (its
+        silence counted from now, with the startup grace); a removed one is forgotten with its
+        instances, and its open ``checkpoint_down`` alert resolves."""
+        actions = Actions()
+        wanted = set(checkpoint_ids)
+        now = self.clock.monotonic()
+        for checkpoint_id in wanted - set(self.checkpoints):
+            self.checkpoints[checkpoint_id] = _Checkpoint(None, since=now)
+        for checkpoint_id in sorted(set(self.checkpoints) - wanted):
+            del self.checkpoints[checkpoint_id]
+            for instance_id in [
+                i for i, inst in self.instances.items() if inst.checkpoint_id == checkpoint_id
+            ]:
+                del self.instances[instance_id]
+            alert = self.checkpoint_alerts.pop(checkpoint_id, None)
+            if alert is not None:
+                message = f"checkpoint {checkpoint_id} is no longer configured"
+                actions.events.append(
+                    Event("alert_resolved", checkpoint_id, self._wall(), message, alert)
+                )
+        return actions
 
     def open_alerts(self) -> list[Alert]:
         """Every alert open now: monitors down or flapping, checkpoints down, kinds missing."""
@@ -585,9 +611,13 @@ class ControlLogic:
                     continue
                 message = f"checkpoint {checkpoint_id} is down: {len(members)} instances silent"
             else:
-                if now - self.started <= max(limit, self.startup_grace):
+                configured = self.checkpoints.get(checkpoint_id)
+                if configured is None:
+                    continue  # (every entry without members is configured)
+                since = configured.since if configured.since is not None else self.started
+                if now - since <= max(limit, self.startup_grace):
                     continue
-                seen = self.checkpoints[checkpoint_id].last_seen
+                seen = configured.last_seen
                 if seen is None:
                     message = f"checkpoint {checkpoint_id} is down: never seen"
                 else:
