@@ -99,7 +99,7 @@ def peers(session: nox.Session) -> None:
     `benchmarks/peers.py` (posargs pass through, e.g. `nox -s peers -- --quick`). Prints the
     table and writes benchmarks/results/peers.json; see docs/performance.md.
     """
-    session.install("-e", ".", "trustme>=1.1", "httpx", "uvloop")
+    session.install("-e", ".[exporter,dns]", "trustme>=1.1", "httpx", "uvloop")
     missing = [
         name
         for name, places in PEER_PROGRAMS.items()
@@ -116,6 +116,8 @@ def peers(session: nox.Session) -> None:
         session.run("apt-get", "update", external=True, env=env)
         session.run("apt-get", "install", "-y", *PEER_PACKAGES, external=True, env=env)
     session.run("python", "benchmarks/peers.py", *session.posargs)
+    # /probe itself: probekit exporter beside blackbox_exporter (docs/performance.md)
+    session.run("python", "benchmarks/exporter_peers.py")
 
 
 @nox.session(python=PYTHON)

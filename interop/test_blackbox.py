@@ -10,10 +10,8 @@ import os
 import re
 import shutil
 import socket
-import socketserver
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loopback_dns import loopback_dns
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import _ROWS, Daemon, Row, free_port, wait_for_port
@@ -127,39 +126,10 @@ EQUAL = (
 # -- a DNS server for both ----------------------------------------------------------------------
 
 
-class _Dns(socketserver.BaseRequestHandler):
-    """A small authoritative server for probekit.test, over UDP (dnspython builds the replies)."""
-
-    def handle(self) -> None:
-        import dns.message
-        import dns.rcode
-        import dns.rrset
-
-        data, sock = self.request
-        query = dns.message.from_wire(data)
-        reply = dns.message.make_response(query)
-        question = query.question[0]
-        name = question.name.to_text().lower()
-        if name == "www.probekit.test.":
-            if question.rdtype == 1:  # A
-                reply.answer.append(
-                    dns.rrset.from_text(name, 300, "IN", "A", "192.0.2.10", "192.0.2.11")
-                )
-        else:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-            soa = "ns.probekit.test. admin.probekit.test. 7 3600 600 86400 300"
-            reply.authority.append(dns.rrset.from_text("probekit.test.", 300, "IN", "SOA", soa))
-        sock.sendto(reply.to_wire(), self.client_address)
-
-
 @pytest.fixture(scope="module")
 def dns_port() -> Iterator[int]:
-    server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), _Dns)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with loopback_dns() as port:
+        yield port
 
 
 # -- the two exporters ------------------------------------------------------------------------
