@@ -43,6 +43,7 @@ from probekit.probes._ftpwire import (
     ReplyAssembler,
     parse_epsv,
     parse_mdtm,
+    parse_mlst,
     parse_pasv,
     parse_reply,
     parse_size,
@@ -94,6 +95,7 @@ class FakeFtp:
     require_reuse: bool = False
     echo_password: bool = False
     fail_transfer: bool = False
+    mlst: bool = False
     commands: list[bytes] = attrs.field(factory=list)
     data_connections: int = 0
     reused: list[bool] = attrs.field(factory=list)
@@ -166,6 +168,21 @@ class FakeFtp:
                         writer.write(b"250 Directory successfully changed.\r\n")
                     else:
                         writer.write(b"550 Failed to change directory.\r\n")
+                elif verb == b"MLST" and self.mlst:
+                    path = self._path(cwd, arg.decode())
+                    if path in self.files:
+                        writer.write(
+                            b"250-Listing %s\r\n type=file;size=%d;modify=%s;perm=r; %s\r\n"
+                            b"250 End\r\n"
+                            % (
+                                arg,
+                                self.files[path],
+                                MTIME.strftime("%Y%m%d%H%M%S").encode(),
+                                path.encode(),
+                            )
+                        )
+                    else:
+                        writer.write(b"550 No such file or directory.\r\n")
                 elif verb == b"TYPE":
                     writer.write(b"200 Switching to Binary mode.\r\n")
                 elif verb == b"SIZE":
@@ -448,6 +465,29 @@ async def test_stat_of_a_file(ctx: ProbeContext) -> None:
     assert server.data_connections == 0
 
 
+async def test_stat_of_a_file_by_mlst(ctx: ProbeContext) -> None:
+    ctx = attrs.evolve(ctx, clock=FakeClock(start=MTIME + dt.timedelta(seconds=30)))
+    server = FakeFtp(mlst=True)
+    result = await check(server, ctx, starttls="off", path="/drop/a.csv", operation="stat", **LOGIN)
+    assert result.status is Status.UP, result.summary()
+    assert result.metrics["size_bytes"] == 120
+    assert result.metrics["is_directory"] == 0
+    assert result.metrics["age_seconds"] == pytest.approx(30, abs=1)
+    assert b"SIZE" not in verbs(server)
+    missing = await check(
+        FakeFtp(mlst=True), ctx, starttls="off", path="/x", operation="stat", **LOGIN
+    )
+    assert error(missing)[0] is ErrorKind.ASSERTION
+    assert missing.error is not None and "550 No such file" in missing.error.message
+
+
+async def test_stat_without_mlst_size_or_mdtm_is_protocol(ctx: ProbeContext) -> None:
+    server = FakeFtp(replies={b"SIZE": b"502 no\r\n", b"MDTM": b"502 no\r\n"})
+    result = await check(server, ctx, starttls="off", path="/x", operation="stat", **LOGIN)
+    assert error(result) == (ErrorKind.PROTOCOL, "stat")
+    assert result.error is not None and "MLST, SIZE and MDTM" in result.error.message
+
+
 async def test_stat_of_a_directory(ctx: ProbeContext) -> None:
     result = await check(FakeFtp(), ctx, starttls="off", path="/drop", operation="stat", **LOGIN)
     assert result.status is Status.UP, result.summary()
@@ -468,6 +508,39 @@ async def test_a_wait_greeting_then_the_real_one(ctx: ProbeContext) -> None:
     server = FakeFtp(greeting=b"120 ready in 1 minute\r\n220 ready now\r\n")
     result = await check(server, ctx)
     assert result.status is Status.UP, result.summary()
+
+
+async def test_against_the_aioftp_server(
+    ctx: ProbeContext, tmp_path: Any, connector: GuardedConnector
+) -> None:
+    """aioftp's server (another implementation than the fake above): a listing, a stat by
+    MLST, a missing path and a wrong password."""
+    import aioftp
+
+    (tmp_path / "drop").mkdir()
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / "drop" / name).write_text("x" * 10)
+    server = aioftp.Server([aioftp.User(USER, PASSWORD, home_path="/", base_path=tmp_path)])
+    await server.start("127.0.0.1", 0)
+    try:
+        port = server.server.sockets[0].getsockname()[1]
+        listed = await FtpProbe("127.0.0.1", port, path="/drop", **LOGIN).check(ctx)
+        stat = await FtpProbe(
+            "127.0.0.1", port, path="/drop/a.csv", operation="stat", **LOGIN
+        ).check(ctx)
+        missing = await FtpProbe("127.0.0.1", port, path="/nope", **LOGIN).check(ctx)
+        wrong = await FtpProbe("127.0.0.1", port, username=USER, password=Secret("wrong")).check(
+            ctx
+        )
+    finally:
+        await server.close()
+    assert listed.status is Status.UP, listed.summary()
+    assert listed.metrics["entries"] == 2
+    assert stat.status is Status.UP, stat.summary()
+    assert stat.metrics["size_bytes"] == 10 and stat.metrics["is_directory"] == 0
+    assert error(missing)[0] is ErrorKind.ASSERTION
+    assert error(wrong) == (ErrorKind.AUTH, "auth")
+    assert connector.refused == []
 
 
 # -- down --------------------------------------------------------------------------------------
@@ -1026,6 +1099,21 @@ def test_epsv_and_pasv_refusals() -> None:
     assert isinstance(parse_epsv("(|!|1234|)"), Malformed)
     assert isinstance(parse_pasv("(127,0,0,1,0,0)"), Malformed)
     assert isinstance(parse_pasv("(256,0,0,1,4,1)"), Malformed)
+
+
+@given(st.lists(st.text(max_size=80), max_size=5))
+def test_parse_mlst_classifies_any_lines(given_lines: list[str]) -> None:
+    facts = parse_mlst(tuple(given_lines))
+    assert isinstance(facts, dict | Malformed)
+
+
+def test_mlst_facts() -> None:
+    assert parse_mlst(("Listing x", " Type=file;Size=12;modify=20261128123005; /x", "End")) == {
+        "type": "file",
+        "size": "12",
+        "modify": "20261128123005",
+    }
+    assert isinstance(parse_mlst(("Listing", "End")), Malformed)
 
 
 def test_size_and_mdtm() -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "ReplyAssembler",
     "parse_epsv",
     "parse_mdtm",
+    "parse_mlst",
     "parse_pasv",
     "parse_reply",
     "parse_size",
@@ -206,6 +207,23 @@ def parse_mdtm(text: bytes | str) -> dt.datetime | Malformed:
         return dt.datetime(year, month, day, hour, minute, min(second, 59), tzinfo=dt.UTC)
     except ValueError:
         return Malformed("the MDTM reply is not a valid time")
+
+
+def parse_mlst(lines: tuple[str, ...]) -> dict[str, str] | Malformed:
+    """The facts of a ``250`` reply to ``MLST`` (RFC 3659 7.2): the one line of the form
+    `` fact=value;fact=value; pathname``, fact names lower-cased. The pathname is left out."""
+    for line in lines:
+        if not line.startswith(" ") or "=" not in line:
+            continue
+        facts_text = line[1:].split(" ", 1)[0]
+        facts: dict[str, str] = {}
+        for fact in facts_text.split(";"):
+            name, equals, value = fact.partition("=")
+            if equals and name:
+                facts[name.lower()] = value
+        if facts:
+            return facts
+    return Malformed("no facts in the MLST reply")
 
 
 class ListingCounter:

@@ -21,6 +21,7 @@ for ``stat``, ``stat`` (``CWD``, else ``SIZE`` and ``MDTM``); then ``quit``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import ssl
 from collections.abc import Mapping, MutableMapping
@@ -48,6 +49,7 @@ from ._ftpwire import (
     ReplyAssembler,
     parse_epsv,
     parse_mdtm,
+    parse_mlst,
     parse_pasv,
     parse_size,
 )
@@ -491,13 +493,42 @@ class FtpProbe(ProbeBase):
         data.transport = transport
 
     async def _stat(self, attempt: Attempt, control: _Control, path: str) -> None:
-        """``CWD path`` (a directory), else ``SIZE`` and ``MDTM`` (a file)."""
+        """``CWD path`` (a directory), else ``MLST`` (RFC 3659), else ``SIZE`` and ``MDTM``."""
         encoded = path.encode()
+        expected = f"{path!r} exists"
         reply = await control.command(b"CWD " + encoded, "CWD reply")
         if 200 <= reply.code < 300:
             attempt.metric("is_directory", 1)
-            attempt.outcome("path", True, f"{path!r} exists", "a directory")
+            attempt.outcome("path", True, expected, "a directory")
             return
+        mlst = await control.command(b"MLST " + encoded, "MLST reply")
+        if mlst.code == 250:
+            facts = parse_mlst(mlst.lines)
+            if isinstance(facts, Malformed):
+                raise ProbeFailure(ErrorKind.PROTOCOL, f"{facts.reason}: {control.shown(mlst)}")
+            kind = facts.get("type", "").lower()
+            directory = kind in ("dir", "cdir", "pdir")
+            attempt.metric("is_directory", 1 if directory else 0)
+            found = ["a directory" if directory else "a file"]
+            size = parse_size(facts.get("size", ""))
+            if not directory and isinstance(size, int):
+                attempt.metric("size_bytes", size)
+                found.append(f"{size} bytes")
+            when = parse_mdtm(facts.get("modify", ""))
+            if isinstance(when, dt.datetime):
+                self._modified(attempt, when)
+                found.append(f"modified {when.isoformat()}")
+            attempt.outcome("path", True, expected, ", ".join(found))
+            return
+        if 500 <= mlst.code < 550 and mlst.code not in (501,):
+            await self._size_and_mdtm(attempt, control, path)
+            return
+        attempt.outcome("path", False, expected, f"not found: {control.shown(mlst)}")
+
+    async def _size_and_mdtm(self, attempt: Attempt, control: _Control, path: str) -> None:
+        """``SIZE`` and ``MDTM``, for servers without ``MLST`` (vsftpd)."""
+        encoded = path.encode()
+        expected = f"{path!r} exists"
         await control.command(b"TYPE I", "TYPE reply")  # SIZE is defined for binary mode
         found: list[str] = []
         size_reply = await control.command(b"SIZE " + encoded, "SIZE reply")
@@ -516,17 +547,26 @@ class FtpProbe(ProbeBase):
                 raise ProbeFailure(
                     ErrorKind.PROTOCOL, f"{when.reason}: {control.shown(mdtm_reply)}"
                 )
-            now = attempt.ctx.clock.now()
-            attempt.metric("mtime", when.timestamp())
-            attempt.metric("age_seconds", round((now - when).total_seconds(), 3))
+            self._modified(attempt, when)
             found.append(f"modified {when.isoformat()}")
         if found:
             attempt.metric("is_directory", 0)
-            attempt.outcome("path", True, f"{path!r} exists", "a file, " + ", ".join(found))
+            attempt.outcome("path", True, expected, "a file, " + ", ".join(found))
             return
-        attempt.outcome(
-            "path", False, f"{path!r} exists", f"not found: {control.shown(size_reply)}"
-        )
+        unsupported = (500, 502, 504)
+        if size_reply.code in unsupported and mdtm_reply.code in unsupported:
+            raise ProbeFailure(
+                ErrorKind.PROTOCOL,
+                "the server implements none of MLST, SIZE and MDTM, so it cannot stat a file: "
+                f"{control.shown(size_reply)}",
+            )
+        attempt.outcome("path", False, expected, f"not found: {control.shown(size_reply)}")
+
+    @staticmethod
+    def _modified(attempt: Attempt, when: dt.datetime) -> None:
+        now = attempt.ctx.clock.now()
+        attempt.metric("mtime", when.timestamp())
+        attempt.metric("age_seconds", round((now - when).total_seconds(), 3))
 
 
 # -- the command-line form -------------------------------------------------------------------------
