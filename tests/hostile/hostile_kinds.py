@@ -308,6 +308,29 @@ PROFILES: dict[str, KindProfile] = {
             "certificates) are the tables of tests/test_tls.py, each within deadline + 100 ms."
         ),
     ),
+    "ftp": KindProfile(
+        name="ftp",
+        family="none",
+        ask=_asks_marker("ftp"),
+        tls=True,
+        # The canary meets the line family's silent and echoing servers (it dials TCP); the
+        # login is sent in plain text to the one that echoes it.
+        secrets={
+            "password": _login,
+            "tls.client_key_password": _key_password,
+            "starttls_options.client_key_password": _starttls_key_password,
+        },
+        exempt=(
+            "An ftp check needs a second, data connection to an address its server announces; "
+            "the hostile servers here are one stream each. Its hostile servers are the tables "
+            "of tests/test_ftp.py: the FTP bounce (PASV announcing the metadata address, "
+            "another host, a loopback address the policy denies; nothing dialled), a stall in "
+            "each phase (greeting, AUTH TLS, handshake, USER, PASS, CWD, PBSZ, EPSV, LIST, the "
+            "data connection, the reply after it, QUIT), garbage greetings and replies, "
+            "over-long lines and replies, endless listings, plain text injected after AUTH "
+            "TLS, refused PROT P, bad certificates."
+        ),
+    ),
     "icmp": KindProfile(
         name="icmp",
         family="none",
