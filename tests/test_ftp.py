@@ -857,6 +857,23 @@ async def test_pasv_address_control_uses_the_servers_own_address() -> None:
     assert [ip for ip, _port in guard.dialled] == ["127.0.0.1", "127.0.0.1"]
 
 
+async def test_a_pasv_reply_of_0_0_0_0_means_the_servers_own_address() -> None:
+    guard = GuardedConnector()
+    ctx = make_context(connector=guard)
+    server = FakeFtp(epsv=False, pasv=b"0,0,0,0")
+    async with TcpServer(server) as listening:
+        probe = FtpProbe("127.0.0.1", listening.port, starttls="off", path="/drop", **LOGIN)
+        result = await probe.check(ctx)
+    assert result.status is Status.UP, result.summary()
+    assert [ip for ip, _port in guard.dialled] == ["127.0.0.1", "127.0.0.1"]
+
+
+async def test_an_odd_reply_to_auth_tls_is_protocol(ctx: ProbeContext) -> None:
+    server = FakeFtp(replies={b"AUTH": b"334 ADAT=what\r\n"})
+    result = await check(server, ctx)
+    assert error(result) == (ErrorKind.PROTOCOL, "starttls")
+
+
 async def test_pasv_address_announced_follows_an_allowed_loopback_address() -> None:
     guard = GuardedConnector()
     ctx = make_context(connector=guard)

@@ -301,7 +301,11 @@ class FtpProbe(ProbeBase):
         with attempt.phase("starttls"):
             reply = await control.command(b"AUTH TLS", "AUTH TLS reply")
             if reply.code != 234:
-                if self.starttls == "required" or reply.code < 400:
+                if reply.code < 400:
+                    raise ProbeFailure(
+                        ErrorKind.PROTOCOL, f"unexpected reply to AUTH TLS: {control.shown(reply)}"
+                    )
+                if self.starttls == "required":
                     raise ProbeFailure(
                         ErrorKind.TLS,
                         f"AUTH TLS is required, but the server answered {control.shown(reply)}",
@@ -405,6 +409,10 @@ class FtpProbe(ProbeBase):
         ``same``."""
         own = str(conn.ip)
         if endpoint.host is None or self.pasv_address == "control":
+            return own
+        if endpoint.host == "0.0.0.0":  # noqa: S104 - servers on a wildcard address announce it
+            # It names no host: a server bound to the wildcard address announces it for its
+            # own. Taken as the server's own address, which is where EPSV would go too.
             return own
         announced = parse_host_address(endpoint.host)
         assert announced is not None  # parse_pasv makes dotted quads
