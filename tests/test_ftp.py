@@ -96,6 +96,7 @@ class FakeFtp:
     echo_password: bool = False
     fail_transfer: bool = False
     mlst: bool = False
+    data_host: str = "127.0.0.1"
     commands: list[bytes] = attrs.field(factory=list)
     data_connections: int = 0
     reused: list[bool] = attrs.field(factory=list)
@@ -244,7 +245,7 @@ class FakeFtp:
             else:
                 accepted.set_result((reader, writer))  # the LIST handler owns it now
 
-        return accepted, await asyncio.start_server(on_data, "127.0.0.1", 0)
+        return accepted, await asyncio.start_server(on_data, self.data_host, 0)
 
     async def _list(
         self, writer: Writer, data: asyncio.Future[tuple[Reader, Writer]], cwd: str, tls: bool
@@ -254,6 +255,8 @@ class FakeFtp:
         await writer.drain()
         if tls:
             assert self.tls is not None
+            if b"DATATLS" in self.stall:
+                await asyncio.sleep(3600)
             await data_writer.start_tls(self.tls)
             ssl_object = data_writer.get_extra_info("ssl_object")
             self.reused.append(bool(ssl_object.session_reused))
@@ -354,6 +357,46 @@ async def test_an_empty_directory_lists_no_entries(ctx: ProbeContext) -> None:
     result = await check(FakeFtp(), ctx, starttls="off", path="/pub", **LOGIN)
     assert result.status is Status.UP, result.summary()
     assert result.metrics["entries"] == 0
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_epsv_over_ipv6(ctx: ProbeContext, connector: GuardedConnector) -> None:
+    server = FakeFtp(data_host="::1")
+    listening = await asyncio.start_server(server, "::1", 0)
+    try:
+        port = listening.sockets[0].getsockname()[1]
+        result = await FtpProbe("::1", port, starttls="off", path="/drop", **LOGIN).check(ctx)
+    finally:
+        listening.close()
+    assert result.status is Status.UP, result.summary()
+    assert result.metrics["entries"] == 3
+    assert b"PASV" not in verbs(server)
+    assert [ip for ip, _port in connector.dialled] == ["::1", "::1"]
+
+
+async def test_no_pasv_over_ipv6_when_epsv_is_refused(ctx: ProbeContext) -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    server = FakeFtp(data_host="::1", epsv=False)
+    listening = await asyncio.start_server(server, "::1", 0)
+    try:
+        port = listening.sockets[0].getsockname()[1]
+        result = await FtpProbe("::1", port, starttls="off", path="/drop", **LOGIN).check(ctx)
+    finally:
+        listening.close()
+    assert error(result) == (ErrorKind.PROTOCOL, "passive")
+    assert b"PASV" not in verbs(server)
 
 
 async def test_pasv_when_epsv_is_unknown(ctx: ProbeContext) -> None:
@@ -749,6 +792,7 @@ async def test_a_data_port_with_nothing_listening_is_connect(ctx: ProbeContext) 
         (b"PBSZ", "passive"),
         (b"EPSV", "passive"),
         (b"LIST", "data"),
+        (b"DATATLS", "data"),
         (b"DATA", "data"),
         (b"FINAL", "data"),
         (b"QUIT", "quit"),
