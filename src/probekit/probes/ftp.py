@@ -651,7 +651,7 @@ KIND = ProbeKind(
             dest="stat",
             action="flag",
             sets=("operation",),
-            help="stat PATH (CWD, else SIZE and MDTM) instead of listing it",
+            help="stat PATH (CWD, else MLST, else SIZE and MDTM) instead of listing it",
         ),
         Option(
             ("--min-entries",),
