@@ -386,6 +386,17 @@ imap_definitions = _mail_fields(
     mailbox=_or_odd(st.sampled_from(["INBOX", "Archive/2024", "Entw\u00fcrfe", "a&b", "", "a\rb"])),
 )
 pop3_definitions = _mail_fields("pop3", stat=_or_odd(st.booleans()))
+ftp_definitions = _mail_fields(
+    "ftp",
+    path=_or_odd(
+        st.sampled_from(["/", "/incoming", "a b", "", "/a\r\nDELE x", "\u00e9"]) | st.none()
+    ),
+    operation=_or_odd(st.sampled_from(["list", "stat", "read", ""])),
+    min_entries=_or_odd(st.integers(-1, 5) | st.none()),
+    max_entries=_or_odd(st.integers(-1, 200_000)),
+    max_listing_bytes=_or_odd(st.integers(-1, 1 << 30)),
+    pasv_address=_or_odd(st.sampled_from(["same", "control", "announced", "any", ""])),
+)
 dns_names = st.one_of(
     spelled_hosts,
     st.sampled_from(
@@ -476,6 +487,7 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "smtp": smtp_definitions,
     "imap": imap_definitions,
     "pop3": pop3_definitions,
+    "ftp": ftp_definitions,
     "dns": dns_definitions,
     "icmp": icmp_definitions,
     "tls": tls_definitions,

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from ._tls import TlsOptions
     from .probes._base import Probe
     from .probes.dns import DnsProbe
+    from .probes.ftp import FtpProbe
     from .probes.http import BasicAuth, HttpProbe
     from .probes.icmp import IcmpProbe
     from .probes.imap import ImapProbe
@@ -99,6 +100,7 @@ _LAZY: dict[str, str] = {
     "ErrorKind": "._result",
     "Expect": ".probes.tcp",
     "FakeClock": "._clock",
+    "FtpProbe": ".probes.ftp",
     "HeaderMatches": "._assertions",
     "HttpProbe": ".probes.http",
     "IcmpProbe": ".probes.icmp",
@@ -196,6 +198,7 @@ __all__ = [
     "ErrorKind",
     "Expect",
     "FakeClock",
+    "FtpProbe",
     "HeaderMatches",
     "HttpProbe",
     "IcmpProbe",

@@ -10,10 +10,10 @@ so that the definition passes against the well-behaved server of its ``family`` 
 where the kind's secrets go.
 
 Families: ``http`` (HTTP/1.1), ``line`` (a Redis-like ``PING``/``+PONG`` line protocol, for TCP
-scripts and Redis), ``smtp``, ``imap``, ``pop3`` (each greets with the marker and accepts the
-probe's dialogue, the login included), ``dns`` (UDP and TCP on one port, answering a TXT record
-holding the marker), and ``none``: a kind that cannot meet a server on loopback at all says so,
-and why, in ``exempt`` (it still runs through the SSRF, canary and fuzz suites).
+scripts and Redis), ``smtp``, ``imap``, ``pop3``, ``ftp`` (each greets with the marker and
+accepts the probe's dialogue, the login included), ``dns`` (UDP and TCP on one port, answering a
+TXT record holding the marker), and ``none``: a kind that cannot meet a server on loopback at all
+says so, and why, in ``exempt`` (it still runs through the SSRF, canary and fuzz suites).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from servers import TcpServer
 #: server can therefore never make a check UP, whatever a probe does with a body it cut short.
 MARKER = "probekit-hostile-marker"
 
-Family = Literal["http", "line", "smtp", "imap", "pop3", "dns", "none"]
+Family = Literal["http", "line", "smtp", "imap", "pop3", "ftp", "dns", "none"]
 #: The families whose servers are TCP streams from the first byte: every protocol-independent
 #: stream case (silence, RST, a full backlog, garbage, ...) applies to them as it is.
-STREAM_FAMILIES: frozenset[str] = frozenset({"http", "line", "smtp", "imap", "pop3"})
+STREAM_FAMILIES: frozenset[str] = frozenset({"http", "line", "smtp", "imap", "pop3", "ftp"})
 Definition = dict[str, Any]
 
 
@@ -308,6 +308,17 @@ PROFILES: dict[str, KindProfile] = {
             "certificates) are the tables of tests/test_tls.py, each within deadline + 100 ms."
         ),
     ),
+    "ftp": KindProfile(
+        name="ftp",
+        family="ftp",
+        ask=_asks_marker("ftp"),
+        tls=True,
+        secrets={
+            "password": _login,
+            "tls.client_key_password": _key_password,
+            "starttls_options.client_key_password": _starttls_key_password,
+        },
+    ),
     "icmp": KindProfile(
         name="icmp",
         family="none",
@@ -474,6 +485,24 @@ async def good_pop3_server(reader: asyncio.StreamReader, writer: asyncio.StreamW
         await writer.drain()
 
 
+async def good_ftp_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Greets with the marker; refuses AUTH TLS, accepts USER/PASS, answers QUIT. (A data
+    connection, which needs a second listener, is tests/test_ftp.py's FakeFtp.)"""
+    writer.write(f"220 {MARKER} ready\r\n".encode())
+    while line := await reader.readline():
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if verb == b"USER":
+            writer.write(b"331 password please\r\n")
+        elif verb == b"PASS":
+            writer.write(b"230 logged in\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            return
+        else:
+            writer.write(b"502 not implemented\r\n")
+        await writer.drain()
+
+
 def good_dns_udp(query: bytes) -> list[bytes]:
     return [answer_txt(query, MARKER)]
 
@@ -498,6 +527,7 @@ GOOD_SERVERS: dict[str, Handler] = {
     "smtp": good_smtp_server,
     "imap": good_imap_server,
     "pop3": good_pop3_server,
+    "ftp": good_ftp_server,
     "dns": DnsHandlers(good_dns_udp, good_dns_tcp),
 }
 

@@ -2,7 +2,7 @@
 
 A case is one misbehaviour (slowloris, an endless body, a compression bomb, ...). Its handler for
 the ``http`` family speaks broken HTTP/1.1; its handler for the ``line`` family breaks a
-``PING``/``+PONG`` line protocol (TCP scripts, Redis); the ``smtp``, ``imap`` and ``pop3``
+``PING``/``+PONG`` line protocol (TCP scripts, Redis); the ``smtp``, ``imap``, ``pop3`` and ``ftp``
 handlers greet first, as those servers do, and break the dialogue after. Cases that do not
 depend on the protocol (silence, RST, garbage, a listener that never accepts, a TLS handshake
 that never starts) have one ``any`` handler for every stream family. ``expected`` is the set of
@@ -42,7 +42,7 @@ from hostile_kinds import (
 from probekit import ErrorKind
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-MAIL = ("smtp", "imap", "pop3")
+MAIL = ("smtp", "imap", "pop3", "ftp")
 
 DRIBBLE = 0.2  # seconds between the bytes of a slowloris server
 MiB = 1024 * 1024
@@ -212,9 +212,10 @@ GREETING = {
     "smtp": b"220 hostile.test ESMTP ready\r\n",
     "imap": b"* OK hostile.test IMAP4rev1 ready\r\n",
     "pop3": b"+OK hostile.test POP3 ready\r\n",
+    "ftp": b"220 hostile.test FTP ready\r\n",
 }
 #: How a greeting line starts, before its text.
-OPENING = {"smtp": b"220 ", "imap": b"* OK ", "pop3": b"+OK "}
+OPENING = {"smtp": b"220 ", "imap": b"* OK ", "pop3": b"+OK ", "ftp": b"220 "}
 
 
 def _per_mail(make: Callable[[str], Handler]) -> dict[str, Handler]:
@@ -262,6 +263,9 @@ def mail_giant(family: str) -> Handler:
 #: EHLO reply, untagged IMAP responses before CAPABILITY's tagged one, POP3 CAPA list lines.
 _ENDLESS_LINE = {"smtp": b"250-hostile.test\r\n", "imap": b"* OK still going\r\n", "pop3": b"X\r\n"}
 _ENDLESS_FIRST = {"smtp": b"", "imap": b"", "pop3": b"+OK capabilities\r\n"}
+# FTP: a multi-line reply to AUTH TLS whose final line never comes.
+_ENDLESS_LINE["ftp"] = b" still going\r\n"
+_ENDLESS_FIRST["ftp"] = b"500-not understood\r\n"
 
 
 def mail_endless_reply(family: str) -> Handler:

@@ -140,6 +140,21 @@ async def refusing_echo_pop3(reader: asyncio.StreamReader, writer: asyncio.Strea
         await writer.drain()
 
 
+async def refusing_echo_ftp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Says go ahead to AUTH TLS (so the client key is read); refuses the login, repeating
+    what was sent."""
+    writer.write(b"220 hostile.test FTP ready\r\n")
+    while line := await reader.readline():
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if verb == b"AUTH":
+            writer.write(b"234 go ahead\r\n")
+        elif verb == b"USER":
+            writer.write(b"331 password for " + _echo(line) + b"\r\n")
+        else:
+            writer.write(b"530 Login incorrect: " + _echo(line) + b"\r\n")
+        await writer.drain()
+
+
 def _echoed_query(query: bytes) -> bytes:
     """The query sent back as a NOTAUTH reply: every byte of it, its TSIG record included."""
     header = bytearray(query[:4])
@@ -158,11 +173,12 @@ REFUSING: dict[str, Handler] = {
     "smtp": refusing_echo_smtp,
     "imap": refusing_echo_imap,
     "pop3": refusing_echo_pop3,
+    "ftp": refusing_echo_ftp,
     "dns": DnsHandlers(lambda query: [_echoed_query(query)], refusing_echo_dns_tcp),
 }
 #: A server that accepts and stays silent, by family (for dns: UDP and TCP).
 SILENT: dict[str, Handler] = {
-    **dict.fromkeys(("http", "line", "smtp", "imap", "pop3"), silence),
+    **dict.fromkeys(("http", "line", "smtp", "imap", "pop3", "ftp"), silence),
     "dns": DnsHandlers(None, silence),
 }
 
