@@ -420,14 +420,8 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_commands_are_one_table() -> None:
-    assert [c.name for c in COMMANDS] == [
-        "check",
-        "run",
-        "demo",
-        "control",
-        "checkpoint",
-        "exporter",
-    ]
+    names = ["check", "run", "demo", "control", "checkpoint", "exporter"]
+    assert [c.name for c in COMMANDS] == names
     subparsers = next(
         a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
     )

@@ -25,8 +25,9 @@ What each fence language means, and how it is checked:
   ``probekit exporter``, ``probekit run`` without ``--once`` or ``--duration``), which
   tests/test_cli_control.py, tests/test_demo.py and tests/test_exporter.py cover. In a block
   with ``$ `` prompts only prompted lines are commands, and for a command that exits 3 (invalid
-  input, so no timings in its output) every line of the transcript below it must be printed. Other lines in an sh block are output, installation (``pip``, ``nox``,
-  ``apt-get``), benchmarks or shell plumbing and are not run.
+  input, so no timings in its output) every line of the transcript below it must be printed.
+  Other lines in an sh block are output, installation (``pip``, ``nox``, ``apt-get``),
+  benchmarks or shell plumbing and are not run.
 - ```text: output, diagrams and synopses; nothing to run.
 """
 
