@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Final, Literal
 
 import attrs
 
-from .._assertions import Assertion, CertExpiry, assertion_tuple
+from .._assertions import Assertion, assertion_tuple
 from .._dial import Connection
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
@@ -44,9 +44,10 @@ from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._options import (
     BODY_OPTIONS,
+    CERT_OPTIONS,
     TLS_OPTIONS,
-    add_assertion,
     body_assertions,
+    cert_assertion,
     secret_from_env,
     tls_definition,
 )
@@ -612,13 +613,6 @@ class _Session:
 # -- the command-line form -------------------------------------------------------------------------
 
 
-def _days(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError(f"expected a number of days, got {text!r}")
-    return value
-
-
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
     try:
@@ -643,12 +637,10 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
             definition["starttls_options"] = tls
     if values.get("plaintext_auth"):
         definition["plaintext_auth"] = True
-    warn, crit = values.get("cert_warn_days"), values.get("cert_crit_days")
-    if warn is not None or crit is not None:
-        try:
-            add_assertion(definition, CertExpiry(warn_days=warn, crit_days=crit))
-        except DefinitionError as exc:
-            problems.append(DefinitionError("--cert-warn-days/--cert-crit-days", exc.message))
+    try:
+        cert_assertion(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     try:
         body_assertions(values, definition)
     except DefinitionErrors as exc:
@@ -698,22 +690,7 @@ KIND = ProbeKind(
             help="speak TLS from the first byte (SMTPS, usually port 465)",
         ),
         *TLS_OPTIONS,
-        Option(
-            ("--cert-warn-days",),
-            dest="cert_warn_days",
-            metavar="DAYS",
-            parse=_days,
-            sets=("assertions",),
-            help="DEGRADED (WARNING) when the certificate expires within DAYS",
-        ),
-        Option(
-            ("--cert-crit-days",),
-            dest="cert_crit_days",
-            metavar="DAYS",
-            parse=_days,
-            sets=("assertions",),
-            help="DOWN (CRITICAL) when the certificate expires within DAYS",
-        ),
+        *CERT_OPTIONS,
         Option(
             ("--helo",),
             field="helo_name",
