@@ -19,7 +19,7 @@ from ._serialization import converter
 from .probes._kind import Metric
 from .probes._registry import describe, get_kind
 
-__all__ = ["PROMETHEUS_CONTENT_TYPE", "json_line", "nagios_line", "prometheus_text"]
+__all__ = ["PROMETHEUS_CONTENT_TYPE", "Exposition", "json_line", "nagios_line", "prometheus_text"]
 
 log = logging.getLogger("probekit.exporters")
 
@@ -138,6 +138,7 @@ def json_line(result: Result, *, monitor: str | None = None) -> str:
 
 # -- Prometheus --------------------------------------------------------------------------------
 
+_Sample = tuple[Mapping[str, str], float]
 _Samples = Callable[[Result], Iterable[tuple[dict[str, str], float]]]
 
 _UP: Final = {Status.UP: 1.0, Status.DEGRADED: 1.0, Status.DOWN: 0.0, Status.UNKNOWN: 0.0}
@@ -239,30 +240,27 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
     warning is logged (once per process); a kind cannot declare a common family's name again.
     """
     ordered = sorted(results.items())
-    families: dict[str, tuple[Metric, list[str]]] = {m.name: (m, []) for m, _ in _COMMON}
+    families: dict[str, tuple[Metric, list[_Sample]]] = {m.name: (m, []) for m, _ in _COMMON}
     for metric, samples in _COMMON:
         rows = families[metric.name][1]
         for monitor, result in ordered:
             base = _base_labels(monitor, result)
-            rows.extend(_row(metric.name, {**base, **extra}, v) for extra, v in samples(result))
+            rows.extend(({**base, **extra}, v) for extra, v in samples(result))
     exported = _exported_metrics({result.kind for result in results.values()}, families)
     for monitor, result in ordered:
         for metric in exported.get(result.kind, ()):
             value = result.metrics.get(metric.key)
             if value is not None:
-                row = _row(metric.name, _base_labels(monitor, result), value)
-                families[metric.name][1].append(row)
-    lines: list[str] = []
+                families[metric.name][1].append((_base_labels(monitor, result), value))
+    out = Exposition()
     for name, (metric, rows) in families.items():
         if rows:
-            lines.append(f"# HELP {name} {_escape_help(metric.help)}")
-            lines.append(f"# TYPE {name} {metric.type}")
-            lines.extend(rows)
-    return "\n".join(lines) + "\n" if lines else ""
+            out.family(name, metric.help, metric.type, rows)
+    return out.text()
 
 
 def _exported_metrics(
-    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[str]]]
+    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[_Sample]]]
 ) -> dict[str, list[Metric]]:
     """The declared metrics of each kind in ``kind_names`` that this process knows, with a
     family added to ``families`` for each new name (kinds in name order: first one wins)."""
@@ -302,6 +300,30 @@ def _warn(kind: str, metric: Metric, problem: str) -> None:
 
 def _base_labels(monitor: str, result: Result) -> dict[str, str]:
     return {"monitor": monitor, "kind": result.kind, "target": result.target}
+
+
+class Exposition:
+    """Prometheus text exposition (0.0.4), written one family at a time: the one writer behind
+    ``prometheus_text``, the checkpoint's and the control plane's own ``/metrics`` and the
+    exporter's ``/probe`` (label values escaped, numbers as Prometheus reads them)."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def family(
+        self,
+        name: str,
+        help_text: str,
+        kind: str,
+        samples: Iterable[tuple[Mapping[str, str], float]],
+    ) -> None:
+        """``# HELP``, ``# TYPE`` and one line per ``(labels, value)`` sample."""
+        self._lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self._lines.append(f"# TYPE {name} {kind}")
+        self._lines.extend(_row(name, labels, value) for labels, value in samples)
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n" if self._lines else ""
 
 
 def _row(name: str, labels: Mapping[str, str], value: float) -> str:

@@ -35,23 +35,14 @@ _ROWS: Final = (
 )
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def metrics_text(
     stats: Mapping[str, int | float | bool], checkpoint_id: str, instance_id: str
 ) -> str:
     """The Prometheus text exposition of a checkpoint's ``stats``."""
-    labels = f'checkpoint_id="{_label(checkpoint_id)}",instance_id="{_label(instance_id)}"'
-    lines = []
+    from .._exporters import Exposition
+
+    labels = {"checkpoint_id": checkpoint_id, "instance_id": instance_id}
+    out = Exposition()
     for name, kind, help_text, key in _ROWS:
-        metric = f"probekit_checkpoint_{name}"
-        lines.append(f"# HELP {metric} {help_text}")
-        lines.append(f"# TYPE {metric} {kind}")
-        lines.append(f"{metric}{{{labels}}} {_number(stats[key])}")
-    return "\n".join(lines) + "\n"
+        out.family(f"probekit_checkpoint_{name}", help_text, kind, [(labels, float(stats[key]))])
+    return out.text()

@@ -9,7 +9,7 @@ time of its oldest prunable row are the values last measured on the database's w
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Final, get_args
+from typing import TYPE_CHECKING, Any, Final, get_args
 
 from ._logic import AlertKind
 
@@ -52,50 +52,51 @@ _STATS: Final = (
 )
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
 def metrics_text(plane: ControlPlane) -> str:
     """The Prometheus text exposition of ``plane``."""
-    lines: list[str] = []
+    from .._exporters import Exposition
 
-    def family(name: str, kind: str, help_text: str) -> str:
-        metric = _PREFIX + name
-        lines.append(f"# HELP {metric} {help_text}")
-        lines.append(f"# TYPE {metric} {kind}")
-        return metric
+    out = Exposition()
+
+    def family(name: str, kind: str, help_text: str, samples: Any) -> None:
+        out.family(_PREFIX + name, help_text, kind, samples)
 
     connected = Counter(plane.connected_checkpoints())
-    metric = family("instances_connected", "gauge", "Instances connected now, by checkpoint.")
-    lines.extend(
-        f'{metric}{{checkpoint_id="{_label(checkpoint_id)}"}} {connected[checkpoint_id]}'
-        for checkpoint_id in sorted(set(plane.settings.tokens) | set(connected))
+    family(
+        "instances_connected",
+        "gauge",
+        "Instances connected now, by checkpoint.",
+        [
+            ({"checkpoint_id": checkpoint_id}, connected[checkpoint_id])
+            for checkpoint_id in sorted(set(plane.settings.tokens) | set(connected))
+        ],
     )
     stats = plane.stats()
     for name, kind, help_text, key in _STATS:
-        metric = family(name, kind, help_text)
-        lines.append(f"{metric} {stats[key]}")
+        family(name, kind, help_text, [({}, stats[key])])
     open_alerts = Counter(alert.kind for alert in plane.logic.open_alerts())
-    metric = family("alerts_open", "gauge", "Alerts open now, by kind.")
-    lines.extend(
-        f'{metric}{{kind="{alert_kind}"}} {open_alerts[alert_kind]}'
-        for alert_kind in get_args(AlertKind)
+    family(
+        "alerts_open",
+        "gauge",
+        "Alerts open now, by kind.",
+        [({"kind": alert_kind}, open_alerts[alert_kind]) for alert_kind in get_args(AlertKind)],
     )
-    metric = family("db_bytes", "gauge", "Size of the SQLite database, as last measured.")
-    lines.append(f"{metric} {plane.db_bytes}")
-    metric = family(
-        "rows_pruned_total", "counter", "Rows deleted by retention (results, events, runs, alerts)."
+    family(
+        "db_bytes",
+        "gauge",
+        "Size of the SQLite database, as last measured.",
+        [({}, plane.db_bytes)],
     )
-    lines.append(f"{metric} {plane.rows_pruned}")
-    metric = family(
+    family(
+        "rows_pruned_total",
+        "counter",
+        "Rows deleted by retention (results, events, runs, alerts).",
+        [({}, plane.rows_pruned)],
+    )
+    family(
         "prune_lag_seconds",
         "gauge",
         "How far the oldest row is past the retention (0: none is, or no retention).",
+        [({}, plane.prune_lag())],
     )
-    lines.append(f"{metric} {_number(plane.prune_lag())}")
-    return "\n".join(lines) + "\n"
+    return out.text()

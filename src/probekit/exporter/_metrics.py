@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
-from .._exporters import _escape_help, _row
+from .._exporters import Exposition
 from .._result import Result, Status, TlsInfo
 from ._modules import Module
 
@@ -228,26 +228,25 @@ def blackbox_text(result: Result, module: Module, *, kind_metrics: bool = True) 
     prober (``probe_success``, ``probe_duration_seconds``, ...), then probekit's
     (``probekit_status``, ``probekit_phase_duration_seconds``, ``probekit_assertion_passed``
     and, with ``kind_metrics``, the metrics the result's kind declares, unlabelled)."""
-    families: dict[str, list[str]] = {
-        "probe_success": [_row("probe_success", {}, float(probe_succeeded(result, module)))],
-        "probe_duration_seconds": [_row("probe_duration_seconds", {}, result.duration)],
+    families: dict[str, list[_Sample]] = {
+        "probe_success": [({}, float(probe_succeeded(result, module)))],
+        "probe_duration_seconds": [({}, result.duration)],
     }
-    for name, (labels, value) in _samples(result, module):
-        families.setdefault(name, []).append(_row(name, labels, value))
+    for name, sample in _samples(result, module):
+        families.setdefault(name, []).append(sample)
     helps: dict[str, tuple[str, str]] = {name: (HELP[name], "gauge") for name in families}
     if kind_metrics:
         _add_kind_metrics(result, families, helps)
-    lines: list[str] = []
+    out = Exposition()
     for name in sorted(families):
         help_text, kind = helps[name]
-        lines.append(f"# HELP {name} {_escape_help(help_text)}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(sorted(families[name]))
-    return "\n".join(lines) + "\n"
+        samples = sorted(families[name], key=lambda sample: sorted(sample[0].items()))
+        out.family(name, help_text, kind, samples)
+    return out.text()
 
 
 def _add_kind_metrics(
-    result: Result, families: dict[str, list[str]], helps: dict[str, tuple[str, str]]
+    result: Result, families: dict[str, list[_Sample]], helps: dict[str, tuple[str, str]]
 ) -> None:
     from .._exceptions import DefinitionError
     from ..probes._registry import get_kind
@@ -260,5 +259,5 @@ def _add_kind_metrics(
         value = result.metrics.get(metric.key)
         if value is None or metric.name in families:
             continue
-        families[metric.name] = [_row(metric.name, {}, float(value))]
+        families[metric.name] = [({}, float(value))]
         helps[metric.name] = (metric.help, metric.type)

@@ -14,7 +14,7 @@ from typing import Final, Self
 
 from .._context import ProbeContext
 from .._exceptions import DefinitionError, DefinitionErrors
-from .._exporters import PROMETHEUS_CONTENT_TYPE, _escape_help, _row
+from .._exporters import PROMETHEUS_CONTENT_TYPE, Exposition
 from .._metrics_server import MetricsServer, serve_metrics
 from .._result import Result
 from .._runner import Runner
@@ -215,72 +215,47 @@ class Exporter:
 
     def render_metrics(self) -> str:
         """This process's own ``/metrics``."""
-        families: list[tuple[str, str, str, list[str]]] = [
-            (
-                "blackbox_exporter_config_last_reload_successful",
-                "Blackbox exporter config loaded successfully.",
-                "gauge",
-                [
-                    _row(
-                        "blackbox_exporter_config_last_reload_successful",
-                        {},
-                        float(self._last_reload_ok),
-                    )
-                ],
-            ),
-            (
-                "blackbox_exporter_config_last_reload_success_timestamp_seconds",
-                "Timestamp of the last successful configuration reload.",
-                "gauge",
-                [
-                    _row(
-                        "blackbox_exporter_config_last_reload_success_timestamp_seconds",
-                        {},
-                        self._last_reload_at,
-                    )
-                ],
-            ),
-            (
-                "blackbox_module_unknown_total",
-                "Count of unknown modules requested by probes",
-                "counter",
-                [_row("blackbox_module_unknown_total", {}, float(self._unknown_module))],
-            ),
-            (
-                "probekit_exporter_probes_total",
-                "Checks run by /probe, by module and by whether they succeeded.",
-                "counter",
-                [
-                    _row(
-                        "probekit_exporter_probes_total",
-                        {"module": module, "success": "true" if ok else "false"},
-                        float(count),
-                    )
-                    for (module, ok), count in sorted(self._probes.items())
-                ],
-            ),
-            (
-                "probekit_exporter_reloads_total",
-                "Config reloads, by result.",
-                "counter",
-                [
-                    _row("probekit_exporter_reloads_total", {"result": key}, float(value))
-                    for key, value in sorted(self._reloads.items())
-                ],
-            ),
-            (
-                "probekit_exporter_modules",
-                "Modules in the running configuration.",
-                "gauge",
-                [_row("probekit_exporter_modules", {}, float(len(self._modules)))],
-            ),
-        ]
-        lines: list[str] = []
-        for name, help_text, kind, rows in families:
-            lines.append(f"# HELP {name} {_escape_help(help_text)}")
-            lines.append(f"# TYPE {name} {kind}")
-            lines.extend(rows)
-        return "\n".join(lines) + "\n"
+        out = Exposition()
+        out.family(
+            "blackbox_exporter_config_last_reload_successful",
+            "Blackbox exporter config loaded successfully.",
+            "gauge",
+            [({}, float(self._last_reload_ok))],
+        )
+        out.family(
+            "blackbox_exporter_config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration reload.",
+            "gauge",
+            [({}, self._last_reload_at)],
+        )
+        out.family(
+            "blackbox_module_unknown_total",
+            "Count of unknown modules requested by probes",
+            "counter",
+            [({}, float(self._unknown_module))],
+        )
+        out.family(
+            "probekit_exporter_probes_total",
+            "Checks run by /probe, by module and by whether they succeeded.",
+            "counter",
+            [
+                ({"module": module, "success": "true" if ok else "false"}, float(count))
+                for (module, ok), count in sorted(self._probes.items())
+            ],
+        )
+        out.family(
+            "probekit_exporter_reloads_total",
+            "Config reloads, by result.",
+            "counter",
+            [({"result": key}, float(value)) for key, value in sorted(self._reloads.items())],
+        )
+        out.family(
+            "probekit_exporter_modules",
+            "Modules in the running configuration.",
+            "gauge",
+            [({}, float(len(self._modules)))],
+        )
+        return out.text()
 
 
 def _debug_text(module: Module, target: str, result: Result, body: str) -> str:
