@@ -1,10 +1,10 @@
 """The `smtp` kind against exim, beside monitoring-plugins' `check_smtp`.
 
-interop/daemons/exim4.sh runs exim on two loopback high ports: SMTP_PORT offers STARTTLS (a
+interop/daemons/exim4.sh runs exim on three loopback high ports: SMTP_PORT offers STARTTLS (a
 certificate of a CA made by the script) and, once encrypted, AUTH PLAIN and LOGIN for one test
-user; SMTP_PLAIN_PORT offers neither. Each case runs one SmtpProbe and the `check_smtp` command
-a Nagios user would write for the same check, asserts both verdicts, and records them side by
-side for the agreement table.
+user; SMTP_LOGIN_PORT the same with AUTH LOGIN only; SMTP_PLAIN_PORT offers neither. Each case
+runs one SmtpProbe and the `check_smtp` command a Nagios user would write for the same check,
+asserts both verdicts, and records them side by side for the agreement table.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Case:
     """One check: the probe's fields, check_smtp's arguments, both expected verdicts."""
 
     name: str
-    port: str  # SMTP_PORT, SMTP_PLAIN_PORT, or STOPPED (nothing listens)
+    port: str  # SMTP_PORT, SMTP_LOGIN_PORT, SMTP_PLAIN_PORT, or STOPPED (nothing listens)
     probe: dict[str, Any]
     plugin: tuple[str, ...]
     expected: str
@@ -49,6 +49,23 @@ CASES = [
     Case(
         "STARTTLS + AUTH, wrong password",
         "SMTP_PORT",
+        {"starttls": "required", "username": USER, "password": WRONG},
+        ("-S", "-A", "LOGIN", "-U", USER, "-P", WRONG),
+        "CRITICAL/auth",
+        "CRITICAL",
+    ),
+    Case(
+        "STARTTLS + AUTH LOGIN only, right password",
+        "SMTP_LOGIN_PORT",
+        {"starttls": "required", "username": USER, "password": PASSWORD},
+        ("-S", "-A", "LOGIN", "-U", USER, "-P", PASSWORD),
+        "OK",
+        "OK",
+        "this listener offers AUTH LOGIN only: probekit falls back to it",
+    ),
+    Case(
+        "STARTTLS + AUTH LOGIN only, wrong password",
+        "SMTP_LOGIN_PORT",
         {"starttls": "required", "username": USER, "password": WRONG},
         ("-S", "-A", "LOGIN", "-U", USER, "-P", WRONG),
         "CRITICAL/auth",

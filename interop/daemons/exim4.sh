@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# exim, as an SMTP server only (nothing is delivered), from STATEDIR on two loopback high ports:
+# exim, as an SMTP server only (nothing is delivered), from STATEDIR on three loopback high ports:
 #   SMTP_PORT:         STARTTLS with a certificate of a CA made here, AUTH PLAIN and LOGIN
 #                      (offered only once the session is encrypted) for USER / PASSWORD;
+#   SMTP_LOGIN_PORT:   the same, with AUTH LOGIN only (no PLAIN);
 #   SMTP_PLAIN_PORT:   no STARTTLS and no AUTH: a server a client cannot encrypt to.
 #   start STATEDIR: prints the ports, USER=, PASSWORD=, CA_FILE= (the CA to trust)
 #   stop STATEDIR:  stops it (a stop without a start is fine)
@@ -66,7 +67,7 @@ start)
     stop
     make_certs
     let_traverse "$state"
-    read -r port plain_port < <(free_ports 2)
+    read -r port login_port plain_port < <(free_ports 3)
     mkdir -p "$state/spool" "$state/log"
     exim_user=root
     if getent passwd Debian-exim >/dev/null; then exim_user=Debian-exim; fi
@@ -76,14 +77,14 @@ qualify_domain = test.internal
 spool_directory = $state/spool
 log_file_path = $state/log/%slog
 pid_file_path = $pidfile
-daemon_smtp_ports = $port : $plain_port
-local_interfaces = <; 127.0.0.1.$port ; 127.0.0.1.$plain_port
+daemon_smtp_ports = $port : $login_port : $plain_port
+local_interfaces = <; 127.0.0.1.$port ; 127.0.0.1.$login_port ; 127.0.0.1.$plain_port
 host_lookup =
 rfc1413_hosts =
 smtp_banner = mail.test.internal ESMTP probekit-interop
 tls_certificate = $state/cert.pem
 tls_privatekey = $state/key.pem
-tls_advertise_hosts = \${if eq{\$received_port}{$port}{*}{}}
+tls_advertise_hosts = \${if eq{\$received_port}{$plain_port}{}{*}}
 acl_smtp_rcpt = acl_check_rcpt
 acl_smtp_data = acl_check_data
 
@@ -100,7 +101,7 @@ plain:
   driver = plaintext
   public_name = PLAIN
   server_prompts = :
-  server_advertise_condition = \${if def:tls_in_cipher}
+  server_advertise_condition = \${if and {{def:tls_in_cipher}{!eq{\$received_port}{$login_port}}}}
   server_condition = \${if and {{eq{\$auth2}{$user}}{eq{\$auth3}{$password}}}}
   server_set_id = \$auth2
 login:
@@ -121,6 +122,7 @@ CONF
     done
     [ -s "$pidfile" ] || { echo "exim did not start: $(cat "$state"/log/* 2>/dev/null)" >&2; exit 1; }
     echo "SMTP_PORT=$port"
+    echo "SMTP_LOGIN_PORT=$login_port"
     echo "SMTP_PLAIN_PORT=$plain_port"
     echo "USER=$user"
     echo "PASSWORD=$password"
