@@ -1,9 +1,9 @@
 """The `dns` kind against dnsmasq serving a test zone, beside monitoring-plugins' `check_dig`.
 
-interop/daemons/dnsmasq.sh serves test.internal on a loopback high port, over UDP and TCP:
-A, AAAA, MX, TXT, CNAME and SRV records, and NXDOMAIN for any other name of the zone. Each case
-runs one DnsProbe and the `check_dig` command a Nagios user would write for the same question,
-asserts both verdicts, and records them side by side for the agreement table.
+interop/daemons/dnsmasq.sh serves test.internal on a loopback high port of 127.0.0.1 and ::1,
+over UDP and TCP: A, AAAA, MX, TXT, CNAME and SRV records, and NXDOMAIN for any other name of the
+zone. Each case runs one DnsProbe and the `check_dig` command a Nagios user would write for the
+same question, asserts both verdicts, and records them side by side for the agreement table.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Case:
     #: Run check_dig through `negate` (CRITICAL <-> OK), as a Nagios user checks an absence.
     negate: bool = False
     port: str = "PORT"
+    server: str = "127.0.0.1"
 
 
 CASES = [
@@ -99,6 +100,27 @@ CASES = [
         ("-l", "www.test.internal", "-a", "192.0.2.10", "-A", "+tcp"),
         "OK",
         "OK",
+    ),
+    Case(
+        "A from the server at ::1",
+        {"name": "www.test.internal", "expect_answers": ("192.0.2.10",)},
+        ("-6", "-l", "www.test.internal", "-a", "192.0.2.10"),
+        "OK",
+        "OK",
+        server="::1",
+    ),
+    Case(
+        "AAAA from the server at ::1 over TCP",
+        {
+            "name": "www.test.internal",
+            "type": "AAAA",
+            "transport": "tcp",
+            "expect_answers": ("2001:db8::10",),
+        },
+        ("-6", "-l", "www.test.internal", "-T", "AAAA", "-a", "2001:db8::10", "-A", "+tcp"),
+        "OK",
+        "OK",
+        server="::1",
     ),
     Case(
         "wrong record (A 192.0.2.99 expected)",
@@ -173,9 +195,9 @@ def dnsmasq(start_daemon: type[Daemon]) -> Daemon:
 async def test_dns(case: Case, dnsmasq: Daemon, agreement: Agreement) -> None:
     # A stopped service: a loopback port that nothing listens on (UDP nor TCP).
     port = dnsmasq.port("PORT") if case.port == "PORT" else free_port()
-    probe = DnsProbe(server="127.0.0.1", port=port, timeouts=Timeouts(total=5), **case.probe)
+    probe = DnsProbe(server=case.server, port=port, timeouts=Timeouts(total=5), **case.probe)
     result = await probe.check()
-    args = ("-H", "127.0.0.1", "-p", str(port), "-t", "5", *case.plugin)
+    args = ("-H", case.server, "-p", str(port), "-t", "5", *case.plugin)
     if case.negate:
         plugin = run_plugin("negate", str(Path("/usr/lib/nagios/plugins/check_dig")), *args)
     else:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# dnsmasq with the test zone test.internal, on a loopback high port (UDP and TCP), from STATEDIR.
+# dnsmasq with the test zone test.internal, on a loopback high port of 127.0.0.1 and ::1 (UDP
+# and TCP), from STATEDIR.
 #   start STATEDIR: prints PORT=..., ZONE=...
 #   stop STATEDIR:  stops it (a stop without a start is fine)
 # dnsmasq is authoritative-like for test.internal (`local=`): a name not in the zone is NXDOMAIN,
@@ -44,7 +45,7 @@ start)
     port=$(free_port)
     cat > "$state/dnsmasq.conf" <<CONF
 port=$port
-listen-address=127.0.0.1
+listen-address=127.0.0.1,::1
 bind-interfaces
 no-resolv
 no-hosts
