@@ -1,4 +1,4 @@
-"""The `tls` kind against exim (STARTTLS in SMTP) and dovecot (IMAPS, and STARTTLS in IMAP),
+"""The `tls` kind against exim (STARTTLS in SMTP) and dovecot (IMAPS, STARTTLS in IMAP and POP3),
 beside the certificate checks of monitoring-plugins: `check_smtp -S -D` and `check_simap -D`.
 
 Both daemons present a certificate for localhost, 127.0.0.1 and ::1, valid 365 days, signed by
@@ -29,6 +29,7 @@ class Case:
     plugin_expected: str
     note: str = ""
     trust: bool = True  # trust the daemon's CA (else the system's CAs)
+    plugin_port: str | None = None  # the plugin's port when not the probe's
 
 
 UNVERIFIED = (
@@ -103,6 +104,18 @@ CASES = [
         "OK",
         "OK",
         "the plugin's run is check_simap on the IMAPS port: no plugin does IMAP STARTTLS",
+        plugin_port="IMAPS_PORT",
+    ),
+    Case(
+        "POP3 STLS certificate",
+        "dovecot",
+        "POP3_PORT",
+        {"starttls": "pop3", "expect_san": ("127.0.0.1",)},
+        ("check_spop", "-D", "30,7"),
+        "OK",
+        "OK",
+        "the plugin's run is check_spop on the POP3S port: no plugin does STLS",
+        plugin_port="POP3S_PORT",
     ),
     Case(
         "IMAPS, 400 days wanted (crit)",
@@ -149,8 +162,8 @@ async def test_tls(case: Case, daemons: dict[str, Daemon], agreement: Agreement)
     tls = TlsOptions(ca_file=daemon.info["CA_FILE"]) if case.trust else None
     result = await TlsProbe("127.0.0.1", port, tls=tls, **case.probe).check()
     name, *args = case.plugin
-    if name == "check_simap" and case.port == "IMAP_PORT":
-        port = daemon.port("IMAPS_PORT")
+    if case.plugin_port is not None:
+        port = daemon.port(case.plugin_port)
     plugin = run_plugin(name, "-H", "127.0.0.1", "-p", str(port), "-t", "10", *args)
     agreement.record(f"{case.daemon} (tls)", case.name, case.expected, result, plugin, case.note)
     assert verdict(result) == case.expected, result.summary()
