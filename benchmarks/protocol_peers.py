@@ -613,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bb = None
             if bbe is not None:
                 log(f"{kind}: blackbox_exporter x{bbe_n}")
-                bb = blackbox_run(bbe, *spec["bbe"], bbe_n)
+                module, target = spec["bbe"]
+                bb = blackbox_run(bbe, module, target, bbe_n)
             data["kinds"][kind] = {
                 "what": spec["what"],
                 "plugin_name": spec["plugin"][0],
