@@ -132,3 +132,26 @@ def interop(session: nox.Session) -> None:
     session.install("-e", ".[dns]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("bash", "interop/install.sh", external=True)
     session.run("pytest", "interop", "-q", "-p", "no:cacheprovider", "-s", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def protocol_peers(session: nox.Session) -> None:
+    """CPU per check of dns, icmp, smtp, imap, pop3 and tls against the interop daemons.
+
+    Installs the interop packages (interop/install.sh) and blackbox_exporter when missing (as
+    root), then runs `benchmarks/protocol_peers.py` (posargs pass through, e.g. `--quick`):
+    probekit as a process per check and on a Runner, beside the monitoring-plugins and
+    blackbox_exporter. Prints the table and writes benchmarks/results/protocol_peers.json; see
+    docs/performance.md.
+    """
+    session.install("-e", ".[dns]")
+    session.run("bash", "interop/install.sh", external=True)
+    if not any(shutil.which(place) for place in PEER_PROGRAMS["prometheus-blackbox-exporter"]):
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            session.error("install the Debian package prometheus-blackbox-exporter and run again")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", external=True, env=env)
+        session.run(
+            "apt-get", "install", "-y", "prometheus-blackbox-exporter", external=True, env=env
+        )
+    session.run("python", "benchmarks/protocol_peers.py", *session.posargs)
