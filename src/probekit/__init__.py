@@ -70,7 +70,9 @@ if TYPE_CHECKING:
     from .probes.imap import ImapProbe
     from .probes.pop3 import Pop3Probe
     from .probes.redis import RedisProbe
+    from .probes.sftp import SftpProbe
     from .probes.smtp import SmtpProbe
+    from .probes.ssh import SshProbe
     from .probes.tcp import Expect, Send, StartTls, TcpProbe
     from .probes.tls import TlsProbe
 
@@ -127,7 +129,9 @@ _LAZY: dict[str, str] = {
     "Scheduler": "._scheduler",
     "Secret": "._secret",
     "Send": ".probes.tcp",
+    "SftpProbe": ".probes.sftp",
     "SmtpProbe": ".probes.smtp",
+    "SshProbe": ".probes.ssh",
     "SpoolError": "._exceptions",
     "StartTls": ".probes.tcp",
     "StaticResolver": "._resolver",
@@ -222,7 +226,9 @@ __all__ = [
     "Scheduler",
     "Secret",
     "Send",
+    "SftpProbe",
     "SmtpProbe",
+    "SshProbe",
     "SpoolError",
     "StartTls",
     "StaticResolver",
