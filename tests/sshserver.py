@@ -19,8 +19,9 @@ VERSION = "SSH-2.0-ProbekitTestServer_1.0"
 
 
 class _Server(asyncssh.SSHServer):
-    def __init__(self, client_key: asyncssh.SSHKey) -> None:
-        self._client_key = client_key
+    def __init__(self, owner: SshServer) -> None:
+        self._owner = owner
+        self._client_key = owner.client_key
 
     def begin_auth(self, username: str) -> bool:
         if username == KEY_USER:
@@ -36,7 +37,10 @@ class _Server(asyncssh.SSHServer):
     def password_auth_supported(self) -> bool:
         return True
 
-    def validate_password(self, username: str, password: str) -> bool:
+    async def validate_password(self, username: str, password: str) -> bool:
+        self._owner.passwords.append(password)
+        if self._owner.auth_delay:
+            await asyncio.sleep(self._owner.auth_delay)
         return username == USER and password == PASSWORD
 
     def public_key_auth_supported(self) -> bool:
@@ -72,8 +76,10 @@ class SshServer:
     """The server: ``port``, ``host_key`` (its public key) and ``client_key`` (the key user's
     private key); SFTP serves ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, auth_delay: float = 0.0) -> None:
         self.root = root
+        self.auth_delay = auth_delay
+        self.passwords: list[str] = []  # every password a client tried
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.client_key = asyncssh.generate_private_key("ssh-ed25519")
         self.port = 0
@@ -86,7 +92,7 @@ class SshServer:
     async def start(self) -> SshServer:
         root = str(self.root)
         self._server = await asyncssh.create_server(
-            lambda: _Server(self.client_key),
+            lambda: _Server(self),
             "127.0.0.1",
             0,
             server_host_keys=[self.host_key],
@@ -104,8 +110,8 @@ class SshServer:
 
 
 @contextlib.asynccontextmanager
-async def ssh_server(root: Path) -> AsyncIterator[SshServer]:
-    server = await SshServer(root).start()
+async def ssh_server(root: Path, auth_delay: float = 0.0) -> AsyncIterator[SshServer]:
+    server = await SshServer(root, auth_delay).start()
     try:
         yield server
     finally:

@@ -254,6 +254,16 @@ def _client_class(asyncssh: Any) -> type[Any]:
     return _Client
 
 
+def _key_problem(text: str) -> str:
+    """What asyncssh's refusal of a private key means, in words that hold no part of it."""
+    lowered = text.lower()
+    if "bcrypt" in lowered:
+        return "an encrypted key in OpenSSH's format needs the bcrypt package (pip install bcrypt)"
+    if "passphrase" in lowered:
+        return "the passphrase is wrong, or missing for an encrypted key"
+    return "not an OpenSSH or PEM private key, or encrypted without a passphrase"
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -345,9 +355,7 @@ async def open_session(
                 )
             ]
         except (asyncssh.KeyImportError, ValueError, TypeError) as exc:
-            reason = "the passphrase is wrong" if "passphrase" in str(exc).lower() else (
-                "not an OpenSSH or PEM private key, or encrypted without a passphrase"
-            )
+            reason = _key_problem(str(exc))
             raise ProbeFailure(ErrorKind.AUTH, f"the private_key cannot be used: {reason}") from None
     sock = await attempt.open_socket(probe.host, probe.port, family=probe.ip_family)
     watch = _Watch(probe.host_key_fingerprint)
