@@ -182,7 +182,9 @@ class SftpProbe(ProbeBase):
 
     def _path_failure(self, attempt: Attempt, asyncssh: Any, exc: Any) -> bool:
         """A missing or forbidden path as a failed ``path`` outcome; False for other errors."""
-        known = (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied)
+        # FAILURE is SFTPv3's generic answer to a path that is not what the operation needs
+        # ("Is a directory", "Not a directory"); malformed or unsupported requests stay protocol.
+        known = (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied, asyncssh.SFTPFailure)
         extra = tuple(
             getattr(asyncssh, name)
             for name in ("SFTPNoSuchPath", "SFTPNotADirectory", "SFTPFileIsADirectory")
