@@ -26,9 +26,9 @@ class _Server(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         if username == KEY_USER:
             conn = self._conn
-            conn.set_authorized_keys(asyncssh.import_authorized_keys(
-                self._client_key.export_public_key().decode()
-            ))
+            conn.set_authorized_keys(
+                asyncssh.import_authorized_keys(self._client_key.export_public_key().decode())
+            )
         return True
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:

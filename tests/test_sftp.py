@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncssh
 import pytest
-from sshserver import PASSWORD, USER, SshServer, ssh_server
 
 from probekit import (
     BodyContains,
@@ -30,6 +29,7 @@ from probekit import (
 from probekit.probes import get_kind
 from probekit.probes._registry import describe
 from probekit.probes.sftp import KIND
+from sshserver import PASSWORD, USER, SshServer, ssh_server
 
 PHASES = ("resolve", "connect", "banner", "kex", "auth", "sftp")
 
@@ -192,9 +192,7 @@ async def test_the_wrong_password(server: SshServer, ctx: ProbeContext) -> None:
     assert "nope-77#" not in result_to_json(result)
 
 
-async def test_without_a_username_nothing_is_dialled(
-    server: SshServer, ctx: ProbeContext
-) -> None:
+async def test_without_a_username_nothing_is_dialled(server: SshServer, ctx: ProbeContext) -> None:
     result = await SftpProbe("127.0.0.1", server.port).check(ctx)
     assert result.error is not None and result.error.kind is ErrorKind.AUTH
     assert "username" in result.error.message

@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncssh
 import pytest
-from sshserver import KEY_USER, PASSWORD, USER, SshServer, ssh_server
 
 from probekit import (
     BodyContains,
@@ -36,6 +35,7 @@ from probekit.probes._registry import describe
 from probekit.probes._sshcommon import PRE_BANNER_LIMIT
 from probekit.probes.ssh import KIND
 from servers import GuardedConnector, TcpServer, closed_port, make_context
+from sshserver import KEY_USER, PASSWORD, USER, SshServer, ssh_server
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -208,7 +208,7 @@ async def test_an_encrypted_key_with_its_passphrase(server: SshServer, ctx: Prob
         pytest.param("garbage", None, id="not-a-key"),
     ],
 )
-async def test_a_key_that_cannot_be_used_is_down_auth_before_any_dial(
+async def test_a_key_that_cannot_be_used_is_down_auth_before_anything_is_sent(
     key: str, passphrase: str | None, server: SshServer, connector: GuardedConnector
 ) -> None:
     text = _key_text(server.client_key, "open-sesame-1") if key == "encrypted" else "garbage-key"
@@ -223,13 +223,18 @@ async def test_a_key_that_cannot_be_used_is_down_auth_before_any_dial(
     assert result.status is Status.DOWN
     assert result.error is not None and result.error.kind is ErrorKind.AUTH
     assert "private_key" in result.error.message
-    assert connector.dialled == []
-    assert "open-sesame" not in result_to_json(result) and "garbage-key" not in result_to_json(result)
+    assert result.phase_names() == ("resolve", "connect")
+    assert server.passwords == []
+    assert "open-sesame" not in result_to_json(result) and "garbage-key" not in result_to_json(
+        result
+    )
 
 
 async def test_a_key_the_server_does_not_accept(server: SshServer, ctx: ProbeContext) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519")
-    probe = SshProbe("127.0.0.1", server.port, username=KEY_USER, private_key=Secret(_key_text(other)))
+    probe = SshProbe(
+        "127.0.0.1", server.port, username=KEY_USER, private_key=Secret(_key_text(other))
+    )
     result = await probe.check(ctx)
     assert result.error is not None and result.error.kind is ErrorKind.AUTH
     assert result.error.phase == "auth"
@@ -255,9 +260,7 @@ async def test_endless_output_is_read_up_to_the_limit(server: SshServer, ctx: Pr
     assert result.metrics["output_bytes"] == 10_000
     assert result.status is Status.DOWN
     assert "over max_output_bytes" in outcomes(result)["exit_status"].observed
-    without_status = login(
-        server, command="yes", max_output_bytes=10_000, expect_exit_status=None
-    )
+    without_status = login(server, command="yes", max_output_bytes=10_000, expect_exit_status=None)
     assert (await without_status.check(ctx)).status is Status.UP
 
 
@@ -296,7 +299,9 @@ async def test_the_read_limit_bounds_each_phase(server: SshServer, ctx: ProbeCon
     assert result.duration < 5
 
 
-async def test_many_checks_in_a_row_reuse_nothing_stale(server: SshServer, ctx: ProbeContext) -> None:
+async def test_many_checks_in_a_row_reuse_nothing_stale(
+    server: SshServer, ctx: ProbeContext
+) -> None:
     # Each check's socket is closed while asyncssh's transport closes its own descriptor a turn
     # later; a reused descriptor number must not trip the next check.
     results = [await SshProbe("127.0.0.1", server.port).check(ctx) for _ in range(5)]
@@ -373,7 +378,9 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("handler", "kind", "phase"), HOSTILE)
-async def test_hostile_servers(handler: Any, kind: ErrorKind, phase: str, ctx: ProbeContext) -> None:
+async def test_hostile_servers(
+    handler: Any, kind: ErrorKind, phase: str, ctx: ProbeContext
+) -> None:
     fields = {"username": USER, "password": Secret(PASSWORD), "timeouts": Timeouts(total=0.5)}
     result = await _serve(handler, fields, ctx)
     assert result.status is Status.DOWN, result.summary()

@@ -154,9 +154,7 @@ def check_login(
         )
     for name, value in (("expect_version", expect_version), ("expect_protocol", expect_protocol)):
         if value is not None and (not isinstance(value, str) or not _VERSION_TEXT.fullmatch(value)):
-            raise DefinitionError(
-                name, f"expected printable text without spaces, got {value!r}"
-            )
+            raise DefinitionError(name, f"expected printable text without spaces, got {value!r}")
     if ip_family is not None and ip_family not in FAMILIES:
         raise DefinitionError("ip_family", f"expected one of {list(FAMILIES)}, got {ip_family!r}")
     if not isinstance(timeouts, Timeouts):
@@ -238,7 +236,7 @@ class _Watch:
 
 @functools.cache
 def _client_class(asyncssh: Any) -> type[Any]:
-    class _Client(asyncssh.SSHClient):  # type: ignore[misc,name-defined]
+    class _Client(asyncssh.SSHClient):  # type: ignore[misc]
         def __init__(self, watch: _Watch) -> None:
             self._watch = watch
 
@@ -288,9 +286,9 @@ def _software(version: str) -> tuple[str, str]:
     return protocol, software.split(" ", 1)[0]
 
 
-def _failure(exc: BaseException, asyncssh: Any, username: str | None, *secrets: Secret | None) -> (
-    BaseException
-):
+def _failure(
+    exc: BaseException, asyncssh: Any, username: str | None, *secrets: Secret | None
+) -> BaseException:
     """asyncssh's exception as the failure it means (others are left to the base)."""
     if isinstance(exc, asyncssh.PermissionDenied):
         return ProbeFailure(
@@ -315,7 +313,9 @@ def _failure(exc: BaseException, asyncssh: Any, username: str | None, *secrets: 
             f"{type(exc).__name__}: {masked(str(exc.reason), *secrets)}",
         )
     if isinstance(exc, asyncssh.Error):
-        return ProbeFailure(ErrorKind.PROTOCOL, f"{type(exc).__name__}: {masked(str(exc), *secrets)}")
+        return ProbeFailure(
+            ErrorKind.PROTOCOL, f"{type(exc).__name__}: {masked(str(exc), *secrets)}"
+        )
     return exc
 
 
@@ -345,6 +345,9 @@ async def open_session(
     """
     asyncssh = asyncssh_module()
     secrets = (probe.password, probe.private_key, probe.passphrase)
+    sock = await attempt.open_socket(probe.host, probe.port, family=probe.ip_family)
+    # The key is read once the address is known to be allowed and reachable, before anything
+    # is sent: a key that cannot be used is DOWN/auth with no byte on the wire.
     keys: Any = None
     if probe.private_key is not None:
         try:
@@ -356,8 +359,9 @@ async def open_session(
             ]
         except (asyncssh.KeyImportError, ValueError, TypeError) as exc:
             reason = _key_problem(str(exc))
-            raise ProbeFailure(ErrorKind.AUTH, f"the private_key cannot be used: {reason}") from None
-    sock = await attempt.open_socket(probe.host, probe.port, family=probe.ip_family)
+            raise ProbeFailure(
+                ErrorKind.AUTH, f"the private_key cannot be used: {reason}"
+            ) from None
     watch = _Watch(probe.host_key_fingerprint)
     credentials = login and probe.username is not None
     options: dict[str, Any] = {
@@ -479,9 +483,7 @@ def _version_expected(attempt: Attempt, probe: Any, version: str) -> bool:
     if probe.expect_version is not None:
         wanted.append(f"software {probe.expect_version}")
         passed = passed and software == probe.expect_version
-    attempt.outcome(
-        "server_version", passed, ", ".join(wanted) or "SSH-2.0", masked(version)
-    )
+    attempt.outcome("server_version", passed, ", ".join(wanted) or "SSH-2.0", masked(version))
     return passed
 
 

@@ -117,9 +117,7 @@ class SftpProbe(ProbeBase):
             )
         age: object = self.max_age
         if age is not None and (
-            isinstance(age, bool)
-            or not isinstance(age, int | float)
-            or not 0 < age < float("inf")
+            isinstance(age, bool) or not isinstance(age, int | float) or not 0 < age < float("inf")
         ):
             raise DefinitionError("max_age", f"expected a positive number of seconds, got {age!r}")
         for name, top in (("max_bytes", 2**30), ("max_entries", 10**7)):
@@ -232,11 +230,15 @@ class SftpProbe(ProbeBase):
                 entry_attrs = entry.attrs
                 if entry_attrs.size is not None and _is_file(entry_attrs):
                     size += entry_attrs.size
-                if entry_attrs.mtime is not None and (newest is None or entry_attrs.mtime > newest[0]):
+                if entry_attrs.mtime is not None and (
+                    newest is None or entry_attrs.mtime > newest[0]
+                ):
                     newest = (float(entry_attrs.mtime), name)
         attempt.metric("entries", entries)
         attempt.metric("size_bytes", size)
-        shown = f"{entries} entries" + (f" (stopped at max_entries {self.max_entries})" if truncated else "")
+        shown = f"{entries} entries" + (
+            f" (stopped at max_entries {self.max_entries})" if truncated else ""
+        )
         attempt.outcome("path", True, f"{self.path}: a readable directory", shown)
         if newest is None:
             if self.max_age is not None:

@@ -125,13 +125,9 @@ class SshProbe(ProbeBase):
             )
         limit: object = self.max_output_bytes
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**26:
-            raise DefinitionError(
-                "max_output_bytes", f"expected 1 to {2**26} bytes, got {limit!r}"
-            )
+            raise DefinitionError("max_output_bytes", f"expected 1 to {2**26} bytes, got {limit!r}")
         if self.assertions and command is None:
-            raise DefinitionError(
-                "assertions", "assertions read the command's output: set command"
-            )
+            raise DefinitionError("assertions", "assertions read the command's output: set command")
 
     @property
     def target(self) -> str:
@@ -145,9 +141,7 @@ class SshProbe(ProbeBase):
             if session is None or session.conn is None or self.command is None:
                 return
             with attempt.phase("command"):
-                output, status, observed = await self._command(
-                    attempt, session.conn, self.command
-                )
+                output, status, observed = await self._command(attempt, session.conn, self.command)
         attempt.metric("output_bytes", len(output))
         if status is not None:
             attempt.metric("exit_status", status)
@@ -197,7 +191,7 @@ class SshProbe(ProbeBase):
 
 @functools.cache
 def _collector_class(asyncssh: Any) -> type[Any]:
-    class _Collector(asyncssh.SSHClientSession):  # type: ignore[misc,name-defined]
+    class _Collector(asyncssh.SSHClientSession):  # type: ignore[misc]
         """Keeps at most ``limit`` bytes of standard output; ends at the channel's close."""
 
         def __init__(self, limit: int) -> None:
