@@ -24,6 +24,7 @@ class _Server(asyncssh.SSHServer):
         self._client_key = owner.client_key
 
     def begin_auth(self, username: str) -> bool:
+        self._owner.users.append(username)
         if username == KEY_USER:
             conn = self._conn
             conn.set_authorized_keys(
@@ -80,6 +81,7 @@ class SshServer:
         self.root = root
         self.auth_delay = auth_delay
         self.passwords: list[str] = []  # every password a client tried
+        self.users: list[str] = []  # every user name a client asked to log in as
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.client_key = asyncssh.generate_private_key("ssh-ed25519")
         self.port = 0

@@ -78,6 +78,7 @@ async def test_without_a_login_the_check_ends_after_the_key_exchange(
         f"SSH-2.0-ProbekitTestServer_1.0, host key ssh-ed25519 {server.fingerprint}"
     )
     assert server.passwords == []
+    assert server.users == []  # not even a "none" authentication request was sent
 
 
 async def test_the_pinned_host_key_matches(server: SshServer, ctx: ProbeContext) -> None:
@@ -306,6 +307,26 @@ async def test_many_checks_in_a_row_reuse_nothing_stale(
     # later; a reused descriptor number must not trip the next check.
     results = [await SshProbe("127.0.0.1", server.port).check(ctx) for _ in range(5)]
     assert [r.status for r in results] == [Status.UP] * 5
+
+
+def test_the_phases_hold_on_uvloop(tmp_path: Path) -> None:
+    """uvloop (the CLI's loop) binds a protocol's data_received when it makes the transport:
+    the banner watch must be in place before, or the check never sees the banner end."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> tuple[Any, Any]:
+        async with ssh_server(tmp_path) as running:
+            bare = await SshProbe("127.0.0.1", running.port).check(make_context())
+            logged = await login(running, command="echo hi").check(make_context())
+            return bare, logged
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        bare, logged = runner.run(main())
+    assert bare.status is Status.UP, bare.summary()
+    assert bare.phase_names() == NO_LOGIN
+    assert logged.status is Status.UP, logged.summary()
+    assert logged.phase_names() == COMMAND
+    assert bare.phases[-1].duration > 0  # the key exchange is a phase of its own
 
 
 # -- hostile and broken servers ------------------------------------------------------------------

@@ -7,14 +7,19 @@ Private to :mod:`probekit.probes.ssh` and :mod:`probekit.probes.sftp`; the regis
 imported inside a check only, so importing this module loads no protocol library.
 
 How the session is run. The dial path connects the socket (``resolve``, the egress policy,
-``connect`` to the checked address); asyncssh gets it through ``connect(sock=...)`` and never
-dials. asyncssh does the version exchange, the key exchange and the login in one call, so the
+``connect`` to the checked address); asyncssh gets it through its ``tunnel`` option (below) and
+never dials. asyncssh does the version exchange, the key exchange and the login in one call, so the
 phases between them are taken from what it reports while that call runs:
 
 - ``banner`` ends when asyncssh has parsed the server's identification line (``SSH-2.0-...``).
-  The probe watches the bytes the connection receives (its ``data_received``, which asyncio
-  calls for every segment) and, after each segment, asks the connection for its public
-  ``server_version`` extra info, which asyncssh sets the moment it has parsed that line.
+  asyncssh is handed the connected socket through its ``tunnel`` option, an object whose
+  ``create_connection(session_factory, host, port)`` asyncssh calls to get its transport (its
+  ``_TunnelConnectorProtocol``); the probe's connector creates asyncssh's connection object,
+  wraps its ``data_received`` (which the event loop calls for every segment received; uvloop
+  binds it when the transport is made, so it must be wrapped before) and makes the transport
+  on the socket with ``loop.create_connection(sock=...)``. After each segment the wrapper asks
+  the connection for its public ``server_version`` extra info, which asyncssh sets the moment
+  it has parsed that line.
 - ``kex`` ends when asyncssh calls the client's ``begin_auth`` callback: the key exchange is
   complete, the host key verified, and the server accepted the user-auth service.
 - ``auth`` ends when ``connect`` returns (the login succeeded) or fails.
@@ -35,7 +40,8 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
@@ -190,9 +196,20 @@ def asyncssh_module() -> Any:
 class _Watch:
     """What the client side of one session saw, set from asyncssh's callbacks."""
 
-    __slots__ = ("banner", "conn", "failure", "kex", "key", "pin", "received", "rejected")
+    __slots__ = (
+        "banner",
+        "conn",
+        "failure",
+        "kex",
+        "key",
+        "login",
+        "pin",
+        "received",
+        "rejected",
+    )
 
-    def __init__(self, pin: str | None) -> None:
+    def __init__(self, pin: str | None, login: bool) -> None:
+        self.login = login
         self.banner = asyncio.Event()
         self.kex = asyncio.Event()
         self.conn: Any = None
@@ -202,7 +219,8 @@ class _Watch:
         self.received = 0
         self.failure: ProbeFailure | None = None
 
-    def connected(self, conn: Any) -> None:
+    def wrap(self, conn: Any) -> None:
+        """Watch the bytes ``conn`` (asyncssh's connection, before it has a transport) gets."""
         self.conn = conn
         deliver = conn.data_received
 
@@ -222,7 +240,8 @@ class _Watch:
                 )
                 conn.abort()
 
-        # asyncio calls the protocol's data_received for every segment; the wrapper only looks.
+        # The event loop calls the protocol's data_received for every segment; the wrapper only
+        # looks. Set before the transport exists (uvloop binds the method when it makes it).
         conn.data_received = data_received
 
     def validate(self, key: Any) -> bool:
@@ -240,16 +259,44 @@ def _client_class(asyncssh: Any) -> type[Any]:
         def __init__(self, watch: _Watch) -> None:
             self._watch = watch
 
-        def connection_made(self, conn: Any) -> None:
-            self._watch.connected(conn)
-
         def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
             return self._watch.validate(key)
 
         def begin_auth(self, username: str) -> None:
             self._watch.kex.set()
+            if not self._watch.login and self._watch.conn is not None:
+                # asyncssh starts the first authentication request in a task after this
+                # returns; closing now means a check without a login never sends one (no
+                # "Invalid user" line in the server's log for fail2ban to count).
+                self._watch.conn.abort()
 
     return _Client
+
+
+class _Connector:
+    """What asyncssh's ``tunnel`` option takes: it opens asyncssh's connection on the socket the
+    dial path connected, with :class:`_Watch` looking at what it receives."""
+
+    def __init__(self, sock: socket.socket, watch: _Watch) -> None:
+        self._sock = sock
+        self._watch = watch
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]:
+        def factory() -> Any:
+            conn = session_factory()
+            self._watch.wrap(conn)
+            return conn
+
+        loop = asyncio.get_running_loop()
+        return await loop.create_connection(factory, sock=self._sock)
+
+    def close(self) -> None:
+        """Nothing to close: the socket is the connection's."""
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for."""
 
 
 def _key_problem(text: str) -> str:
@@ -362,8 +409,8 @@ async def open_session(
             raise ProbeFailure(
                 ErrorKind.AUTH, f"the private_key cannot be used: {reason}"
             ) from None
-    watch = _Watch(probe.host_key_fingerprint)
     credentials = login and probe.username is not None
+    watch = _Watch(probe.host_key_fingerprint, credentials)
     options: dict[str, Any] = {
         "client_factory": lambda: _client_class(asyncssh)(watch),
         "config": None,
@@ -398,7 +445,7 @@ async def open_session(
     own = sock.dup()
     own.setblocking(False)
     task: asyncio.Future[Any] = asyncio.ensure_future(
-        asyncssh.connect(probe.host, probe.port, sock=own, **options)
+        asyncssh.connect(probe.host, probe.port, tunnel=_Connector(own, watch), **options)
     )
 
     def fail(exc: BaseException) -> BaseException:
