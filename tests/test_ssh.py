@@ -487,7 +487,8 @@ INVALID: list[Any] = [
     pytest.param({"expect_exit_status": 256}, "expect_exit_status", "0 to 255", id="status"),
     pytest.param({"max_output_bytes": 0}, "max_output_bytes", "bytes", id="max-output"),
     pytest.param({"host_key_algorithm": "dsa"}, "host_key_algorithm", "one of", id="alg"),
-    pytest.param({"expect_version": "a b"}, "expect_version", "without spaces", id="version"),
+    pytest.param({"expect_version": "a\tb"}, "expect_version", "printable", id="version"),
+    pytest.param({"expect_protocol": " 2.0"}, "expect_protocol", "printable", id="protocol"),
     pytest.param(
         {"assertions": [{"type": "body_contains", "text": "x"}]},
         "assertions",

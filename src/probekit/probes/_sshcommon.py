@@ -84,7 +84,7 @@ HOST_KEY_ALGORITHMS: Final = (
 )
 
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
-_VERSION_TEXT = re.compile(r"[\x21-\x7e]+")
+_VERSION_TEXT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 _MASK: Final = "<secret>"
 _EXCERPT: Final = 120
 _CLIENT_VERSION: Final = "probekit"
@@ -160,7 +160,7 @@ def check_login(
         )
     for name, value in (("expect_version", expect_version), ("expect_protocol", expect_protocol)):
         if value is not None and (not isinstance(value, str) or not _VERSION_TEXT.fullmatch(value)):
-            raise DefinitionError(name, f"expected printable text without spaces, got {value!r}")
+            raise DefinitionError(name, f"expected printable ASCII text, got {value!r}")
     if ip_family is not None and ip_family not in FAMILIES:
         raise DefinitionError("ip_family", f"expected one of {list(FAMILIES)}, got {ip_family!r}")
     if not isinstance(timeouts, Timeouts):
@@ -327,10 +327,12 @@ class Session:
 
 
 def _software(version: str) -> tuple[str, str]:
-    """``(protocol, software)`` of an identification line ``SSH-2.0-OpenSSH_9.2p1 Debian``."""
+    """``(protocol, software)`` of an identification line: ``SSH-2.0-OpenSSH_9.2p1 Debian-2``
+    is ``("2.0", "OpenSSH_9.2p1 Debian-2")``, the software version with its comments, which is
+    what ``check_ssh -r`` compares."""
     _, _, rest = version.partition("-")
     protocol, _, software = rest.partition("-")
-    return protocol, software.split(" ", 1)[0]
+    return protocol, software
 
 
 def _failure(
@@ -595,7 +597,8 @@ LOGIN_OPTIONS: Final[tuple[Option, ...]] = (
         ("--remote-version", "-r"),
         field="expect_version",
         metavar="STRING",
-        help="CRITICAL unless the server's software version is STRING (ex: OpenSSH_9.2p1)",
+        help="CRITICAL unless the server's version (after SSH-2.0-) is STRING "
+        "(ex: 'OpenSSH_9.2p1 Debian-2+deb12u3')",
     ),
     Option(
         ("--remote-protocol", "-P"),

@@ -66,9 +66,10 @@ class SshProbe(ProbeBase):
     ``host_key_algorithm`` asks the server for one key type (the pin is of the key the server
     uses, which otherwise is the first of ed25519, ECDSA, RSA that it has).
 
-    ``expect_version`` (the software version, e.g. ``OpenSSH_9.2p1``) and ``expect_protocol``
-    (``2.0``) compare the identification line like ``check_ssh -r``/``-P``; a mismatch is
-    DOWN/``assertion``.
+    ``expect_version`` (what follows ``SSH-2.0-``: the software version and its comments, e.g.
+    ``OpenSSH_9.2p1 Debian-2+deb12u3``) and ``expect_protocol`` (``2.0``) compare the
+    identification line exactly as ``check_ssh -r``/``-P`` do; a mismatch is DOWN/``assertion``
+    and the check stops before the key exchange.
 
     With ``username`` and ``password`` or ``private_key`` (an OpenSSH or PEM key, ``passphrase``
     when it is encrypted) the probe logs in; a refusal is DOWN/``auth``. With ``command`` it
