@@ -81,7 +81,8 @@ async def test_another_version_expected(sshd: Daemon, agreement: Agreement) -> N
     result = await SshProbe("127.0.0.1", port, expect_version="OpenSSH_1.0").check()
     plugin = check_ssh(sshd, "-r", "OpenSSH_1.0")
     agreement.record("openssh", "ssh: -r OpenSSH_1.0 (another version)", "CRITICAL", result, plugin)
-    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.ASSERTION
     assert plugin.state == "CRITICAL", plugin.line
 
 
@@ -91,7 +92,8 @@ async def test_wrong_host_key_pin(sshd: Daemon, agreement: Agreement) -> None:
     result = await probe.check()
     plugin = check_ssh(sshd)
     agreement.record("openssh", "ssh: wrong host-key pin", "CRITICAL", result, plugin, NO_HOST_KEY)
-    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.ASSERTION
     assert pin in result.error.message
     assert sshd.info["SSH_HOST_KEY_FINGERPRINT"] in result.error.message
     assert "auth" not in result.phase_names()  # no password went to the wrong server
@@ -122,7 +124,8 @@ async def test_key_login_and_a_failing_command(sshd: Daemon, agreement: Agreemen
     agreement.record(
         "openssh", "ssh: key login, command exits 3", "CRITICAL", result, plugin, NO_LOGIN
     )
-    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.ASSERTION
     assert result.metrics["auth"] == 1
     assert result.metrics["exit_status"] == 3
 
@@ -175,7 +178,8 @@ async def test_sftp_path_missing(sshd: Daemon, agreement: Agreement) -> None:
     result = await probe.check()
     plugin = check_ssh(sshd)
     agreement.record("openssh", "sftp: path missing", "CRITICAL", result, plugin, NO_LOGIN)
-    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.ASSERTION
     assert "No such file" in result.error.message
 
 
@@ -185,5 +189,6 @@ async def test_stopped_service(sshd: Daemon, agreement: Agreement) -> None:
     result = await SshProbe("127.0.0.1", sshd.port("SSH_PORT")).check()
     plugin = check_ssh(sshd)
     agreement.record("openssh", "stopped service", "CRITICAL", result, plugin)
-    assert result.error is not None and result.error.kind is ErrorKind.CONNECT
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.CONNECT
     assert plugin.state == "CRITICAL", plugin.line
