@@ -153,8 +153,14 @@ async def test_a_read_stops_at_max_bytes_and_holds_no_more(
 async def test_a_whole_read_without_assertions_keeps_nothing(
     server: SshServer, ctx: ProbeContext
 ) -> None:
-    result = await sftp(server, path="/big", operation="read", max_bytes=2**30).check(ctx)
+    tracemalloc.start()
+    try:
+        result = await sftp(server, path="/big", operation="read", max_bytes=2**30).check(ctx)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert result.status is Status.UP, result.summary()
+    assert peak < 1024 * 1024, peak  # the 3 MiB file passed through, 32 KiB at a time
     assert result.metrics["read_bytes"] == 3 * 1024 * 1024
     assert outcomes(result)["path"].observed == "read 3145728 bytes"
 

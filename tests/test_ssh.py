@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncssh
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from probekit import (
     BodyContains,
@@ -409,6 +411,40 @@ async def test_hostile_servers(
     assert (result.error.kind, result.error.phase) == (kind, phase), result.error
     assert PASSWORD not in result_to_json(result)
     assert result.duration < 2
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.builds(
+            lambda head, tail: b"SSH-2.0-Fuzz_1.0\r\n" + head + tail,
+            st.binary(min_size=0, max_size=40),
+            st.binary(max_size=600),
+        ),
+        st.lists(
+            st.sampled_from([b"SSH-", b"2.0-", b"\r\n", b"\n", b"\x00", b" ", b"x" * 300])
+        ).map(b"".join),
+    )
+)
+def test_arbitrary_server_bytes_are_classified(data: bytes) -> None:
+    """Whatever a server sends before closing, the result is a classified DOWN, never a crash."""
+
+    async def send(reader: Reader, writer: Writer) -> None:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> Any:
+        fields = {"username": USER, "password": Secret(PASSWORD), "timeouts": Timeouts(total=2)}
+        return await _serve(send, fields, make_context())
+
+    result = asyncio.run(main())
+    assert result.status is Status.DOWN, result.summary()
+    assert result.error is not None
+    assert result.error.kind in (ErrorKind.PROTOCOL, ErrorKind.TIMEOUT), result.error
+    assert result.error.phase in ("banner", "kex"), result.error
+    assert PASSWORD not in result_to_json(result)
 
 
 async def test_the_bytes_before_the_banner_are_bounded(ctx: ProbeContext) -> None:
