@@ -190,6 +190,28 @@ async def test_key_login(server: SshServer, ctx: ProbeContext) -> None:
     assert result.phase_names() == COMMAND
 
 
+async def test_a_key_is_read_once_per_process(
+    server: SshServer, ctx: ProbeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probekit.probes import _sshcommon
+
+    calls: list[int] = []
+    real = asyncssh.import_private_key
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(asyncssh, "import_private_key", counting)
+    _sshcommon._private_key.cache_clear()
+    text = _key_text(server.client_key)
+    probe = SshProbe("127.0.0.1", server.port, username=KEY_USER, private_key=Secret(text))
+    results = [await probe.check(ctx) for _ in range(3)]
+    assert [r.status for r in results] == [Status.UP] * 3
+    assert len(calls) == 1
+    _sshcommon._private_key.cache_clear()
+
+
 async def test_an_encrypted_key_with_its_passphrase(server: SshServer, ctx: ProbeContext) -> None:
     probe = SshProbe(
         "127.0.0.1",

@@ -299,6 +299,14 @@ class _Connector:
         """Nothing to wait for."""
 
 
+@functools.lru_cache(maxsize=32)
+def _private_key(asyncssh: Any, text: str, passphrase: str | None) -> Any:
+    """The key ``text`` holds, decrypted once per process: unlocking an OpenSSH key runs bcrypt's
+    key derivation (tens of milliseconds), which a monitor checked every minute should not pay
+    each time. A key that cannot be read raises and is not kept."""
+    return asyncssh.import_private_key(text, passphrase)
+
+
 def _key_problem(text: str) -> str:
     """What asyncssh's refusal of a private key means, in words that hold no part of it."""
     lowered = text.lower()
@@ -401,7 +409,8 @@ async def open_session(
     if probe.private_key is not None:
         try:
             keys = [
-                asyncssh.import_private_key(
+                _private_key(
+                    asyncssh,
                     probe.private_key.reveal(),
                     probe.passphrase.reveal() if probe.passphrase is not None else None,
                 )
