@@ -549,7 +549,7 @@ INVALID: list[Any] = [
     pytest.param({"expect_protocol": " 2.0"}, "expect_protocol", "printable", id="protocol"),
     pytest.param(
         {"assertions": [{"type": "body_contains", "text": "x"}]},
-        "assertions",
+        "assertions[0]",
         "set command",
         id="assertions-without-command",
     ),
@@ -565,6 +565,13 @@ def test_invalid_definitions(data: dict[str, Any], path: str, message: str) -> N
     problems = {e.path: e.message for e in info.value.errors}
     assert path in problems, problems
     assert message in problems[path]
+
+
+def test_a_response_time_assertion_needs_no_command() -> None:
+    probe = build_probe(
+        {"kind": "ssh", "host": "h", "assertions": [{"type": "response_time", "warn": 1}]}
+    )
+    assert len(probe.assertions) == 1
 
 
 def test_a_password_that_is_not_a_secret_is_refused_without_showing_it() -> None:

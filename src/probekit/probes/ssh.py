@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from .._assertions import Assertion, assertion_tuple
+from .._assertions import Assertion, BodyContains, BodyMatches, assertion_tuple
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
 from .._result import ErrorKind
@@ -127,8 +127,12 @@ class SshProbe(ProbeBase):
         limit: object = self.max_output_bytes
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**26:
             raise DefinitionError("max_output_bytes", f"expected 1 to {2**26} bytes, got {limit!r}")
-        if self.assertions and command is None:
-            raise DefinitionError("assertions", "assertions read the command's output: set command")
+        if command is None:
+            for i, assertion in enumerate(self.assertions):
+                if isinstance(assertion, BodyContains | BodyMatches):
+                    raise DefinitionError(
+                        f"assertions[{i}]", "reads the command's output: set command"
+                    )
 
     @property
     def target(self) -> str:
