@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[cli,speed,dns,exporter]", "mypy>=1.10")
+    session.install("-e", ".[cli,speed,dns,exporter,ssh]", "mypy>=1.10")
     session.run("mypy", "--strict", "src")
 
 
@@ -129,7 +129,7 @@ def interop(session: nox.Session) -> None:
     high ports and records probekit's verdict beside the plugin's; the session prints the
     agreement table (set INTEROP_REPORT=path to keep it). See interop/README.md.
     """
-    session.install("-e", ".[dns]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", ".[dns,ssh,exporter]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("bash", "interop/install.sh", external=True)
     session.run("pytest", "interop", "-q", "-p", "no:cacheprovider", "-s", *session.posargs)
 

@@ -479,6 +479,51 @@ tls_definitions = st.fixed_dictionaries(
         "timeouts": _or_odd(timeouts),
     },
 )
+fingerprints = st.sampled_from(
+    ["SHA256:" + "A" * 43, "SHA256:" + "b" * 43 + "=", "SHA256:short", "MD5:aa:bb", "", " "]
+)
+
+
+def _ssh_fields(
+    kind: str, **extra: st.SearchStrategy[object]
+) -> st.SearchStrategy[dict[str, object]]:
+    """The fields ssh and sftp share, and ``extra``."""
+    return st.fixed_dictionaries(
+        {"kind": st.just(kind), "host": _or_odd(spelled_hosts)},
+        optional={
+            "port": _or_odd(ports),
+            "username": _or_odd(user_names),
+            "password": secret_refs,
+            "private_key": secret_refs,
+            "passphrase": secret_refs,
+            "host_key_fingerprint": _or_odd(fingerprints | st.none()),
+            "host_key_algorithm": _or_odd(
+                st.sampled_from(["ssh-ed25519", "rsa-sha2-256", "ssh-dss", ""]) | st.none()
+            ),
+            "expect_version": _or_odd(st.sampled_from(["OpenSSH_9.2p1", "a b", ""]) | st.none()),
+            "expect_protocol": _or_odd(st.sampled_from(["2.0", "1.99", ""]) | st.none()),
+            "ip_family": _or_odd(ip_families),
+            "assertions": assertion_lists,
+            "timeouts": _or_odd(timeouts),
+            **extra,
+        },
+    )
+
+
+ssh_definitions = _ssh_fields(
+    "ssh",
+    command=_or_odd(st.sampled_from(["uptime", "", " ", "a\x00b", "echo $HOME"]) | st.none()),
+    expect_exit_status=_or_odd(st.integers(-1, 256) | st.none()),
+    max_output_bytes=_or_odd(st.integers(-1, 2**27)),
+)
+sftp_definitions = _ssh_fields(
+    "sftp",
+    path=_or_odd(st.sampled_from([".", "/upload", "", "a\x00b", "~/x"])),
+    operation=_or_odd(st.sampled_from(["stat", "list", "read", "delete", ""])),
+    max_age=_or_odd(seconds | st.none()),
+    max_bytes=_or_odd(st.integers(-1, 2**31)),
+    max_entries=_or_odd(st.integers(-1, 10**8)),
+)
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -491,5 +536,7 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "dns": dns_definitions,
     "icmp": icmp_definitions,
     "tls": tls_definitions,
+    "ssh": ssh_definitions,
+    "sftp": sftp_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

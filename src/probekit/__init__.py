@@ -72,7 +72,9 @@ if TYPE_CHECKING:
     from .probes.imap import ImapProbe
     from .probes.pop3 import Pop3Probe
     from .probes.redis import RedisProbe
+    from .probes.sftp import SftpProbe
     from .probes.smtp import SmtpProbe
+    from .probes.ssh import SshProbe
     from .probes.tcp import Expect, Send, StartTls, TcpProbe
     from .probes.tls import TlsProbe
 
@@ -132,8 +134,10 @@ _LAZY: dict[str, str] = {
     "Scheduler": "._scheduler",
     "Secret": "._secret",
     "Send": ".probes.tcp",
+    "SftpProbe": ".probes.sftp",
     "SmtpProbe": ".probes.smtp",
     "SpoolError": "._exceptions",
+    "SshProbe": ".probes.ssh",
     "StartTls": ".probes.tcp",
     "StaticResolver": "._resolver",
     "Status": "._result",
@@ -230,8 +234,10 @@ __all__ = [
     "Scheduler",
     "Secret",
     "Send",
+    "SftpProbe",
     "SmtpProbe",
     "SpoolError",
+    "SshProbe",
     "StartTls",
     "StaticResolver",
     "Status",

@@ -204,6 +204,61 @@ MAIL_SECRETS: dict[str, SecretSetter] = {
 }
 
 
+def _ssh(tls: bool) -> Definition:
+    return {"kind": "ssh"}
+
+
+def _sftp(tls: bool) -> Definition:
+    """An SFTP check needs a login to dial at all: a password that is not the canary."""
+    return {"kind": "sftp", "username": "probe", "password": "probe-hostile-password"}
+
+
+def _ssh_password(definition: Definition, secret: Any, _port: int) -> None:
+    definition.update(username="probe", password=secret)
+
+
+def _ssh_private_key(definition: Definition, secret: Any, _port: int) -> None:
+    definition.update(username="probe", private_key=secret)
+
+
+def _encrypted_key() -> str:
+    """A private key encrypted with a passphrase that is *not* the canary, so unlocking it
+    with the canary fails (a failure that reads the passphrase)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a different passphrase"),
+        )
+        .decode()
+    )
+
+
+def _ssh_passphrase(definition: Definition, secret: Any, _port: int) -> None:
+    definition.update(username="probe", private_key=_encrypted_key(), passphrase=secret)
+
+
+SSH_SECRETS: dict[str, SecretSetter] = {
+    "password": _ssh_password,
+    "private_key": _ssh_private_key,
+    "passphrase": _ssh_passphrase,
+}
+#: Why the ssh and sftp kinds meet no well-behaved server of a stream family.
+SSH_EXEMPT = (
+    "An SSH session is binary packets after the version exchange, encrypted after the key "
+    "exchange; no stream family's well-behaved server speaks it, so no ssh or sftp definition "
+    "can be UP against them. Their hostile servers (silence, a stall after the version line, "
+    "HTTP and other non-SSH replies, an endless line, endless non-SSH lines, SSH-1.5, garbage "
+    "packets, a close in the key exchange, a slow login, a command or SFTP request that never "
+    "ends) are the tables of tests/test_ssh.py and tests/test_sftp.py, against an asyncssh "
+    "server and raw TCP servers on loopback."
+)
+
+
 @attrs.frozen
 class KindProfile:
     """One built-in kind, as the hostile suites use it.
@@ -331,6 +386,12 @@ PROFILES: dict[str, KindProfile] = {
             "FakeHost, which also stands in for the host in the SSRF rebinding test. The "
             "policy checks (SSRF spellings, mixed answers) need no server."
         ),
+    ),
+    "ssh": KindProfile(
+        name="ssh", family="none", ask=_ssh, tls=False, secrets=SSH_SECRETS, exempt=SSH_EXEMPT
+    ),
+    "sftp": KindProfile(
+        name="sftp", family="none", ask=_sftp, tls=False, secrets=SSH_SECRETS, exempt=SSH_EXEMPT
     ),
 }
 
