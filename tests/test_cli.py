@@ -887,3 +887,18 @@ async def test_check_http2_speaks_h2_with_prior_knowledge(
         assert result_from_json(out).metrics["http_version"] == 2.0
         code = await asyncio.to_thread(main, ["check", "http", url, "--json"])
         assert code == 2  # without --http2 the h2-only server does not answer HTTP/1.1
+
+
+def test_the_command_line_loads_no_server_side_package() -> None:
+    """`probekit check` starts a process per check in Nagios setups: importing the command line
+    must not load the control plane, the checkpoint, the exporter or optional libraries."""
+    code = (
+        "import sys, probekit.cli\n"
+        "heavy = ('probekit.control', 'probekit.checkpoint', 'probekit.exporter', 'yaml',\n"
+        "         'asyncssh', 'dns', 'OpenSSL', 'prometheus_client', 'websockets')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -12,6 +12,7 @@ attrs validators built on them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -28,10 +29,12 @@ __all__ = [
     "check_seconds",
     "id_problem",
     "is_id",
+    "is_loopback",
     "optional_seconds",
     "read_secret",
     "seconds",
     "seconds_problem",
+    "token_problem",
 ]
 
 #: Ids (checkpoint, instance, monitor, request, result ids, probe kinds) are 1 to 200 characters.
@@ -124,3 +127,24 @@ def read_secret(how: Literal["env", "file"], name: str) -> Secret:
         raise DefinitionError("file", f"cannot read {name}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise DefinitionError("file", f"{name} is not UTF-8 text") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 possibly in brackets) is on loopback:
+    ``localhost``, ``*.localhost``, 127.0.0.0/8 or ::1."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be a bearer token (empty, spaces, control characters), or None."""
+    if not token:
+        return "the token is empty"
+    if not token.isprintable() or any(c.isspace() for c in token):
+        return "the token must not contain spaces or control characters"
+    return None

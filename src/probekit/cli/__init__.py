@@ -21,13 +21,27 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .._definitions import DefinitionErrors
 from .._exceptions import UsageError
-from ..control._config import ControlConfig, load_control_config
 from . import check, checkpoint, control, demo, exporter, run
 from ._common import EXIT_USAGE, Command, UsageExit, _err, _out, _Parser
 from ._common import _loop_factory as _loop_factory  # tests and embedders use it
+
+if TYPE_CHECKING:
+    from ..control._config import ControlConfig, load_control_config
+
+
+def __getattr__(name: str) -> Any:
+    # The control plane's config loader, re-exported here, loads the control plane package:
+    # only on first use, so `probekit check` does not pay for it.
+    if name in ("ControlConfig", "load_control_config"):
+        from ..control import _config
+
+        return getattr(_config, name)
+    raise AttributeError(f"module 'probekit.cli' has no attribute {name!r}")
+
 
 __all__ = [
     "COMMANDS",

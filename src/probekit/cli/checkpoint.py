@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from .._exceptions import DefinitionError, UsageError
 from .._secret import Secret
-from .._validate import read_secret
-from ..control._config import is_loopback, token_problem
+from .._validate import is_loopback, read_secret, token_problem
 from ._common import (
     Command,
     _add_verbose,

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._exceptions import DefinitionError, DefinitionErrors, UsageError
-from ..control._config import ControlConfig, load_control_config
 from ._common import (
     Command,
     _add_verbose,
@@ -28,9 +27,10 @@ from ._common import (
 
 if TYPE_CHECKING:
     from ..control import ControlPlane
+    from ..control._config import ControlConfig
     from ..control._logic import MonitorSpec
 
-__all__ = ["COMMAND", "ControlConfig", "load_control_config"]
+__all__ = ["COMMAND"]
 
 
 def _configure_control(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +99,8 @@ def _on_sighup(callback: Callable[[], None]) -> Iterator[None]:
 
 
 def _load(args: argparse.Namespace) -> ControlConfig:
+    from ..control._config import load_control_config
+
     config = load_control_config(
         args.config,
         insecure=args.insecure,

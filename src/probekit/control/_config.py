@@ -9,7 +9,6 @@ its path, by raising :class:`~probekit.DefinitionErrors`. Warnings (an inline to
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import ssl
@@ -23,7 +22,14 @@ from .._config import DEFAULT_INTERVAL, _kind, _Loader, read_config_file
 from .._definitions import build_probe
 from .._exceptions import DefinitionError, DefinitionErrors
 from .._secret import Secret
-from .._validate import MAX_ID_LENGTH, id_problem, is_id, seconds_problem
+from .._validate import (
+    MAX_ID_LENGTH,
+    id_problem,
+    is_id,
+    is_loopback,
+    seconds_problem,
+    token_problem,
+)
 
 if TYPE_CHECKING:
     from . import ControlSettings, WebhookSink
@@ -463,24 +469,3 @@ def _id_problem(value: object) -> str:
     if value is None:
         return f"required: an id of 1 to {MAX_ID_LENGTH} printable characters"
     return id_problem(value) or f"not an id: {value!r}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 possibly in brackets) is on loopback:
-    ``localhost``, ``*.localhost``, 127.0.0.0/8 or ::1."""
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def token_problem(token: str) -> str | None:
-    """Why ``token`` cannot be a bearer token (empty, spaces, control characters), or None."""
-    if not token:
-        return "the token is empty"
-    if not token.isprintable() or any(c.isspace() for c in token):
-        return "the token must not contain spaces or control characters"
-    return None
