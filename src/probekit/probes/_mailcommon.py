@@ -9,7 +9,7 @@ themselves over the dial path.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -19,7 +19,7 @@ from .._result import Result
 from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
-from ._fields import host
+from ._fields import host, host_port
 from ._kind import HostPort, Option
 from ._options import (
     CERT_OPTIONS,
@@ -34,6 +34,7 @@ __all__ = [
     "CERT_OPTIONS",
     "FAMILIES",
     "STARTTLS_MODES",
+    "ImplicitTlsPort",
     "MailTarget",
     "StartTls",
     "cert_assertion",
@@ -79,6 +80,33 @@ class MailTarget(HostPort):
         if not given:
             del fields[self.port_field]
         return fields
+
+
+class ImplicitTlsPort:
+    """Mixin of a kind whose default port depends on implicit TLS (IMAP 143, IMAPS 993): its
+    ``port`` field may be None, which ``__attrs_post_init__`` turns into ``PLAIN_PORT``, or
+    ``TLS_PORT`` when ``tls`` is set, by calling :meth:`_fill_default_port`."""
+
+    PLAIN_PORT: ClassVar[int]
+    TLS_PORT: ClassVar[int]
+    host: str
+    port: int | None
+    tls: TlsOptions | None
+
+    def _fill_default_port(self) -> None:
+        if self.port is None:
+            default = self.TLS_PORT if self.tls is not None else self.PLAIN_PORT
+            object.__setattr__(self, "port", default)
+
+    @property
+    def target(self) -> str:
+        return host_port(self.host, self._port)
+
+    @property
+    def _port(self) -> int:
+        """The port: ``__attrs_post_init__`` fills the protocol's default in."""
+        assert self.port is not None
+        return self.port
 
 
 def mail_host(value: str) -> str:

@@ -40,7 +40,6 @@ from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, ssl_context
 from ._base import Attempt, ProbeBase
-from ._fields import host_port
 from ._ftpwire import (
     Endpoint,
     ListingCounter,
@@ -55,6 +54,7 @@ from ._ftpwire import (
 )
 from ._kind import Metric, Option, ProbeKind
 from ._mailcommon import (
+    ImplicitTlsPort,
     MailTarget,
     StartTls,
     check_common,
@@ -170,7 +170,7 @@ class _Control:
 
 
 @attrs.frozen
-class FtpProbe(ProbeBase):
+class FtpProbe(ImplicitTlsPort, ProbeBase):
     """Check an FTP server: the greeting (``220``), ``AUTH TLS`` per ``starttls``, a login
     when a ``username`` is set, optionally a ``path`` (``list`` it over a passive data
     connection, or ``stat`` it), ``QUIT``.
@@ -183,6 +183,9 @@ class FtpProbe(ProbeBase):
     TLS session. The data address the server announces goes through the egress policy, and
     ``pasv_address`` says which one is used. ``assertions`` see the greeting as the body.
     """
+
+    PLAIN_PORT: ClassVar[int] = FTP_PORT
+    TLS_PORT: ClassVar[int] = FTPS_PORT
 
     kind: ClassVar[str] = "ftp"
 
@@ -247,18 +250,7 @@ class FtpProbe(ProbeBase):
                 raise DefinitionError("min_entries", "needs a path with operation 'list'")
             if value > self.max_entries:
                 raise DefinitionError("min_entries", "is above max_entries")
-        if self.port is None:
-            object.__setattr__(self, "port", FTPS_PORT if self.tls is not None else FTP_PORT)
-
-    @property
-    def target(self) -> str:
-        return host_port(self.host, self._port)
-
-    @property
-    def _port(self) -> int:
-        """The port: ``__attrs_post_init__`` fills the protocol's default in."""
-        assert self.port is not None
-        return self.port
+        self._fill_default_port()
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self._port, tls=self.tls, family=self.ip_family)

@@ -32,9 +32,9 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
-from ._fields import host_port
 from ._kind import Metric, Option, ProbeKind
 from ._mailcommon import (
+    ImplicitTlsPort,
     MailTarget,
     StartTls,
     check_common,
@@ -277,7 +277,7 @@ class _Session:
 
 
 @attrs.frozen
-class ImapProbe(ProbeBase):
+class ImapProbe(ImplicitTlsPort, ProbeBase):
     """Check an IMAP server: the greeting (``* OK``; ``* PREAUTH`` logs the session in;
     ``* BYE`` is DOWN), ``CAPABILITY``, ``STARTTLS`` per ``starttls``, ``LOGIN`` when a
     ``username`` is set, ``EXAMINE mailbox`` (read-only) for its message count, ``LOGOUT``.
@@ -290,6 +290,9 @@ class ImapProbe(ProbeBase):
     ``mailbox`` outcome (DOWN/``assertion``). ``assertions`` see the greeting and the capability
     response as the body.
     """
+
+    PLAIN_PORT: ClassVar[int] = IMAP_PORT
+    TLS_PORT: ClassVar[int] = IMAPS_PORT
 
     kind: ClassVar[str] = "imap"
 
@@ -325,18 +328,7 @@ class ImapProbe(ProbeBase):
                 raise DefinitionError("mailbox", "a mailbox name has no NUL, CR or LF")
             if self.username is None:
                 raise DefinitionError("mailbox", "opening a mailbox needs username and password")
-        if self.port is None:
-            object.__setattr__(self, "port", IMAPS_PORT if self.tls is not None else IMAP_PORT)
-
-    @property
-    def target(self) -> str:
-        return host_port(self.host, self._port)
-
-    @property
-    def _port(self) -> int:
-        """The port: ``__attrs_post_init__`` fills the protocol's default in."""
-        assert self.port is not None
-        return self.port
+        self._fill_default_port()
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self._port, tls=self.tls, family=self.ip_family)

@@ -31,9 +31,9 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
-from ._fields import host_port
 from ._kind import Metric, Option, ProbeKind
 from ._mailcommon import (
+    ImplicitTlsPort,
     MailTarget,
     StartTls,
     check_common,
@@ -131,7 +131,7 @@ class _Session:
 
 
 @attrs.frozen
-class Pop3Probe(ProbeBase):
+class Pop3Probe(ImplicitTlsPort, ProbeBase):
     """Check a POP3 server: the greeting (``+OK``; ``-ERR`` is DOWN), ``CAPA``, ``STLS`` per
     ``starttls``, ``USER``/``PASS`` when a ``username`` is set, ``STAT`` for the maildrop's
     size, ``QUIT``.
@@ -144,6 +144,9 @@ class Pop3Probe(ProbeBase):
     UP with no capabilities, so it offers no ``STLS``. ``assertions`` see the greeting and the
     capability list as the body.
     """
+
+    PLAIN_PORT: ClassVar[int] = POP3_PORT
+    TLS_PORT: ClassVar[int] = POP3S_PORT
 
     kind: ClassVar[str] = "pop3"
 
@@ -173,18 +176,7 @@ class Pop3Probe(ProbeBase):
         )
         if not isinstance(self.stat, bool):
             raise DefinitionError("stat", f"expected true or false, got {self.stat!r}")
-        if self.port is None:
-            object.__setattr__(self, "port", POP3S_PORT if self.tls is not None else POP3_PORT)
-
-    @property
-    def target(self) -> str:
-        return host_port(self.host, self._port)
-
-    @property
-    def _port(self) -> int:
-        """The port: ``__attrs_post_init__`` fills the protocol's default in."""
-        assert self.port is not None
-        return self.port
+        self._fill_default_port()
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self._port, tls=self.tls, family=self.ip_family)
