@@ -468,6 +468,25 @@ tls_definitions = st.fixed_dictionaries(
         "timeouts": _or_odd(timeouts),
     },
 )
+postgres_definitions = st.fixed_dictionaries(
+    {"kind": st.just("postgres"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "port": _or_odd(ports),
+        "starttls": _or_odd(starttls_modes),
+        "starttls_options": _or_odd(tls_options | st.none()),
+        "username": _or_odd(user_names | st.none()),
+        "password": secret_refs,
+        "database": _or_odd(st.sampled_from(["app", "", "a\x00b", "\u00e9"]) | st.none()),
+        "plaintext_auth": _or_odd(st.booleans()),
+        "query": _or_odd(st.sampled_from(["SELECT 1", "", " ", "a\x00"]) | st.none()),
+        "expect": _or_odd(st.text(max_size=8) | st.none()),
+        "min_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "max_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -479,5 +498,6 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "dns": dns_definitions,
     "icmp": icmp_definitions,
     "tls": tls_definitions,
+    "postgres": postgres_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

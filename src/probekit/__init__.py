@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from .probes.icmp import IcmpProbe
     from .probes.imap import ImapProbe
     from .probes.pop3 import Pop3Probe
+    from .probes.postgres import PostgresProbe
     from .probes.redis import RedisProbe
     from .probes.smtp import SmtpProbe
     from .probes.tcp import Expect, Send, StartTls, TcpProbe
@@ -109,6 +110,7 @@ _LAZY: dict[str, str] = {
     "Phase": "._result",
     "PolicyError": "._exceptions",
     "Pop3Probe": ".probes.pop3",
+    "PostgresProbe": ".probes.postgres",
     "Probe": ".probes._base",
     "ProbeContext": "._context",
     "ProbeError": "._result",
@@ -204,6 +206,7 @@ __all__ = [
     "Phase",
     "PolicyError",
     "Pop3Probe",
+    "PostgresProbe",
     "Probe",
     "ProbeContext",
     "ProbeError",

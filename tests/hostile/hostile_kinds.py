@@ -321,6 +321,24 @@ PROFILES: dict[str, KindProfile] = {
             "policy checks (SSRF spellings, mixed answers) need no server."
         ),
     ),
+    "postgres": KindProfile(
+        name="postgres",
+        family="none",
+        ask=lambda tls: {"kind": "postgres", "starttls": "required" if tls else "off"},
+        tls=True,
+        secrets={
+            "password": lambda d, s, p: d.update(username="probe", password=s),
+            "starttls_options.client_key_password": _starttls_key_password,
+        },
+        exempt=(
+            "PostgreSQL is a binary protocol in which the client speaks first; no family's "
+            "well-behaved server speaks it. Its hostile servers (silence and stalls in each "
+            "phase, garbage at the SSLRequest and the startup, lying and oversized lengths, a "
+            "cut header, plain text injected after S, a SCRAM server that does not know the "
+            "password, too many iterations, COPY) are the tables of tests/test_postgres.py, "
+            "with Hypothesis feeding arbitrary bytes to every parser and to the whole probe."
+        ),
+    ),
 }
 
 
