@@ -26,12 +26,13 @@ from typing import Any, ClassVar, Final, Literal
 import attrs
 
 from .._assertions import Assertion, BodyContains, BodyMatches, assertion_tuple
+from .._context import ProbeContext
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
 from .._result import ErrorKind, Result
 from .._secret import Secret
 from .._timeouts import Timeouts
-from .._tls import TlsOptions
+from .._tls import TlsOptions, warm_up
 from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host, host_port
 from ._fields import host as _host
@@ -224,6 +225,15 @@ class PostgresProbe(ProbeBase):
     @property
     def target(self) -> str:
         return host_port(self.host, self.port)
+
+    def prepare(self, ctx: ProbeContext) -> None:
+        """Before the clock starts: build the SSL context of the upgrade (once per process and
+        options) and open the resolver's channel (a no-op once open)."""
+        if self.starttls != "off":
+            warm_up(self.starttls_options if self.starttls_options is not None else TlsOptions())
+        warm = getattr(ctx.dialer.resolver, "prepare", None)
+        if warm is not None:
+            warm()
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self.port, family=self.ip_family)
