@@ -31,8 +31,13 @@ stop() {
     [ -f "$record" ] || return 0
     local data
     data=$(cat "$record")
-    if [ -f "$data/postmaster.pid" ]; then
-        as_postgres "$bin/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    if [ -f "$data/db/postmaster.pid" ]; then
+        if ! as_postgres "$bin/pg_ctl" -D "$data/db" -m fast -w -t 30 stop >/dev/null 2>&1; then
+            # pg_ctl could not stop it: end the postmaster this script started, by its pid.
+            local pid
+            pid=$(head -n 1 "$data/db/postmaster.pid" 2>/dev/null || true)
+            if [ -n "$pid" ]; then kill -INT "$pid" 2>/dev/null || true; sleep 2; fi
+        fi
     fi
     case "$data" in
         /tmp/probekit-pg.*) rm -rf "$data" ;;
@@ -61,7 +66,7 @@ start() {
     as_postgres "$bin/initdb" -D "$data/db" -U postgres -A trust -E UTF8 --no-sync \
         --locale=C >"$data/initdb.log" 2>&1
     # The certificate: self-signed, so it is its own CA for the clients.
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
+    openssl req -x509 -newkey rsa:2048 -nodes -days 90 -subj "/CN=localhost" \
         -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
         -keyout "$data/db/server.key" -out "$data/db/server.crt" >/dev/null 2>&1
     cp "$data/db/server.crt" "$statedir/ca.pem"
