@@ -23,7 +23,7 @@ from probekit.probes.tls import TlsProbe
 
 NAME = "postgresql"
 COUNT = "SELECT count(*) FROM items"
-WRONG = "not-the-password"  # noqa: S105 - wrong on purpose
+WRONG = "not-the-password"
 
 
 @pytest.fixture(scope="module")
