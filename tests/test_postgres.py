@@ -47,7 +47,7 @@ from probekit import (
     probe_to_dict,
     result_to_json,
 )
-from probekit.probes import get_kind
+from probekit.probes import _pgwire, get_kind
 from probekit.probes._pgwire import (
     MAX_SCRAM_ITERATIONS,
     MESSAGE_LIMIT,
@@ -318,6 +318,80 @@ async def test_a_large_result_is_streamed_and_counted(ctx: ProbeContext) -> None
     assert result.metrics["rows"] == 20001
     outcome = next(a for a in result.assertions if a.name == "first_cell")
     assert not outcome.passed and "characters" in outcome.observed  # an excerpt, not 3 MiB
+
+
+async def test_a_bad_row_after_the_first_is_refused_in_the_fast_path(ctx: ProbeContext) -> None:
+    bad = msg(b"D", struct.pack("!hi", 1, 1000) + b"x")  # a first cell longer than its row
+
+    async def serve(reader: Reader, writer: Writer) -> None:
+        await startup(reader, writer)
+        writer.write(auth(0) + READY)
+        await read_message(reader)
+        rows = [msg(b"D", struct.pack("!hi", 1, 1) + b"1")] * 50
+        writer.write(b"".join(rows) + bad + msg(b"C", b"SELECT 51\0") + READY)
+        await reader.read()
+
+    result = await check(TcpServer(serve), ctx, query="SELECT 1")
+    assert result.error is not None and result.error.kind is ErrorKind.PROTOCOL
+    assert "first cell claims 1000 bytes" in result.error.message
+
+
+def _wire_with(data: bytes) -> _pgwire.Wire:
+    wire = _pgwire.Wire.__new__(_pgwire.Wire)
+    wire._buffer = bytearray(data)
+    return wire
+
+
+def test_skim_rows_counts_whole_rows_and_leaves_the_rest() -> None:
+    row = msg(b"D", struct.pack("!hi", 2, 3) + b"abc" + struct.pack("!i", -1))
+    empty = msg(b"D", struct.pack("!h", 0))
+    partial = row[:9]
+    wire = _wire_with(row * 5 + empty + row + partial)
+    assert wire.skim_rows() == 7
+    assert bytes(wire._buffer) == partial
+    wire = _wire_with(row + msg(b"C", b"SELECT 1\0") + row)
+    assert wire.skim_rows() == 1
+    assert wire._buffer[:1] == b"C"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=120), rows=st.integers(0, 4))
+def test_skim_rows_drops_only_what_the_careful_parser_accepts(data: bytes, rows: int) -> None:
+    good = msg(b"D", struct.pack("!hi", 1, 2) + b"ok")
+    stream = good * rows + data
+    wire = _wire_with(stream)
+    count = wire.skim_rows()
+    consumed = stream[: len(stream) - len(wire._buffer)]
+    assert stream.endswith(bytes(wire._buffer))
+    assert count >= rows
+    pos = 0
+    for _ in range(count):  # every message dropped is one the careful path would accept
+        kind, length = parse_header(consumed[pos : pos + 5])
+        assert kind == b"D"
+        payload = consumed[pos + 5 : pos + 5 + length]
+        assert len(payload) == length
+        parse_row_head(payload[:6], length)
+        pos += 5 + length
+    assert pos == len(consumed)
+
+
+def test_the_scram_key_cache_is_bounded() -> None:
+    for i in range(_pgwire._SALTED_MAX + 40):
+        _pgwire._salted_password(b"pw", b"salt-%d" % i, 1)
+    assert len(_pgwire._SALTED) == _pgwire._SALTED_MAX
+    assert all(b"pw" not in key for key in _pgwire._SALTED)  # a digest, not the password
+
+
+async def test_a_second_scram_login_is_up_too(ctx: ProbeContext) -> None:
+    server = PgServer()
+    async with server:
+        probe = PostgresProbe("127.0.0.1", server.port, **login())
+        first, second = await probe.check(ctx), await probe.check(ctx)
+        wrong = await PostgresProbe("127.0.0.1", server.port, **login(password=Secret("x"))).check(
+            ctx
+        )
+    assert first.status is Status.UP and second.status is Status.UP
+    assert wrong.error is not None and wrong.error.kind is ErrorKind.AUTH
 
 
 # -- hostile servers -------------------------------------------------------------------------

@@ -314,13 +314,12 @@ class PostgresProbe(ProbeBase):
                     ErrorKind.PROTOCOL,
                     f"not an answer to the SSLRequest: {excerpt(answer)!r} (not PostgreSQL?)",
                 )
-            if wire.conn.buffered:
+            if wire.pending:
                 # Bytes sent before the handshake would be read as if they came through TLS
                 # (CVE-2021-23222): refused.
                 raise ProbeFailure(
                     ErrorKind.PROTOCOL,
-                    f"{wire.conn.buffered} unexpected plain-text bytes after the server "
-                    "accepted TLS",
+                    f"{wire.pending} unexpected plain-text bytes after the server accepted TLS",
                 )
         await attempt.start_tls(wire.conn, self.host, self.starttls_options)
         attempt.outcome("starttls", True, f"TLS accepted ({self.starttls})", "upgraded")
@@ -471,6 +470,8 @@ class PostgresProbe(ProbeBase):
         cell: bytes | None = None
         error: ServerError | None = None
         while True:
+            if rows:
+                rows += wire.skim_rows()  # the rows wholly received, without an await each
             kind, length = await wire.header(what)
             if kind == b"D":
                 head = parse_row_head(await wire.exactly(min(length, 6), "data row"), length)
