@@ -228,8 +228,10 @@ class PostgresProbe(ProbeBase):
 
     def prepare(self, ctx: ProbeContext) -> None:
         """Before the clock starts: build the SSL context of the upgrade (once per process and
-        options) and open the resolver's channel (a no-op once open)."""
-        if self.starttls != "off":
+        options) when TLS is certain (``required``, or options given; with ``optional`` and no
+        options the server may well say no, and the first upgrade builds it), and open the
+        resolver's channel (a no-op once open)."""
+        if self.starttls == "required" or self.starttls_options is not None:
             warm_up(self.starttls_options if self.starttls_options is not None else TlsOptions())
         warm = getattr(ctx.dialer.resolver, "prepare", None)
         if warm is not None:
