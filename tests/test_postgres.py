@@ -299,7 +299,7 @@ async def test_a_refused_query_names_its_sqlstate(ctx: ProbeContext) -> None:
 async def test_outcomes_show_the_first_cell(ctx: ProbeContext) -> None:
     result = await check(PgServer(queries=QUERIES), ctx, **login(query="SELECT NULL", expect="x"))
     assert next(a for a in result.assertions if a.name == "first_cell").observed == "NULL"
-    assert describe(result).endswith("login ok, 1 rows")
+    assert describe(result).endswith("login ok, 1 row")
 
 
 async def test_assertions_see_the_first_cell(ctx: ProbeContext) -> None:

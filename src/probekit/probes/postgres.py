@@ -598,7 +598,7 @@ def _describe(result: Result) -> str | None:
         parts.append(f"asks for {method.observed}")
     rows = result.metrics.get("rows")
     if rows is not None:
-        parts.append(f"{int(rows)} rows")
+        parts.append(f"{int(rows)} row" if rows == 1 else f"{int(rows)} rows")
     return ", ".join(parts) or None
 
 
