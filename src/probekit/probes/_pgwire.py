@@ -2,9 +2,9 @@
 
 Private to :mod:`probekit.probes.postgres`; the registry skips it (its name starts with ``_``).
 It imports no driver: asyncpg and psycopg each open and own their connection (asyncpg's
-connection factory still does its own TLS negotiation on the socket it is given, psycopg wants a
-libpq connection string), so neither could run the SSLRequest, the TLS handshake and the login
-on the connection the dial path opened, nor time them as phases. What a check needs is small:
+``connect()`` dials the host and port itself and does its own SSLRequest and handshake; psycopg
+hands a connection string to libpq), so neither could run the SSLRequest, the TLS handshake and
+the login on the connection the dial path opened, nor time them as phases. What a check needs is small:
 the SSLRequest, a StartupMessage, SCRAM-SHA-256 (RFC 5802/7677), md5 and cleartext password
 exchanges, and the simple query protocol.
 

@@ -3,7 +3,7 @@ md5 or cleartext), optionally run one query, each step a phase of its own.
 
 It speaks the frontend/backend protocol itself (:mod:`probekit.probes._pgwire`) over the shared
 dial path rather than through asyncpg or psycopg: both drivers open and own their connection
-(asyncpg negotiates TLS itself even on a socket handed to it, psycopg goes through libpq), so
+(asyncpg dials the host and port and negotiates TLS itself, psycopg goes through libpq), so
 the SSLRequest, the handshake and the login could neither run on the connection the dial path
 pinned nor be timed apart; and the result would lose the dial path's TLS details (the chain,
 ``cert_days_left``, the refusal of bytes injected before the handshake). A check needs a small
