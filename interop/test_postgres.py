@@ -84,6 +84,19 @@ def test_scram_login_over_tls(pg: Daemon, agreement: Agreement) -> None:
     assert plugin.code == 0, plugin.line
 
 
+def test_scram_login_with_a_password_saslprep_changes(pg: Daemon, agreement: Agreement) -> None:
+    password = pg.info["UTF8_PASSWORD_ASCII_PART"] + "\u00a0\u00e9\u00ad"
+    result = probe(
+        pg, username=pg.info["UTF8_USER"], password=Secret(password), database=pg.info["DATABASE"]
+    )
+    plugin = check_pgsql(
+        pg, "-d", pg.info["DATABASE"], user=pg.info["UTF8_USER"], password=password
+    )
+    agreement.record(NAME, "SCRAM login, SASLprep'd password", "OK", result, plugin)
+    assert result.status is Status.UP, result.summary()
+    assert plugin.code == 0, plugin.line
+
+
 def test_md5_login_in_plain_text(pg: Daemon, agreement: Agreement) -> None:
     result = probe(pg, **md5(pg, starttls="off", starttls_options=None))
     plugin = check_pgsql(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import ssl
@@ -392,6 +393,9 @@ async def test_a_second_scram_login_is_up_too(ctx: ProbeContext) -> None:
         )
     assert first.status is Status.UP and second.status is Status.UP
     assert wrong.error is not None and wrong.error.kind is ErrorKind.AUTH
+    # the salted password was remembered, under a digest of the password
+    digest = hashlib.sha256(PASSWORD.encode()).digest()
+    assert (digest, b"pg-test-salt-16b", 4096) in _pgwire._SALTED
 
 
 # -- hostile servers -------------------------------------------------------------------------
@@ -652,6 +656,32 @@ def test_scram_client_matches_rfc_7677_example() -> None:
     with pytest.raises(ProbeFailure) as info:
         client.verify(b"v=" + base64.b64encode(bytes(32)))
     assert info.value.kind is ErrorKind.AUTH
+
+
+@pytest.mark.parametrize(
+    ("password", "prepared"),
+    [
+        # RFC 4013 section 3's examples; those it calls errors fall back to the raw bytes, as
+        # PostgreSQL does when it stores the verifier.
+        ("I\u00adX", b"IX"),
+        ("user", b"user"),
+        ("USER", b"USER"),
+        ("\u00aa", b"a"),
+        ("\u2168", b"IX"),
+        ("\u0007", b"\x07"),
+        ("\u0627\u0031", "\u0627\u0031".encode()),
+        ("pass\u00a0word", b"pass word"),
+        ("\u00ad", "\u00ad".encode()),  # nothing left after mapping: the raw bytes
+    ],
+)
+def test_saslprep(password: str, prepared: bytes) -> None:
+    assert _pgwire.saslprep(password) == prepared
+
+
+@settings(max_examples=300, deadline=None)
+@given(password=st.text(max_size=12))
+def test_saslprep_takes_any_text(password: str) -> None:
+    assert isinstance(_pgwire.saslprep(password), bytes)
 
 
 def test_md5_password() -> None:

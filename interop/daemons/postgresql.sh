@@ -6,7 +6,8 @@
 # the data directory, ssl on with a self-made certificate for localhost/127.0.0.1; a SCRAM user,
 # an md5 user (its password stored as md5, so the server really asks for md5), and a test
 # database with a table of three rows. Prints KEY=VALUE lines: PORT, SCRAM_USER, SCRAM_PASSWORD,
-# MD5_USER, MD5_PASSWORD, DATABASE, CA_FILE, DATADIR.
+# UTF8_USER (a SCRAM user whose password is UTF8_PASSWORD_ASCII_PART followed by U+00A0, e-acute
+# and U+00AD, which SASLprep changes), MD5_USER, MD5_PASSWORD, DATABASE, CA_FILE, DATADIR.
 # stop: stops the server and removes its data directory. Both may be run twice.
 #
 # The data directory is not under STATEDIR: pytest's temporary directories are private to root
@@ -100,6 +101,8 @@ HBA
         -d postgres >/dev/null <<SQL
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE scramuser LOGIN PASSWORD '$scram_pw';
+-- SASLprep maps U+00A0 to a space and U+00AD to nothing: the client must do the same.
+CREATE ROLE utf8user LOGIN PASSWORD U&'$scram_pw\00A0\00E9\00AD';
 SET password_encryption = 'md5';
 CREATE ROLE md5user LOGIN PASSWORD '$md5_pw';
 CREATE DATABASE probekit_test OWNER scramuser;
@@ -108,10 +111,13 @@ SET ROLE scramuser;
 CREATE TABLE items (name text);
 INSERT INTO items VALUES ('alpha'), ('beta'), ('gamma');
 GRANT SELECT ON items TO md5user;
+GRANT SELECT ON items TO utf8user;
 SQL
     echo "PORT=$port"
     echo "SCRAM_USER=scramuser"
     echo "SCRAM_PASSWORD=$scram_pw"
+    echo "UTF8_USER=utf8user"
+    echo "UTF8_PASSWORD_ASCII_PART=$scram_pw"
     echo "MD5_USER=md5user"
     echo "MD5_PASSWORD=$md5_pw"
     echo "DATABASE=probekit_test"

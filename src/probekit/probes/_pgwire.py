@@ -4,9 +4,9 @@ Private to :mod:`probekit.probes.postgres`; the registry skips it (its name star
 It imports no driver: asyncpg and psycopg each open and own their connection (asyncpg's
 ``connect()`` dials the host and port itself and does its own SSLRequest and handshake; psycopg
 hands a connection string to libpq), so neither could run the SSLRequest, the TLS handshake and
-the login on the connection the dial path opened, nor time them as phases. What a check needs is small:
-the SSLRequest, a StartupMessage, SCRAM-SHA-256 (RFC 5802/7677), md5 and cleartext password
-exchanges, and the simple query protocol.
+the login on the connection the dial path opened, nor time them as phases. What a check needs
+is small: the SSLRequest, a StartupMessage, SCRAM-SHA-256 (RFC 5802/7677, with SASLprep,
+RFC 4013), md5 and cleartext password exchanges, and the simple query protocol.
 
 Two halves:
 
@@ -28,7 +28,9 @@ import collections
 import hashlib
 import hmac
 import os
+import stringprep
 import struct
+import unicodedata
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -63,6 +65,7 @@ __all__ = [
     "query_message",
     "sasl_initial",
     "sasl_response",
+    "saslprep",
     "startup_message",
 ]
 
@@ -327,6 +330,42 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_PROHIBITED: Final = (
+    stringprep.in_table_c12,
+    stringprep.in_table_c21,
+    stringprep.in_table_c22,
+    stringprep.in_table_c3,
+    stringprep.in_table_c4,
+    stringprep.in_table_c5,
+    stringprep.in_table_c6,
+    stringprep.in_table_c7,
+    stringprep.in_table_c8,
+    stringprep.in_table_c9,
+    stringprep.in_table_a1,  # unassigned code points, as PostgreSQL's pg_saslprep refuses them
+)
+
+
+def saslprep(password: str) -> bytes:
+    """The password as SCRAM hashes it: SASLprep (RFC 4013) as PostgreSQL applies it, falling
+    back to the raw UTF-8 bytes where SASLprep refuses the string (as the server does when it
+    stores the verifier), so a password that is not valid for SASLprep still logs in."""
+    if password.isascii() and all(" " <= c <= "~" for c in password):
+        return password.encode()  # printable ASCII: SASLprep changes nothing
+    mapped = "".join(
+        " " if stringprep.in_table_c12(c) else c for c in password if not stringprep.in_table_b1(c)
+    )
+    text = unicodedata.normalize("NFKC", mapped)
+    if not text or any(check(c) for c in text for check in _PROHIBITED):
+        return password.encode()
+    if any(stringprep.in_table_d1(c) for c in text) and (
+        any(stringprep.in_table_d2(c) for c in text)
+        or not stringprep.in_table_d1(text[0])
+        or not stringprep.in_table_d1(text[-1])
+    ):
+        return password.encode()
+    return text.encode()
+
+
 #: SaltedPassword by (SHA-256 of the password, salt, iterations), newest last; bounded.
 _SALTED: collections.OrderedDict[tuple[bytes, bytes, int], bytes] = collections.OrderedDict()
 _SALTED_MAX: Final = 256
@@ -358,8 +397,7 @@ class ScramClient:
     """The client side of SCRAM-SHA-256 without channel binding (gs2 header ``n,,``).
 
     The user name is empty in the messages: PostgreSQL takes it from the StartupMessage. The
-    password is used as its UTF-8 bytes without SASLprep, which changes nothing for passwords
-    of printable ASCII (PostgreSQL itself falls back to the raw bytes where SASLprep fails).
+    password goes through :func:`saslprep` first, as the server's verifier did.
     """
 
     __slots__ = ("_auth_message", "_bare", "_nonce", "_password", "_server_signature")
@@ -414,7 +452,7 @@ class ScramClient:
                 f"the server asks for {iterations} SCRAM iterations "
                 f"(probekit allows 1 to {MAX_SCRAM_ITERATIONS})"
             )
-        salted = hashlib.pbkdf2_hmac("sha256", self._password.reveal().encode(), salt, iterations)
+        salted = _salted_password(saslprep(self._password.reveal()), salt, iterations)
         client_key = _hmac(salted, b"Client Key")
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={nonce}"
