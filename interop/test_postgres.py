@@ -183,6 +183,35 @@ def test_query_first_cell(expect: str, code: int, pg: Daemon, agreement: Agreeme
     assert plugin.code == code, plugin.line
 
 
+@pytest.mark.parametrize(
+    ("warning", "critical", "code"),
+    [("5", "10", 0), ("2", "10", 1), ("1", "2", 2)],
+    ids=["ok", "warning", "critical"],
+)
+def test_query_thresholds(
+    warning: str, critical: str, code: int, pg: Daemon, agreement: Agreement
+) -> None:
+    fields = scram(pg, query=COUNT, query_warning=warning, query_critical=critical)
+    result = probe(pg, **fields)
+    plugin = check_pgsql(
+        pg,
+        "-d",
+        pg.info["DATABASE"],
+        "-q",
+        COUNT,
+        "-W",
+        warning,
+        "-C",
+        critical,
+        user=pg.info["SCRAM_USER"],
+        password=pg.info["SCRAM_PASSWORD"],
+    )
+    state = {0: "OK", 1: "WARNING/assertion", 2: "CRITICAL/assertion"}[code]
+    agreement.record(NAME, f"query value 3, -W {warning} -C {critical}", state, result, plugin)
+    assert result.status.exit_code == code, result.summary()
+    assert plugin.code == code, plugin.line
+
+
 def test_query_rows(pg: Daemon, agreement: Agreement) -> None:
     result = probe(
         pg, **md5(pg, query="SELECT name FROM items ORDER BY name", expect="alpha", min_rows=3)

@@ -482,6 +482,10 @@ postgres_definitions = st.fixed_dictionaries(
         "expect": _or_odd(st.text(max_size=8) | st.none()),
         "min_rows": _or_odd(st.integers(-1, 5) | st.none()),
         "max_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "query_warning": _or_odd(
+            st.sampled_from(["10", "10:", "~:10", "10:20", "@10:20", "20:10", "x", ""]) | st.none()
+        ),
+        "query_critical": _or_odd(st.sampled_from(["5", "@0:0", ":", "nan:1"]) | st.none()),
         "ip_family": _or_odd(ip_families),
         "assertions": assertion_lists,
         "timeouts": _or_odd(timeouts),

@@ -62,7 +62,7 @@ from probekit.probes._pgwire import (
     startup_message,
 )
 from probekit.probes._registry import describe
-from probekit.probes.postgres import KIND, PostgresProbe, version_number
+from probekit.probes.postgres import KIND, PostgresProbe, nagios_range, version_number
 from servers import TcpServer, make_context
 
 USER = "monitor"
@@ -289,6 +289,56 @@ async def test_query(
     assert [a.name for a in result.assertions if not a.passed] == ([failed] if failed else [])
     if failed:
         assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+
+
+COUNTS: dict[str, Any] = {"SELECT 7": [("7",)], "SELECT word": [("seven",)]}
+
+
+@pytest.mark.parametrize(
+    ("sql", "warning", "critical", "status", "failed"),
+    [
+        ("SELECT 7", "10", "20", Status.UP, None),
+        ("SELECT 7", "5", "20", Status.DEGRADED, "query_warning"),
+        ("SELECT 7", "5", "6", Status.DOWN, "query_critical"),
+        ("SELECT 7", None, "@5:10", Status.DOWN, "query_critical"),
+        ("SELECT 7", "~:8", None, Status.UP, None),
+        ("SELECT 7", "8:", None, Status.DEGRADED, "query_warning"),
+        ("SELECT word", "10", None, Status.DOWN, "query_value"),
+    ],
+)
+async def test_query_thresholds_like_check_pgsql(
+    sql: str,
+    warning: str | None,
+    critical: str | None,
+    status: Status,
+    failed: str | None,
+    ctx: ProbeContext,
+) -> None:
+    fields = login(query=sql, query_warning=warning, query_critical=critical)
+    result = await check(PgServer(queries=COUNTS), ctx, **fields)
+    assert result.status is status, result.summary()
+    assert [a.name for a in result.assertions if not a.passed] == ([failed] if failed else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("10", (0.0, 10.0, False)),
+        ("10:", (10.0, float("inf"), False)),
+        ("~:10", (float("-inf"), 10.0, False)),
+        ("10:20", (10.0, 20.0, False)),
+        ("@10:20", (10.0, 20.0, True)),
+        ("-5:-1", (-5.0, -1.0, False)),
+    ],
+)
+def test_nagios_range(text: str, parsed: tuple[float, float, bool]) -> None:
+    assert nagios_range(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["", "x", "20:10", "1:2:3", "nan", "@", "~"])
+def test_nagios_range_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="not a threshold range"):
+        nagios_range(text)
 
 
 async def test_a_refused_query_names_its_sqlstate(ctx: ProbeContext) -> None:
@@ -762,6 +812,9 @@ async def test_a_server_echoing_the_password_is_masked(ctx: ProbeContext) -> Non
         ({"query": "SELECT 1", "max_rows": True}, "max_rows"),
         ({"assertions": [{"type": "body_contains", "text": "x"}]}, "assertions[0]"),
         ({"plaintext_auth": "yes"}, "plaintext_auth"),
+        ({"query_warning": "10"}, "query_warning"),
+        ({"query": "SELECT 1", "query_critical": "20:10"}, "query_critical"),
+        ({"query": "SELECT 1", "query_warning": 10}, "query_warning"),
         ({"ip_family": "ipx"}, "ip_family"),
     ],
 )
@@ -885,5 +938,14 @@ def test_help_lists_the_options() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    for flag in ("--database", "--query", "--expect", "--min-rows", "--starttls", "--user"):
+    for flag in (
+        "--database",
+        "--query",
+        "--expect",
+        "--min-rows",
+        "--starttls",
+        "--user",
+        "--query-warning",
+        "--query-critical",
+    ):
         assert flag in completed.stdout

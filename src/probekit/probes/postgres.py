@@ -19,6 +19,7 @@ to ReadyForQuery), ``query`` (with ``query``). Metrics: ``server_version`` (15.5
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any, ClassVar, Final, Literal
@@ -29,7 +30,7 @@ from .._assertions import Assertion, BodyContains, BodyMatches, assertion_tuple
 from .._context import ProbeContext
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
-from .._result import ErrorKind, Result
+from .._result import ErrorKind, Result, Status
 from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, warm_up
@@ -105,6 +106,34 @@ def version_number(text: str) -> int | None:
     return major * 10000 + minor * 100 + patch
 
 
+def nagios_range(text: str) -> tuple[float, float, bool]:
+    """A monitoring-plugins threshold range (``10``, ``10:``, ``~:10``, ``10:20``, ``@10:20``)
+    as ``(low, high, inside)``: the value alerts when it is outside ``low..high`` (inclusive),
+    or inside it with ``@``. Raises ValueError for anything else."""
+    raw = text.strip()
+    inside = raw.startswith("@")
+    if inside:
+        raw = raw[1:]
+    try:
+        if ":" in raw:
+            start, end = raw.split(":", 1)
+            low = float("-inf") if start == "~" else float(start) if start else 0.0
+            high = float(end) if end else float("inf")
+        else:
+            low, high = 0.0, float(raw)
+    except ValueError:
+        low = high = math.nan
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise ValueError(f"not a threshold range: {text!r}")
+    return low, high, inside
+
+
+def _alerts(value: float, threshold: tuple[float, float, bool]) -> bool:
+    low, high, inside = threshold
+    within = low <= value <= high
+    return within if inside else not within
+
+
 @attrs.frozen
 class PostgresProbe(ProbeBase):
     """Check a PostgreSQL server: TLS by ``starttls``, a session start, an optional login and an
@@ -128,7 +157,9 @@ class PostgresProbe(ProbeBase):
 
     With ``query`` (the simple query protocol, after the login) the rows are counted as they
     stream by and only the first cell of the first row is kept: ``expect`` compares it with
-    the text given, ``min_rows``/``max_rows`` bound the row count. A query the server refuses
+    the text given, ``min_rows``/``max_rows`` bound the row count, and ``query_warning`` /
+    ``query_critical`` (check_pgsql's ``-W``/``-C`` ranges) judge it as a number: DEGRADED or
+    DOWN when it alerts. A query the server refuses
     is DOWN/``assertion`` (the ``query`` outcome, with its SQLSTATE). ``assertions`` see the
     first cell as the body.
     """
@@ -147,6 +178,8 @@ class PostgresProbe(ProbeBase):
     expect: str | None = None
     min_rows: int | None = None
     max_rows: int | None = None
+    query_warning: str | None = None
+    query_critical: str | None = None
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -212,8 +245,22 @@ class PostgresProbe(ProbeBase):
             and self.min_rows > self.max_rows
         ):
             raise DefinitionError("min_rows", f"more than max_rows ({self.max_rows})")
+        for name in ("query_warning", "query_critical"):
+            value: object = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise DefinitionError(
+                    name, f"expected a threshold range like '10:20', got {value!r}"
+                )
+            try:
+                nagios_range(value)
+            except ValueError:
+                raise DefinitionError(
+                    name, f"not a threshold range (10, 10:, ~:10, 10:20, @10:20): {value!r}"
+                ) from None
         if self.query is None:
-            for name in ("expect", "min_rows", "max_rows"):
+            for name in ("expect", "min_rows", "max_rows", "query_warning", "query_critical"):
                 if getattr(self, name) is not None:
                     raise DefinitionError(name, "needs a query")
             for i, assertion in enumerate(self.assertions):
@@ -521,6 +568,8 @@ class PostgresProbe(ProbeBase):
         if self.expect is not None:
             passed = cell is not None and cell == self.expect.encode()
             attempt.outcome("first_cell", passed, repr(self.expect), shown)
+        if self.query_warning is not None or self.query_critical is not None:
+            self._thresholds(attempt, cell, shown)
         if self.min_rows is not None or self.max_rows is not None:
             low, high = self.min_rows, self.max_rows
             passed = (low is None or rows >= low) and (high is None or rows <= high)
@@ -532,6 +581,29 @@ class PostgresProbe(ProbeBase):
                 expected = f"at most {high} rows"
             attempt.outcome("rows", passed, expected, str(rows))
         attempt.observe(body=cell if cell is not None else b"")
+
+    def _thresholds(self, attempt: Attempt, cell: bytes | None, shown: str) -> None:
+        """check_pgsql's -W/-C: the first cell as a number against the warning and critical
+        ranges; a cell that is not a number is a failed ``query_value`` outcome."""
+        try:
+            value = float(cell.decode("ascii")) if cell is not None else math.nan
+        except (UnicodeDecodeError, ValueError):
+            value = math.nan
+        if math.isnan(value):
+            attempt.outcome("query_value", False, "a number in the first cell", shown)
+            return
+        for name, text, severity in (
+            ("query_critical", self.query_critical, Status.DOWN),
+            ("query_warning", self.query_warning, Status.DEGRADED),
+        ):
+            if text is None:
+                continue
+            low, high, inside = threshold = nagios_range(text)
+            alert = _alerts(value, threshold)
+            expected = f"{'not ' if inside else ''}{low:g} to {high:g}"
+            attempt.outcome(name, not alert, expected, f"{value:g}", severity=severity)
+            if alert:
+                return  # the worse one decides, as check_pgsql reports one state
 
 
 # -- the command-line form -------------------------------------------------------------------------
@@ -667,6 +739,19 @@ KIND = ProbeKind(
             metavar="N",
             parse=_rows,
             help="the query must return at most N rows",
+        ),
+        Option(
+            ("--query-warning",),
+            field="query_warning",
+            metavar="RANGE",
+            help="WARNING (DEGRADED) when the first cell, a number, is outside RANGE "
+            "(check_pgsql -W: 10, 10:, ~:10, 10:20, @10:20)",
+        ),
+        Option(
+            ("--query-critical",),
+            field="query_critical",
+            metavar="RANGE",
+            help="CRITICAL (DOWN) when the first cell, a number, is outside RANGE (check_pgsql -C)",
         ),
         Option(
             ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
