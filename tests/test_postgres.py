@@ -543,6 +543,7 @@ HUGE = b"E" + struct.pack("!i", 50 * 1024 * 1024)
         (after_startup(auth(5, b"ab")), "4-byte salt"),
         (after_startup(b"R\x00\x00\x00", hang_up), "closed in the middle"),
         (after_startup(auth(0) + msg(b"D", b"\0\0")), "before the session was ready"),
+        (after_startup(auth(11, b"r=abc,s=c2FsdA==,i=1")), "only follows an exchange"),
         (after_startup(error("08P01", "invalid startup packet layout")), "08P01"),
     ],
     ids=[
@@ -555,6 +556,7 @@ HUGE = b"E" + struct.pack("!i", 50 * 1024 * 1024)
         "short-salt",
         "cut-header",
         "row-before-ready",
+        "continuation-first",
         "other-sqlstate",
     ],
 )

@@ -78,6 +78,8 @@ _VERSION = re.compile(r"([0-9]+)(?:\.([0-9]+))?(?:\.([0-9]+))?")
 #: NegotiateProtocolVersion (the probe asks for no option it could refuse).
 _ASYNC: Final = frozenset({b"N", b"A", b"v"})
 _COPY: Final = frozenset({b"G", b"H", b"W", b"d", b"c"})
+#: Authentication codes that continue an exchange (GSSAPI continue, SASL continue and final).
+_CONTINUATIONS: Final = frozenset({8, 11, 12})
 
 
 def _text(field: str, value: object, *, empty_ok: bool = False) -> None:
@@ -159,9 +161,8 @@ class PostgresProbe(ProbeBase):
     stream by and only the first cell of the first row is kept: ``expect`` compares it with
     the text given, ``min_rows``/``max_rows`` bound the row count, and ``query_warning`` /
     ``query_critical`` (check_pgsql's ``-W``/``-C`` ranges) judge it as a number: DEGRADED or
-    DOWN when it alerts. A query the server refuses
-    is DOWN/``assertion`` (the ``query`` outcome, with its SQLSTATE). ``assertions`` see the
-    first cell as the body.
+    DOWN when it alerts. A query the server refuses is DOWN/``assertion`` (the ``query``
+    outcome, with its SQLSTATE). ``assertions`` see the first cell as the body.
     """
 
     kind: ClassVar[str] = "postgres"
@@ -305,6 +306,12 @@ class PostgresProbe(ProbeBase):
             if isinstance(first, ServerError):
                 self._refused(attempt, first)
                 return
+            if first.code in _CONTINUATIONS:
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL,
+                    f"the server answered the startup message with {first.method}, which only "
+                    "follows an exchange",
+                )
         attempt.outcome("auth_method", True, "an authentication request or a login", first.method)
         password = self.password
         if first.code != 0 and password is None:
