@@ -524,6 +524,30 @@ sftp_definitions = _ssh_fields(
     max_bytes=_or_odd(st.integers(-1, 2**31)),
     max_entries=_or_odd(st.integers(-1, 10**8)),
 )
+postgres_definitions = st.fixed_dictionaries(
+    {"kind": st.just("postgres"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "port": _or_odd(ports),
+        "starttls": _or_odd(starttls_modes),
+        "starttls_options": _or_odd(tls_options | st.none()),
+        "username": _or_odd(user_names | st.none()),
+        "password": secret_refs,
+        "database": _or_odd(st.sampled_from(["app", "", "a\x00b", "\u00e9"]) | st.none()),
+        "plaintext_auth": _or_odd(st.booleans()),
+        "query": _or_odd(st.sampled_from(["SELECT 1", "", " ", "a\x00"]) | st.none()),
+        "expect": _or_odd(st.text(max_size=8) | st.none()),
+        "min_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "max_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "query_warning": _or_odd(
+            st.sampled_from(["10", "10:", "~:10", "10:20", "@10:20", "20:10", "x", ""]) | st.none()
+        ),
+        "query_critical": _or_odd(st.sampled_from(["5", "@0:0", ":", "nan:1"]) | st.none()),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
+
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -538,5 +562,6 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "tls": tls_definitions,
     "ssh": ssh_definitions,
     "sftp": sftp_definitions,
+    "postgres": postgres_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from .probes.icmp import IcmpProbe
     from .probes.imap import ImapProbe
     from .probes.pop3 import Pop3Probe
+    from .probes.postgres import PostgresProbe
     from .probes.redis import RedisProbe
     from .probes.sftp import SftpProbe
     from .probes.smtp import SmtpProbe
@@ -114,6 +115,7 @@ _LAZY: dict[str, str] = {
     "Phase": "._result",
     "PolicyError": "._exceptions",
     "Pop3Probe": ".probes.pop3",
+    "PostgresProbe": ".probes.postgres",
     "Probe": ".probes._base",
     "ProbeContext": "._context",
     "ProbeError": "._result",
@@ -214,6 +216,7 @@ __all__ = [
     "Phase",
     "PolicyError",
     "Pop3Probe",
+    "PostgresProbe",
     "Probe",
     "ProbeContext",
     "ProbeError",

@@ -12,8 +12,10 @@ where the kind's secrets go.
 Families: ``http`` (HTTP/1.1), ``line`` (a Redis-like ``PING``/``+PONG`` line protocol, for TCP
 scripts and Redis), ``smtp``, ``imap``, ``pop3``, ``ftp`` (each greets with the marker and
 accepts the probe's dialogue, the login included), ``dns`` (UDP and TCP on one port, answering a
-TXT record holding the marker), and ``none``: a kind that cannot meet a server on loopback at all
-says so, and why, in ``exempt`` (it still runs through the SSRF, canary and fuzz suites).
+TXT record holding the marker), ``postgres`` (answers the SSLRequest ``N``, lets the user in,
+and answers every query with one row whose cell is the marker), and ``none``: a kind that
+cannot meet a server on loopback at all says so, and why, in ``exempt`` (it still runs through
+the SSRF, canary and fuzz suites).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Literal
 import attrs
 from hostile_dns import DnsServer, StreamHandler, UdpHandler, answer_txt, framed, read_query
 
+from pgserver import READY, auth, data_row, msg, param, read_message, read_startup
 from probekit.probes._kind import HostPort, Name, Url
 from probekit.probes._registry import builtin_names, get_kind
 from servers import TcpServer
@@ -33,10 +36,12 @@ from servers import TcpServer
 #: server can therefore never make a check UP, whatever a probe does with a body it cut short.
 MARKER = "probekit-hostile-marker"
 
-Family = Literal["http", "line", "smtp", "imap", "pop3", "ftp", "dns", "none"]
+Family = Literal["http", "line", "smtp", "imap", "pop3", "ftp", "dns", "postgres", "none"]
 #: The families whose servers are TCP streams from the first byte: every protocol-independent
 #: stream case (silence, RST, a full backlog, garbage, ...) applies to them as it is.
-STREAM_FAMILIES: frozenset[str] = frozenset({"http", "line", "smtp", "imap", "pop3", "ftp"})
+STREAM_FAMILIES: frozenset[str] = frozenset(
+    {"http", "line", "smtp", "imap", "pop3", "ftp", "postgres"}
+)
 Definition = dict[str, Any]
 
 
@@ -143,6 +148,17 @@ def _icmp(tls: bool) -> Definition:
     return {"kind": "icmp", "count": 1, "timeouts": {"read": 0.5}}
 
 
+def _postgres(tls: bool) -> Definition:
+    """A query whose first cell must hold the marker; TLS required with ``tls``."""
+    return {
+        "kind": "postgres",
+        "username": "probe",
+        "starttls": "required" if tls else "optional",
+        "query": "SELECT marker",
+        "assertions": [{"type": "body_contains", "text": MARKER}],
+    }
+
+
 #: Puts a secret into a definition: ``(definition, secret reference, loopback port) -> None``.
 #: The port is one a server listens on when the secret is used against it (a proxy, the target).
 SecretSetter = Callable[[Definition, Any, int], None]
@@ -178,6 +194,12 @@ def _login(definition: Definition, secret: Any, _port: int) -> None:
     definition.update(username="probe", password=secret, starttls="off")
     if definition["kind"] == "smtp":
         definition["plaintext_auth"] = True
+
+
+def _pg_login(definition: Definition, secret: Any, _port: int) -> None:
+    """A PostgreSQL login; cleartext allowed, so the refusing server that asks for the password
+    in clear text gets it (and echoes it back)."""
+    definition.update(username="probe", password=secret, plaintext_auth=True)
 
 
 def _key_password(definition: Definition, secret: Any, _port: int) -> None:
@@ -393,6 +415,16 @@ PROFILES: dict[str, KindProfile] = {
     "sftp": KindProfile(
         name="sftp", family="none", ask=_sftp, tls=False, secrets=SSH_SECRETS, exempt=SSH_EXEMPT
     ),
+    "postgres": KindProfile(
+        name="postgres",
+        family="postgres",
+        ask=_postgres,
+        tls=True,
+        secrets={
+            "password": _pg_login,
+            "starttls_options.client_key_password": _starttls_key_password,
+        },
+    ),
 }
 
 
@@ -561,6 +593,21 @@ async def good_ftp_server(reader: asyncio.StreamReader, writer: asyncio.StreamWr
             return
         else:
             writer.write(b"502 not implemented\r\n")
+
+
+async def good_pg_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers an SSLRequest ``N``, lets any user in (trust), and answers every query with one
+    row whose first cell is the marker."""
+    code, _ = await read_startup(reader)
+    if code == 80877103:
+        writer.write(b"N")
+        await read_startup(reader)
+    writer.write(auth(0) + param("server_version", "16.1") + READY)
+    while True:
+        kind, _ = await read_message(reader)
+        if kind != b"Q":
+            return
+        writer.write(data_row([f"all good: {MARKER}"]) + msg(b"C", b"SELECT 1\0") + READY)
         await writer.drain()
 
 
@@ -590,6 +637,7 @@ GOOD_SERVERS: dict[str, Handler] = {
     "pop3": good_pop3_server,
     "ftp": good_ftp_server,
     "dns": DnsHandlers(good_dns_udp, good_dns_tcp),
+    "postgres": good_pg_server,
 }
 
 

@@ -39,6 +39,7 @@ from hostile_kinds import (
     read_request,
 )
 
+from pgserver import read_startup
 from probekit import ErrorKind
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -133,6 +134,49 @@ async def line_lying_length(reader: asyncio.StreamReader, writer: asyncio.Stream
     await reader.read(4096)
     writer.write(b"$1000\r\n# Server\r\n")
     await writer.drain()
+
+
+# -- the postgres family ------------------------------------------------------------------------
+
+
+async def _pg_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the probe's SSLRequest (answered ``N``) and StartupMessage."""
+    code, _ = await read_startup(reader)
+    if code == 80877103:
+        writer.write(b"N")
+        await read_startup(reader)
+
+
+async def pg_slowloris(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """AuthenticationOk, then a 1000-byte ParameterStatus at one byte every DRIBBLE seconds."""
+    await _pg_session(reader, writer)
+    writer.write(b"R\x00\x00\x00\x08\x00\x00\x00\x00S" + struct.pack("!i", 1004))
+    while True:
+        await asyncio.sleep(DRIBBLE)
+        writer.write(b"a")
+        await writer.drain()
+
+
+async def pg_giant(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A 1 MiB ErrorResponse, sent whole."""
+    await _pg_session(reader, writer)
+    writer.write(b"E" + struct.pack("!i", MiB + 4) + b"M" + b"a" * (MiB - 2) + b"\0\0")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
+def pg_lying_length(stall: bool) -> Handler:
+    """A ParameterStatus that says 1000 bytes and sends 10, then closes (or stalls)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _pg_session(reader, writer)
+        writer.write(b"R\x00\x00\x00\x08\x00\x00\x00\x00S" + struct.pack("!i", 1004))
+        writer.write(b"server_ver")
+        await writer.drain()
+        if stall:
+            await asyncio.sleep(3600)
+
+    return serve
 
 
 # -- the http family ---------------------------------------------------------------------------
@@ -428,6 +472,7 @@ CASES: tuple[Case, ...] = (
             "line": line_slowloris,
             **_per_mail(mail_slowloris),
             "dns": _after_truncation(dns_tcp_slowloris),
+            "postgres": pg_slowloris,
         },
         TIMEOUT,
     ),
@@ -441,6 +486,7 @@ CASES: tuple[Case, ...] = (
             "line": line_lying_length,
             "imap": _imap_literal(1000, stall=False),
             "dns": _after_truncation(dns_tcp_lying_length),
+            "postgres": pg_lying_length(stall=False),
         },
         PROTOCOL,
     ),
@@ -450,6 +496,7 @@ CASES: tuple[Case, ...] = (
             "http": http_lying_length_stall,
             "imap": _imap_literal(1000, stall=True),
             "dns": _after_truncation(dns_tcp_lying_length_stall),
+            "postgres": pg_lying_length(stall=True),
         },
         TIMEOUT,
     ),
@@ -464,6 +511,7 @@ CASES: tuple[Case, ...] = (
             "line": line_giant,
             **_per_mail(mail_giant),
             "dns": _udp(dns_oversized),
+            "postgres": pg_giant,
         },
         PROTOCOL,
     ),

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ from probekit import (
 )
 from probekit.checkpoint import Checkpoint, CheckpointSettings
 from probekit.control import ControlPlane, ControlSettings, MemorySink
+from probekit.probes._pgwire import SSL_REQUEST
 from servers import GuardedConnector, closed_port, make_context
 
 CANARY = "cAnArY-7#~q1Zx9-never-shown"
@@ -155,6 +157,25 @@ async def refusing_echo_ftp(reader: asyncio.StreamReader, writer: asyncio.Stream
         await writer.drain()
 
 
+async def refusing_echo_postgres(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Accepts TLS (so the client key is read), asks for the password in clear text, and
+    refuses it, repeating everything the probe sent."""
+    received = bytearray(await reader.read(4096))
+    if received.startswith(SSL_REQUEST):
+        writer.write(b"S")
+        await writer.drain()
+        received += await reader.read(4096)
+    writer.write(b"R" + struct.pack("!ii", 8, 3))
+    await writer.drain()
+    received += await reader.read(4096)
+    text = _echo(bytes(received).replace(b"\0", b" "))
+    fields = b"SFATAL\0C28P01\0Mpassword authentication failed: " + text + b"\0\0"
+    writer.write(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+    await writer.drain()
+
+
 def _echoed_query(query: bytes) -> bytes:
     """The query sent back as a NOTAUTH reply: every byte of it, its TSIG record included."""
     header = bytearray(query[:4])
@@ -175,10 +196,11 @@ REFUSING: dict[str, Handler] = {
     "pop3": refusing_echo_pop3,
     "ftp": refusing_echo_ftp,
     "dns": DnsHandlers(lambda query: [_echoed_query(query)], refusing_echo_dns_tcp),
+    "postgres": refusing_echo_postgres,
 }
 #: A server that accepts and stays silent, by family (for dns: UDP and TCP).
 SILENT: dict[str, Handler] = {
-    **dict.fromkeys(("http", "line", "smtp", "imap", "pop3", "ftp"), silence),
+    **dict.fromkeys(("http", "line", "smtp", "imap", "pop3", "ftp", "postgres"), silence),
     "dns": DnsHandlers(None, silence),
 }
 
