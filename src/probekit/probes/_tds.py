@@ -1,0 +1,204 @@
+"""The PRELOGIN exchange of TDS (Tabular Data Stream, Microsoft SQL Server's protocol), for the
+``mssql`` kind.
+
+Written from the [MS-TDS] specification: section 2.2.3.1 (the packet header: type, status,
+a big-endian length that includes the 8-byte header, SPID, packet id, window) and 2.2.6.5
+(PRELOGIN: a table of option tokens, each a type byte, a big-endian offset and length into the
+message, ended by 0xFF, then the option data). The client sends its PRELOGIN (type 0x12); the
+server answers with a tabular-result message (type 0x04) holding its own option table:
+``VERSION`` (major, minor, a big-endian build number, a sub-build) and ``ENCRYPTION`` (off,
+on, not supported, required).
+
+Every parser takes the bytes a server sent and returns a value or raises :class:`WireError`,
+never anything else (Hypothesis tests hold it to that); :func:`read_message` reads at most
+:data:`MESSAGE_LIMIT` bytes.
+
+Why not a driver: the async SQL Server drivers for Python (aioodbc over the ODBC driver,
+pytds, pymssql) open their own sockets from a host name and port, so the dial path's egress
+policy, pinned address and timed phases could not apply; and none is needed to read PRELOGIN.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+
+__all__ = [
+    "ENCRYPTION_NAMES",
+    "ENCRYPT_NOT_SUP",
+    "ENCRYPT_OFF",
+    "ENCRYPT_ON",
+    "ENCRYPT_REQ",
+    "MESSAGE_LIMIT",
+    "Prelogin",
+    "WireError",
+    "parse_header",
+    "parse_prelogin",
+    "prelogin_request",
+    "read_message",
+]
+
+PACKET_PRELOGIN: Final = 0x12
+PACKET_REPLY: Final = 0x04
+STATUS_EOM: Final = 0x01
+
+TOKEN_VERSION: Final = 0x00
+TOKEN_ENCRYPTION: Final = 0x01
+TOKEN_INSTOPT: Final = 0x02
+TOKEN_THREADID: Final = 0x03
+TOKEN_MARS: Final = 0x04
+TOKEN_END: Final = 0xFF
+
+ENCRYPT_OFF: Final = 0x00
+ENCRYPT_ON: Final = 0x01
+ENCRYPT_NOT_SUP: Final = 0x02
+ENCRYPT_REQ: Final = 0x03
+#: What each ENCRYPTION value means in a server's answer.
+ENCRYPTION_NAMES: Final = {
+    ENCRYPT_OFF: "OFF (only the login packet is encrypted)",
+    ENCRYPT_ON: "ON (the whole session is encrypted)",
+    ENCRYPT_NOT_SUP: "NOT_SUP (the server cannot encrypt)",
+    ENCRYPT_REQ: "REQ (the server requires encryption)",
+}
+
+#: The largest PRELOGIN answer read (a real one is under 100 bytes).
+MESSAGE_LIMIT: Final = 4096
+_HEADER: Final = 8
+#: The client version the probe announces (0.1.0.0; servers only log it).
+_CLIENT_VERSION: Final = bytes([0, 1, 0, 0, 0, 0])
+
+
+class WireError(Exception):
+    """Bytes that are not what the protocol says; ``message`` is for the result."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+def prelogin_request(encryption: int) -> bytes:
+    """The client's PRELOGIN message as one packet: VERSION, ENCRYPTION, INSTOPT (the default
+    instance), THREADID, MARS off."""
+    options = [
+        (TOKEN_VERSION, _CLIENT_VERSION),
+        (TOKEN_ENCRYPTION, bytes([encryption])),
+        (TOKEN_INSTOPT, b"\0"),
+        (TOKEN_THREADID, bytes(4)),
+        (TOKEN_MARS, b"\0"),
+    ]
+    offset = len(options) * 5 + 1
+    table = bytearray()
+    data = bytearray()
+    for token, value in options:
+        table += struct.pack(">BHH", token, offset + len(data), len(value))
+        data += value
+    payload = bytes(table) + bytes([TOKEN_END]) + bytes(data)
+    header = struct.pack(">BBHHBB", PACKET_PRELOGIN, STATUS_EOM, _HEADER + len(payload), 0, 1, 0)
+    return header + payload
+
+
+def parse_header(header: bytes) -> tuple[int, int, int]:
+    """A packet header's type, status and payload length."""
+    if len(header) != _HEADER:
+        raise WireError("a TDS packet header is 8 bytes")
+    kind, status, length = struct.unpack_from(">BBH", header)
+    if length < _HEADER:
+        raise WireError(f"a TDS packet length of {length} (less than its header)")
+    return kind, status, length - _HEADER
+
+
+Read = Callable[[int], Awaitable[bytes]]
+
+
+async def _exactly(read: Read, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        more = await read(size - len(data))
+        if not more:
+            got = f"after {len(data)} of {size} bytes" if data else "before the answer"
+            raise WireError(f"the connection closed {got} of a TDS packet")
+        data += more
+    return data
+
+
+async def read_message(read: Read, limit: int = MESSAGE_LIMIT) -> bytes:
+    """One whole message of type 0x04 (its packets' payloads up to the end-of-message status),
+    at most ``limit`` bytes."""
+    message = b""
+    while True:
+        header = await _exactly(read, _HEADER)
+        kind, status, length = parse_header(header)
+        if kind != PACKET_REPLY:
+            shown = header.hex(" ")
+            raise WireError(
+                f"expected a TDS reply packet (type 0x04), got type 0x{kind:02x} ({shown})"
+            )
+        if len(message) + length > limit:
+            raise WireError(f"the PRELOGIN answer is over the limit of {limit} bytes")
+        message += await _exactly(read, length)
+        if status & STATUS_EOM:
+            return message
+
+
+@attrs.frozen
+class Prelogin:
+    """What a server's PRELOGIN answer says."""
+
+    version: tuple[int, int, int, int]
+    encryption: int
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(part) for part in self.version)
+
+    @property
+    def version_number(self) -> int:
+        """``major*10**7 + minor*10**5 + build`` (16.0.1000 is 160001000)."""
+        major, minor, build, _sub = self.version
+        return major * 10**7 + minor * 10**5 + build
+
+    @property
+    def encryption_text(self) -> str:
+        return ENCRYPTION_NAMES.get(self.encryption, f"unknown ({self.encryption})")
+
+
+def parse_prelogin(payload: bytes) -> Prelogin:
+    """The option table of a PRELOGIN answer; VERSION and ENCRYPTION are required."""
+    options: dict[int, bytes] = {}
+    pos = 0
+    while True:
+        if pos >= len(payload):
+            raise WireError("the PRELOGIN option table has no terminator (0xFF)")
+        token = payload[pos]
+        if token == TOKEN_END:
+            table_end = pos + 1
+            break
+        if pos + 5 > len(payload):
+            raise WireError("the PRELOGIN option table ends inside an option")
+        offset, length = struct.unpack_from(">HH", payload, pos + 1)
+        options.setdefault(token, struct.pack(">HH", offset, length))
+        pos += 5
+        if len(options) > 64:
+            raise WireError("the PRELOGIN option table has more than 64 options")
+    values: dict[int, bytes] = {}
+    for token, where in options.items():
+        offset, length = struct.unpack(">HH", where)
+        if offset < table_end or offset + length > len(payload):
+            raise WireError(
+                f"PRELOGIN option 0x{token:02x} points outside the message "
+                f"(offset {offset}, length {length}, message {len(payload)} bytes)"
+            )
+        values[token] = payload[offset : offset + length]
+    version = values.get(TOKEN_VERSION)
+    if version is None or len(version) != 6:
+        raise WireError("the PRELOGIN answer has no 6-byte VERSION option")
+    encryption = values.get(TOKEN_ENCRYPTION)
+    if encryption is None or len(encryption) != 1:
+        raise WireError("the PRELOGIN answer has no 1-byte ENCRYPTION option")
+    major, minor, build, sub = struct.unpack(">BBHH", version)
+    if encryption[0] not in ENCRYPTION_NAMES:
+        raise WireError(f"the PRELOGIN answer has an unknown ENCRYPTION value {encryption[0]}")
+    return Prelogin((major, minor, build, sub), encryption[0])

@@ -1,0 +1,180 @@
+"""MssqlProbe: the TDS PRELOGIN exchange with a Microsoft SQL Server (or any TDS server).
+
+The probe sends a PRELOGIN message and reads the server's answer
+(:mod:`probekit.probes._tds`): the server's version and its encryption setting are the check's
+facts. It does not log in: a TDS login runs its TLS handshake inside PRELOGIN packets and then
+sends LOGIN7, which is left for a later version (see ``docs/probes/mssql.md``). A server that
+answers PRELOGIN correctly has its TDS listener up and is not a hung process or another
+service on the port.
+
+Phases: ``resolve``, ``connect``, ``prelogin``. Metrics: ``server_version``
+(``major*10**7 + minor*10**5 + build``: 16.0.1000 is 160001000) and ``encryption`` (the
+ENCRYPTION value: 0 off, 1 on, 2 not supported, 3 required).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any, ClassVar, Final, Literal, get_args
+
+import attrs
+
+from .._assertions import Assertion, assertion_tuple
+from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
+from .._resolver import Family
+from .._result import ErrorKind, Result
+from .._timeouts import Timeouts
+from . import _tds as tds
+from ._base import Attempt, ProbeBase
+from ._fields import check_family, check_host, host_port
+from ._fields import host as _host
+from ._fields import port as _port
+from ._kind import HostPort, Metric, Option, ProbeKind
+from ._options import BODY_OPTIONS, body_assertions
+
+__all__ = ["KIND", "EncryptionMode", "MssqlProbe"]
+
+EncryptionMode = Literal["required", "optional", "off"]
+_MODES: Final[tuple[str, ...]] = get_args(EncryptionMode)
+_WILL_ENCRYPT: Final = (tds.ENCRYPT_ON, tds.ENCRYPT_REQ)
+
+
+@attrs.frozen
+class MssqlProbe(ProbeBase):
+    """Check a SQL Server's TDS listener with the PRELOGIN exchange.
+
+    The server's version and encryption setting are recorded as passed outcomes
+    (``server_version``, ``encryption``) and metrics. ``encryption`` says what the probe asks
+    for and accepts: ``required`` announces that it wants an encrypted session and is
+    DOWN/``tls`` unless the server answers that it will encrypt (``ON`` or ``REQ``);
+    ``optional`` (the default) announces the same and accepts any answer; ``off`` announces that
+    the probe cannot encrypt and is DOWN/``tls`` when the server requires encryption. Anything
+    but a well-formed PRELOGIN answer is DOWN/``protocol``. ``assertions`` see the version text
+    (``16.0.1000.6``) as the body.
+    """
+
+    kind: ClassVar[str] = "mssql"
+
+    host: str = attrs.field(converter=_host)
+    port: int = attrs.field(default=1433, validator=_port)
+    encryption: EncryptionMode = "optional"
+    assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
+    ip_family: Family | None = None
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+
+    def __attrs_post_init__(self) -> None:
+        check_host(self.host)
+        check_family(self.ip_family)
+        if self.encryption not in _MODES:
+            raise DefinitionError(
+                "encryption", f"expected one of {list(_MODES)}, got {self.encryption!r}"
+            )
+        if not isinstance(self.timeouts, Timeouts):
+            raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
+
+    @property
+    def target(self) -> str:
+        return host_port(self.host, self.port)
+
+    async def run(self, attempt: Attempt) -> None:
+        conn = await attempt.connect(self.host, self.port, family=self.ip_family)
+        asked = tds.ENCRYPT_NOT_SUP if self.encryption == "off" else tds.ENCRYPT_ON
+        with attempt.phase("prelogin"):
+            await attempt.write(conn, tds.prelogin_request(asked))
+            try:
+                answer = tds.parse_prelogin(await tds.read_message(lambda n: attempt.read(conn, n)))
+            except tds.WireError as exc:
+                raise ProbeFailure(ErrorKind.PROTOCOL, exc.message) from None
+        attempt.outcome("server_version", True, "a PRELOGIN answer", answer.version_text)
+        attempt.metric("server_version", answer.version_number)
+        attempt.metric("encryption", answer.encryption)
+        attempt.observe(body=answer.version_text.encode())
+        text = answer.encryption_text
+        if self.encryption == "required":
+            passed = answer.encryption in _WILL_ENCRYPT
+            attempt.outcome("encryption", passed, "ON or REQ (required)", text)
+            if not passed:
+                raise ProbeFailure(
+                    ErrorKind.TLS, f"the server will not encrypt the session: ENCRYPTION {text}"
+                )
+        elif self.encryption == "off":
+            passed = answer.encryption != tds.ENCRYPT_REQ
+            attempt.outcome("encryption", passed, "not REQ (the probe cannot encrypt)", text)
+            if not passed:
+                raise ProbeFailure(
+                    ErrorKind.TLS, "the server requires encryption and encryption is off"
+                )
+        else:
+            attempt.outcome("encryption", True, "any (optional)", text)
+
+
+# -- the command-line form -------------------------------------------------------------------------
+
+
+def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
+    problems: list[DefinitionError] = []
+    if values.get("ipv4") and values.get("ipv6"):
+        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
+    elif values.get("ipv4"):
+        definition["ip_family"] = "ipv4"
+    elif values.get("ipv6"):
+        definition["ip_family"] = "ipv6"
+    try:
+        body_assertions(values, definition)
+    except DefinitionErrors as exc:
+        problems.extend(exc.errors)
+    if problems:
+        raise DefinitionErrors(problems)
+
+
+def _describe(result: Result) -> str | None:
+    outcomes = {a.name: a for a in result.assertions}
+    version = outcomes.get("server_version")
+    if version is None:
+        return None
+    encryption = outcomes.get("encryption")
+    parts = [f"TDS {version.observed}"]
+    if encryption is not None:
+        parts.append(f"encryption {encryption.observed.split(' ')[0]}")
+    return ", ".join(parts)
+
+
+KIND = ProbeKind(
+    name="mssql",
+    cls=MssqlProbe,
+    summary="check a SQL Server's TDS listener: PRELOGIN, server version and encryption",
+    target=HostPort(default_port=1433),
+    options=(
+        Option(
+            ("--encryption",),
+            field="encryption",
+            choices=_MODES,
+            metavar="{required,optional,off}",
+            help="required: DOWN unless the server will encrypt; optional (default); "
+            "off: DOWN when the server requires encryption",
+        ),
+        Option(
+            ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
+        ),
+        Option(
+            ("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"
+        ),
+        *BODY_OPTIONS,
+    ),
+    to_definition=_to_definition,
+    metrics=(
+        Metric(
+            "server_version",
+            "probekit_mssql_server_version",
+            "Server version from PRELOGIN: major*10**7 + minor*10**5 + build (16.0.1000 is "
+            "160001000).",
+        ),
+        Metric(
+            "encryption",
+            "probekit_mssql_encryption",
+            "The server's PRELOGIN ENCRYPTION answer: 0 off, 1 on, 2 not supported, 3 required.",
+        ),
+    ),
+    docs="probes/mssql.md",
+    describe=_describe,
+)

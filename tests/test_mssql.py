@@ -1,0 +1,344 @@
+"""MssqlProbe against an in-process TDS server written from the [MS-TDS] specification (the
+packet header and PRELOGIN), with garbage, stalls and odd answers; the TDS parsers under
+Hypothesis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probekit import (
+    BodyContains,
+    DefinitionErrors,
+    EgressPolicy,
+    ErrorKind,
+    Result,
+    Status,
+    Timeouts,
+    build_probe,
+    probe_to_dict,
+)
+from probekit.probes import _tds as tds
+from probekit.probes import get_kind
+from probekit.probes.mssql import KIND, MssqlProbe
+from servers import GuardedConnector, TcpServer, make_context
+
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+
+
+def options(entries: list[tuple[int, bytes]]) -> bytes:
+    """A PRELOGIN option table and its data, as the specification lays it out."""
+    start = len(entries) * 5 + 1
+    table, data = b"", b""
+    for token, value in entries:
+        table += struct.pack(">BHH", token, start + len(data), len(value))
+        data += value
+    return table + b"\xff" + data
+
+
+def answer(
+    version: tuple[int, int, int, int] = (16, 0, 1000, 6), encryption: int = tds.ENCRYPT_OFF
+) -> bytes:
+    major, minor, build, sub = version
+    return options(
+        [
+            (0x00, struct.pack(">BBHH", major, minor, build, sub)),
+            (0x01, bytes([encryption])),
+            (0x02, b"\0"),
+            (0x03, b""),
+            (0x04, b"\0"),
+        ]
+    )
+
+
+def packets(payload: bytes, kind: int = 0x04, size: int = 4096) -> bytes:
+    """``payload`` split into TDS packets of at most ``size`` bytes of payload each."""
+    out = b""
+    chunks = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+    for i, chunk in enumerate(chunks):
+        status = 0x01 if i == len(chunks) - 1 else 0x00
+        out += struct.pack(">BBHHBB", kind, status, 8 + len(chunk), 0, i + 1, 0) + chunk
+    return out
+
+
+@dataclass
+class FakeTds:
+    """Answers a client's PRELOGIN; ``raw`` replaces the answer, ``stall`` keeps silent."""
+
+    version: tuple[int, int, int, int] = (16, 0, 1000, 6)
+    encryption: int = tds.ENCRYPT_OFF
+    raw: bytes | None = None
+    stall: bool = False
+    requests: list[dict[int, bytes]] = field(default_factory=list)
+
+    async def __call__(self, reader: Reader, writer: Writer) -> None:
+        try:
+            header = await reader.readexactly(8)
+            kind, status, length = struct.unpack(">BBH", header[:4])
+            assert (kind, status) == (0x12, 0x01)
+            payload = await reader.readexactly(length - 8)
+            self.requests.append(parse_request(payload))
+            if self.stall:
+                await reader.read()
+                return
+            writer.write(
+                self.raw if self.raw is not None else packets(answer(self.version, self.encryption))
+            )
+            await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def parse_request(payload: bytes) -> dict[int, bytes]:
+    found: dict[int, bytes] = {}
+    pos = 0
+    while payload[pos] != 0xFF:
+        token, offset, length = struct.unpack_from(">BHH", payload, pos)
+        found[token] = payload[offset : offset + length]
+        pos += 5
+    return found
+
+
+async def check(server: Any, **fields: Any) -> Result:
+    async with TcpServer(server) as listening:
+        return await MssqlProbe("127.0.0.1", listening.port, **fields).check(make_context())
+
+
+def outcomes(result: Result) -> dict[str, Any]:
+    return {a.name: a for a in result.assertions}
+
+
+# -- PRELOGIN ------------------------------------------------------------------------------------
+
+
+async def test_prelogin_records_version_and_encryption() -> None:
+    server = FakeTds()
+    result = await check(server)
+    assert result.status is Status.UP, result.summary()
+    assert result.phase_names() == ("resolve", "connect", "prelogin")
+    found = outcomes(result)
+    assert found["server_version"].observed == "16.0.1000.6"
+    assert found["encryption"].observed.startswith("OFF")
+    assert result.metrics == {"server_version": 160001000, "encryption": 0}
+    request = server.requests[0]
+    assert request[0x01] == bytes([tds.ENCRYPT_ON])  # optional asks for encryption
+    assert len(request[0x00]) == 6 and request[0x02] == b"\0"
+    describe = get_kind("mssql").describe
+    assert describe is not None and describe(result) == "TDS 16.0.1000.6, encryption OFF"
+
+
+async def test_an_answer_split_over_packets() -> None:
+    result = await check(FakeTds(raw=packets(answer((15, 0, 4153, 1)), size=7)))
+    assert result.status is Status.UP, result.summary()
+    assert outcomes(result)["server_version"].observed == "15.0.4153.1"
+
+
+@pytest.mark.parametrize(
+    ("mode", "server", "status", "asked"),
+    [
+        ("required", tds.ENCRYPT_ON, Status.UP, tds.ENCRYPT_ON),
+        ("required", tds.ENCRYPT_REQ, Status.UP, tds.ENCRYPT_ON),
+        ("required", tds.ENCRYPT_OFF, Status.DOWN, tds.ENCRYPT_ON),
+        ("required", tds.ENCRYPT_NOT_SUP, Status.DOWN, tds.ENCRYPT_ON),
+        ("optional", tds.ENCRYPT_NOT_SUP, Status.UP, tds.ENCRYPT_ON),
+        ("off", tds.ENCRYPT_NOT_SUP, Status.UP, tds.ENCRYPT_NOT_SUP),
+        ("off", tds.ENCRYPT_REQ, Status.DOWN, tds.ENCRYPT_NOT_SUP),
+    ],
+)
+async def test_encryption_modes(mode: str, server: int, status: Status, asked: int) -> None:
+    fake = FakeTds(encryption=server)
+    result = await check(fake, encryption=mode)
+    assert result.status is status, result.summary()
+    assert fake.requests[0][0x01] == bytes([asked])
+    if status is Status.DOWN:
+        assert result.error is not None and result.error.kind is ErrorKind.TLS
+    assert result.metrics["encryption"] == server
+
+
+async def test_assertions_see_the_version() -> None:
+    assert (await check(FakeTds(), assertions=(BodyContains("16.0"),))).status is Status.UP
+    other = await check(FakeTds(), assertions=(BodyContains("15.0"),))
+    assert other.error is not None and other.error.kind is ErrorKind.ASSERTION
+
+
+# -- garbage and stalls ----------------------------------------------------------------------------
+
+GARBAGE: list[Any] = [
+    pytest.param(b"HTTP/1.1 400 Bad Request\r\n\r\n", "type 0x04", id="http"),
+    pytest.param(packets(answer(), kind=0x12), "type 0x04", id="wrong-type"),
+    pytest.param(packets(b"\x00\x00\x06\x00\x06"), "terminator", id="no-terminator"),
+    pytest.param(packets(options([(0x01, b"\x00")])), "VERSION", id="no-version"),
+    pytest.param(packets(options([(0x00, bytes(6))])), "ENCRYPTION", id="no-encryption"),
+    pytest.param(
+        packets(options([(0x00, bytes(6)), (0x01, b"\x09")])), "unknown ENCRYPTION", id="enc-9"
+    ),
+    pytest.param(packets(b"\x00\xff\xff\x00\x06\xff"), "outside", id="offset-outside"),
+    pytest.param(b"\x04\x01\x00\x02\x00\x00\x01\x00", "less than its header", id="short-len"),
+    pytest.param(packets(b"x" * 5000, size=4000), "over the limit", id="too-long"),
+    pytest.param(b"\x04\x01\x00", "closed", id="cut-header"),
+    pytest.param(b"\x04\x00\x00\x10\x00\x00\x01\x00" + b"\xff" * 8, "closed", id="no-eom"),
+]
+
+
+@pytest.mark.parametrize(("raw", "text"), GARBAGE)
+async def test_garbage_is_down_protocol(raw: bytes, text: str) -> None:
+    async def handler(reader: Reader, writer: Writer) -> None:
+        await reader.read(4096)
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    result = await check(handler)
+    assert result.status is Status.DOWN
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.PROTOCOL, "prelogin"), result.error
+    assert text in result.error.message
+
+
+async def test_a_stall_times_out_in_prelogin() -> None:
+    total = 0.3
+    started = time.monotonic()
+    result = await check(FakeTds(stall=True), timeouts=Timeouts(total=total))
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.TIMEOUT, "prelogin")
+    assert time.monotonic() - started < total + 1.0
+
+
+async def test_the_read_timeout_bounds_the_wait() -> None:
+    result = await check(FakeTds(stall=True), timeouts=Timeouts(total=5, read=0.2))
+    assert result.error is not None and result.error.kind is ErrorKind.TIMEOUT
+    assert result.duration < 2
+
+
+async def test_a_denied_address_is_never_contacted(connector: GuardedConnector) -> None:
+    ctx = make_context(
+        policy=EgressPolicy(deny=["127.0.0.0/8"]),
+        hosts={"sql.internal": ["127.0.0.1"]},
+        connector=connector,
+    )
+    async with TcpServer(FakeTds()) as listening:
+        result = await MssqlProbe("sql.internal", listening.port).check(ctx)
+        assert listening.connections == 0
+    assert result.error is not None and result.error.kind is ErrorKind.POLICY_DENIED
+    assert connector.dialled == []
+
+
+# -- Hypothesis ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_parse_prelogin_classifies_any_bytes(data: bytes) -> None:
+    message = "parsed"
+    try:
+        tds.parse_prelogin(data)
+    except tds.WireError as exc:
+        message = exc.message
+    assert message
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.lists(st.tuples(st.integers(0, 0xFE), st.binary(max_size=8)), max_size=6),
+    cut=st.integers(0, 80),
+)
+def test_option_tables_cut_anywhere(entries: list[tuple[int, bytes]], cut: int) -> None:
+    data = options(entries)[:cut]
+    try:
+        found = tds.parse_prelogin(data)
+    except tds.WireError:
+        return
+    assert isinstance(found, tds.Prelogin)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.binary(max_size=60), st.binary(max_size=60).map(packets)))
+def test_any_server_bytes_give_a_classified_result(raw: bytes) -> None:
+    async def scenario() -> Result:
+        return await check(FakeTds(raw=raw), timeouts=Timeouts(total=0.3))
+
+    result = asyncio.run(scenario())
+    assert result.error is None or result.error.kind is not ErrorKind.INTERNAL, result.error
+    assert result.status in (Status.UP, Status.DOWN)
+
+
+def test_request_is_well_formed() -> None:
+    packet = tds.prelogin_request(tds.ENCRYPT_ON)
+    kind, status, length = struct.unpack(">BBH", packet[:4])
+    assert (kind, status, length) == (0x12, 0x01, len(packet))
+    assert parse_request(packet[8:])[0x01] == b"\x01"
+
+
+# -- definitions and the command line -----------------------------------------------------------
+
+
+def test_defaults_and_round_trip() -> None:
+    probe = MssqlProbe("sql.internal")
+    assert (probe.port, probe.encryption, probe.target) == (1433, "optional", "sql.internal:1433")
+    other = MssqlProbe("::1", 1434, encryption="required", ip_family="ipv6")
+    for p in (probe, other):
+        assert build_probe(probe_to_dict(p)) == p
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"port": 0}, "port"),
+        ({"host": ""}, "host"),
+        ({"encryption": "yes"}, "encryption"),
+        ({"ip_family": "ipx"}, "ip_family"),
+        ({"encrypt": "off"}, "encrypt"),
+    ],
+)
+def test_invalid_definitions(data: dict[str, Any], path: str) -> None:
+    with pytest.raises(DefinitionErrors) as info:
+        build_probe({"kind": "mssql", "host": "sql", **data})
+    assert path in {e.path for e in info.value.errors}
+
+
+def test_the_kind_and_its_command_line() -> None:
+    assert get_kind("mssql") is KIND and KIND.cls is MssqlProbe
+    assert KIND.target.parse("sql:1434") == {"host": "sql", "port": 1434}
+    completed = subprocess.run(
+        [sys.executable, "-m", "probekit", "check", "mssql", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "--encryption" in completed.stdout
+
+
+async def test_cli_check_against_the_fixture() -> None:
+    async with TcpServer(FakeTds(encryption=tds.ENCRYPT_REQ)) as listening:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "probekit",
+            "check",
+            "--nagios",
+            "mssql",
+            f"127.0.0.1:{listening.port}",
+            "--encryption",
+            "required",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, errors = await proc.communicate()
+    assert proc.returncode == 0, (out, errors)
+    assert b"16.0.1000.6" in out
