@@ -68,6 +68,8 @@ if TYPE_CHECKING:
     from .probes.http import BasicAuth, HttpProbe
     from .probes.icmp import IcmpProbe
     from .probes.imap import ImapProbe
+    from .probes.mssql import MssqlProbe
+    from .probes.mysql import MysqlProbe
     from .probes.pop3 import Pop3Probe
     from .probes.redis import RedisProbe
     from .probes.smtp import SmtpProbe
@@ -105,6 +107,8 @@ _LAZY: dict[str, str] = {
     "Job": "._runner",
     "JsonPath": "._assertions",
     "Monitor": "._scheduler",
+    "MssqlProbe": ".probes.mssql",
+    "MysqlProbe": ".probes.mysql",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
@@ -200,6 +204,8 @@ __all__ = [
     "Job",
     "JsonPath",
     "Monitor",
+    "MssqlProbe",
+    "MysqlProbe",
     "Observation",
     "Phase",
     "PolicyError",
