@@ -477,9 +477,7 @@ mysql_definitions = st.fixed_dictionaries(
         "username": _or_odd(user_names | st.none()),
         "password": secret_refs,
         "database": _or_odd(st.sampled_from(["probe", "", "a\x00b", "x" * 300]) | st.none()),
-        "query": _or_odd(
-            st.sampled_from(["SELECT 1", "", " ", "\ud800", "x" * 70000]) | st.none()
-        ),
+        "query": _or_odd(st.sampled_from(["SELECT 1", "", " ", "\ud800", "x" * 70000]) | st.none()),
         "expect_value": _or_odd(st.sampled_from(["1", "", "NULL"]) | st.none()),
         "min_rows": _or_odd(st.integers(-1, 5) | st.none()),
         "max_rows": _or_odd(st.integers(-1, 5) | st.none()),
