@@ -19,13 +19,14 @@ from typing import Any, ClassVar, Final, Literal, get_args
 import attrs
 
 from .._assertions import Assertion, assertion_tuple
+from .._context import ProbeContext
 from .._dial import Connection
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._resolver import Family
 from .._result import ErrorKind, Result
 from .._secret import Secret
 from .._timeouts import Timeouts
-from .._tls import TlsOptions
+from .._tls import TlsOptions, warm_up
 from . import _mysqlwire as wire
 from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host, host_port
@@ -187,6 +188,11 @@ class MysqlProbe(ProbeBase):
     @property
     def target(self) -> str:
         return host_port(self.host, self.port)
+
+    def prepare(self, ctx: ProbeContext) -> None:
+        """Before the clock starts: the SSL context and the certificate parser of an upgrade."""
+        if self.starttls != "off":
+            warm_up(self.starttls_options or TlsOptions())
 
     async def run(self, attempt: Attempt) -> None:
         conn = await attempt.connect(self.host, self.port, family=self.ip_family)
