@@ -802,6 +802,32 @@ async def test_plain_text_before_the_tls_handshake_is_refused(good_tls: ssl.SSLC
     assert result.error is not None and result.error.kind in (ErrorKind.PROTOCOL, ErrorKind.TLS)
 
 
+async def test_bytes_after_the_greeting_are_refused_before_tls() -> None:
+    """Bytes sent right behind the greeting (read into the packet reader's buffer with it)
+    would be taken as if they had come through TLS: refused."""
+    raw = frame(0, greeting(caps=CAPS | wire.CLIENT_SSL)) + frame(2, OK)
+    result = await check(FakeMysql(raw_greeting=raw), starttls="required", **login())
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.PROTOCOL, "tls"), result.error
+    assert "plain-text" in result.error.message
+
+
+@pytest.mark.parametrize(
+    ("rows", "text"),
+    [
+        ([lenenc(b"1"), b""], "empty packet"),
+        ([lenenc(b"1"), lenenc(b"2"), b""], "empty packet"),
+    ],
+    ids=["empty-second-row", "empty-third-row"],
+)
+async def test_broken_rows_are_down_protocol(rows: list[bytes], text: str) -> None:
+    packets = [b"\x01", column("c"), EOF, *rows]
+    result = await check(FakeMysql(results={"q": packets}), query="q", **login())
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.PROTOCOL, "query"), result.error
+    assert text in result.error.message
+
+
 # -- stalls ----------------------------------------------------------------------------------------
 
 
@@ -931,6 +957,62 @@ def test_any_server_bytes_give_a_classified_result(
     result = asyncio.run(scenario())
     assert result.error is None or result.error.kind is not ErrorKind.INTERNAL, result.error
     assert PASSWORD not in result_to_json(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=300),
+    chunks=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    steps=st.lists(st.sampled_from(["read", "peek", "rows"]), min_size=1, max_size=4),
+    seq=st.integers(0, 255),
+)
+def test_the_packet_reader_classifies_any_stream(
+    data: bytes, chunks: list[int], steps: list[str], seq: int
+) -> None:
+    """Any bytes, cut into any pieces: each step returns or raises WireError, never more than
+    the limit held."""
+    stream = bytearray(data)
+    sizes = iter(chunks * 100)
+
+    async def read(n: int) -> bytes:
+        take = min(n, next(sizes, 1))
+        out = bytes(stream[:take])
+        del stream[:take]
+        return out
+
+    async def scenario() -> None:
+        reader = wire.PacketReader(read, limit=64)
+        reader.seq = seq
+        for step in steps:
+            if step == "read":
+                assert len(await reader.read("packet")) <= 64
+            elif step == "peek":
+                head, _length = await reader.peek_skip("packet", 8)
+                assert len(head) <= 8
+            else:
+                _rows, head = await reader.skip_rows(8)
+                assert len(head) <= 8
+
+    try:
+        asyncio.run(scenario())
+    except wire.WireError as exc:
+        assert exc.message  # noqa: PT017 - the message is what the result shows
+
+
+async def test_skip_rows_counts_a_stream_of_packets_in_any_pieces() -> None:
+    packets = b"".join(frame(i + 1, lenenc(str(i).encode())) for i in range(1000))
+    stream = bytearray(packets + frame(1001, EOF))
+
+    async def read(n: int) -> bytes:
+        take = min(n, 7)
+        out = bytes(stream[:take])
+        del stream[:take]
+        return out
+
+    reader = wire.PacketReader(read)
+    reader.seq = 1
+    rows, end = await reader.skip_rows(16)
+    assert (rows, end) == (1000, EOF)
 
 
 def test_scrambles_match_the_documented_vectors() -> None:

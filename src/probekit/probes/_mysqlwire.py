@@ -156,36 +156,67 @@ Read = Callable[[int], Awaitable[bytes]]
 
 class PacketReader:
     """Reads packets with ``read(n)`` (up to n bytes, b"" at the end of the stream), checking
-    their sequence ids. Every payload it returns is at most ``limit`` bytes."""
+    their sequence ids. Every payload it returns is at most ``limit`` bytes; it buffers at most
+    one chunk (64 KiB) besides."""
 
-    __slots__ = ("_read", "limit", "seq")
+    __slots__ = ("_buffer", "_pos", "_read", "limit", "seq")
 
     def __init__(self, read: Read, limit: int = PACKET_LIMIT) -> None:
         self._read = read
+        self._buffer = bytearray()
+        self._pos = 0
         self.limit = limit
         #: The sequence id the next packet must carry.
         self.seq = 0
 
-    async def _exactly(self, size: int, what: str) -> bytes:
-        data = b""
-        while len(data) < size:
-            more = await self._read(size - len(data))
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return len(self._buffer) - self._pos
+
+    async def _need(self, size: int, what: str) -> None:
+        """Make ``size`` unread bytes available."""
+        while len(self._buffer) - self._pos < size:
+            if self._pos:
+                del self._buffer[: self._pos]
+                self._pos = 0
+            more = await self._read(max(_SKIP_CHUNK, size - len(self._buffer)))
             if not more:
-                got = f"after {len(data)} of its {size} bytes" if data else "before it"
+                have = len(self._buffer)
+                got = f"after {have} of its {size} bytes" if have else "before it"
                 raise WireError(f"the connection closed {got} ({what})")
-            data += more
+            self._buffer += more
+
+    async def _take(self, size: int, what: str) -> bytes:
+        await self._need(size, what)
+        data = bytes(self._buffer[self._pos : self._pos + size])
+        self._pos += size
         return data
 
+    async def _discard(self, size: int, what: str) -> None:
+        while size > 0:
+            available = len(self._buffer) - self._pos
+            if available >= size:
+                self._pos += size
+                return
+            size -= available
+            self._buffer.clear()
+            self._pos = 0
+            await self._need(min(size, _SKIP_CHUNK), what)
+
     async def _header(self, what: str) -> int:
-        header = await self._exactly(4, what)
-        length = int.from_bytes(header[:3], "little")
-        seq = header[3]
+        await self._need(4, what)
+        buffer, pos = self._buffer, self._pos
+        length = buffer[pos] | buffer[pos + 1] << 8 | buffer[pos + 2] << 16
+        seq = buffer[pos + 3]
         if seq != self.seq:
+            shown = _text(bytes(buffer[pos : pos + 4]))
             raise WireError(
                 f"the {what} has sequence id {seq}, expected {self.seq} "
-                f"(not a MySQL server, or out of step: {_text(header)!r})"
+                f"(not a MySQL server, or out of step: {shown!r})"
             )
-        self.seq = (self.seq + 1) & 0xFF
+        self._pos = pos + 4
+        self.seq = (seq + 1) & 0xFF
         return length
 
     async def read(self, what: str) -> bytes:
@@ -193,13 +224,13 @@ class PacketReader:
         length = await self._header(what)
         if length >= _CONTINUED or length > self.limit:
             raise WireError(f"the {what} is {length} bytes or more, over the limit of {self.limit}")
-        return await self._exactly(length, what)
+        return await self._take(length, what)
 
     async def peek_skip(self, what: str, keep: int) -> tuple[bytes, int]:
         """The first ``keep`` bytes of the next packet and its length; the rest of it (and of
         any packets continuing it) is read and thrown away, a chunk at a time."""
         length = await self._header(what)
-        head = await self._exactly(min(keep, length), what)
+        head = await self._take(min(keep, length), what)
         await self._discard(length - len(head), what)
         total = length
         while length == _CONTINUED:
@@ -208,10 +239,46 @@ class PacketReader:
             total += length
         return head, total
 
-    async def _discard(self, size: int, what: str) -> None:
-        while size > 0:
-            chunk = await self._exactly(min(size, _SKIP_CHUNK), what)
-            size -= len(chunk)
+    async def skip_rows(self, keep: int) -> tuple[int, bytes]:
+        """Skip rows up to the packet that ends them (an EOF, or an ERR): the number skipped and
+        the first ``keep`` bytes of that packet. Rows are never held: a packet in the buffer is
+        stepped over without a copy, a longer one thrown away a chunk at a time."""
+        rows = 0
+        while True:
+            rows += self._skip_buffered_rows()
+            length = await self._header("row")
+            if length == 0:
+                raise WireError("an empty packet among the rows")
+            await self._need(1, "row")
+            first = self._buffer[self._pos]
+            if first == 0xFF or (first == 0xFE and length < 9):
+                head = await self._take(min(keep, length), "row")
+                await self._discard(length - len(head), "row")
+                return rows, head
+            rows += 1
+            await self._discard(length, "row")
+            while length == _CONTINUED:
+                length = await self._header("row")
+                await self._discard(length, "row")
+
+    def _skip_buffered_rows(self) -> int:
+        """Step over the whole, ordinary row packets already in the buffer, without awaiting:
+        the fast path of :meth:`skip_rows` (anything else is left to it)."""
+        buffer, pos, seq = self._buffer, self._pos, self.seq
+        end = len(buffer)
+        rows = 0
+        while pos + 5 <= end:
+            length = buffer[pos] | buffer[pos + 1] << 8 | buffer[pos + 2] << 16
+            if buffer[pos + 3] != seq or length == 0 or pos + 4 + length > end:
+                break
+            first = buffer[pos + 4]
+            if first == 0xFF or (first == 0xFE and length < 9) or length >= _CONTINUED:
+                break
+            pos += 4 + length
+            seq = (seq + 1) & 0xFF
+            rows += 1
+        self._pos, self.seq = pos, seq
+        return rows
 
 
 # -- server packets ------------------------------------------------------------------------------

@@ -210,12 +210,13 @@ class MysqlProbe(ProbeBase):
                 capabilities = wire.client_capabilities(tls=True, database=database)
                 await attempt.write(conn, wire.packet(reader.seq, wire.ssl_request(capabilities)))
                 reader.seq += 1
-                if conn.buffered:
+                pending = conn.buffered + reader.buffered
+                if pending:
                     # Plain-text bytes that would be read as if they came through TLS.
                     with attempt.phase("tls"):
                         raise ProbeFailure(
                             ErrorKind.PROTOCOL,
-                            f"{conn.buffered} unexpected plain-text bytes before the TLS handshake",
+                            f"{pending} unexpected plain-text bytes before the TLS handshake",
                         )
                 await attempt.start_tls(conn, self.host, self.starttls_options)
                 encrypted = True
@@ -437,24 +438,16 @@ async def _read_result(reader: wire.PacketReader) -> tuple[int, str | None] | wi
     first, length = await reader.peek_skip("end of the column definitions", 1)
     if not wire.is_eof(first, length):
         raise wire.WireError("the column definitions do not end with an EOF packet")
-    rows = 0
-    cell: str | None = None
-    while True:
-        if rows == 0:
-            payload = await reader.read("first row")
-            if wire.is_eof(payload, len(payload)):
-                return 0, None
-            if payload[:1] == b"\xff":
-                return wire.parse_error(payload)
-            cell = wire.first_cell(payload)
-            rows = 1
-            continue
-        head_bytes, length = await reader.peek_skip("row", _PEEK)
-        if wire.is_eof(head_bytes, length):
-            return rows, cell
-        if head_bytes[:1] == b"\xff":
-            return wire.parse_error(head_bytes)
-        rows += 1
+    payload = await reader.read("first row")
+    if wire.is_eof(payload, len(payload)):
+        return 0, None
+    if payload[:1] == b"\xff":
+        return wire.parse_error(payload)
+    cell = wire.first_cell(payload)
+    rows, end = await reader.skip_rows(_PEEK)
+    if end[:1] == b"\xff":
+        return wire.parse_error(end)
+    return rows + 1, cell
 
 
 # -- the command-line form -------------------------------------------------------------------------
