@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import Agreement, Daemon, run_plugin
 
+from conftest import Agreement, Daemon, run_plugin
 from probekit import ErrorKind, Result, Secret, Status, TlsOptions
 from probekit.probes.mysql import MysqlProbe
 
@@ -63,9 +63,11 @@ def test_up_with_tls_login_and_database(mariadb: Daemon, agreement: Agreement) -
     agreement.record(DAEMON, "login over TLS", "OK", result, plugin)
     assert result.status is Status.UP, result.summary()
     assert result.phase_names() == ("resolve", "connect", "handshake", "tls", "auth")
-    assert result.tls is not None and result.tls.verified
+    assert result.tls is not None
+    assert result.tls.verified
     versions = [a.observed for a in result.assertions if a.name == "server_version"]
-    assert versions and "MariaDB" in versions[0]
+    assert versions
+    assert "MariaDB" in versions[0]
     assert plugin.state == "OK", plugin.line
 
 
@@ -84,8 +86,10 @@ def test_wrong_password(mariadb: Daemon, agreement: Agreement) -> None:
     plugin = run_plugin("check_mysql", *plugin_args(mariadb, "not-the-password"))
     agreement.record(DAEMON, "wrong password", "CRITICAL", result, plugin)
     assert result.status is Status.DOWN
-    assert result.error is not None and result.error.kind is ErrorKind.AUTH
-    assert "1045" in result.error.message and "not-the-password" not in result.error.message
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.AUTH
+    assert "1045" in result.error.message
+    assert "not-the-password" not in result.error.message
     assert plugin.state == "CRITICAL", plugin.line
 
 
@@ -104,7 +108,8 @@ def test_query_value_out_of_range(mariadb: Daemon, agreement: Agreement) -> None
     result = run(probe(mariadb, query="SELECT 42", expect_value="7"))
     plugin = run_plugin("check_mysql_query", *plugin_args(mariadb), "-q", "SELECT 42", "-c", "6:8")
     agreement.record(DAEMON, "query value not expected", "CRITICAL", result, plugin)
-    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.ASSERTION
     assert plugin.state == "CRITICAL", plugin.line
 
 
@@ -137,7 +142,8 @@ def test_query_error(mariadb: Daemon, agreement: Agreement) -> None:
         "check_mysql_query", *plugin_args(mariadb), "-d", db, "-q", "SELECT * FROM missing_table"
     )
     agreement.record(DAEMON, "query error", "CRITICAL", result, plugin)
-    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.ASSERTION
     assert "1146" in result.error.message
     assert plugin.state == "CRITICAL", plugin.line
 
@@ -148,5 +154,6 @@ def test_stopped_service(mariadb: Daemon, agreement: Agreement) -> None:
     result = run(probe(mariadb))
     plugin = run_plugin("check_mysql", *plugin_args(mariadb))
     agreement.record(DAEMON, "stopped service", "CRITICAL", result, plugin)
-    assert result.error is not None and result.error.kind is ErrorKind.CONNECT
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.CONNECT
     assert plugin.state == "CRITICAL", plugin.line
