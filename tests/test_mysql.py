@@ -246,6 +246,7 @@ class FakeMysql:
     switch_to: tuple[str, bytes] | None = None
     seen: list[bytes] = field(default_factory=list)
     caps: int = CAPS
+    rsa_key: Any = None
 
     async def __call__(self, reader: Reader, writer: Writer) -> None:
         try:
@@ -358,8 +359,12 @@ class FakeMysql:
                     await writer.drain()
                     seq, clear = await read_packet(reader)
                     seq += 1
-                    assert encrypted, "the password was sent without TLS"
-                    ok = clear == account[1].encode() + b"\0"
+                    if clear == b"\x02" and not encrypted and self.rsa_key is not None:
+                        ok = await self._rsa_exchange(reader, writer, seq, account[1], scramble)
+                        seq += 2
+                    else:
+                        assert encrypted, "the password was sent without TLS"
+                        ok = clear == account[1].encode() + b"\0"
         if not ok:
             using = "YES" if response else "NO"
             send(
@@ -378,6 +383,31 @@ class FakeMysql:
         send(OK)
         await writer.drain()
         return seq
+
+    async def _rsa_exchange(
+        self, reader: Reader, writer: Writer, seq: int, password: str, scramble: bytes
+    ) -> bool:
+        """Send the public key, decrypt the answer as the server does (OAEP SHA-1, XOR)."""
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        pem = self.rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        writer.write(frame(seq, b"\x01" + pem))
+        await writer.drain()
+        _seq, sealed = await read_packet(reader)
+        self.seen.append(sealed)
+        plain = self.rsa_key.decrypt(
+            sealed,
+            padding.OAEP(
+                mgf=padding.MGF1(algorithm=hashes.SHA1()),  # noqa: S303 - the protocol's
+                algorithm=hashes.SHA1(),  # noqa: S303 - the protocol's
+                label=None,
+            ),
+        )
+        mask = (scramble * 8)[: len(plain)]
+        return bytes(a ^ b for a, b in zip(plain, mask, strict=True)) == password.encode() + b"\0"
 
     async def _finish(self, reader: Reader, writer: Writer, seq: int, ok: bool) -> int:
         writer.write(frame(seq, OK if ok else err(1045, "28000", "Access denied")))
@@ -575,6 +605,51 @@ async def test_caching_sha2_full_auth_without_tls_is_down_auth_saying_so() -> No
     assert result.error is not None and result.error.kind is ErrorKind.AUTH
     assert "only over TLS" in result.error.message
     assert all(PASSWORD.encode() not in p for p in server.seen)
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+async def test_caching_sha2_full_auth_with_the_server_public_key(rsa_key: Any) -> None:
+    server = FakeMysql(
+        plugin="caching_sha2_password",
+        accounts={USER: ("caching_sha2_password", PASSWORD)},
+        cached=False,
+        rsa_key=rsa_key,
+    )
+    result = await check(server, get_server_public_key=True, **login())
+    assert result.status is Status.UP, result.summary()
+    assert result.tls is None
+    assert all(PASSWORD.encode() not in p for p in server.seen)
+    wrong = await check(server, get_server_public_key=True, username=USER, password=Secret("x"))
+    assert wrong.error is not None and wrong.error.kind is ErrorKind.AUTH
+    assert "1045" in wrong.error.message
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [(b"not a key", "not a PEM public key"), (b"\xff\x10\x04boom", "ERR 1040")],
+)
+async def test_a_bad_public_key_answer(key: bytes, text: str) -> None:
+    async def handler(reader: Reader, writer: Writer) -> None:
+        writer.write(frame(0, greeting(plugin="caching_sha2_password")))
+        await read_packet(reader)
+        writer.write(frame(2, b"\x01\x04"))
+        await writer.drain()
+        await read_packet(reader)  # the request for the key
+        writer.write(frame(4, key if key.startswith(b"\xff") else b"\x01" + key))
+        await writer.drain()
+        await reader.read()
+
+    async with TcpServer(handler) as listening:
+        probe = MysqlProbe("127.0.0.1", listening.port, get_server_public_key=True, **login())
+        result = await probe.check(make_context())
+    assert result.error is not None, result.summary()
+    assert text in result.error.message
 
 
 async def test_auth_switch_to_native() -> None:

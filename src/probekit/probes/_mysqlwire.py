@@ -57,6 +57,7 @@ __all__ = [
     "parse_auth_reply",
     "parse_error",
     "parse_handshake",
+    "rsa_encrypted_password",
     "ssl_request",
     "version_number",
 ]
@@ -524,6 +525,34 @@ def caching_sha2_scramble(password: bytes, scramble: bytes) -> bytes:
     stage1 = hashlib.sha256(password).digest()
     stage2 = hashlib.sha256(stage1).digest()
     return _xor(stage1, hashlib.sha256(stage2 + scramble[:20]).digest())
+
+
+def rsa_encrypted_password(password: bytes, scramble: bytes, pem: bytes) -> bytes:
+    """caching_sha2_password's full authentication without TLS: (password + NUL) XOR the
+    scramble (repeated), encrypted with the server's RSA public key (OAEP, SHA-1), as MySQL 8.0.5
+    and later expect. Raises :class:`WireError` for a key that is not an RSA public key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError):
+        raise WireError("the server's public key is not a PEM public key") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise WireError("the server's public key is not an RSA key")
+    if not scramble:
+        raise WireError("no scramble to encrypt the password with")
+    plain = password + b"\0"
+    mask = (scramble[:20] * (len(plain) // len(scramble[:20]) + 1))[: len(plain)]
+    padded = padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA1()),  # noqa: S303 - what the server decrypts with
+        algorithm=hashes.SHA1(),  # noqa: S303 - the same
+        label=None,
+    )
+    try:
+        return key.encrypt(_xor(plain, mask), padded)
+    except ValueError:
+        raise WireError("the password is too long for the server's RSA key") from None
 
 
 #: The plugins whose first response the probe can compute.

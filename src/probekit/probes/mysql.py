@@ -80,8 +80,9 @@ class MysqlProbe(ProbeBase):
     With ``username`` the probe logs in (``password`` may be left out for an account without
     one) with ``mysql_native_password`` or ``caching_sha2_password``, following the server's
     authentication switch requests. ``caching_sha2_password``'s full authentication sends the
-    password itself, so the probe does that only over TLS; without TLS it is DOWN/``auth``
-    saying TLS is needed. A refused login is DOWN/``auth`` naming the ERR code (1045: access
+    password itself, so the probe does that only over TLS, or, with ``get_server_public_key``,
+    encrypted with the RSA key the server sends (which a man in the middle could replace);
+    otherwise it is DOWN/``auth`` saying TLS is needed. A refused login is DOWN/``auth`` naming the ERR code (1045: access
     denied), never the password. ``database`` selects the default database at login.
 
     With ``query`` (needs a ``username``) the probe runs it with ``COM_QUERY``: rows are read
@@ -104,6 +105,7 @@ class MysqlProbe(ProbeBase):
     expect_value: str | None = None
     min_rows: int | None = None
     max_rows: int | None = None
+    get_server_public_key: bool = False
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -123,6 +125,11 @@ class MysqlProbe(ProbeBase):
                 raise DefinitionError("starttls_options", "TLS options with starttls off")
         self._check_login()
         self._check_query()
+        if not isinstance(self.get_server_public_key, bool):
+            raise DefinitionError(
+                "get_server_public_key",
+                f"expected true or false, got {self.get_server_public_key!r}",
+            )
         if not isinstance(self.timeouts, Timeouts):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
 
@@ -332,7 +339,9 @@ class MysqlProbe(ProbeBase):
                 await attempt.write(conn, wire.packet(reader.seq, response))
                 reader.seq += 1
             elif isinstance(reply, wire.AuthMoreData):
-                await self._more_data(attempt, conn, reader, plugin, reply, password, encrypted)
+                await self._more_data(
+                    attempt, conn, reader, plugin, reply, password, scramble, encrypted
+                )
         raise ProbeFailure(
             ErrorKind.PROTOCOL, f"the login did not end after {_AUTH_ROUNDS} round trips"
         )
@@ -345,6 +354,7 @@ class MysqlProbe(ProbeBase):
         plugin: str,
         reply: wire.AuthMoreData,
         password: bytes,
+        scramble: bytes,
         encrypted: bool,
     ) -> None:
         if plugin != "caching_sha2_password" or len(reply.data) != 1:
@@ -359,15 +369,34 @@ class MysqlProbe(ProbeBase):
                 ErrorKind.PROTOCOL, f"unknown caching_sha2_password status {reply.data[0]}"
             )
         # Full authentication: the server wants the password itself.
-        if not encrypted:
+        if encrypted:
+            await attempt.write(conn, wire.packet(reader.seq, password + b"\0"))
+            reader.seq += 1
+            return
+        if not self.get_server_public_key:
             raise ProbeFailure(
                 ErrorKind.AUTH,
                 "caching_sha2_password asks for full authentication, which sends the password "
                 "itself: the probe does that only over TLS (set starttls to required or "
-                "optional on a server with TLS; a successful login fills the server's cache, "
-                "after which the fast path works without it)",
+                "optional on a server with TLS, or get_server_public_key to encrypt it with the "
+                "server's RSA key; a successful login fills the server's cache, after which the "
+                "fast path works without either)",
             )
-        await attempt.write(conn, wire.packet(reader.seq, password + b"\0"))
+        await attempt.write(conn, wire.packet(reader.seq, b"\x02"))  # "send your public key"
+        reader.seq += 1
+        try:
+            answer = wire.parse_auth_reply(await reader.read("public key"))
+        except wire.WireError as exc:
+            raise ProbeFailure(ErrorKind.PROTOCOL, exc.message) from None
+        if isinstance(answer, wire.ServerError):
+            self._refused(answer, password)
+        if not isinstance(answer, wire.AuthMoreData):
+            raise ProbeFailure(ErrorKind.PROTOCOL, "expected the server's public key")
+        try:
+            encrypted_password = wire.rsa_encrypted_password(password, scramble, answer.data)
+        except wire.WireError as exc:
+            raise ProbeFailure(ErrorKind.PROTOCOL, exc.message) from None
+        await attempt.write(conn, wire.packet(reader.seq, encrypted_password))
         reader.seq += 1
 
     def _refused(self, error: wire.ServerError, password: bytes) -> None:
@@ -482,6 +511,8 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
             )
         else:
             definition["starttls_options"] = tls
+    if values.get("get_server_public_key"):
+        definition["get_server_public_key"] = True
     if values.get("ipv4") and values.get("ipv6"):
         problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
     elif values.get("ipv4"):
@@ -554,6 +585,14 @@ KIND = ProbeKind(
             help="require TLS (the same as --starttls required)",
         ),
         *TLS_OPTIONS,
+        Option(
+            ("--get-server-public-key",),
+            dest="get_server_public_key",
+            action="flag",
+            sets=("get_server_public_key",),
+            help="without TLS, encrypt the password for caching_sha2_password's full "
+            "authentication with the RSA key the server sends (open to a man in the middle)",
+        ),
         Option(
             ("-q", "--query"),
             field="query",
