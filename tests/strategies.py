@@ -481,6 +481,7 @@ mysql_definitions = st.fixed_dictionaries(
         "expect_value": _or_odd(st.sampled_from(["1", "", "NULL"]) | st.none()),
         "min_rows": _or_odd(st.integers(-1, 5) | st.none()),
         "max_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "get_server_public_key": _or_odd(st.booleans()),
         "ip_family": _or_odd(ip_families),
         "assertions": assertion_lists,
         "timeouts": _or_odd(timeouts),

@@ -1136,6 +1136,7 @@ ROUND_TRIP = [
         expect_value="1",
         min_rows=1,
         max_rows=3,
+        get_server_public_key=True,
         ip_family="ipv4",
         timeouts=Timeouts(total=3),
     ),
