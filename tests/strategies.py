@@ -492,6 +492,7 @@ mssql_definitions = st.fixed_dictionaries(
     optional={
         "port": _or_odd(ports),
         "encryption": _or_odd(st.sampled_from(["required", "optional", "off", "ON", ""])),
+        "tls": _or_odd(tls_options | st.none()),
         "ip_family": _or_odd(ip_families),
         "assertions": assertion_lists,
         "timeouts": _or_odd(timeouts),

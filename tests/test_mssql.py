@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import struct
 import subprocess
 import sys
@@ -19,12 +20,14 @@ from hypothesis import strategies as st
 
 from probekit import (
     BodyContains,
+    CertExpiry,
     DefinitionErrors,
     EgressPolicy,
     ErrorKind,
     Result,
     Status,
     Timeouts,
+    TlsOptions,
     build_probe,
     probe_to_dict,
 )
@@ -81,6 +84,9 @@ class FakeTds:
     raw: bytes | None = None
     stall: bool = False
     requests: list[dict[int, bytes]] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
+    tls_stall: bool = False
+    tls_garbage: bytes | None = None
 
     async def __call__(self, reader: Reader, writer: Writer) -> None:
         try:
@@ -96,11 +102,51 @@ class FakeTds:
                 self.raw if self.raw is not None else packets(answer(self.version, self.encryption))
             )
             await writer.drain()
+            if self.tls is not None:
+                await self._tls(reader, writer, self.tls)
             await reader.read()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
             writer.close()
+
+    async def _tls(self, reader: Reader, writer: Writer, context: ssl.SSLContext) -> None:
+        """The server side of the TLS handshake, its records inside PRELOGIN packets."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            payload = await read_message(reader)
+            if self.tls_stall:
+                await reader.read()
+                return
+            if self.tls_garbage is not None:
+                writer.write(self.tls_garbage)
+                await writer.drain()
+                return
+            incoming.write(payload)
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                writer.write(tds.prelogin_packets(outgoing.read()))
+                await writer.drain()
+                continue
+            flight = outgoing.read()
+            if flight:
+                writer.write(tds.prelogin_packets(flight))
+                await writer.drain()
+            return
+
+
+async def read_message(reader: Reader) -> bytes:
+    """A whole client message (PRELOGIN packets up to end-of-message)."""
+    message = b""
+    while True:
+        header = await reader.readexactly(8)
+        kind, status, length = struct.unpack(">BBH", header[:4])
+        assert kind == 0x12
+        message += await reader.readexactly(length - 8)
+        if status & 0x01:
+            return message
 
 
 def parse_request(payload: bytes) -> dict[int, bytes]:
@@ -173,6 +219,71 @@ async def test_assertions_see_the_version() -> None:
     assert (await check(FakeTds(), assertions=(BodyContains("16.0"),))).status is Status.UP
     other = await check(FakeTds(), assertions=(BodyContains("15.0"),))
     assert other.error is not None and other.error.kind is ErrorKind.ASSERTION
+
+
+# -- the TLS handshake inside PRELOGIN ---------------------------------------------------------
+
+
+async def test_tls_handshake_records_the_certificate(good_tls: ssl.SSLContext, ca_pem: str) -> None:
+    server = FakeTds(encryption=tds.ENCRYPT_ON, tls=good_tls)
+    result = await check(
+        server,
+        encryption="required",
+        tls=TlsOptions(ca_data=ca_pem),
+        assertions=(CertExpiry(warn_days=7, crit_days=1),),
+    )
+    assert result.status is Status.UP, result.summary()
+    assert result.phase_names() == ("resolve", "connect", "prelogin", "tls")
+    assert result.tls is not None and result.tls.verified and result.tls.chain
+    assert result.metrics["cert_days_left"] > 7
+
+
+@pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
+async def test_tls_versions(version: str, good_tls: ssl.SSLContext, ca_pem: str) -> None:
+    options = TlsOptions(ca_data=ca_pem, min_version=version, max_version=version)  # type: ignore[arg-type]
+    result = await check(FakeTds(tls=good_tls), tls=options)
+    assert result.status is Status.UP, result.summary()
+    assert result.tls is not None and result.tls.version == version
+
+
+async def test_an_untrusted_certificate_is_down_tls(self_signed_tls: ssl.SSLContext) -> None:
+    result = await check(FakeTds(tls=self_signed_tls), tls=TlsOptions())
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.TLS, "tls"), result.error
+    insecure = await check(FakeTds(tls=self_signed_tls), tls=TlsOptions(verify=False))
+    assert insecure.status is Status.UP, insecure.summary()
+
+
+async def test_tls_with_a_server_that_cannot_encrypt() -> None:
+    result = await check(FakeTds(encryption=tds.ENCRYPT_NOT_SUP), tls=TlsOptions())
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.TLS, "tls")
+    assert "NOT_SUP" in result.error.message
+
+
+async def test_a_stall_in_the_tls_handshake(good_tls: ssl.SSLContext) -> None:
+    server = FakeTds(tls=good_tls, tls_stall=True)
+    result = await check(server, tls=TlsOptions(verify=False), timeouts=Timeouts(total=0.3))
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.TIMEOUT, "tls")
+
+
+@pytest.mark.parametrize(
+    ("garbage", "kind", "text"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", ErrorKind.PROTOCOL, "type 0x12 or 0x04"),
+        (packets(b"this is not TLS at all", kind=0x12), ErrorKind.TLS, ""),
+    ],
+    ids=["not-tds", "not-tls"],
+)
+async def test_garbage_in_the_tls_handshake(
+    garbage: bytes, kind: ErrorKind, text: str, good_tls: ssl.SSLContext
+) -> None:
+    server = FakeTds(tls=good_tls, tls_garbage=garbage)
+    result = await check(server, tls=TlsOptions(verify=False), timeouts=Timeouts(total=2))
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (kind, "tls"), result.error
+    assert text in result.error.message
 
 
 # -- garbage and stalls ----------------------------------------------------------------------------
@@ -302,6 +413,8 @@ def test_defaults_and_round_trip() -> None:
         ({"encryption": "yes"}, "encryption"),
         ({"ip_family": "ipx"}, "ip_family"),
         ({"encrypt": "off"}, "encrypt"),
+        ({"encryption": "off", "tls": {}}, "tls"),
+        ({"tls": {"verify": "no"}}, "tls.verify"),
     ],
 )
 def test_invalid_definitions(data: dict[str, Any], path: str) -> None:

@@ -342,8 +342,9 @@ PROFILES: dict[str, KindProfile] = {
     "mssql": KindProfile(
         name="mssql",
         family="none",
-        ask=lambda tls: {"kind": "mssql"},
-        tls=False,
+        ask=lambda tls: {"kind": "mssql", "tls": {}} if tls else {"kind": "mssql"},
+        tls=True,
+        secrets={"tls.client_key_password": _key_password},
         exempt=(
             "A TDS server answers the client's PRELOGIN with a binary TDS packet, which none of "
             "the well-behaved servers here sends. Its hostile servers (garbage, wrong packet "

@@ -9,6 +9,10 @@ server answers with a tabular-result message (type 0x04) holding its own option 
 ``VERSION`` (major, minor, a big-endian build number, a sub-build) and ``ENCRYPTION`` (off,
 on, not supported, required).
 
+With ``tls``, the TLS handshake follows inside PRELOGIN packets (its records are the data of
+type 0x12 packets in both directions), which :func:`prelogin_packets` and :func:`read_message`
+carry.
+
 Every parser takes the bytes a server sent and returns a value or raises :class:`WireError`,
 never anything else (Hypothesis tests hold it to that); :func:`read_message` reads at most
 :data:`MESSAGE_LIMIT` bytes.
@@ -37,6 +41,7 @@ __all__ = [
     "WireError",
     "parse_header",
     "parse_prelogin",
+    "prelogin_packets",
     "prelogin_request",
     "read_message",
 ]
@@ -100,6 +105,21 @@ def prelogin_request(encryption: int) -> bytes:
     return header + payload
 
 
+def prelogin_packets(data: bytes, size: int = 4096) -> bytes:
+    """``data`` (TLS handshake records) as PRELOGIN packets of at most ``size`` bytes each, the
+    last one marked end-of-message: how TDS carries the TLS handshake."""
+    room = size - _HEADER
+    chunks = [data[i : i + room] for i in range(0, len(data), room)] or [b""]
+    out = bytearray()
+    for i, chunk in enumerate(chunks):
+        status = STATUS_EOM if i == len(chunks) - 1 else 0
+        out += struct.pack(
+            ">BBHHBB", PACKET_PRELOGIN, status, _HEADER + len(chunk), 0, (i + 1) & 0xFF, 0
+        )
+        out += chunk
+    return bytes(out)
+
+
 def parse_header(header: bytes) -> tuple[int, int, int]:
     """A packet header's type, status and payload length."""
     if len(header) != _HEADER:
@@ -124,20 +144,26 @@ async def _exactly(read: Read, size: int) -> bytes:
     return data
 
 
-async def read_message(read: Read, limit: int = MESSAGE_LIMIT) -> bytes:
-    """One whole message of type 0x04 (its packets' payloads up to the end-of-message status),
-    at most ``limit`` bytes."""
+async def read_message(
+    read: Read,
+    limit: int = MESSAGE_LIMIT,
+    types: tuple[int, ...] = (PACKET_REPLY,),
+    what: str = "PRELOGIN answer",
+) -> bytes:
+    """One whole message of one of ``types`` (its packets' payloads up to the end-of-message
+    status), at most ``limit`` bytes."""
     message = b""
     while True:
         header = await _exactly(read, _HEADER)
         kind, status, length = parse_header(header)
-        if kind != PACKET_REPLY:
+        if kind not in types:
             shown = header.hex(" ")
+            wanted = " or ".join(f"0x{t:02x}" for t in types)
             raise WireError(
-                f"expected a TDS reply packet (type 0x04), got type 0x{kind:02x} ({shown})"
+                f"expected a TDS packet of type {wanted} ({what}), got type 0x{kind:02x} ({shown})"
             )
         if len(message) + length > limit:
-            raise WireError(f"the PRELOGIN answer is over the limit of {limit} bytes")
+            raise WireError(f"the {what} is over the limit of {limit} bytes")
         message += await _exactly(read, length)
         if status & STATUS_EOM:
             return message

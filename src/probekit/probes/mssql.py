@@ -2,41 +2,51 @@
 
 The probe sends a PRELOGIN message and reads the server's answer
 (:mod:`probekit.probes._tds`): the server's version and its encryption setting are the check's
-facts. It does not log in: a TDS login runs its TLS handshake inside PRELOGIN packets and then
-sends LOGIN7, which is left for a later version (see ``docs/probes/mssql.md``). A server that
-answers PRELOGIN correctly has its TDS listener up and is not a hung process or another
-service on the port.
+facts. With ``tls`` it then runs the TLS handshake a login would (inside PRELOGIN packets),
+verifying and recording the server's certificate. It does not log in (LOGIN7 is left for a
+later version; see ``docs/probes/mssql.md``). A server that answers PRELOGIN correctly has its
+TDS listener up and is not a hung process or another service on the port.
 
-Phases: ``resolve``, ``connect``, ``prelogin``. Metrics: ``server_version``
+Phases: ``resolve``, ``connect``, ``prelogin``, ``tls`` (with ``tls``). Metrics: ``server_version``
 (``major*10**7 + minor*10**5 + build``: 16.0.1000 is 160001000) and ``encryption`` (the
 ENCRYPTION value: 0 off, 1 on, 2 not supported, 3 required).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping, MutableMapping
 from typing import Any, ClassVar, Final, Literal, get_args
 
 import attrs
 
 from .._assertions import Assertion, assertion_tuple
+from .._context import ProbeContext
+from .._dial import Connection
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
+from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind, Result
 from .._timeouts import Timeouts
+from .._tls import TlsOptions, ssl_context, tls_info, warm_up
 from . import _tds as tds
 from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
-from ._options import BODY_OPTIONS, body_assertions
+from ._mailcommon import CERT_OPTIONS, cert_assertion
+from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, tls_definition
 
 __all__ = ["KIND", "EncryptionMode", "MssqlProbe"]
 
 EncryptionMode = Literal["required", "optional", "off"]
 _MODES: Final[tuple[str, ...]] = get_args(EncryptionMode)
 _WILL_ENCRYPT: Final = (tds.ENCRYPT_ON, tds.ENCRYPT_REQ)
+#: The most messages a TLS handshake may take from the server (TLS 1.2 and 1.3 need one or two).
+_HANDSHAKE_FLIGHTS: Final = 6
+#: The largest handshake message read (a server's certificate chain is a few KiB).
+_HANDSHAKE_LIMIT: Final = 256 * 1024
 
 
 @attrs.frozen
@@ -49,7 +59,12 @@ class MssqlProbe(ProbeBase):
     DOWN/``tls`` unless the server answers that it will encrypt (``ON`` or ``REQ``);
     ``optional`` (the default) announces the same and accepts any answer; ``off`` announces that
     the probe cannot encrypt and is DOWN/``tls`` when the server requires encryption. Anything
-    but a well-formed PRELOGIN answer is DOWN/``protocol``. ``assertions`` see the version text
+    but a well-formed PRELOGIN answer is DOWN/``protocol``.
+
+    With ``tls`` (TLS options, ``{}`` for the defaults) the probe then runs the TLS handshake
+    inside PRELOGIN packets, as a client does before its login: the certificate is verified per
+    the options (DOWN/``tls`` when it fails) and the chain and ``cert_days_left`` go into the
+    result, so a ``cert_expiry`` assertion applies. ``assertions`` see the version text
     (``16.0.1000.6``) as the body.
     """
 
@@ -58,6 +73,7 @@ class MssqlProbe(ProbeBase):
     host: str = attrs.field(converter=_host)
     port: int = attrs.field(default=1433, validator=_port)
     encryption: EncryptionMode = "optional"
+    tls: TlsOptions | None = None
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -69,8 +85,19 @@ class MssqlProbe(ProbeBase):
             raise DefinitionError(
                 "encryption", f"expected one of {list(_MODES)}, got {self.encryption!r}"
             )
+        options: object = self.tls
+        if options is not None:
+            if not isinstance(options, TlsOptions):
+                raise DefinitionError("tls", f"expected TlsOptions, got {options!r}")
+            if self.encryption == "off":
+                raise DefinitionError("tls", "a TLS handshake with encryption off")
         if not isinstance(self.timeouts, Timeouts):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
+
+    def prepare(self, ctx: ProbeContext) -> None:
+        """Before the clock starts: the SSL context and the certificate parser."""
+        if self.tls is not None:
+            warm_up(self.tls)
 
     @property
     def target(self) -> str:
@@ -106,6 +133,50 @@ class MssqlProbe(ProbeBase):
                 )
         else:
             attempt.outcome("encryption", True, "any (optional)", text)
+        if self.tls is not None:
+            if answer.encryption == tds.ENCRYPT_NOT_SUP:
+                with attempt.phase("tls"):
+                    raise ProbeFailure(
+                        ErrorKind.TLS, "the server cannot encrypt (NOT_SUP): no TLS handshake"
+                    )
+            await self._handshake(attempt, conn, self.tls)
+
+    async def _handshake(self, attempt: Attempt, conn: Connection, options: TlsOptions) -> None:
+        """The TLS handshake inside PRELOGIN packets, through an in-memory TLS object; the
+        certificate chain goes into the result as for any TLS connection. Then the probe hangs
+        up: no login follows."""
+        literal = parse_host_address(self.host)
+        server_name = options.server_name or (str(literal) if literal else self.host.rstrip("."))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ssl_context(options).wrap_bio(incoming, outgoing, server_hostname=server_name)
+        with attempt.phase("tls"):
+            for _ in range(_HANDSHAKE_FLIGHTS):
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                else:
+                    flight = outgoing.read()
+                    if flight:
+                        await attempt.write(conn, tds.prelogin_packets(flight))
+                    attempt.record_tls(tls_info(tls, server_name, verified=options.verify))
+                    return
+                flight = outgoing.read()
+                if flight:
+                    await attempt.write(conn, tds.prelogin_packets(flight))
+                try:
+                    records = await tds.read_message(
+                        lambda n: attempt.read(conn, n),
+                        limit=_HANDSHAKE_LIMIT,
+                        types=(tds.PACKET_PRELOGIN, tds.PACKET_REPLY),
+                        what="TLS handshake message",
+                    )
+                except tds.WireError as exc:
+                    raise ProbeFailure(ErrorKind.PROTOCOL, exc.message) from None
+                incoming.write(records)
+            raise ProbeFailure(
+                ErrorKind.PROTOCOL, f"the TLS handshake did not end in {_HANDSHAKE_FLIGHTS} flights"
+            )
 
 
 # -- the command-line form -------------------------------------------------------------------------
@@ -113,6 +184,19 @@ class MssqlProbe(ProbeBase):
 
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
+    try:
+        tls = tls_definition(values)
+    except DefinitionError as exc:
+        problems.append(exc)
+        tls = None
+    if values.get("tls"):
+        definition["tls"] = tls or {}
+    elif tls is not None:
+        problems.append(DefinitionError("--insecure/--ca-file", "need --tls"))
+    try:
+        cert_assertion(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     if values.get("ipv4") and values.get("ipv6"):
         problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
     elif values.get("ipv4"):
@@ -154,6 +238,16 @@ KIND = ProbeKind(
             "off: DOWN when the server requires encryption",
         ),
         Option(
+            ("--tls",),
+            dest="tls",
+            action="flag",
+            sets=("tls",),
+            help="after PRELOGIN, the TLS handshake (inside PRELOGIN packets): the certificate "
+            "is verified and recorded",
+        ),
+        *TLS_OPTIONS,
+        *CERT_OPTIONS,
+        Option(
             ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
         ),
         Option(
@@ -176,5 +270,6 @@ KIND = ProbeKind(
         ),
     ),
     docs="probes/mssql.md",
+    tls_field="tls",
     describe=_describe,
 )

@@ -82,8 +82,9 @@ class MysqlProbe(ProbeBase):
     authentication switch requests. ``caching_sha2_password``'s full authentication sends the
     password itself, so the probe does that only over TLS, or, with ``get_server_public_key``,
     encrypted with the RSA key the server sends (which a man in the middle could replace);
-    otherwise it is DOWN/``auth`` saying TLS is needed. A refused login is DOWN/``auth`` naming the ERR code (1045: access
-    denied), never the password. ``database`` selects the default database at login.
+    otherwise it is DOWN/``auth`` saying TLS is needed. A refused login is DOWN/``auth`` naming
+    the ERR code (1045: access denied), never the password. ``database`` selects the default
+    database at login.
 
     With ``query`` (needs a ``username``) the probe runs it with ``COM_QUERY``: rows are read
     one packet at a time and counted, only the first row's first cell kept. An error is a
