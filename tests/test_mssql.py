@@ -268,6 +268,16 @@ async def test_a_stall_in_the_tls_handshake(good_tls: ssl.SSLContext) -> None:
     assert (result.error.kind, result.error.phase) == (ErrorKind.TIMEOUT, "tls")
 
 
+async def test_the_tls_timeout_bounds_the_whole_handshake(good_tls: ssl.SSLContext) -> None:
+    server = FakeTds(tls=good_tls, tls_stall=True)
+    result = await check(
+        server, tls=TlsOptions(verify=False), timeouts=Timeouts(total=5, tls=0.2, read=3)
+    )
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.TIMEOUT, "tls")
+    assert result.duration < 2
+
+
 @pytest.mark.parametrize(
     ("garbage", "kind", "text"),
     [

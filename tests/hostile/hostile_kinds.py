@@ -335,7 +335,7 @@ PROFILES: dict[str, KindProfile] = {
             "of the well-behaved servers here says it, so no mysql definition can be UP against "
             "them. Its hostile servers (garbage greetings, ERR greetings, packets out of "
             "sequence or over the limit, stalls in each phase, plain text before the TLS "
-            "handshake, odd login replies, LOCAL INFILE requests, rows without end) are the "
+            "handshake, odd login replies, LOCAL INFILE requests, broken rows) are the "
             "tables of tests/test_mysql.py, with Hypothesis on every parser of server bytes."
         ),
     ),

@@ -139,7 +139,10 @@ class MssqlProbe(ProbeBase):
                     raise ProbeFailure(
                         ErrorKind.TLS, "the server cannot encrypt (NOT_SUP): no TLS handshake"
                     )
-            await self._handshake(attempt, conn, self.tls)
+            if self.timeouts.tls is None:
+                await self._handshake(attempt, conn, self.tls)
+            else:
+                await attempt.wait(self._handshake(attempt, conn, self.tls), self.timeouts.tls)
 
     async def _handshake(self, attempt: Attempt, conn: Connection, options: TlsOptions) -> None:
         """The TLS handshake inside PRELOGIN packets, through an in-memory TLS object; the
