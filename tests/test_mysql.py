@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from probekit import (
     BodyContains,
+    CertExpiry,
     DefinitionError,
     DefinitionErrors,
     EgressPolicy,
@@ -1225,6 +1226,22 @@ def test_options_build_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
     assert probe.starttls == "required" and probe.starttls_options == TlsOptions(verify=False)
     with pytest.raises(DefinitionErrors):
         _from_options("db", {"starttls": "off"}, ssl=True)
+    certs = _from_options("db", cert_warn_days=21.0, cert_crit_days=7.0)
+    assert certs.assertions == (CertExpiry(warn_days=21.0, crit_days=7.0),)
+
+
+async def test_cert_expiry_sees_the_upgrade_certificate(
+    good_tls: ssl.SSLContext, expired_tls: ssl.SSLContext, ca_pem: str
+) -> None:
+    options = TlsOptions(ca_data=ca_pem)
+    fields = {"starttls": "required", "assertions": (CertExpiry(crit_days=7),)}
+    ok = await check(FakeMysql(tls=good_tls), starttls_options=options, **fields)
+    assert ok.status is Status.UP, ok.summary()
+    assert ok.metrics["cert_days_left"] > 7
+    insecure = TlsOptions(verify=False)
+    soon = await check(FakeMysql(tls=expired_tls), starttls_options=insecure, **fields)
+    assert soon.metrics["cert_days_left"] < 0
+    assert soon.error is not None and soon.error.kind is ErrorKind.ASSERTION
 
 
 def test_cli_help_lists_the_options() -> None:

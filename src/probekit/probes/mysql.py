@@ -33,6 +33,7 @@ from ._fields import check_family, check_host, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
+from ._mailcommon import CERT_OPTIONS, cert_assertion
 from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, secret_from_env, tls_definition
 
 __all__ = ["KIND", "QUERY_LIMIT", "MysqlProbe", "StartTlsMode"]
@@ -512,6 +513,10 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
             )
         else:
             definition["starttls_options"] = tls
+    try:
+        cert_assertion(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     if values.get("get_server_public_key"):
         definition["get_server_public_key"] = True
     if values.get("ipv4") and values.get("ipv6"):
@@ -586,6 +591,7 @@ KIND = ProbeKind(
             help="require TLS (the same as --starttls required)",
         ),
         *TLS_OPTIONS,
+        *CERT_OPTIONS,
         Option(
             ("--get-server-public-key",),
             dest="get_server_public_key",
