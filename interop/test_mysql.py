@@ -81,6 +81,26 @@ def test_handshake_only(mariadb: Daemon, agreement: Agreement) -> None:
     assert plugin.state == "OK", plugin.line
 
 
+def test_optional_tls_with_an_untrusted_certificate(mariadb: Daemon, agreement: Agreement) -> None:
+    """The server offers TLS with a self-made certificate and the probe is not told to trust
+    it: probekit upgrades (starttls optional) and refuses the certificate; check_mysql without
+    -l never asks for TLS, so it sees nothing wrong."""
+    result = run(probe(mariadb, starttls="optional", starttls_options=None))
+    plugin = run_plugin("check_mysql", *plugin_args(mariadb))
+    agreement.record(
+        DAEMON,
+        "optional TLS, certificate not trusted",
+        "CRITICAL/tls (probekit)",
+        result,
+        plugin,
+        "disagree by design: probekit upgrades when offered and verifies; the plugin stays plain",
+    )
+    assert result.error is not None
+    assert result.error.kind is ErrorKind.TLS
+    assert "self-signed" in result.error.message
+    assert plugin.state == "OK", plugin.line
+
+
 def test_wrong_password(mariadb: Daemon, agreement: Agreement) -> None:
     result = run(probe(mariadb, password=Secret("not-the-password")))
     plugin = run_plugin("check_mysql", *plugin_args(mariadb, "not-the-password"))
