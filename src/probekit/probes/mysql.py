@@ -252,8 +252,12 @@ class MysqlProbe(ProbeBase):
         else:
             with attempt.phase("query"):
                 await self._query(attempt, conn, reader, self.query)
-        # A polite goodbye; the answer (the server closes) is not waited for.
-        await attempt.write(conn, wire.packet(0, b"\x01"))
+        # A polite goodbye; the answer (the server closes) is not waited for, and a server that
+        # has already hung up has done what was asked.
+        try:
+            await attempt.write(conn, wire.packet(0, b"\x01"))
+        except ConnectionError as exc:
+            log.debug("mysql %s closed before COM_QUIT: %s", self.target, exc)
 
     # -- handshake ---------------------------------------------------------------------------
 
