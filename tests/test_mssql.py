@@ -25,11 +25,13 @@ from probekit import (
     EgressPolicy,
     ErrorKind,
     Result,
+    Secret,
     Status,
     Timeouts,
     TlsOptions,
     build_probe,
     probe_to_dict,
+    result_to_json,
 )
 from probekit.probes import _tds as tds
 from probekit.probes import get_kind
@@ -87,6 +89,10 @@ class FakeTds:
     tls: ssl.SSLContext | None = None
     tls_stall: bool = False
     tls_garbage: bytes | None = None
+    accounts: dict[str, str] = field(default_factory=lambda: {USER: PASSWORD})
+    databases: tuple[str, ...] = ("probe",)
+    login_reply: bytes | None = None
+    logins: list[dict[str, str]] = field(default_factory=list)
 
     async def __call__(self, reader: Reader, writer: Writer) -> None:
         try:
@@ -134,7 +140,47 @@ class FakeTds:
             if flight:
                 writer.write(tds.prelogin_packets(flight))
                 await writer.drain()
+            await self._login(reader, writer, tls, incoming, outgoing)
             return
+
+    async def _login(
+        self,
+        reader: Reader,
+        writer: Writer,
+        tls: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+    ) -> None:
+        """Read LOGIN7 through TLS (raw records now); answer in TLS, or in plain text when the
+        encryption answer was OFF (only the login packet is encrypted then)."""
+        plain = b""
+        while len(plain) < 8 or len(plain) < struct.unpack(">H", plain[2:4])[0]:
+            try:
+                plain += tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                incoming.write(data)
+        kind = plain[0]
+        assert kind == 0x10, kind
+        login = parse_login7(plain[8:])
+        self.logins.append(login)
+        if self.login_reply is not None:
+            reply = self.login_reply
+        elif self.accounts.get(login["user"]) != login["password"]:
+            reply = error_token(18456, f"Login failed for user '{login['user']}'.") + DONE_ERROR
+        elif login["database"] and login["database"] not in self.databases:
+            reply = error_token(4060, f'Cannot open database "{login["database"]}".') + DONE_ERROR
+        else:
+            reply = loginack() + DONE_OK
+        answer = packets(reply)
+        if self.encryption == tds.ENCRYPT_OFF:
+            writer.write(answer)
+        else:
+            tls.write(answer)
+            writer.write(outgoing.read())
+        await writer.drain()
 
 
 async def read_message(reader: Reader) -> bytes:
@@ -147,6 +193,49 @@ async def read_message(reader: Reader) -> bytes:
         message += await reader.readexactly(length - 8)
         if status & 0x01:
             return message
+
+
+USER = "monitor"
+PASSWORD = "hunter2-canary-0b7e44"  # a canary: it must show up nowhere but inside TLS
+DONE_OK = b"\xfd" + bytes(12)
+DONE_ERROR = b"\xfd\x02\x00" + bytes(10)
+
+
+def parse_login7(payload: bytes) -> dict[str, str]:
+    """The user, the (de-obfuscated) password and the database of a LOGIN7 payload."""
+
+    def field(index: int) -> bytes:
+        offset, chars = struct.unpack_from("<HH", payload, 36 + index * 4)
+        return payload[offset : offset + chars * 2]
+
+    hidden = field(2)
+    clear = bytes((((b ^ 0xA5) << 4) & 0xF0) | ((b ^ 0xA5) >> 4) for b in hidden)
+    assert struct.unpack_from("<I", payload, 4)[0] == 0x74000004
+    return {
+        "user": field(1).decode("utf-16-le"),
+        "password": clear.decode("utf-16-le"),
+        "database": field(8).decode("utf-16-le"),
+    }
+
+
+def error_token(number: int, message: str) -> bytes:
+    text = message.encode("utf-16-le")
+    body = struct.pack("<IBBH", number, 1, 14, len(message)) + text + b"\x00" + b"\x00" + bytes(4)
+    return b"\xaa" + struct.pack("<H", len(body)) + body
+
+
+def loginack(program: str = "Microsoft SQL Server", version: bytes = b"\x10\x00\x03\xe8") -> bytes:
+    name = program.encode("utf-16-le")
+    body = b"\x01" + bytes.fromhex("74000004") + bytes([len(program)]) + name + version
+    return b"\xad" + struct.pack("<H", len(body)) + body
+
+
+def tls12(ca: Any) -> ssl.SSLContext:
+    """A server context capped at TLS 1.2, as SQL Server negotiates inside TDS 7.x PRELOGIN."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def parse_request(payload: bytes) -> dict[int, bytes]:
@@ -296,6 +385,93 @@ async def test_garbage_in_the_tls_handshake(
     assert text in result.error.message
 
 
+# -- the login -------------------------------------------------------------------------------------
+
+
+def login(**fields: Any) -> dict[str, Any]:
+    return {
+        "username": USER,
+        "password": Secret(PASSWORD),
+        "tls": TlsOptions(verify=False),
+        **fields,
+    }
+
+
+@pytest.mark.parametrize("encryption", [tds.ENCRYPT_OFF, tds.ENCRYPT_ON, tds.ENCRYPT_REQ])
+async def test_login_accepted(encryption: int, ca: Any) -> None:
+    server = FakeTds(encryption=encryption, tls=tls12(ca))
+    result = await check(server, database="probe", **login())
+    assert result.status is Status.UP, result.summary()
+    assert result.phase_names() == ("resolve", "connect", "prelogin", "tls", "auth")
+    assert outcomes(result)["auth"].observed == f"{USER} (Microsoft SQL Server 16.0.1000)"
+    assert server.logins == [{"user": USER, "password": PASSWORD, "database": "probe"}]
+
+
+async def test_wrong_password_is_down_auth_naming_18456(ca: Any) -> None:
+    server = FakeTds(tls=tls12(ca))
+    result = await check(server, **login(password=Secret("wrong")))
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.AUTH, "auth")
+    assert "18456" in result.error.message and "Login failed" in result.error.message
+
+
+async def test_unknown_database_is_down_auth(ca: Any) -> None:
+    result = await check(FakeTds(tls=tls12(ca)), database="nope", **login())
+    assert result.error is not None and result.error.kind is ErrorKind.AUTH
+    assert "4060" in result.error.message
+
+
+async def test_the_password_shows_nowhere(ca: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    echo = error_token(18456, f"Login failed, you said {PASSWORD}") + DONE_ERROR
+    result = await check(FakeTds(tls=tls12(ca), login_reply=echo), **login())
+    assert result.error is not None and result.error.kind is ErrorKind.AUTH
+    probe = MssqlProbe("127.0.0.1", **login())
+    for text in (result_to_json(result), repr(probe), repr(probe_to_dict(probe)), caplog.text):
+        assert PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    ("reply", "text"),
+    [
+        (DONE_OK, "neither LOGINACK nor ERROR"),
+        (b"\x81\x00\x00", "unexpected token 0x81"),
+        (b"\xad\x40\x00abc", "runs past the end"),
+        (b"\xad\x03\x00abc", "shorter than its fixed part"),
+        (b"\xfd\x00", "DONE token cut short"),
+    ],
+)
+async def test_odd_login_answers_are_down_protocol(reply: bytes, text: str, ca: Any) -> None:
+    result = await check(FakeTds(tls=tls12(ca), login_reply=reply), **login())
+    assert result.error is not None
+    assert (result.error.kind, result.error.phase) == (ErrorKind.PROTOCOL, "auth"), result.error
+    assert text in result.error.message
+
+
+async def test_a_login_needs_a_server_that_can_encrypt() -> None:
+    result = await check(FakeTds(encryption=tds.ENCRYPT_NOT_SUP), **login())
+    assert result.error is not None and result.error.kind is ErrorKind.TLS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_parse_login_reply_classifies_any_bytes(data: bytes) -> None:
+    message = "parsed"
+    try:
+        tds.parse_login_reply(data)
+    except tds.WireError as exc:
+        message = exc.message
+    assert message
+
+
+def test_login7_layout() -> None:
+    packet = tds.login7("u", "pässword", "db", "host", "app", "srv")
+    assert packet[0] == 0x10 and struct.unpack(">H", packet[2:4])[0] == len(packet)
+    assert struct.unpack("<I", packet[8:12])[0] == len(packet) - 8
+    assert parse_login7(packet[8:]) == {"user": "u", "password": "pässword", "database": "db"}
+    assert "pässword".encode("utf-16-le") not in packet
+
+
 # -- garbage and stalls ----------------------------------------------------------------------------
 
 GARBAGE: list[Any] = [
@@ -425,11 +601,16 @@ def test_defaults_and_round_trip() -> None:
         ({"encrypt": "off"}, "encrypt"),
         ({"encryption": "off", "tls": {}}, "tls"),
         ({"tls": {"verify": "no"}}, "tls.verify"),
+        ({"username": "u"}, "password"),
+        ({"password": {"secret": "db"}}, "username"),
+        ({"username": "u", "password": {"secret": "db"}, "encryption": "off"}, "encryption"),
+        ({"database": "d"}, "database"),
+        ({"username": "u" * 129, "password": {"secret": "db"}}, "username"),
     ],
 )
 def test_invalid_definitions(data: dict[str, Any], path: str) -> None:
     with pytest.raises(DefinitionErrors) as info:
-        build_probe({"kind": "mssql", "host": "sql", **data})
+        build_probe({"kind": "mssql", "host": "sql", **data}, secrets={"db": Secret("x")})
     assert path in {e.path for e in info.value.errors}
 
 

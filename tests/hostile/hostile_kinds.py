@@ -344,12 +344,16 @@ PROFILES: dict[str, KindProfile] = {
         family="none",
         ask=lambda tls: {"kind": "mssql", "tls": {}} if tls else {"kind": "mssql"},
         tls=True,
-        secrets={"tls.client_key_password": _key_password},
+        secrets={
+            "password": lambda d, s, p: d.update(username="probe", password=s, tls={}),
+            "tls.client_key_password": _key_password,
+        },
         exempt=(
             "A TDS server answers the client's PRELOGIN with a binary TDS packet, which none of "
             "the well-behaved servers here sends. Its hostile servers (garbage, wrong packet "
-            "types, broken option tables, oversized answers, stalls) are the tables of "
-            "tests/test_mssql.py, with Hypothesis on the PRELOGIN parser."
+            "types, broken option tables, oversized answers, stalls, garbage in the TLS "
+            "handshake, odd login answers) are the tables of tests/test_mssql.py, with "
+            "Hypothesis on the PRELOGIN and login-answer parsers."
         ),
     ),
 }

@@ -36,10 +36,14 @@ __all__ = [
     "ENCRYPT_OFF",
     "ENCRYPT_ON",
     "ENCRYPT_REQ",
+    "LOGIN_REPLY_LIMIT",
     "MESSAGE_LIMIT",
+    "LoginReply",
     "Prelogin",
     "WireError",
+    "login7",
     "parse_header",
+    "parse_login_reply",
     "parse_prelogin",
     "prelogin_packets",
     "prelogin_request",
@@ -228,3 +232,138 @@ def parse_prelogin(payload: bytes) -> Prelogin:
     if encryption[0] not in ENCRYPTION_NAMES:
         raise WireError(f"the PRELOGIN answer has an unknown ENCRYPTION value {encryption[0]}")
     return Prelogin((major, minor, build, sub), encryption[0])
+
+
+# -- LOGIN7 and its answer ------------------------------------------------------------------------
+
+PACKET_LOGIN7: Final = 0x10
+#: TDS 7.4 (SQL Server 2012 and later; older servers answer with the version they speak).
+TDS_VERSION: Final = 0x74000004
+TOKEN_LOGINACK: Final = 0xAD
+TOKEN_ERROR: Final = 0xAA
+TOKEN_INFO: Final = 0xAB
+TOKEN_ENVCHANGE: Final = 0xE3
+TOKEN_DONE: Final = 0xFD
+#: The largest login answer read (a real one, with its environment changes, is under 1 KiB).
+LOGIN_REPLY_LIMIT: Final = 64 * 1024
+_LOGIN_FIXED: Final = 94
+
+
+def _obfuscated(password: str) -> bytes:
+    """LOGIN7's password encoding: UCS-2, each byte's nibbles swapped, then XOR 0xA5 (an
+    encoding, not encryption: the packet itself goes inside TLS)."""
+    return bytes((((b << 4) & 0xF0) | (b >> 4)) ^ 0xA5 for b in password.encode("utf-16-le"))
+
+
+def login7(
+    username: str, password: str, database: str | None, hostname: str, app: str, server: str
+) -> bytes:
+    """A LOGIN7 message as one packet (TDS 7.4, SQL Server authentication)."""
+    fields = [
+        hostname.encode("utf-16-le"),
+        username.encode("utf-16-le"),
+        _obfuscated(password),
+        app.encode("utf-16-le"),
+        server.encode("utf-16-le"),
+        b"",  # extension
+        "probekit".encode("utf-16-le"),  # client interface name
+        b"",  # language
+        (database or "").encode("utf-16-le"),
+    ]
+    offsets = bytearray()
+    data = bytearray()
+    position = _LOGIN_FIXED
+    for value in fields:
+        offsets += struct.pack("<HH", position + len(data), len(value) // 2)
+        data += value
+    offsets += bytes(6)  # client id (a MAC address; none)
+    for _ in range(3):  # SSPI, attach-database file, change password: none
+        offsets += struct.pack("<HH", position + len(data), 0)
+    offsets += struct.pack("<I", 0)  # long SSPI length
+    head = struct.pack(
+        "<IIIIII4BiI",
+        _LOGIN_FIXED + len(data),
+        TDS_VERSION,
+        4096,  # packet size
+        0x01000000,  # client program version
+        0,  # client process id
+        0,  # connection id
+        0xE0,  # USE_DB_ON | INIT_DB_FATAL | SET_LANG_ON
+        0x03,  # INIT_LANG_FATAL | ODBC_ON
+        0x00,  # type flags
+        0x00,  # option flags 3
+        0,  # time zone
+        0x0409,  # LCID
+    )
+    payload = head + bytes(offsets) + bytes(data)
+    if len(head) + len(offsets) != _LOGIN_FIXED:
+        raise AssertionError("LOGIN7 fixed part is not 94 bytes")
+    header = struct.pack(">BBHHBB", PACKET_LOGIN7, STATUS_EOM, _HEADER + len(payload), 0, 1, 0)
+    return header + payload
+
+
+@attrs.frozen
+class LoginReply:
+    """What the server answered to LOGIN7: accepted (with its program name and version), or
+    the first error (number, message)."""
+
+    accepted: bool
+    program: str = ""
+    version: str = ""
+    error_number: int = 0
+    error_message: str = ""
+
+
+def _ucs2(data: bytes, pos: int, chars: int, what: str) -> tuple[str, int]:
+    end = pos + chars * 2
+    if end > len(data):
+        raise WireError(f"the {what} runs past the end of its token")
+    return data[pos:end].decode("utf-16-le", "replace"), end
+
+
+def _error_token(body: bytes) -> tuple[int, str]:
+    if len(body) < 8:
+        raise WireError("an ERROR token shorter than its fixed part")
+    number = int.from_bytes(body[0:4], "little")
+    chars = int.from_bytes(body[6:8], "little")
+    message, _ = _ucs2(body, 8, chars, "error message")
+    return number, message[:300]
+
+
+def parse_login_reply(payload: bytes) -> LoginReply:
+    """The token stream answering LOGIN7: LOGINACK, ERROR, INFO, ENVCHANGE and DONE tokens."""
+    pos = 0
+    ack: LoginReply | None = None
+    error: tuple[int, str] | None = None
+    while pos < len(payload):
+        token = payload[pos]
+        pos += 1
+        if token == TOKEN_DONE:
+            if pos + 12 > len(payload):
+                raise WireError("a DONE token cut short")
+            pos += 12
+            continue
+        if token not in (TOKEN_LOGINACK, TOKEN_ERROR, TOKEN_INFO, TOKEN_ENVCHANGE):
+            raise WireError(f"an unexpected token 0x{token:02x} in the login answer")
+        if pos + 2 > len(payload):
+            raise WireError("a token length cut short")
+        length = int.from_bytes(payload[pos : pos + 2], "little")
+        body = payload[pos + 2 : pos + 2 + length]
+        if len(body) != length:
+            raise WireError(f"a token of {length} bytes runs past the end of the login answer")
+        pos += 2 + length
+        if token == TOKEN_ERROR and error is None:
+            error = _error_token(body)
+        elif token == TOKEN_LOGINACK:
+            if len(body) < 10:
+                raise WireError("a LOGINACK token shorter than its fixed part")
+            name, end = _ucs2(body, 6, body[5], "program name")
+            if end + 4 > len(body):
+                raise WireError("a LOGINACK token without the server version")
+            major, minor, high, low = body[end : end + 4]
+            ack = LoginReply(True, name[:64], f"{major}.{minor}.{high << 8 | low}")
+    if error is not None:
+        return LoginReply(False, error_number=error[0], error_message=error[1])
+    if ack is None:
+        raise WireError("the login answer has neither LOGINACK nor ERROR")
+    return ack

@@ -3,17 +3,19 @@
 The probe sends a PRELOGIN message and reads the server's answer
 (:mod:`probekit.probes._tds`): the server's version and its encryption setting are the check's
 facts. With ``tls`` it then runs the TLS handshake a login would (inside PRELOGIN packets),
-verifying and recording the server's certificate. It does not log in (LOGIN7 is left for a
-later version; see ``docs/probes/mssql.md``). A server that answers PRELOGIN correctly has its
-TDS listener up and is not a hung process or another service on the port.
+verifying and recording the server's certificate; with ``username`` and ``password`` it logs
+in (LOGIN7 inside that TLS session). A server that answers PRELOGIN correctly has its TDS
+listener up and is not a hung process or another service on the port.
 
-Phases: ``resolve``, ``connect``, ``prelogin``, ``tls`` (with ``tls``). Metrics: ``server_version``
+Phases: ``resolve``, ``connect``, ``prelogin``, ``tls`` (with ``tls`` or a login), ``auth``
+(with a login). Metrics: ``server_version``
 (``major*10**7 + minor*10**5 + build``: 16.0.1000 is 160001000) and ``encryption`` (the
 ENCRYPTION value: 0 off, 1 on, 2 not supported, 3 required).
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping, MutableMapping
 from typing import Any, ClassVar, Final, Literal, get_args
@@ -27,6 +29,7 @@ from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
 from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind, Result
+from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, ssl_context, tls_info, warm_up
 from . import _tds as tds
@@ -36,13 +39,22 @@ from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._mailcommon import CERT_OPTIONS, cert_assertion
-from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, tls_definition
+from ._options import (
+    BODY_OPTIONS,
+    TLS_OPTIONS,
+    body_assertions,
+    secret_from_env,
+    tls_definition,
+)
 
 __all__ = ["KIND", "EncryptionMode", "MssqlProbe"]
+
+log = logging.getLogger("probekit.probes.mssql")
 
 EncryptionMode = Literal["required", "optional", "off"]
 _MODES: Final[tuple[str, ...]] = get_args(EncryptionMode)
 _WILL_ENCRYPT: Final = (tds.ENCRYPT_ON, tds.ENCRYPT_REQ)
+_MASK: Final = "<secret>"
 #: The most messages a TLS handshake may take from the server (TLS 1.2 and 1.3 need one or two).
 _HANDSHAKE_FLIGHTS: Final = 6
 #: The largest handshake message read (a server's certificate chain is a few KiB).
@@ -64,8 +76,13 @@ class MssqlProbe(ProbeBase):
     With ``tls`` (TLS options, ``{}`` for the defaults) the probe then runs the TLS handshake
     inside PRELOGIN packets, as a client does before its login: the certificate is verified per
     the options (DOWN/``tls`` when it fails) and the chain and ``cert_days_left`` go into the
-    result, so a ``cert_expiry`` assertion applies. ``assertions`` see the version text
-    (``16.0.1000.6``) as the body.
+    result, so a ``cert_expiry`` assertion applies.
+
+    With ``username`` and ``password`` (SQL Server authentication; implies the handshake, with
+    ``tls`` or the default options) the probe sends LOGIN7 inside TLS and reads the answer: a
+    LOGINACK is a passed ``auth`` outcome naming the server's program and version, an ERROR is
+    DOWN/``auth`` with its number (18456: login failed) and message. ``database`` is the
+    database the login opens. ``assertions`` see the version text (``16.0.1000.6``) as the body.
     """
 
     kind: ClassVar[str] = "mssql"
@@ -74,6 +91,9 @@ class MssqlProbe(ProbeBase):
     port: int = attrs.field(default=1433, validator=_port)
     encryption: EncryptionMode = "optional"
     tls: TlsOptions | None = None
+    username: str | None = None
+    password: Secret | None = None
+    database: str | None = None
     assertions: tuple[Assertion, ...] = attrs.field(default=(), converter=assertion_tuple)
     ip_family: Family | None = None
     timeouts: Timeouts = attrs.field(factory=Timeouts)
@@ -91,13 +111,42 @@ class MssqlProbe(ProbeBase):
                 raise DefinitionError("tls", f"expected TlsOptions, got {options!r}")
             if self.encryption == "off":
                 raise DefinitionError("tls", "a TLS handshake with encryption off")
+        self._check_login()
         if not isinstance(self.timeouts, Timeouts):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
 
+    def _check_login(self) -> None:
+        password: object = self.password
+        if password is not None:
+            if not isinstance(password, Secret):
+                # The type only: the value may be the password itself.
+                raise DefinitionError(
+                    "password", f"expected a Secret, got {type(password).__name__}"
+                )
+            if not password or len(password.reveal()) > 128:
+                raise DefinitionError("password", "expected 1 to 128 characters")
+        for field in ("username", "database"):
+            value: object = getattr(self, field)
+            if value is not None and (
+                not isinstance(value, str) or not value or len(value) > 128 or "\0" in value
+            ):
+                raise DefinitionError(
+                    field, f"expected a name of 1 to 128 characters, got {value!r}"
+                )
+        if (self.username is None) != (password is None):
+            missing = "password" if password is None else "username"
+            raise DefinitionError(missing, "a login needs both username and password")
+        if self.database is not None and self.username is None:
+            raise DefinitionError("database", "selecting a database needs a login (username)")
+        if self.username is not None and self.encryption == "off":
+            raise DefinitionError(
+                "encryption", "a login is sent inside TLS; it cannot be off with a username"
+            )
+
     def prepare(self, ctx: ProbeContext) -> None:
         """Before the clock starts: the SSL context and the certificate parser."""
-        if self.tls is not None:
-            warm_up(self.tls)
+        if self.tls is not None or self.username is not None:
+            warm_up(self.tls or TlsOptions())
 
     @property
     def target(self) -> str:
@@ -133,21 +182,62 @@ class MssqlProbe(ProbeBase):
                 )
         else:
             attempt.outcome("encryption", True, "any (optional)", text)
-        if self.tls is not None:
-            if answer.encryption == tds.ENCRYPT_NOT_SUP:
-                with attempt.phase("tls"):
-                    raise ProbeFailure(
-                        ErrorKind.TLS, "the server cannot encrypt (NOT_SUP): no TLS handshake"
-                    )
-            if self.timeouts.tls is None:
-                await self._handshake(attempt, conn, self.tls)
-            else:
-                await attempt.wait(self._handshake(attempt, conn, self.tls), self.timeouts.tls)
+        if self.tls is None and self.username is None:
+            return
+        if answer.encryption == tds.ENCRYPT_NOT_SUP:
+            with attempt.phase("tls"):
+                raise ProbeFailure(
+                    ErrorKind.TLS, "the server cannot encrypt (NOT_SUP): no TLS handshake"
+                )
+        options = self.tls or TlsOptions()
+        if self.timeouts.tls is None:
+            session = await self._handshake(attempt, conn, options)
+        else:
+            session = await attempt.wait(self._handshake(attempt, conn, options), self.timeouts.tls)
+        if self.username is not None and self.password is not None:
+            with attempt.phase("auth"):
+                await self._login(
+                    attempt, conn, session, self.username, self.password, answer.encryption
+                )
 
-    async def _handshake(self, attempt: Attempt, conn: Connection, options: TlsOptions) -> None:
+    async def _login(
+        self,
+        attempt: Attempt,
+        conn: Connection,
+        session: _TlsSession,
+        username: str,
+        password: Secret,
+        encryption: int,
+    ) -> None:
+        """LOGIN7 inside TLS; the answer in TLS too, or in plain text when the server said OFF
+        (TDS then encrypts the login packet only)."""
+        packet = tds.login7(
+            username, password.reveal(), self.database, "probekit", "probekit", self.host
+        )
+        session.tls.write(packet)
+        await attempt.write(conn, session.outgoing.read())
+        if encryption == tds.ENCRYPT_OFF:
+            read: tds.Read = lambda n: attempt.read(conn, n)  # noqa: E731 - one line
+        else:
+            read = session.reader(attempt, conn)
+        try:
+            payload = await tds.read_message(read, limit=tds.LOGIN_REPLY_LIMIT, what="login answer")
+            reply = tds.parse_login_reply(payload)
+        except tds.WireError as exc:
+            raise ProbeFailure(ErrorKind.PROTOCOL, exc.message) from None
+        if not reply.accepted:
+            text = reply.error_message.replace(password.reveal(), _MASK)
+            log.debug("mssql %s refused the login: %s %s", self.target, reply.error_number, text)
+            raise ProbeFailure(ErrorKind.AUTH, f"login refused: error {reply.error_number}: {text}")
+        attempt.outcome(
+            "auth", True, "login accepted", f"{username} ({reply.program} {reply.version})"
+        )
+
+    async def _handshake(
+        self, attempt: Attempt, conn: Connection, options: TlsOptions
+    ) -> _TlsSession:
         """The TLS handshake inside PRELOGIN packets, through an in-memory TLS object; the
-        certificate chain goes into the result as for any TLS connection. Then the probe hangs
-        up: no login follows."""
+        certificate chain goes into the result as for any TLS connection."""
         literal = parse_host_address(self.host)
         server_name = options.server_name or (str(literal) if literal else self.host.rstrip("."))
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -163,7 +253,7 @@ class MssqlProbe(ProbeBase):
                     if flight:
                         await attempt.write(conn, tds.prelogin_packets(flight))
                     attempt.record_tls(tls_info(tls, server_name, verified=options.verify))
-                    return
+                    return _TlsSession(tls, incoming, outgoing)
                 flight = outgoing.read()
                 if flight:
                     await attempt.write(conn, tds.prelogin_packets(flight))
@@ -182,11 +272,44 @@ class MssqlProbe(ProbeBase):
             )
 
 
+class _TlsSession:
+    """The TLS object of a finished handshake and its two in-memory buffers: after the
+    handshake, TLS records go on the wire as they are (no longer inside PRELOGIN packets)."""
+
+    __slots__ = ("incoming", "outgoing", "tls")
+
+    def __init__(
+        self, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+    ) -> None:
+        self.tls = tls
+        self.incoming = incoming
+        self.outgoing = outgoing
+
+    def reader(self, attempt: Attempt, conn: Connection) -> tds.Read:
+        """``read(n)`` of decrypted bytes (b"" at the end of the stream)."""
+
+        async def read(size: int) -> bytes:
+            while True:
+                try:
+                    return self.tls.read(size)
+                except ssl.SSLWantReadError:
+                    records = await attempt.read(conn, 64 * 1024)
+                    if not records:
+                        return b""
+                    self.incoming.write(records)
+
+        return read
+
+
 # -- the command-line form -------------------------------------------------------------------------
 
 
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
+    try:
+        secret_from_env(values, definition)
+    except DefinitionError as exc:
+        problems.append(exc)
     try:
         tls = tls_definition(values)
     except DefinitionError as exc:
@@ -250,6 +373,25 @@ KIND = ProbeKind(
         ),
         *TLS_OPTIONS,
         *CERT_OPTIONS,
+        Option(
+            ("-u", "--user"),
+            field="username",
+            metavar="NAME",
+            help="log in (SQL Server authentication, inside TLS) as NAME; needs --password-env",
+        ),
+        Option(
+            ("--password-env",),
+            dest="password_env",
+            metavar="VAR",
+            sets=("password",),
+            help="the password for --user, from environment variable VAR",
+        ),
+        Option(
+            ("-d", "--database"),
+            field="database",
+            metavar="DB",
+            help="the database to open at login (needs --user)",
+        ),
         Option(
             ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
         ),
