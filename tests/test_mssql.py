@@ -405,6 +405,9 @@ async def test_login_accepted(encryption: int, ca: Any) -> None:
     assert result.phase_names() == ("resolve", "connect", "prelogin", "tls", "auth")
     assert outcomes(result)["auth"].observed == f"{USER} (Microsoft SQL Server 16.0.1000)"
     assert server.logins == [{"user": USER, "password": PASSWORD, "database": "probe"}]
+    describe = get_kind("mssql").describe
+    assert describe is not None
+    assert (describe(result) or "").endswith(f"TLS, login {USER} (Microsoft SQL Server 16.0.1000)")
 
 
 async def test_wrong_password_is_down_auth_naming_18456(ca: Any) -> None:

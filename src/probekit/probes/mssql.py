@@ -346,6 +346,11 @@ def _describe(result: Result) -> str | None:
     parts = [f"TDS {version.observed}"]
     if encryption is not None:
         parts.append(f"encryption {encryption.observed.split(' ')[0]}")
+    if result.tls is not None:
+        parts.append("TLS")
+    auth = outcomes.get("auth")
+    if auth is not None and auth.passed:
+        parts.append(f"login {auth.observed}")
     return ", ".join(parts)
 
 
