@@ -548,6 +548,40 @@ postgres_definitions = st.fixed_dictionaries(
     },
 )
 
+mysql_definitions = st.fixed_dictionaries(
+    {"kind": st.just("mysql"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "port": _or_odd(ports),
+        "starttls": _or_odd(starttls_modes),
+        "starttls_options": _or_odd(tls_options | st.none()),
+        "username": _or_odd(user_names | st.none()),
+        "password": secret_refs,
+        "database": _or_odd(st.sampled_from(["probe", "", "a\x00b", "x" * 300]) | st.none()),
+        "query": _or_odd(st.sampled_from(["SELECT 1", "", " ", "\ud800", "x" * 70000]) | st.none()),
+        "expect_value": _or_odd(st.sampled_from(["1", "", "NULL"]) | st.none()),
+        "min_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "max_rows": _or_odd(st.integers(-1, 5) | st.none()),
+        "get_server_public_key": _or_odd(st.booleans()),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
+mssql_definitions = st.fixed_dictionaries(
+    {"kind": st.just("mssql"), "host": _or_odd(spelled_hosts)},
+    optional={
+        "port": _or_odd(ports),
+        "encryption": _or_odd(st.sampled_from(["required", "optional", "off", "ON", ""])),
+        "tls": _or_odd(tls_options | st.none()),
+        "username": _or_odd(user_names | st.none()),
+        "password": secret_refs,
+        "database": _or_odd(st.sampled_from(["probe", "", "x" * 200]) | st.none()),
+        "ip_family": _or_odd(ip_families),
+        "assertions": assertion_lists,
+        "timeouts": _or_odd(timeouts),
+    },
+)
+
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -563,5 +597,7 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "ssh": ssh_definitions,
     "sftp": sftp_definitions,
     "postgres": postgres_definitions,
+    "mysql": mysql_definitions,
+    "mssql": mssql_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from .probes.http import BasicAuth, HttpProbe
     from .probes.icmp import IcmpProbe
     from .probes.imap import ImapProbe
+    from .probes.mssql import MssqlProbe
+    from .probes.mysql import MysqlProbe
     from .probes.pop3 import Pop3Probe
     from .probes.postgres import PostgresProbe
     from .probes.redis import RedisProbe
@@ -111,6 +113,8 @@ _LAZY: dict[str, str] = {
     "Job": "._runner",
     "JsonPath": "._assertions",
     "Monitor": "._scheduler",
+    "MssqlProbe": ".probes.mssql",
+    "MysqlProbe": ".probes.mysql",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
@@ -212,6 +216,8 @@ __all__ = [
     "Job",
     "JsonPath",
     "Monitor",
+    "MssqlProbe",
+    "MysqlProbe",
     "Observation",
     "Phase",
     "PolicyError",

@@ -425,6 +425,41 @@ PROFILES: dict[str, KindProfile] = {
             "starttls_options.client_key_password": _starttls_key_password,
         },
     ),
+    "mysql": KindProfile(
+        name="mysql",
+        family="none",
+        ask=lambda tls: {"kind": "mysql", "starttls": "off"},
+        tls=True,
+        secrets={
+            "password": lambda d, s, p: d.update(username="probe", password=s),
+            "starttls_options.client_key_password": _starttls_key_password,
+        },
+        exempt=(
+            "A MySQL server speaks first, in binary packets (the protocol 10 handshake): none "
+            "of the well-behaved servers here says it, so no mysql definition can be UP against "
+            "them. Its hostile servers (garbage greetings, ERR greetings, packets out of "
+            "sequence or over the limit, stalls in each phase, plain text before the TLS "
+            "handshake, odd login replies, LOCAL INFILE requests, broken rows) are the "
+            "tables of tests/test_mysql.py, with Hypothesis on every parser of server bytes."
+        ),
+    ),
+    "mssql": KindProfile(
+        name="mssql",
+        family="none",
+        ask=lambda tls: {"kind": "mssql", "tls": {}} if tls else {"kind": "mssql"},
+        tls=True,
+        secrets={
+            "password": lambda d, s, p: d.update(username="probe", password=s, tls={}),
+            "tls.client_key_password": _key_password,
+        },
+        exempt=(
+            "A TDS server answers the client's PRELOGIN with a binary TDS packet, which none of "
+            "the well-behaved servers here sends. Its hostile servers (garbage, wrong packet "
+            "types, broken option tables, oversized answers, stalls, garbage in the TLS "
+            "handshake, odd login answers) are the tables of tests/test_mssql.py, with "
+            "Hypothesis on the PRELOGIN and login-answer parsers."
+        ),
+    ),
 }
 
 
