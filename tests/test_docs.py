@@ -19,7 +19,9 @@ What each fence language means, and how it is checked:
   started by this module, and must exit with the code its comment notes (``# exit N`` or ``(exit
   N...)``). Ports 8080 (HTTP), 8443 (HTTPS, CA in ``ca.pem``), 2525 (SMTP-like) and 6379
   (Redis-like, password ``s3cret``) on 127.0.0.1 are replaced by the live servers' ports; config
-  files the commands name are written by ``_files``. A ``probekit check KIND`` command for a
+  files the commands name are written by ``_files``, or are a ``toml`` block of the docs preceded
+  by ``<!-- file: NAME -->`` (written as ``NAME``, with the doc ports in ``127.0.0.1:PORT`` and
+  ``port = PORT`` replaced likewise), so the file a page shows is the file its commands run. A ``probekit check KIND`` command for a
   registered kind the command line does not offer yet is an expected failure. Skipped by rule:
   long-running commands (``probekit control``, ``probekit checkpoint``, ``probekit demo``,
   ``probekit exporter``, ``probekit run`` without ``--once`` or ``--duration``), which
@@ -72,6 +74,23 @@ def _fences() -> Iterator[tuple[str, str, str, bool]]:
             before = text[: match.start()].rstrip().splitlines()
             fragment = bool(before) and before[-1].strip() == FRAGMENT
             yield match.group(1), match.group(2), f"{path.relative_to(ROOT)}#{i}", fragment
+
+
+FILE_MARK = re.compile(r"^<!-- file: ([\w.-]+) -->$")
+
+
+def _doc_files() -> dict[str, str]:
+    """The blocks marked ``<!-- file: NAME -->``: NAME → the block's text."""
+    out: dict[str, str] = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
+        text = path.read_text()
+        for match in FENCE.finditer(text):
+            before = text[: match.start()].rstrip().splitlines()
+            mark = FILE_MARK.match(before[-1].strip()) if before else None
+            if mark:
+                assert mark.group(1) not in out, f"two blocks are the file {mark.group(1)}"
+                out[mark.group(1)] = match.group(2)
+    return out
 
 
 def _blocks(*languages: str) -> list[Any]:
@@ -383,9 +402,17 @@ def doc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     ports = {name: int(server.socket.getsockname()[1]) for name, server in servers.items()}  # type: ignore[attr-defined]
     for name, text in _files(ports, str(home / "ca.pem")).items():
         (home / name).write_text(text)
+    live = {DOC_PORTS[name]: port for name, port in ports.items()}
+    for name, text in _doc_files().items():
+        text = re.sub(
+            r"(127\.0\.0\.1:|port = )(\d+)\b",
+            lambda m: f"{m.group(1)}{live.get(int(m.group(2)), int(m.group(2)))}",
+            text,
+        )
+        (home / name).write_text(text)
     for server in servers.values():
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield home, {DOC_PORTS[name]: port for name, port in ports.items()}
+    yield home, live
     for server in servers.values():
         server.shutdown()
         server.server_close()
