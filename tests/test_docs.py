@@ -21,8 +21,9 @@ What each fence language means, and how it is checked:
   (Redis-like, password ``s3cret``) on 127.0.0.1 are replaced by the live servers' ports; config
   files the commands name are written by ``_files``, or are a ``toml`` block of the docs preceded
   by ``<!-- file: NAME -->`` (written as ``NAME``, with the doc ports in ``127.0.0.1:PORT`` and
-  ``port = PORT`` replaced likewise), so the file a page shows is the file its commands run. A ``probekit check KIND`` command for a
-  registered kind the command line does not offer yet is an expected failure. Skipped by rule:
+  ``port = PORT`` replaced likewise), so the file a page shows is the file its commands run. A
+  ``probekit check KIND`` command for a registered kind the command line does not offer yet is
+  an expected failure. Skipped by rule:
   long-running commands (``probekit control``, ``probekit checkpoint``, ``probekit demo``,
   ``probekit exporter``, ``probekit run`` without ``--once`` or ``--duration``), which
   tests/test_cli_control.py, tests/test_demo.py and tests/test_exporter.py cover. In a block
@@ -488,7 +489,7 @@ def _builtin_kinds() -> list[Any]:
 
     from probekit.probes._registry import builtin_names
 
-    found = []
+    found: list[Any] = []
     for module in builtin_names():
         loaded = importlib.import_module(f"probekit.probes.{module}")
         declared = getattr(loaded, "KINDS", None)
@@ -638,7 +639,9 @@ def test_the_reference_documents_every_step() -> None:
 
 def test_the_reference_checks_can_fail() -> None:
     """The readers above find what is there and nothing else (so a missing key is caught)."""
-    text = "| field | default |\n|---|---|\n| `host`, `port` | x |\n| `[a_b]` | `y` |\n\nafter `z`\n"
+    text = (
+        "| field | default |\n|---|---|\n| `host`, `port` | x |\n| `[a_b]` | `y` |\n\nafter `z`\n"
+    )
     assert _table_keys(text) == {"host", "port", "a_b"}
     assert _table_keys(text, "key") == set()
     assert "z" in _named(text) and "z" not in _table_keys(text)
