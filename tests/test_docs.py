@@ -19,8 +19,11 @@ What each fence language means, and how it is checked:
   started by this module, and must exit with the code its comment notes (``# exit N`` or ``(exit
   N...)``). Ports 8080 (HTTP), 8443 (HTTPS, CA in ``ca.pem``), 2525 (SMTP-like) and 6379
   (Redis-like, password ``s3cret``) on 127.0.0.1 are replaced by the live servers' ports; config
-  files the commands name are written by ``_files``. A ``probekit check KIND`` command for a
-  registered kind the command line does not offer yet is an expected failure. Skipped by rule:
+  files the commands name are written by ``_files``, or are a ``toml`` block of the docs preceded
+  by ``<!-- file: NAME -->`` (written as ``NAME``, with the doc ports in ``127.0.0.1:PORT`` and
+  ``port = PORT`` replaced likewise), so the file a page shows is the file its commands run. A
+  ``probekit check KIND`` command for a registered kind the command line does not offer yet is
+  an expected failure. Skipped by rule:
   long-running commands (``probekit control``, ``probekit checkpoint``, ``probekit demo``,
   ``probekit exporter``, ``probekit run`` without ``--once`` or ``--duration``), which
   tests/test_cli_control.py, tests/test_demo.py and tests/test_exporter.py cover. In a block
@@ -72,6 +75,23 @@ def _fences() -> Iterator[tuple[str, str, str, bool]]:
             before = text[: match.start()].rstrip().splitlines()
             fragment = bool(before) and before[-1].strip() == FRAGMENT
             yield match.group(1), match.group(2), f"{path.relative_to(ROOT)}#{i}", fragment
+
+
+FILE_MARK = re.compile(r"^<!-- file: ([\w.-]+) -->$")
+
+
+def _doc_files() -> dict[str, str]:
+    """The blocks marked ``<!-- file: NAME -->``: NAME → the block's text."""
+    out: dict[str, str] = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
+        text = path.read_text()
+        for match in FENCE.finditer(text):
+            before = text[: match.start()].rstrip().splitlines()
+            mark = FILE_MARK.match(before[-1].strip()) if before else None
+            if mark:
+                assert mark.group(1) not in out, f"two blocks are the file {mark.group(1)}"
+                out[mark.group(1)] = match.group(2)
+    return out
 
 
 def _blocks(*languages: str) -> list[Any]:
@@ -383,9 +403,17 @@ def doc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     ports = {name: int(server.socket.getsockname()[1]) for name, server in servers.items()}  # type: ignore[attr-defined]
     for name, text in _files(ports, str(home / "ca.pem")).items():
         (home / name).write_text(text)
+    live = {DOC_PORTS[name]: port for name, port in ports.items()}
+    for name, text in _doc_files().items():
+        text = re.sub(
+            r"(127\.0\.0\.1:|port = )(\d+)\b",
+            lambda m: f"{m.group(1)}{live.get(int(m.group(2)), int(m.group(2)))}",
+            text,
+        )
+        (home / name).write_text(text)
     for server in servers.values():
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield home, {DOC_PORTS[name]: port for name, port in ports.items()}
+    yield home, live
     for server in servers.values():
         server.shutdown()
         server.server_close()
@@ -442,3 +470,180 @@ def test_command_runs(line: str, output: list[str], doc_world: tuple[Path, dict[
         shown = (done.stdout + done.stderr).splitlines()
         for expected_line in output:
             assert any(expected_line in printed for printed in shown), (expected_line, shown)
+
+
+# -- the config file reference --------------------------------------------------------------------
+#
+# docs/toml.md lists the keys every kind shares; each kind's own fields are in the field table of
+# its page under docs/probes/. These tests read both and compare them with the code: the
+# registry's kinds and their attrs fields, the assertion types, the step keys, the config file's
+# sections and policy keys. A kind added with a page written like the others passes unchanged.
+
+REFERENCE = ROOT / "docs" / "toml.md"
+HEADING = re.compile(r"^(#{2,4}) (.+)$", re.M)
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def _builtin_kinds() -> list[Any]:
+    import importlib
+
+    from probekit.probes._registry import builtin_names
+
+    found: list[Any] = []
+    for module in builtin_names():
+        loaded = importlib.import_module(f"probekit.probes.{module}")
+        declared = getattr(loaded, "KINDS", None)
+        found.extend(declared if declared is not None else (loaded.KIND,))
+    return [pytest.param(kind, id=kind.name) for kind in found]
+
+
+def _sections(text: str) -> dict[str, str]:
+    """Each heading's text (``## `[policy]` `` → ``[policy]``) → the text under it, up to the
+    next heading of any level."""
+    matches = list(HEADING.finditer(text))
+    out = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        out[match.group(2).strip().strip("`")] = text[match.end() : end]
+    return out
+
+
+def _table_keys(text: str, header: str = "field") -> set[str]:
+    """The names in backticks in the first column of every table whose first header cell is
+    ``header`` (``| `host`, `port` | ...`` gives both; ``[policy]`` gives ``policy``)."""
+    keys: set[str] = set()
+    rows = iter(text.splitlines())
+    for line in rows:
+        cells = line.split("|")
+        if len(cells) > 2 and cells[1].strip() == header:
+            for row in rows:
+                if not row.startswith("|"):
+                    break
+                first = row.split("|")[1]
+                keys |= set(re.findall(r"`\[*([A-Za-z_][A-Za-z0-9_]*)\]*`", first))
+    return keys
+
+
+def _named(text: str) -> set[str]:
+    """Every identifier inside a code span of ``text``."""
+    return {word for span in CODE_SPAN.findall(text) for word in re.findall(r"\w+", span)}
+
+
+def _public_fields(cls: type) -> list[str]:
+    """The fields a definition gives: attrs fields set by ``__init__``, not private or derived."""
+    import attrs
+
+    return [f.name for f in attrs.fields(cls) if f.init and not f.name.startswith("_")]
+
+
+def _reference() -> dict[str, str]:
+    return _sections(REFERENCE.read_text())
+
+
+def _shared_values() -> dict[str, type]:
+    """The values docs/toml.md documents once for every kind: its section name → class."""
+    from probekit import Proxy, Timeouts, TlsOptions
+    from probekit.probes.http import BasicAuth
+
+    return {"timeouts": Timeouts, "tls": TlsOptions, "proxy": Proxy, "basic_auth": BasicAuth}
+
+
+@pytest.mark.parametrize("kind", _builtin_kinds())
+def test_every_field_of_a_kind_is_in_its_pages_table(kind: Any) -> None:
+    assert kind.docs is not None
+    documented = _table_keys((ROOT / "docs" / kind.docs).read_text())
+    missing = [name for name in _public_fields(kind.cls) if name not in documented]
+    assert not missing, f"docs/{kind.docs}: fields missing from its `| field |` table: {missing}"
+
+
+@pytest.mark.parametrize("kind", _builtin_kinds())
+def test_every_nested_value_of_a_kind_is_documented(kind: Any) -> None:
+    """A field whose value is a table (an attrs class: ``tls``, ``timeouts``, a kind's own) has
+    each of its keys documented: in docs/toml.md for the shared ones, else on the kind's page.
+    A field with its own plain form (``ProbeKind.structure``, as TCP's steps) is the page's to
+    describe, and is checked as a key above."""
+    import typing
+
+    import attrs
+
+    shared = {cls: name for name, cls in _shared_values().items()}
+    reference = _reference()
+    page = (ROOT / "docs" / kind.docs).read_text()
+    hints = typing.get_type_hints(kind.cls)
+
+    def classes(hint: Any) -> Iterator[type]:
+        if isinstance(hint, type) and attrs.has(hint):
+            yield hint
+        for argument in typing.get_args(hint):
+            yield from classes(argument)
+
+    problems = []
+    for name in _public_fields(kind.cls):
+        if name in kind.structure:
+            continue
+        for cls in classes(hints.get(name)):
+            if cls in shared:
+                where, keys = f"docs/toml.md `{shared[cls]}`", _table_keys(reference[shared[cls]])
+            else:
+                where, keys = f"docs/{kind.docs}", _named(page)
+            missing = [key for key in _public_fields(cls) if key not in keys]
+            if missing:
+                problems.append(f"{name} ({cls.__name__}): {missing} not in {where}")
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("name", sorted(_shared_values()))
+def test_the_reference_documents_each_shared_value(name: str) -> None:
+    section = _reference().get(name)
+    assert section is not None, f"docs/toml.md has no `{name}` section"
+    missing = [f for f in _public_fields(_shared_values()[name]) if f not in _table_keys(section)]
+    assert not missing, f"docs/toml.md `{name}`: missing {missing}"
+
+
+def _assertion_types() -> list[Any]:
+    from probekit._assertions import ASSERTION_TYPES
+
+    return [pytest.param(name, cls, id=name) for name, cls in sorted(ASSERTION_TYPES.items())]
+
+
+@pytest.mark.parametrize(("name", "cls"), _assertion_types())
+def test_the_reference_documents_each_assertion_type(name: str, cls: type) -> None:
+    section = _reference().get(name)
+    assert section is not None, f"docs/toml.md has no section for assertion type `{name}`"
+    fields = _public_fields(cls)
+    if not fields:
+        assert "No fields" in section, f"docs/toml.md `{name}`: say it has no fields"
+    missing = [f for f in fields if f not in _table_keys(section)]
+    assert not missing, f"docs/toml.md `{name}`: fields missing from its table: {missing}"
+
+
+def test_the_reference_documents_the_file_and_its_sections() -> None:
+    from probekit import _config
+
+    reference = _reference()
+    sections = _table_keys(reference["Top level"], "section")
+    assert set(_config._SECTIONS) <= sections
+    assert {"kind", *_config._MONITOR_KEYS} <= _table_keys(reference["[[monitors]]"], "key")
+    assert set(_config._POLICY_KEYS) <= _table_keys(reference["[policy]"], "key")
+    forms = _named(reference["[secrets]"])
+    assert {"env", "file", "secret"} <= forms
+
+
+def test_the_reference_documents_every_step() -> None:
+    from probekit.probes.tcp import _STEP_KEYS
+
+    keys = set(re.findall(r"\w+", _STEP_KEYS)) - {"or"}
+    assert keys == {"send", "send_hex", "expect", "expect_exact", "starttls"}
+    assert keys <= _table_keys(_reference()["steps"], "key")
+
+
+def test_the_reference_checks_can_fail() -> None:
+    """The readers above find what is there and nothing else (so a missing key is caught)."""
+    text = (
+        "| field | default |\n|---|---|\n| `host`, `port` | x |\n| `[a_b]` | `y` |\n\nafter `z`\n"
+    )
+    assert _table_keys(text) == {"host", "port", "a_b"}
+    assert _table_keys(text, "key") == set()
+    assert "z" in _named(text) and "z" not in _table_keys(text)
+    sections = _sections("## `one`\nA\n### two\nB\n")
+    assert sections == {"one": "\nA\n", "two": "\nB\n"}
