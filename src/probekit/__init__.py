@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from ._timeouts import Timeouts
     from ._tls import TlsOptions
     from .probes._base import Probe
+    from .probes.api import MultiStepProbe
     from .probes.dns import DnsProbe
     from .probes.http import BasicAuth, HttpProbe
     from .probes.icmp import IcmpProbe
@@ -106,6 +107,7 @@ _LAZY: dict[str, str] = {
     "Job": "._runner",
     "JsonPath": "._assertions",
     "Monitor": "._scheduler",
+    "MultiStepProbe": ".probes.api",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
@@ -203,6 +205,7 @@ __all__ = [
     "Job",
     "JsonPath",
     "Monitor",
+    "MultiStepProbe",
     "Observation",
     "Phase",
     "PolicyError",
