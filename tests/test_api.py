@@ -611,7 +611,7 @@ def test_interpolated_values_cannot_inject_a_header_or_break_the_request_line(va
         http = probe._http_probe(probe.steps[0], scope, Timeouts())
         head = http._prepare(http._parsed, http.method, http.body, True, False)[2]
     except ProbeFailure as exc:
-        assert exc.kind is ErrorKind.PROTOCOL and "not sent" in exc.message
+        assert exc.kind is ErrorKind.PROTOCOL and "not sent" in exc.message  # noqa: PT017
         assert any(c in value for c in "\r\n\0") or not value.isprintable() or not _latin1(value)
         return
     lines = head.split(b"\r\n")
