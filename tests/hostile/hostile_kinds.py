@@ -139,6 +139,37 @@ def _tls(tls: bool) -> Definition:
     return {"kind": "tls", "starttls": "smtp"}
 
 
+def _api(tls: bool) -> Definition:
+    """One api step asking for the marker (its URL is set by :func:`_api_place`)."""
+    step: dict[str, Any] = {
+        "name": "get",
+        "url": "http://placeholder.invalid/",
+        "assertions": [{"type": "body_contains", "text": MARKER}],
+    }
+    return {"kind": "api", "steps": [step]}
+
+
+def _api_place(definition: Definition, host: str, port: int, tls: bool) -> None:
+    """An api check dials the URL of each step: every step gets ``host:port``."""
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{bracket(host.replace('%', '%25')) if ':' in host else host}:{port}/"
+    for step in definition["steps"]:
+        step["url"] = url
+
+
+def _api_step(field: str, value: Callable[[Any], Any]) -> SecretSetter:
+    def setter(definition: Definition, secret: Any, _port: int) -> None:
+        definition["steps"][0][field] = value(secret)
+
+    return setter
+
+
+def _api_variable(definition: Definition, secret: Any, _port: int) -> None:
+    """A secret variable, sent in a header of the first step."""
+    definition["variables"] = {"key": secret}
+    definition["steps"][0]["headers"] = [["X-Api-Key", "{{key}}"]]
+
+
 def _icmp(tls: bool) -> Definition:
     return {"kind": "icmp", "count": 1, "timeouts": {"read": 0.5}}
 
@@ -307,6 +338,23 @@ PROFILES: dict[str, KindProfile] = {
             "endless replies, refused STARTTLS, plain text injected before the handshake, bad "
             "certificates) are the tables of tests/test_tls.py, each within deadline + 100 ms."
         ),
+    ),
+    "api": KindProfile(
+        name="api",
+        family="http",
+        ask=_api,
+        tls=True,
+        place=_api_place,
+        redirects=True,
+        secrets={
+            "variables[][]": _api_variable,
+            "steps[].headers[][]": _api_step("headers", lambda s: [["X-Api-Key", s]]),
+            "steps[].bearer_token": _api_step("bearer_token", lambda s: s),
+            "steps[].basic_auth.password": _api_step(
+                "basic_auth", lambda s: {"username": "probe", "password": s}
+            ),
+            "tls.client_key_password": _key_password,
+        },
     ),
     "icmp": KindProfile(
         name="icmp",

@@ -191,7 +191,9 @@ REDIRECTING = [pytest.param(p, id=p.name) for p in builtin_profiles() if p.redir
 @pytest.mark.parametrize("host", SPELLED)
 @pytest.mark.parametrize("profile", REDIRECTING)
 async def test_a_redirect_to_any_spelling_is_not_followed(profile: KindProfile, host: str) -> None:
-    location = profile.definition(host, PORT, False)["url"]
+    definition = profile.definition(host, PORT, False)
+    # The URL a redirect sends to: the http kind's url, an api check's (first) step's url.
+    location = definition["url"] if "url" in definition else definition["steps"][0]["url"]
     server = await TcpServer(_redirector(location)).start()
     try:
         connector = GuardedConnector()

@@ -471,7 +471,7 @@ class MultiStepProbe(ProbeBase):
                         )
             problems.extend(_check_url_template(i, step.url))
             defined.update(e.name for e in step.extract)
-        if self.cleanup_grace >= self.timeouts.total:
+        if any(s.always_run for s in self.steps) and self.cleanup_grace >= self.timeouts.total:
             problems.append(DefinitionError("cleanup_grace", "must be shorter than timeouts.total"))
         if problems:
             raise problems[0] if len(problems) == 1 else DefinitionErrors(problems)
@@ -506,7 +506,8 @@ class MultiStepProbe(ProbeBase):
         if ctx.deadline is not None and ctx.deadline < deadline:
             deadline = ctx.deadline
         cleanup = any(s.always_run for s in self.steps)
-        grace = self.cleanup_grace if cleanup else 0.0
+        # A caller's earlier deadline shrinks the grace too: never more than half of the time.
+        grace = min(self.cleanup_grace, (deadline - clock.monotonic()) / 2) if cleanup else 0.0
         running = _Running()
         index = 0
         stop = False  # a failure without continue_on_failure: only always_run steps follow
@@ -978,8 +979,12 @@ class StepsFile(Name):
                 raise DefinitionError("", f"{text} does not hold a table")
             data.pop("kind", None)
             return data
-        url = text if "://" in text else f"http://{text}/"
-        return {"steps": [{"name": "get", "url": url}]}
+        if "://" in text:
+            return {"steps": [{"name": "get", "url": text}]}
+        host = text.replace("%", "%25")  # an IPv6 zone
+        if host.count(":") > 1 and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 literal
+        return {"steps": [{"name": "get", "url": f"http://{host}/"}]}
 
 
 KIND = ProbeKind(
