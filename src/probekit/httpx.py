@@ -339,7 +339,7 @@ def _httpx_error(exc: Exception, phase: str | None, request: httpx.Request) -> E
     if isinstance(exc, httpx.HTTPError):
         return exc
     if isinstance(exc, PolicyError):
-        return EgressDenied(f"egress policy: {exc}", request=request)
+        return EgressDenied(str(exc), request=request)
     error = classify(exc, phase)
     message = error.message
     if error.kind is ErrorKind.TIMEOUT:
