@@ -576,7 +576,6 @@ class MultiStepProbe(ProbeBase):
             tries += 1
             sub = Attempt(ctx, timeouts)
             running.phase = None
-            running.timeline = sub.timeline
             error: ProbeError | None = None
             extracted: dict[str, tuple[str, bool]] = {}
             try:
@@ -604,6 +603,7 @@ class MultiStepProbe(ProbeBase):
                 error = ProbeError(ErrorKind.ASSERTION, failed[0].describe(), None)
             if error is None or tries >= step.max_attempts:
                 break
+            running.phase = None  # a deadline while waiting is "between requests"
             await asyncio.sleep(step.retry_wait)
         if sub.address is not None:
             attempt.address = sub.address
@@ -748,17 +748,12 @@ class MultiStepProbe(ProbeBase):
 
 
 class _Running:
-    """What the step running now is doing (for a deadline that interrupts it)."""
+    """The phase the step running now was in when it stopped (for a deadline)."""
 
-    __slots__ = ("phase", "timeline")
+    __slots__ = ("phase",)
 
     def __init__(self) -> None:
         self.phase: str | None = None
-        self.timeline: Any = None
-
-    @property
-    def current(self) -> str | None:
-        return self.timeline.current if self.timeline is not None else self.phase
 
 
 def _fill_json(value: Any, scope: _Scope) -> Any:
