@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from .probes.imap import ImapProbe
     from .probes.pop3 import Pop3Probe
     from .probes.redis import RedisProbe
+    from .probes.script import ScriptProbe
     from .probes.smtp import SmtpProbe
     from .probes.tcp import Expect, Send, StartTls, TcpProbe
     from .probes.tls import TlsProbe
@@ -122,6 +123,7 @@ _LAZY: dict[str, str] = {
     "ProtocolVersionError": "._exceptions",
     "Proxy": "._dial",
     "RedisProbe": ".probes.redis",
+    "ScriptProbe": ".probes.script",
     "Resolver": "._resolver",
     "ResponseTime": "._assertions",
     "Result": "._result",
@@ -220,6 +222,7 @@ __all__ = [
     "ProtocolVersionError",
     "Proxy",
     "RedisProbe",
+    "ScriptProbe",
     "Resolver",
     "ResponseTime",
     "Result",

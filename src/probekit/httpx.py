@@ -14,7 +14,8 @@ The response carries what the dial path measured, in ``response.extensions``:
   ``tls``, ``processing``: request written → first response byte, ``transfer``: first byte →
   end of body; ``transfer`` is added when the body has been read or the response closed);
 * ``"probekit.address"``: the ``ip:port`` connected to (``[v6]:port`` for IPv6);
-* ``"probekit.tls"``: the :class:`~probekit.TlsInfo` of an HTTPS exchange, else None.
+* ``"probekit.tls"``: the :class:`~probekit.TlsInfo` of an HTTPS exchange, else None;
+* ``"probekit.started"``: the context clock's ``monotonic()`` reading the phases count from.
 
 Failures are httpx's exceptions, so client code handles them as usual: a refused address is
 :class:`EgressDenied` (an :class:`httpx.ConnectError`), raised before any socket exists; a
@@ -52,7 +53,7 @@ from ._timeouts import Timeouts
 from ._tls import TlsOptions
 from .probes._h1 import ResponseParser
 
-__all__ = ["ADDRESS", "PHASES", "TLS", "EgressDenied", "Transport"]
+__all__ = ["ADDRESS", "PHASES", "STARTED", "TLS", "EgressDenied", "Transport"]
 
 log = logging.getLogger("probekit.httpx")
 
@@ -60,6 +61,8 @@ log = logging.getLogger("probekit.httpx")
 PHASES = "probekit.phases"
 ADDRESS = "probekit.address"
 TLS = "probekit.tls"
+#: The clock reading (``context.clock.monotonic()``) the phases' ``start`` offsets count from.
+STARTED = "probekit.started"
 
 _READ = 64 * 1024
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -189,6 +192,7 @@ class Transport(httpx.AsyncBaseTransport):
                 "http_version": b"HTTP/" + parser.http_version.encode(),
                 "reason_phrase": parser.reason.encode("latin-1"),
                 PHASES: timeline.phases,
+                STARTED: timeline.start,
                 ADDRESS: conn.address,
                 TLS: conn.tls,
             },
