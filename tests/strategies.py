@@ -536,6 +536,16 @@ api_definitions = st.fixed_dictionaries(
         "timeouts": _or_odd(timeouts),
     },
 )
+script_definitions = st.fixed_dictionaries(
+    {"kind": st.just("script"), "path": _or_odd(st.sampled_from(["check.py", "", "a\0b.py"]))},
+    optional={
+        "function": _or_odd(st.sampled_from(["check", "login", "not valid", "1x"])),
+        "tls": _or_odd(tls_options),
+        "ip_family": _or_odd(ip_families),
+        "max_body_bytes": _or_odd(st.integers(-1, 2**20) | st.none()),
+        "timeouts": _or_odd(timeouts),
+    },
+)
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -548,5 +558,6 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "icmp": icmp_definitions,
     "tls": tls_definitions,
     "api": api_definitions,
+    "script": script_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

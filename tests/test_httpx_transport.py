@@ -346,3 +346,31 @@ def test_import_probekit_does_not_import_httpx() -> None:
 
     code = "import sys, probekit; probekit.HttpProbe; sys.exit('httpx' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+async def test_a_compression_bomb_stops_at_the_cap(server: HttpServer, ctx: ProbeContext) -> None:
+    """64 MiB of zeros in 64 KiB of gzip: the decoded size counts against max_body_bytes
+    before httpx decodes it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        transport = Transport(context=ctx, max_body_bytes=1024 * 1024)
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="decoded response body"):
+                await client.get(server.url("/gzip-bomb"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, peak
+
+
+async def test_a_broken_connector_is_a_bug_not_a_connect_error(server: HttpServer) -> None:
+    from probekit import Dialer, StaticResolver
+
+    async def broken(ip: str, port: int, source: object) -> object:
+        raise RuntimeError("the connector broke")
+
+    ctx = ProbeContext(dialer=Dialer(resolver=StaticResolver({}), connector=broken))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=Transport(context=ctx)) as client:
+        with pytest.raises(RuntimeError, match="the connector broke"):
+            await client.get(server.url("/ok"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,7 +52,7 @@ from ._result import ErrorKind, Phase
 from ._timeline import Timeline
 from ._timeouts import Timeouts
 from ._tls import TlsOptions
-from .probes._h1 import ResponseParser
+from .probes._h1 import ResponseParser, header
 
 __all__ = ["ADDRESS", "PHASES", "STARTED", "TLS", "EgressDenied", "Transport"]
 
@@ -183,6 +184,8 @@ class Transport(httpx.AsyncBaseTransport):
         stream = _BodyStream(
             conn, parser, chunks, timeline, begin, limits.read, self._options.max_body_bytes
         )
+        if self._options.max_body_bytes is not None:
+            stream.watch_decoding(header(parser.headers, "content-encoding"))
         return httpx.Response(
             parser.status,
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in parser.headers],
@@ -295,7 +298,18 @@ class _BodyStream(httpx.AsyncByteStream):
         self._read_limit = read_limit
         self._cap = cap
         self._seen = 0
+        self._decoded = 0
+        self._decoder: Any = None
         self._closed = False
+
+    def watch_decoding(self, encoding: str | None) -> None:
+        """Count the decoded size of a gzip or deflate body against the cap too, so that a
+        compression bomb stops at ``max_body_bytes`` before httpx decodes it."""
+        coding = (encoding or "").strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         parser = self._parser
@@ -305,7 +319,7 @@ class _BodyStream(httpx.AsyncByteStream):
             while True:
                 for chunk in pending:
                     if chunk:
-                        self._count(len(chunk))
+                        self._count(chunk)
                         yield chunk
                 if parser.done:
                     return
@@ -320,12 +334,30 @@ class _BodyStream(httpx.AsyncByteStream):
         finally:
             await self.aclose()
 
-    def _count(self, size: int) -> None:
-        self._seen += size
-        if self._cap is not None and self._seen > self._cap:
+    def _count(self, chunk: bytes) -> None:
+        cap = self._cap
+        if cap is None:
+            return
+        self._seen += len(chunk)
+        if self._seen > cap:
             raise ProbeFailure(
-                ErrorKind.PROTOCOL, f"the response body exceeds max_body_bytes ({self._cap})"
+                ErrorKind.PROTOCOL, f"the response body exceeds max_body_bytes ({cap})"
             )
+        decoder = self._decoder
+        data = chunk
+        while decoder is not None and data:
+            try:
+                out = decoder.decompress(data, _READ)
+            except zlib.error:  # httpx's decoder reports it (or reads raw deflate)
+                self._decoder = None
+                return
+            self._decoded += len(out)
+            if self._decoded > cap:
+                raise ProbeFailure(
+                    ErrorKind.PROTOCOL,
+                    f"the decoded response body exceeds max_body_bytes ({cap})",
+                )
+            data = decoder.unconsumed_tail
 
     async def aclose(self) -> None:
         if self._closed:
@@ -345,6 +377,8 @@ def _httpx_error(exc: Exception, phase: str | None, request: httpx.Request) -> E
     if isinstance(exc, PolicyError):
         return EgressDenied(str(exc), request=request)
     error = classify(exc, phase)
+    if error.kind is ErrorKind.INTERNAL:
+        return exc  # a bug (probekit's, or a connector's), not the network: raised as it is
     message = error.message
     if error.kind is ErrorKind.TIMEOUT:
         if phase in _CONNECT_PHASES:
@@ -360,6 +394,4 @@ def _httpx_error(exc: Exception, phase: str | None, request: httpx.Request) -> E
         return (httpx.WriteError if phase == "send" else httpx.ReadError)(message, request=request)
     if phase in _CONNECT_PHASES or error.kind in (ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS):
         return httpx.ConnectError(message, request=request)
-    if error.kind is ErrorKind.INTERNAL:
-        return exc
     return httpx.ReadError(message, request=request)

@@ -103,7 +103,7 @@ class ScriptProbe(ProbeBase):
     function: str = attrs.field(default="check", validator=_check_function)
     tls: TlsOptions = attrs.field(factory=TlsOptions)
     ip_family: Family | None = None
-    max_body_bytes: int | None = None
+    max_body_bytes: int | None = 1024 * 1024
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     @property
@@ -153,6 +153,8 @@ class ScriptProbe(ProbeBase):
             raise ProbeFailure(ErrorKind.CONNECT, str(exc)) from None
         except httpx.HTTPError as exc:
             raise ProbeFailure(ErrorKind.PROTOCOL, f"{type(exc).__name__}: {exc}") from None
+        except httpx.InvalidURL as exc:  # not an HTTPError: the request was never made
+            raise ProbeFailure(ErrorKind.PROTOCOL, f"invalid URL in the script: {exc}") from None
         finally:
             timeline = attempt.timeline
             for n, response in enumerate(responses, 1):
