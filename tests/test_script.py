@@ -156,3 +156,18 @@ def test_a_local_definition_builds() -> None:
     assert isinstance(probe, ScriptProbe) and probe.function == "login"
     with pytest.raises(DefinitionErrors):
         build_probe({"kind": "script", "path": "x.py", "function": "not valid"})
+
+
+async def test_the_control_plane_refuses_to_add_a_script_at_run_time(tmp_path: Path) -> None:
+    from probekit import Secret
+    from probekit.control import ControlPlane, ControlSettings, MemorySink
+
+    settings = ControlSettings(
+        tokens={"office": Secret("0123456789abcdef0123456789abcdef")},
+        db_path=str(tmp_path / "control.db"),
+    )
+    async with ControlPlane(settings, sinks=[MemorySink()]) as cp:
+        with pytest.raises(DefinitionError) as info:
+            await cp.add_monitor("s", "office", {"kind": "script", "path": "x.py"}, interval=60)
+        assert info.value.message == CONTROL_PLANE_REFUSAL
+        assert await cp.results("s") == []

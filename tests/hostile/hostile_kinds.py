@@ -277,7 +277,9 @@ class KindProfile:
     goes into encoded. ``redirects`` says whether the kind follows redirects (so a redirect
     pivot applies), ``proxy`` whether it dials through a proxy. ``strict_urls``: the kind's URL
     parser refuses some spellings of an address outright (httpx's, for a script), which the SSRF
-    suite accepts as a protocol error naming an invalid URL, with nothing dialled. ``exempt``:
+    suite accepts as a protocol error naming an invalid URL, with nothing dialled.
+    ``local_only``: the control plane never sends the kind (a script), so the suites that go
+    through a control plane and a checkpoint leave it out. ``exempt``:
     why a kind of family ``none`` meets no server (the hostile-server suite skips it).
     """
 
@@ -292,6 +294,7 @@ class KindProfile:
     base64_secrets: frozenset[str] = frozenset()
     exempt: str = ""
     strict_urls: bool = False
+    local_only: bool = False
 
     def url_of(self, definition: Definition) -> str:
         """The URL a definition of a kind that ``redirects`` requests (a redirect's target in
@@ -406,6 +409,7 @@ PROFILES: dict[str, KindProfile] = {
         place=_script_place,
         redirects=True,
         strict_urls=True,
+        local_only=True,
         secrets={"tls.client_key_password": _key_password},
     ),
     "icmp": KindProfile(
