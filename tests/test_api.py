@@ -518,8 +518,12 @@ async def test_toml_definition_and_check_command(
 ) -> None:
     state, server = api
     base = _base(server)
+    # The file's own total stands on the command line (with the default 10 s, a grace of 12 s
+    # would be refused).
     text = f"""
 kind = "api"
+cleanup_grace = 12
+timeouts = {{ total = 30 }}
 
 [variables]
 user = "alice"
@@ -550,6 +554,7 @@ assertions = [{{ type = "status_in", codes = [204] }}]
 """
     probe = build_probe(tomllib.loads(text))
     assert isinstance(probe, MultiStepProbe) and len(probe.steps) == 3
+    assert probe.timeouts.total == 30
     file = tmp_path / "steps.toml"
     file.write_text(text)
     proc = await asyncio.create_subprocess_exec(
