@@ -635,3 +635,45 @@ def _latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+async def test_authorization_is_not_sent_to_another_origin(
+    http_server: HttpServer, ctx: ProbeContext
+) -> None:
+    port = http_server.port
+    probe = MultiStepProbe(
+        steps=(
+            Step(
+                "hop",
+                f"http://127.0.0.1:{port}/redirect?to=http://localhost:{port}/echo",
+                headers={"Authorization": "Bearer {{t}}", "X-Keep": "1"},
+            ),
+        ),
+        variables={"t": Secret(TOKEN)},
+    )
+    result = await probe.check(ctx)
+    assert result.status is Status.UP, result.summary()
+    first, second = http_server.requests
+    assert first.headers["authorization"] == f"Bearer {TOKEN}"
+    assert "authorization" not in second.headers and second.headers["x-keep"] == "1"
+
+
+async def test_a_cleanup_step_that_outlives_the_grace(
+    api: tuple[Api, HttpServer], ctx: ProbeContext
+) -> None:
+    _, server = api
+    base = _base(server)
+    probe = MultiStepProbe(
+        steps=(
+            Step("stall", f"{base}/silent"),
+            Step("stuck-cleanup", f"{base}/silent", always_run=True),
+            Step("last-cleanup", f"{base}/logout", always_run=True),
+        ),
+        timeouts=Timeouts(total=1.0),
+        cleanup_grace=0.4,
+    )
+    result = await probe.check(ctx)
+    assert result.error is not None and result.error.kind is ErrorKind.TIMEOUT
+    assert result.error.phase == "stall.processing"  # the first timeout is the one reported
+    states = [s.state for s in step_results(result)]
+    assert states == ["failed", "failed", "skipped"]

@@ -536,13 +536,21 @@ class MultiStepProbe(ProbeBase):
             )
             if failure is None:
                 failure = (index, error)
-            with after(max(deadline - _MARGIN - clock.monotonic(), 0.0)):
-                for later in range(index + 1, len(self.steps)):
-                    step = self.steps[later]
-                    if not step.always_run:
-                        states[step.name] = _SKIPPED
-                        continue
-                    await self._step(attempt, later, step, scope, jar, states, running)
+            later = index
+            try:
+                with after(max(deadline - _MARGIN - clock.monotonic(), 0.0)):
+                    for later in range(index + 1, len(self.steps)):
+                        step = self.steps[later]
+                        if not step.always_run:
+                            states[step.name] = _SKIPPED
+                            continue
+                        await self._step(attempt, later, step, scope, jar, states, running)
+            except TimeoutError:
+                # The grace ran out too: the cleanup step that was running failed, the rest
+                # are skipped; the check still reports the first timeout.
+                for rest in self.steps[later:]:
+                    states.setdefault(rest.name, _SKIPPED)
+                states[self.steps[later].name] = _FAILED
         m = attempt.metrics
         for step in self.steps:
             state = states.get(step.name, _SKIPPED)
@@ -652,7 +660,7 @@ class MultiStepProbe(ProbeBase):
         auth = True
         hops = 0
         while True:
-            hop = _with_cookies(probe, jar, url)
+            hop = _hop(probe, jar, url, auth)
             response = await hop._exchange(sub, url, method, body, auth)
             jar.take(response, url)
             location = response.header("location")
@@ -783,12 +791,17 @@ def _check_url_template(index: int, url: str) -> list[DefinitionError]:
     return [first]
 
 
-def _with_cookies(probe: HttpProbe, jar: _Jar, url: Any) -> HttpProbe:
+def _hop(probe: HttpProbe, jar: _Jar, url: Any, auth: bool) -> HttpProbe:
+    """The request of one hop: the jar's cookies for its URL; after a redirect to another
+    origin, no ``Authorization`` header (like ``basic_auth`` and ``bearer_token``)."""
     cookie = jar.header(url.scheme, url.host, url.target)
-    if cookie is None:
+    if cookie is None and auth:
         return probe
-    headers = [(n, v) for n, v in probe.headers if n.lower() != "cookie"]
-    return attrs.evolve(probe, headers=[*headers, ("Cookie", cookie)])
+    drop = ("cookie",) if auth else ("cookie", "authorization")
+    headers = [(n, v) for n, v in probe.headers if n.lower() not in drop]
+    if cookie is not None:
+        headers.append(("Cookie", cookie))
+    return attrs.evolve(probe, headers=headers)
 
 
 # -- the cookie jar ------------------------------------------------------------------------------
