@@ -677,3 +677,20 @@ async def test_a_cleanup_step_that_outlives_the_grace(
     assert result.error.phase == "stall.processing"  # the first timeout is the one reported
     states = [s.state for s in step_results(result)]
     assert states == ["failed", "failed", "skipped"]
+
+
+def test_the_command_line_target(tmp_path: Any) -> None:
+    from probekit.probes.api import KIND
+
+    steps = {"kind": "api", "steps": [{"name": "a", "url": "http://127.0.0.1/"}]}
+    file = tmp_path / "steps.json"
+    file.write_text(json.dumps(steps))
+    assert KIND.target.parse(str(file)) == {"steps": steps["steps"]}  # kind is the command's
+    assert KIND.target.parse("http://h/x") == {"steps": [{"name": "get", "url": "http://h/x"}]}
+    assert KIND.target.parse("h:8080")["steps"][0]["url"] == "http://h:8080/"
+    assert KIND.target.parse("::1")["steps"][0]["url"] == "http://[::1]/"
+    (tmp_path / "bad.toml").write_text("steps = [")
+    with pytest.raises(DefinitionError, match="invalid TOML"):
+        KIND.target.parse(str(tmp_path / "bad.toml"))
+    with pytest.raises(DefinitionError, match="cannot read"):
+        KIND.target.parse(str(tmp_path / "missing.toml"))

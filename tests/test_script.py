@@ -171,3 +171,30 @@ async def test_the_control_plane_refuses_to_add_a_script_at_run_time(tmp_path: P
             await cp.add_monitor("s", "office", {"kind": "script", "path": "x.py"}, interval=60)
         assert info.value.message == CONTROL_PLANE_REFUSAL
         assert await cp.results("s") == []
+
+
+async def test_probekit_check_script(tmp_path: Path, http_server: HttpServer) -> None:
+    import asyncio
+    import sys
+
+    path = _script(
+        tmp_path,
+        f"""
+        async def check(client, script):
+            response = await client.get("{http_server.url("/ok")}")
+            script.outcome("hello", response.text == "hello probekit", "hello", response.text)
+        """,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "probekit",
+        "check",
+        "script",
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (out, err)
+    assert len(http_server.requests) == 1
