@@ -326,11 +326,15 @@ def test_malformed_steps_name_their_field(step: dict[str, Any], path: str) -> No
 def test_definition_round_trips_and_secrets_stay_masked() -> None:
     probe = build_probe(transaction("http://127.0.0.1:1"), secrets=SECRETS)
     plain = probe_to_dict(probe)
-    assert PASSWORD not in json.dumps(plain)
-    assert build_probe(plain, secrets=None) != probe or True  # masked secret: not loadable back
-    same = build_probe(transaction("http://127.0.0.1:1"), secrets=SECRETS)
-    assert same == probe
-    assert PASSWORD not in repr(probe)
+    assert PASSWORD not in json.dumps(plain) + repr(probe) + str(probe)
+    assert plain["variables"] == [["user", "alice"], ["password", "<secret>"]]
+    # Steps, assertions and extractions survive their plain form; the secret is given again.
+    plain["variables"][1][1] = {"secret": "API_PASSWORD"}
+    assert build_probe(json.loads(json.dumps(plain)), secrets=SECRETS) == probe
+    assert plain["steps"][1]["assertions"] == [{"type": "status_in", "codes": [201], "ranges": []}]
+    assert plain["steps"][0]["extract"] == [
+        {"name": "token", "path": "$.token", "secret": True}  # source json is the default
+    ]
 
 
 async def test_secret_appears_nowhere_in_results_or_logs(
