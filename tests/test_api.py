@@ -698,3 +698,22 @@ def test_the_command_line_target(tmp_path: Any) -> None:
         KIND.target.parse(str(tmp_path / "bad.toml"))
     with pytest.raises(DefinitionError, match="cannot read"):
         KIND.target.parse(str(tmp_path / "missing.toml"))
+
+
+async def test_the_first_failure_is_reported_not_a_later_cleanup_timeout(
+    api: tuple[Api, HttpServer], ctx: ProbeContext
+) -> None:
+    _, server = api
+    base = _base(server)
+    probe = MultiStepProbe(
+        steps=(
+            Step("missing", f"{base}/nothing-here"),
+            Step("stuck-cleanup", f"{base}/silent", always_run=True),
+        ),
+        timeouts=Timeouts(total=1.0),
+        cleanup_grace=0.3,
+    )
+    result = await probe.check(ctx)
+    assert result.error is not None and result.error.kind is ErrorKind.ASSERTION
+    assert result.error.message.startswith("missing: status failed")
+    assert [s.state for s in step_results(result)] == ["failed", "failed"]

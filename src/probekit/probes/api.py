@@ -511,6 +511,7 @@ class MultiStepProbe(ProbeBase):
         running = _Running()
         index = 0
         stop = False  # a failure without continue_on_failure: only always_run steps follow
+        failed = False  # a step failed already
         try:
             with after(max(deadline - grace - _MARGIN - clock.monotonic(), 0.0)):
                 for index, step in enumerate(self.steps):
@@ -520,8 +521,11 @@ class MultiStepProbe(ProbeBase):
                     error = await self._step(attempt, index, step, scope, jar, states, running)
                     if error is None:
                         continue
-                    if error.kind is not ErrorKind.ASSERTION and failure is None:
+                    # The check reports the first step that failed: an error by its kind, an
+                    # assertion by the outcomes (which the base turns into DOWN/assertion).
+                    if error.kind is not ErrorKind.ASSERTION and not failed:
                         failure = (index, error)
+                    failed = True
                     if not step.continue_on_failure:
                         stop = True
         except TimeoutError:
@@ -534,7 +538,7 @@ class MultiStepProbe(ProbeBase):
                 f"step {index + 1} ({step.name}) timed out {where}",
                 f"{step.name}.{phase}" if phase else step.name,
             )
-            if failure is None:
+            if not failed:
                 failure = (index, error)
             later = index
             try:
