@@ -375,3 +375,28 @@ async def test_a_broken_connector_is_a_bug_not_a_connect_error(server: HttpServe
     async with httpx.AsyncClient(transport=Transport(context=ctx)) as client:
         with pytest.raises(RuntimeError, match="the connector broke"):
             await client.get(server.url("/ok"))
+
+
+async def test_auth_flows_resend_through_the_transport(ctx: ProbeContext) -> None:
+    """httpx's auth flows (a digest challenge answered by a second request) go through the
+    transport like any request."""
+    seen: list[str] = []
+
+    async def handler(req: Request, writer: asyncio.StreamWriter) -> None:
+        auth = req.headers.get("authorization", "")
+        seen.append(auth)
+        if not auth.startswith(("Digest ", "Basic ")):
+            challenge = 'Digest realm="probekit", nonce="abc123", qop="auth", algorithm=MD5'
+            writer.write(response(401, b"", {"WWW-Authenticate": challenge}))
+        else:
+            writer.write(response(200, b"welcome"))
+
+    transport = Transport(context=ctx)
+    async with HttpServer(handler=handler) as srv, httpx.AsyncClient(transport=transport) as c:
+        digest = await c.get(srv.url("/a?x=1"), auth=httpx.DigestAuth("u", "pw"))
+        basic = await c.get(srv.url("/b"), auth=("u", "pw"), params={"q": "a b"})
+    assert digest.status_code == 200 and digest.text == "welcome"
+    assert seen[0] == "" and seen[1].startswith('Digest username="u", realm="probekit"')
+    assert basic.status_code == 200 and seen[2] == "Basic dTpwdw=="
+    assert srv.requests[2].target == "/b?q=a+b"
+    assert [len(r.history) for r in (digest, basic)] == [1, 0]
