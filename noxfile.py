@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[cli,speed,dns,exporter,ssh]", "mypy>=1.10")
+    session.install("-e", ".[cli,speed,dns,exporter,ssh,httpx]", "mypy>=1.10")
     session.run("mypy", "--strict", "src")
 
 

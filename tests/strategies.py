@@ -582,6 +582,86 @@ mssql_definitions = st.fixed_dictionaries(
     },
 )
 
+placeholder_texts = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["{{token}}", "{{ id }}", "{{nope}}", "{{", "a{{id}}b", "{{1x}}", "}}"]),
+)
+api_steps = st.lists(
+    st.fixed_dictionaries(
+        {"name": _or_odd(st.sampled_from(["login", "read", "a-b", "", "bad name", "x" * 41]))},
+        optional={
+            "url": _or_odd(urls() | st.sampled_from(["{{next}}", "http://127.0.0.1/items/{{id}}"])),
+            "method": _or_odd(st.sampled_from(["GET", "POST", "DELETE", "get"])),
+            "headers": _or_odd(
+                st.dictionaries(
+                    st.sampled_from(["X-A", "Authorization", "bad name"]),
+                    placeholder_texts,
+                    max_size=2,
+                )
+            ),
+            "body": _or_odd(placeholder_texts),
+            "json": _or_odd(json_values),
+            "form": _or_odd(st.dictionaries(st.text(max_size=4), placeholder_texts, max_size=2)),
+            "bearer_token": _or_odd(placeholder_texts | secret_refs),
+            "assertions": assertion_lists,
+            "extract": _or_odd(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"name": _or_odd(st.sampled_from(["token", "id", "next", "1x"]))},
+                        optional={
+                            "source": _or_odd(
+                                st.sampled_from(
+                                    ["json", "regex", "header", "cookie", "status", "location", "x"]
+                                )
+                            ),
+                            "path": _or_odd(
+                                st.sampled_from(["$.token", "(a", "id=(\\d+)", "X-Id"])
+                            ),
+                            "group": _or_odd(st.integers(-1, 3)),
+                            "secret": _or_odd(st.booleans()),
+                        },
+                    ),
+                    max_size=2,
+                )
+            ),
+            "max_attempts": _or_odd(st.integers(-1, 12)),
+            "retry_wait": _or_odd(st.floats(-1, 5)),
+            "continue_on_failure": _or_odd(st.booleans()),
+            "always_run": _or_odd(st.booleans()),
+            "timeouts": _or_odd(timeouts),
+        },
+    ),
+    max_size=4,
+)
+api_definitions = st.fixed_dictionaries(
+    {"kind": st.just("api"), "steps": _or_odd(api_steps)},
+    optional={
+        "variables": _or_odd(
+            st.dictionaries(
+                st.sampled_from(["token", "id", "1x", ""]),
+                st.text(max_size=6) | secret_refs,
+                max_size=2,
+            )
+        ),
+        "capture": _or_odd(st.booleans()),
+        "cleanup_grace": _or_odd(st.floats(-1, 20)),
+        "tls": _or_odd(tls_options),
+        "ip_family": _or_odd(ip_families),
+        "timeouts": _or_odd(timeouts),
+    },
+)
+script_definitions = st.fixed_dictionaries(
+    {"kind": st.just("script"), "path": _or_odd(st.sampled_from(["check.py", "", "a\0b.py"]))},
+    optional={
+        "function": _or_odd(st.sampled_from(["check", "login", "not valid", "1x"])),
+        "tls": _or_odd(tls_options),
+        "ip_family": _or_odd(ip_families),
+        "max_body_bytes": _or_odd(st.integers(-1, 2**20) | st.none()),
+        "timeouts": _or_odd(timeouts),
+    },
+)
+
+
 #: A definition strategy per built-in kind.
 DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "http": http_definitions,
@@ -599,5 +679,7 @@ DEFINITIONS: dict[str, st.SearchStrategy[dict[str, object]]] = {
     "postgres": postgres_definitions,
     "mysql": mysql_definitions,
     "mssql": mssql_definitions,
+    "api": api_definitions,
+    "script": script_definitions,
 }
 definitions = st.one_of(*DEFINITIONS.values())

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from ._timeouts import Timeouts
     from ._tls import TlsOptions
     from .probes._base import Probe
+    from .probes.api import MultiStepProbe
     from .probes.dns import DnsProbe
     from .probes.ftp import FtpProbe
     from .probes.http import BasicAuth, HttpProbe
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from .probes.pop3 import Pop3Probe
     from .probes.postgres import PostgresProbe
     from .probes.redis import RedisProbe
+    from .probes.script import ScriptProbe
     from .probes.sftp import SftpProbe
     from .probes.smtp import SmtpProbe
     from .probes.ssh import SshProbe
@@ -115,6 +117,7 @@ _LAZY: dict[str, str] = {
     "Monitor": "._scheduler",
     "MssqlProbe": ".probes.mssql",
     "MysqlProbe": ".probes.mysql",
+    "MultiStepProbe": ".probes.api",
     "Observation": "._assertions",
     "Phase": "._result",
     "PolicyError": "._exceptions",
@@ -130,6 +133,7 @@ _LAZY: dict[str, str] = {
     "ProtocolVersionError": "._exceptions",
     "Proxy": "._dial",
     "RedisProbe": ".probes.redis",
+    "ScriptProbe": ".probes.script",
     "Resolver": "._resolver",
     "ResponseTime": "._assertions",
     "Result": "._result",
@@ -217,6 +221,7 @@ __all__ = [
     "JsonPath",
     "Monitor",
     "MssqlProbe",
+    "MultiStepProbe",
     "MysqlProbe",
     "Observation",
     "Phase",
@@ -239,6 +244,7 @@ __all__ = [
     "Runner",
     "SCHEMA_VERSION",
     "Scheduler",
+    "ScriptProbe",
     "Secret",
     "Send",
     "SftpProbe",

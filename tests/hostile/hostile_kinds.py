@@ -21,7 +21,11 @@ the SSRF, canary and fuzz suites).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import hashlib
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
@@ -142,6 +146,63 @@ def _dns(tls: bool) -> Definition:
 
 def _tls(tls: bool) -> Definition:
     return {"kind": "tls", "starttls": "smtp"}
+
+
+def _api(tls: bool) -> Definition:
+    """One api step asking for the marker (its URL is set by :func:`_api_place`)."""
+    step: dict[str, Any] = {
+        "name": "get",
+        "url": "http://placeholder.invalid/",
+        "assertions": [{"type": "body_contains", "text": MARKER}],
+    }
+    return {"kind": "api", "steps": [step]}
+
+
+def _api_place(definition: Definition, host: str, port: int, tls: bool) -> None:
+    """An api check dials the URL of each step: every step gets ``host:port``."""
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{bracket(host.replace('%', '%25')) if ':' in host else host}:{port}/"
+    for step in definition["steps"]:
+        step["url"] = url
+
+
+_SCRIPTS = tempfile.TemporaryDirectory(prefix="probekit-hostile-scripts-")
+atexit.register(_SCRIPTS.cleanup)
+#: The URL each generated script requests, by its path.
+_SCRIPT_URLS: dict[str, str] = {}
+
+
+def _script(tls: bool) -> Definition:
+    return {"kind": "script", "path": "placeholder.py"}
+
+
+def _script_place(definition: Definition, host: str, port: int, tls: bool) -> None:
+    """A script (written to a temporary file) that GETs ``host:port`` and asks for the marker."""
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{bracket(host.replace('%', '%25')) if ':' in host else host}:{port}/"
+    code = (
+        "async def check(client, script):\n"
+        f"    response = await client.get({url!r}, follow_redirects=True)\n"
+        f"    script.outcome('marker', {MARKER!r} in response.text, {MARKER!r}, 'absent')\n"
+    )
+    path = Path(_SCRIPTS.name) / f"get-{hashlib.sha256(url.encode()).hexdigest()[:16]}.py"
+    if not path.exists():
+        path.write_text(code)
+    _SCRIPT_URLS[str(path)] = url
+    definition["path"] = str(path)
+
+
+def _api_step(field: str, value: Callable[[Any], Any]) -> SecretSetter:
+    def setter(definition: Definition, secret: Any, _port: int) -> None:
+        definition["steps"][0][field] = value(secret)
+
+    return setter
+
+
+def _api_variable(definition: Definition, secret: Any, _port: int) -> None:
+    """A secret variable, sent in a header of the first step."""
+    definition["variables"] = {"key": secret}
+    definition["steps"][0]["headers"] = [["X-Api-Key", "{{key}}"]]
 
 
 def _icmp(tls: bool) -> Definition:
@@ -291,8 +352,12 @@ class KindProfile:
     field's path (as :func:`secret_paths` finds it) to the setter that fills it;
     ``base64_secrets`` are those whose value must be base64 text (a TSIG key), which the canary
     goes into encoded. ``redirects`` says whether the kind follows redirects (so a redirect
-    pivot applies), ``proxy`` whether it dials through a proxy. ``exempt``: why a kind of
-    family ``none`` meets no server (the hostile-server suite skips it).
+    pivot applies), ``proxy`` whether it dials through a proxy. ``strict_urls``: the kind's URL
+    parser refuses some spellings of an address outright (httpx's, for a script), which the SSRF
+    suite accepts as a protocol error naming an invalid URL, with nothing dialled.
+    ``local_only``: the control plane never sends the kind (a script), so the suites that go
+    through a control plane and a checkpoint leave it out. ``exempt``:
+    why a kind of family ``none`` meets no server (the hostile-server suite skips it).
     """
 
     name: str
@@ -305,6 +370,17 @@ class KindProfile:
     secrets: dict[str, SecretSetter] = attrs.field(factory=dict)
     base64_secrets: frozenset[str] = frozenset()
     exempt: str = ""
+    strict_urls: bool = False
+    local_only: bool = False
+
+    def url_of(self, definition: Definition) -> str:
+        """The URL a definition of a kind that ``redirects`` requests (a redirect's target in
+        the SSRF suite): ``url``, an api check's first step's, a script's (see _script_place)."""
+        if "url" in definition:
+            return str(definition["url"])
+        if "steps" in definition:
+            return str(definition["steps"][0]["url"])
+        return _SCRIPT_URLS[definition["path"]]
 
     def definition(self, host: str, port: int, tls: bool) -> Definition:
         definition = self.ask(tls)
@@ -395,6 +471,34 @@ PROFILES: dict[str, KindProfile] = {
             "tls.client_key_password": _key_password,
             "starttls_options.client_key_password": _starttls_key_password,
         },
+    ),
+    "api": KindProfile(
+        name="api",
+        family="http",
+        ask=_api,
+        tls=True,
+        place=_api_place,
+        redirects=True,
+        secrets={
+            "variables[][]": _api_variable,
+            "steps[].headers[][]": _api_step("headers", lambda s: [["X-Api-Key", s]]),
+            "steps[].bearer_token": _api_step("bearer_token", lambda s: s),
+            "steps[].basic_auth.password": _api_step(
+                "basic_auth", lambda s: {"username": "probe", "password": s}
+            ),
+            "tls.client_key_password": _key_password,
+        },
+    ),
+    "script": KindProfile(
+        name="script",
+        family="http",
+        ask=_script,
+        tls=True,
+        place=_script_place,
+        redirects=True,
+        strict_urls=True,
+        local_only=True,
+        secrets={"tls.client_key_password": _key_password},
     ),
     "icmp": KindProfile(
         name="icmp",

@@ -57,6 +57,10 @@ class Definitions:
 
     def build(self, definition: dict[str, Any]) -> Probe:
         """The probe of a definition from the network (local secrets only)."""
+        if isinstance(definition, dict) and definition.get("kind") == "script":
+            from ..probes.script import CONTROL_PLANE_REFUSAL
+
+            raise DefinitionError("definition.kind", CONTROL_PLANE_REFUSAL)
         return cast(
             Probe,
             build_probe(definition, secrets=self._secrets, local=False, path="definition"),

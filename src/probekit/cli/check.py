@@ -323,7 +323,9 @@ def _definition(
     elif "timeouts" in fields:
         given = definition.get("timeouts")  # per-phase limits a kind's options may have set
         timeouts = dict(given) if isinstance(given, Mapping) else {}
-        definition["timeouts"] = {**timeouts, "total": shared.timeout or DEFAULT_TIMEOUT}
+        # A total the target gave (an api steps file's own timeouts) stands unless --timeout.
+        total = shared.timeout or timeouts.get("total") or DEFAULT_TIMEOUT
+        definition["timeouts"] = {**timeouts, "total": total}
     if shared.warn is not None or shared.crit is not None:
         flag = "--warn" if shared.warn is not None else "--crit"
         if "assertions" not in fields:

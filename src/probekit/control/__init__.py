@@ -624,8 +624,13 @@ class ControlPlane:
         """Add or change a monitor; instances of its checkpoint get a delta sync at once.
 
         Adding a monitor exactly as it is already defined changes nothing (its revision stays,
-        so instances need not rebuild it).
+        so instances need not rebuild it). A ``script`` definition is refused
+        (:class:`~probekit.DefinitionError`): it runs code, so it is only defined locally.
         """
+        if definition.get("kind") == "script":
+            from ..probes.script import CONTROL_PLANE_REFUSAL
+
+            raise DefinitionError("kind", CONTROL_PLANE_REFUSAL)
         old = self._specs.get(monitor_id)
         if old is not None and (old.checkpoint_id, old.interval, old.definition) == (
             checkpoint_id,

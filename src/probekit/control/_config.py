@@ -371,6 +371,11 @@ class _ControlLoader(_Loader):
         from .. import protocol
 
         references: list[Secret] = []
+        if definition.get("kind") == "script":
+            from ..probes.script import CONTROL_PLANE_REFUSAL
+
+            self.errors.append(DefinitionError(f"{path}.kind", CONTROL_PLANE_REFUSAL))
+            return
 
         def lookup(name: str) -> Secret:
             secret = Secret(f"<{name}>")  # resolved by the checkpoint (--secret NAME=ENVVAR)
