@@ -138,11 +138,11 @@ def _ago(seconds: float) -> str:
 
 
 def _number(value: Any) -> float:
-    """A finite, non-negative float from stored JSON (anything else is 0)."""
+    """A number of seconds from stored JSON: finite, 0 to a day (anything else is 0)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
     number = float(value)
-    return number if math.isfinite(number) and number >= 0 else 0.0
+    return number if math.isfinite(number) and 0 <= number <= DAY else 0.0
 
 
 def _ms(seconds: float) -> str:
