@@ -315,8 +315,9 @@ async def test_a_monitor_page_lists_its_recent_results_and_a_result_its_waterfal
         page = (await get(cp, "/status/monitor?id=web")).body
         assert "Monitor web" in page
         assert f'href="/status/result?id={rid}"' in page
-        assert "no answer in time" in page
+        assert "timeout: no answer in time" in page
         assert "100.0 ms" in page
+        assert re.search(r">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</a>", page)
         reply = await get(cp, f"/status/result?id={rid}")
         assert reply.status == 200
         body = reply.body
@@ -398,6 +399,20 @@ async def test_hostile_ids_targets_and_messages_are_escaped() -> None:
         # the link to the monitor carries its id percent-encoded
         assert "/status/monitor?id=m%3Cscript%3E" in pages[0]
         await a.conn.close()
+
+
+def test_a_monitors_target_comes_from_its_definition() -> None:
+    assert _status._target({"kind": "http", "url": "https://a/"}) == "https://a/"
+    assert _status._target({"kind": "tcp", "host": "h", "port": 1}) == "h:1"
+    assert _status._target({"kind": "icmp", "host": "h"}) == "h"
+    assert _status._target({"kind": "dns", "name": "n.org", "server": "s"}) == "n.org @ s"
+    assert _status._target({"kind": "x"}) == ""
+
+
+def test_start_times_are_shown_in_utc() -> None:
+    assert _status._started("2026-01-02T03:04:05.6+02:00") == "2026-01-02 01:04:05 UTC"
+    assert _status._started("not a time <b>") == "not a time <b>"  # escaped where shown
+    assert _status._started("2026-01-02T03:04:05") == "2026-01-02T03:04:05"
 
 
 def test_long_values_are_clipped() -> None:

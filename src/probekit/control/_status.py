@@ -59,7 +59,7 @@ BUCKETS: Final = 96
 #: Monitors listed on one page of the overview.
 MONITORS_PER_PAGE: Final = 100
 #: Results listed on a monitor's page.
-RECENT_RESULTS: Final = 50
+RECENT_RESULTS: Final = 25
 #: Monitors read per call on the database's worker thread.
 _CHUNK: Final = 20
 #: The longest text shown for one value (error messages, targets, alert messages).
@@ -145,6 +145,17 @@ def _number(value: Any) -> float:
     return number if math.isfinite(number) and 0 <= number <= DAY else 0.0
 
 
+def _started(text: object) -> str:
+    """A stored ``started_at`` (ISO 8601) as UTC to the second; anything else as it is."""
+    try:
+        at = dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return str(text)
+    if at.tzinfo is None:
+        return str(text)
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -154,6 +165,10 @@ def _target(definition: Mapping[str, Any]) -> str:
     for key in ("url", "target", "address"):
         if isinstance(definition.get(key), str):
             return str(definition[key])
+    name = definition.get("name")  # dns: the name asked, and of whom
+    if isinstance(name, str):
+        server = definition.get("server")
+        return f"{name} @ {server}" if server is not None else name
     host = definition.get("host")
     if host is None:
         return ""
@@ -576,7 +591,7 @@ class StatusPage:
             (
                 f"<tr><td>{e(instance_id)}</td>"
                 f'<td><a href="{_link("/status/result", x.result_id)}">'
-                f"{_badge(x.status)}</a></td><td>{e(x.started_at)}</td>"
+                f"{_badge(x.status)}</a></td><td>{e(_started(x.started_at))}</td>"
                 f"<td>{e(x.error_kind or '')}</td></tr>"
                 for instance_id, x in sorted(day.latest.items())
             ),
@@ -594,10 +609,11 @@ class StatusPage:
             except ValueError:
                 duration = ""
             rows.append(
-                f'<tr><td><a href="{_link("/status/result", str(result_id))}">{e(started)}</a></td>'
+                f'<tr><td><a href="{_link("/status/result", str(result_id))}">'
+                f"{e(_started(started))}</a></td>"
                 f"<td>{_badge(str(status))}</td><td>{e(instance_id)}</td><td>{e(checkpoint_id)}</td>"
                 f'<td>{e(reason)}</td><td class="n">{e(duration)}</td>'
-                f'<td class="msg">{e(kind or "")} {e(message)}</td></tr>'
+                f'<td class="msg">{e(f"{kind}: {message}" if kind else message)}</td></tr>'
             )
         parts = [
             f"<h2>Monitor {e(monitor_id)}</h2>",
@@ -649,8 +665,8 @@ class StatusPage:
             ("checkpoint", e(checkpoint_id)),
             ("instance", e(instance_id)),
             ("reason", e(reason)),
-            ("run", e(request_id or "")),
-            ("started", e(started)),
+            ("run", e(request_id or "none")),
+            ("started", e(_started(started))),
             ("stored", e(_when(stored_at, now))),
             ("duration", e(_ms(duration))),
             ("attempts", e(data.get("attempts", 1))),
