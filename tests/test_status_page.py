@@ -532,3 +532,17 @@ async def test_a_status_token_without_a_metrics_port_is_logged(
     async with plane(metrics_port=None) as cp:
         assert cp.metrics_address is None
     assert "no status page is served" in caplog.text
+
+
+def test_a_status_page_off_loopback_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    settings = ControlSettings(
+        tokens={"office": Secret(TOKEN)},
+        metrics_host="192.0.2.1",  # never bound: only the warning is checked
+        metrics_port=9464,
+        status_token=Secret(STATUS_TOKEN),
+    )
+    _status.warn_if_unreachable(settings)
+    assert "clear text" in caplog.text
+    caplog.clear()
+    _status.warn_if_unreachable(attrs.evolve(settings, metrics_host="127.0.0.1"))
+    assert caplog.text == ""
