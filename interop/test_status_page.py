@@ -408,6 +408,13 @@ async def test_hostile_values_render_as_text(tmp_path: Path, browser: Any) -> No
         await inst.close()
 
 
-def test_the_system_chromium_is_used() -> None:
-    """The browser is Debian's package, not one Playwright downloaded."""
+async def test_the_browser_is_debians_chromium(browser: Any) -> None:
+    """The browser driven is the Debian package's, not one Playwright downloaded."""
+    query = await asyncio.create_subprocess_exec(
+        "dpkg-query", "-W", "-f=${Version}", "chromium", stdout=asyncio.subprocess.PIPE
+    )
+    package = (await query.communicate())[0].decode()
+    assert query.returncode == 0
+    # Debian's version is the upstream one with a revision: 156.0.8078.108-1~deb12u1
+    assert package.startswith(browser.version + "-"), (package, browser.version)
     assert shutil.which("chromium") == CHROMIUM
