@@ -126,7 +126,7 @@ async def store_row(cp: ControlPlane, monitor_id: str, status: str, started: flo
 def bar_cells(page: str, monitor_id: str) -> list[str]:
     """The classes of the availability bar's cells on ``monitor_id``'s row."""
     row = next(r for r in page.split("<tr>") if f">{monitor_id}</a>" in r)
-    bar = re.search(r'<div class="bar">(.*?)</div>', row)
+    bar = re.search(r'<div class="bar" role="img" aria-label="[^"]*">(.*?)</div>', row)
     assert bar is not None
     return re.findall(r'<i class="(\w*)"', bar.group(1))
 
@@ -283,6 +283,7 @@ async def test_the_availability_bar_covers_the_last_day_in_15_minute_buckets() -
         assert cells[-49] == "r"  # 12 hours ago
         assert cells.count("") == 96 - 3
         assert "50.00 %" in page  # 2 available of 4 counted
+        assert 'aria-label="availability over the last 24 hours: 50.00 %"' in page
 
 
 async def test_monitors_with_an_open_alert_come_first_and_the_list_is_paged() -> None:

@@ -323,7 +323,11 @@ def _bar(day: _Day, now: float, *, big: bool = False) -> str:
             what = f"{up} available, {down} unavailable"
         begin = dt.datetime.fromtimestamp(start + i * DAY / BUCKETS, dt.UTC).strftime("%H:%M")
         cells.append(f'<i class="{cls}" title="{e(begin)} UTC: {e(what)}"></i>')
-    return f'<div class="bar{" big" if big else ""}">{"".join(cells)}</div>'
+    label = f"availability over the last 24 hours: {_ratio(day)}"
+    return (
+        f'<div class="bar{" big" if big else ""}" role="img" aria-label="{e(label)}">'
+        f"{''.join(cells)}</div>"
+    )
 
 
 def _ratio(day: _Day) -> str:
