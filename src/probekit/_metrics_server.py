@@ -66,6 +66,7 @@ _REASONS: Final = {
     200: "OK",
     302: "Found",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -77,9 +78,12 @@ _REASONS: Final = {
 
 #: A handler for one more path: ``route(method, query, header)`` with the query string's
 #: parameters and a function from a header name to its value(s) ("" when absent); returns the
-#: status, the content type and the body. It bounds its own time; an exception is answered 500.
+#: status, the content type and the body, and optionally a mapping of more response headers
+#: (the status page's ``WWW-Authenticate`` and ``Content-Security-Policy``). It bounds its own
+#: time; an exception is answered 500.
 Route = Callable[
-    [str, Mapping[str, list[str]], Callable[[str], str]], Awaitable[tuple[int, str, bytes]]
+    [str, Mapping[str, list[str]], Callable[[str], str]],
+    Awaitable[tuple[int, str, bytes] | tuple[int, str, bytes, Mapping[str, str]]],
 ]
 
 
@@ -206,13 +210,14 @@ class MetricsServer:
         route = self._routes.get(path)
         if route is not None:
             try:
-                status, content_type, body = await route(
+                status, content_type, body, *more = await route(
                     method, parse_qs(query), lambda name: _header(lines, name)
                 )
             except Exception:
                 log.exception("answering %s failed", path)
                 return _response(500, "internal error\n")
-            return _response(status, body, content_type, head_only=method == "HEAD")
+            extra = dict(more[0]) if more else None
+            return _response(status, body, content_type, extra=extra, head_only=method == "HEAD")
         ready = self._ready
         if path != "/metrics" and (path != "/ready" or ready is None):
             return _response(404, "not found\n")

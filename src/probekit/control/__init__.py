@@ -239,6 +239,11 @@ def _check_settings(settings: ControlSettings) -> None:
         not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
     ):
         raise DefinitionError("metrics_port", f"must be a port number (0-65535), got {port!r}")
+    status_token = settings.status_token
+    if status_token is not None and (
+        not isinstance(status_token, Secret) or not status_token.reveal()
+    ):
+        raise DefinitionError("status_token", "must be a non-empty Secret, or None (no page)")
 
 
 @attrs.frozen
@@ -257,7 +262,8 @@ class ControlSettings:
     ``retention``: results, events, runs sent and resolved alerts older than this many seconds
     are deleted (None keeps everything), ``prune_batch`` rows per statement on the database's
     worker thread, at most once every ``prune_interval`` seconds. ``metrics_port`` (None: off)
-    serves ``/metrics`` and ``/ready`` on ``metrics_host``.
+    serves ``/metrics`` and ``/ready`` on ``metrics_host``; with ``status_token`` too, the
+    read-only status page (``/status``, see ``docs/status.md``) for requests bearing it.
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -279,6 +285,7 @@ class ControlSettings:
     prune_batch: int = 1000
     metrics_host: str | None = "127.0.0.1"
     metrics_port: int | None = None
+    status_token: Secret | None = None
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -430,14 +437,21 @@ class ControlPlane:
         self._spawn(self._maintain())
         if self.settings.metrics_port is not None:
             from .._metrics_server import serve_metrics
+            from ._status import StatusPage
 
+            # The status page answers 404 while status_token is None (a reload may set it).
             self._metrics_server = await serve_metrics(
                 self.settings.metrics_host,
                 self.settings.metrics_port,
                 self.metrics_text,
                 ready=lambda: self._server is not None,
+                routes=StatusPage(self).routes(),
             )
             log.info("serving /metrics and /ready on %s:%d", *self._metrics_server.address)
+        if self.settings.status_token is not None:
+            from ._status import warn_if_unreachable
+
+            warn_if_unreachable(self.settings)
         log.info("control plane listening on %s", self.url)
 
     def _plain_connection(self) -> Any:

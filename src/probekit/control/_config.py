@@ -50,6 +50,7 @@ _CONTROL_INTEGERS: Final = (
 )
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
+    "status_token",
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
 )
@@ -112,6 +113,12 @@ class _ControlLoader(_Loader):
                 self.fail(str(key), f"unknown section; known: {', '.join(_CONTROL_SECTIONS)}")
         control = self.control(data.get("control"))
         tokens = self.checkpoints(data.get("checkpoints"))
+        status_token = control.get("status_token")
+        if status_token is not None and status_token in tokens.values():
+            self.fail(
+                "control.status_token",
+                "the same token as a checkpoint; the status page needs its own",
+            )
         monitors = self.control_monitors(data.get("monitors"), set(tokens))
         webhooks = self.webhooks(data.get("webhooks", []))
         if self.errors:
@@ -206,6 +213,7 @@ class _ControlLoader(_Loader):
                 self.fail(f"control.{key}", f"expected an integer >= {least}, got {value!r}")
             else:
                 out[key] = value
+        self.status_token(data, out)
         context = self.tls(data.get("tls_cert"), data.get("tls_key"))
         if context is not None:
             out["ssl_context"] = context
@@ -224,6 +232,32 @@ class _ControlLoader(_Loader):
                     "tls_cert and tls_key, or pass --insecure",
                 )
         return out
+
+    def status_token(self, data: Mapping[str, Any], out: dict[str, Any]) -> None:
+        """``status_token``: the token the status page asks for, on the metrics port."""
+        source = data.get("status_token")
+        if source is None:
+            return
+        token = self.token(source, "control.status_token")
+        if token is None:
+            return
+        metrics_host = data.get("metrics_host", "127.0.0.1")
+        if isinstance(metrics_host, str) and metrics_host and not is_loopback(metrics_host):
+            # The metrics port speaks plain HTTP: the token would cross the network in clear.
+            if self.insecure:
+                self.warnings.append(
+                    f"control.status_token: the status page on {metrics_host} is plain HTTP: "
+                    "its token crosses the network in clear text"
+                )
+            else:
+                self.fail(
+                    "control.status_token",
+                    f"metrics_host {metrics_host} is not a loopback address, and the status "
+                    "page is plain HTTP: its token would cross the network in clear text; serve "
+                    "it on loopback behind a TLS proxy, or pass --insecure",
+                )
+                return
+        out["status_token"] = token
 
     def tls(self, cert: Any, key: Any) -> ssl.SSLContext | None:
         if cert is None and key is None:
