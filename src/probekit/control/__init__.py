@@ -29,23 +29,36 @@ import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import attrs
 
 from .. import protocol as p
 from .._clock import Clock, SystemClock
-from .._context import ProbeContext
-from .._dial import Dialer
 from .._exceptions import DefinitionError
 from .._logging import MaskingLogger
-from .._policy import EgressPolicy
-from .._result import Status
 from .._secret import Secret
 from .._serialization import converter
 from . import _store as db
 from ._config import ControlConfig, load_control_config
 from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, Refusal, RunOrder, Verdict
+from ._maintenance import Maintenance, MaintenanceWindow, Weekly
+from ._sinks import (
+    AlertmanagerSink,
+    AlertSink,
+    DeliveryError,
+    DurableSink,
+    EmailSink,
+    LogSink,
+    MemorySink,
+    PagerDutySink,
+    Renotifier,
+    SlackSink,
+    WebhookSink,
+)
+from ._sinks import (
+    event_to_dict as event_to_dict,
+)
 from ._store import Store
 
 if TYPE_CHECKING:
@@ -53,14 +66,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlertSink",
+    "AlertmanagerSink",
     "ControlConfig",
     "ControlPlane",
     "ControlSettings",
+    "DeliveryError",
+    "DurableSink",
+    "EmailSink",
     "LogSink",
+    "MaintenanceWindow",
     "MemorySink",
+    "PagerDutySink",
     "Pruned",
     "Reconfigured",
+    "SlackSink",
     "WebhookSink",
+    "Weekly",
     "load_control_config",
     "split_sync",
 ]
@@ -69,85 +90,6 @@ log = logging.getLogger("probekit.control")
 
 #: How long results, events, runs and resolved alerts are kept by default: 30 days.
 DEFAULT_RETENTION: Final = 30 * 86400.0
-
-
-class AlertSink(Protocol):
-    """Receives alert events (opened, resolved, transient, instance up/down)."""
-
-    async def send(self, event: Event) -> None: ...
-
-
-class LogSink:
-    """Logs events on ``probekit.control.alerts``: openings (and ``kind_unavailable``,
-    ``instance_unresponsive``) at WARNING, the rest at INFO."""
-
-    def __init__(self) -> None:
-        self.log = logging.getLogger("probekit.control.alerts")
-
-    async def send(self, event: Event) -> None:
-        level = logging.INFO
-        if event.kind in ("alert_opened", "kind_unavailable", "instance_unresponsive"):
-            level = logging.WARNING
-        self.log.log(level, "%s %s: %s", event.kind, event.subject, event.message)
-
-
-class MemorySink:
-    """Keeps events in a list (tests, dashboards embedding the control plane)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    async def send(self, event: Event) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float) -> None:
-        """Wait until ``predicate(events)`` holds, or raise TimeoutError."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self.events):
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class WebhookSink:
-    """POSTs each event as JSON to ``url`` with probekit's own HTTP probe (so on the dial path).
-
-    ``policy`` is the operator's egress policy for the webhook (by default ``EgressPolicy()``,
-    which denies link-local and cloud-metadata addresses): a URL whose host or any address it
-    resolves to is denied is never dialled. A failed delivery, a denied one included, is logged;
-    it does not block other sinks.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-        policy: EgressPolicy | None = None,
-    ) -> None:
-        from .._timeouts import Timeouts
-        from ..probes.http import HttpProbe
-
-        if policy is not None and not isinstance(policy, EgressPolicy):
-            raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
-        self.url = url
-        self.policy = policy if policy is not None else EgressPolicy()
-        self._context = ProbeContext(dialer=Dialer(policy=self.policy))
-        self._probe = HttpProbe(
-            url,
-            method="POST",
-            headers={"Content-Type": "application/json", **(headers or {})},
-            timeouts=Timeouts(total=timeout),
-            follow_redirects=False,
-        )
-
-    async def send(self, event: Event) -> None:
-        body = json.dumps(event_to_dict(event))
-        result = await attrs.evolve(self._probe, body=body).check(self._context)
-        if result.status is not Status.UP:
-            log.warning("webhook %s failed: %s", self.url, result.summary())
 
 
 #: The settings a running control plane cannot change: they take a restart.
@@ -181,11 +123,6 @@ class Pruned:
 
     deleted: Mapping[str, int]
     statements: int
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    data: dict[str, Any] = converter.unstructure(event)
-    return data
 
 
 def _tokens(value: Mapping[str, Secret]) -> dict[str, Secret]:
@@ -354,9 +291,13 @@ class ControlPlane:
         *,
         sinks: Sequence[AlertSink] | None = None,
         clock: Clock | None = None,
+        maintenance: Iterable[MaintenanceWindow] = (),
     ) -> None:
         self.settings = settings
         self.sinks: list[AlertSink] = list(sinks) if sinks is not None else [LogSink()]
+        #: The maintenance windows and the alerts they hold (see :meth:`add_maintenance`).
+        self.maintenance = Maintenance(maintenance)
+        self._renotifier = Renotifier()
         self.clock: Clock = clock or SystemClock()
         self.logic = ControlLogic(
             self.clock,
@@ -411,6 +352,9 @@ class ControlPlane:
         for alert, scope in await self._store.call(db.load_open_alerts):
             actions.extend(self.logic.restore_alert(alert, scope))
         await self._dispatch(actions)
+        for sink in self.sinks:  # a durable outbox delivers what an earlier run left
+            if callable(start := getattr(sink, "start", None)):
+                start()
         self._seen_flushed = self.clock.monotonic()
         self._server = await serve(
             self._handle,
@@ -486,6 +430,9 @@ class ControlPlane:
             await self._flush_seen()
         except sqlite3.Error:
             log.exception("could not record the last-seen times")
+        for sink in self.sinks:
+            if callable(aclose := getattr(sink, "aclose", None)):
+                await aclose()
         await self._store.close()
 
     async def __aenter__(self) -> Self:
@@ -1126,6 +1073,7 @@ class ControlPlane:
     async def _ticker(self) -> None:
         while True:
             await self._dispatch(self.logic.tick())
+            await self.alerting_tick()
             now = self.clock.monotonic()
             if now - self._seen_flushed >= self.settings.heartbeat_interval:
                 self._seen_flushed = now
@@ -1195,23 +1143,110 @@ class ControlPlane:
             ),
         )
 
-    async def _record(self, event: Event) -> None:
+    def _locate(self, subject: str) -> tuple[str | None, str | None]:
+        """(monitor id, checkpoint id) of an event's subject: a monitor, a checkpoint or an
+        instance."""
+        spec = self._specs.get(subject)
+        if spec is not None:
+            return subject, spec.checkpoint_id
+        if subject in self.settings.tokens:
+            return None, subject
+        return None, self._owners.get(subject)
+
+    async def alerting_tick(self) -> None:
+        """Send the alerts held by maintenance windows that have ended, and the open alerts due
+        again at sinks with a ``renotify`` interval (the ticker calls this; tests driving a
+        fake clock may too)."""
+        wall = self.clock.now().timestamp()
+        open_alerts = self.logic.open_alerts()
+        released = self.maintenance.release((a.alert_id for a in open_alerts), self._locate, wall)
+        for event in released:
+            log.info("%s %s: sent after its maintenance window", event.kind, event.subject)
+            await self._record(event, released=True)
+        shown = [
+            a
+            for a in open_alerts
+            if a.alert_id not in self.maintenance.held
+            and self.maintenance.covering(*self._locate(a.subject), wall) is None
+        ]
+        for sink, event in self._renotifier.due(self.sinks, shown, self.clock.monotonic(), wall):
+            try:
+                await sink.send(event)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("alert sink %r failed", sink)
+
+    def add_maintenance(self, window: MaintenanceWindow) -> MaintenanceWindow:
+        """Add a maintenance window (or replace the one with its id); it applies at once. Windows
+        added here are not kept across a restart (those of the config file are)."""
+        self.maintenance.add(window)
+        return window
+
+    def start_maintenance(
+        self,
+        window_id: str,
+        duration: float,
+        *,
+        monitors: Iterable[str] = (),
+        checkpoints: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        reason: str = "",
+    ) -> MaintenanceWindow:
+        """An ad-hoc window from now for ``duration`` seconds."""
+        now = self.clock.now().timestamp()
+        window = MaintenanceWindow(
+            window_id,
+            monitors=tuple(monitors),
+            checkpoints=tuple(checkpoints),
+            labels=labels or {},
+            start=now,
+            end=now + duration,
+            reason=reason,
+        )
+        return self.add_maintenance(window)
+
+    def end_maintenance(self, window_id: str) -> bool:
+        """Remove a window; the alerts it held and still open are sent at the next tick."""
+        return self.maintenance.remove(window_id)
+
+    def maintenance_windows(self, *, active_only: bool = False) -> list[MaintenanceWindow]:
+        """The maintenance windows (only those active now, with ``active_only``)."""
+        now = self.clock.now().timestamp()
+        windows = list(self.maintenance.windows.values())
+        return [w for w in windows if w.active(now)] if active_only else windows
+
+    def in_maintenance(self, monitor_id: str) -> MaintenanceWindow | None:
+        """The window holding ``monitor_id``'s alerts now, if any."""
+        return self.maintenance.covering(*self._locate(monitor_id), self.clock.now().timestamp())
+
+    async def _record(self, event: Event, *, released: bool = False) -> None:
         alert: Alert | None = event.alert
+        held = (
+            None
+            if released or event.kind == "alert_repeated"
+            else self.maintenance.hold(event, self._locate, event.at)
+        )
         row = (
             event.kind,
             event.subject,
             event.at,
-            event.message,
+            f"{event.message} [held: {held}]" if held else event.message,
             alert.alert_id if alert else None,
             alert.kind if alert else None,
         )
         opened = None
         resolved = None
-        if alert is not None and event.kind in ("alert_opened", "kind_unavailable"):
+        if (
+            alert is not None
+            and event.kind in ("alert_opened", "kind_unavailable")
+            and not released
+        ):
             opened = (alert, self.logic.alert_scope(alert.alert_id))
         elif alert is not None and event.kind == "alert_resolved":
             resolved = (alert.alert_id, event.at)
         await self._store.call(lambda c: db.record_event(c, row, opened, resolved))
+        if held:
+            log.info("%s %s held back: %s", event.kind, event.subject, held)
+            return
         for sink in self.sinks:
             try:
                 await sink.send(event)

@@ -114,6 +114,7 @@ EventKind = Literal[
     "instance_up",
     "instance_unresponsive",
     "kind_unavailable",
+    "alert_repeated",
 ]
 
 
