@@ -34,13 +34,17 @@ from .._validate import (
 if TYPE_CHECKING:
     from . import ControlSettings, WebhookSink
     from ._logic import MonitorSpec
+    from ._maintenance import MaintenanceWindow
+    from ._sinks import DurableSink
 
 __all__ = ["ControlConfig", "is_loopback", "load_control_config", "token_problem"]
 
 log = logging.getLogger("probekit.control")
 
 #: The sections of a control-plane config file, and the keys of its [control] table.
-_CONTROL_SECTIONS: Final = ("control", "checkpoints", "monitors", "webhooks")
+_CONTROL_SECTIONS: Final = (
+    *("control", "checkpoints", "monitors", "webhooks", "channels", "maintenance"),
+)
 _CONTROL_NUMBERS: Final = (
     *("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after"),
     *("grace", "startup_grace", "prune_interval"),
@@ -50,10 +54,11 @@ _CONTROL_INTEGERS: Final = (
 )
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
+    "outbox",
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
 )
-_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval")
+_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval", "labels")
 _ONLY_LOCAL: Final = "secrets are only read from local configuration"
 
 
@@ -66,6 +71,12 @@ class ControlConfig:
     webhooks: tuple[WebhookSink, ...]
     #: The ``tls_cert`` and ``tls_key`` paths (None without TLS): a reload compares them.
     tls_files: tuple[str | None, str | None] = (None, None)
+    #: The ``[[channels]]``, each behind its outbox (see ``docs/alerting.md``).
+    channels: tuple[DurableSink, ...] = ()
+    #: The ``[[maintenance]]`` windows.
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    #: The ``labels`` of the monitors that have some, by monitor id.
+    labels: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
 
 def load_control_config(
@@ -114,6 +125,17 @@ class _ControlLoader(_Loader):
         tokens = self.checkpoints(data.get("checkpoints"))
         monitors = self.control_monitors(data.get("monitors"), set(tokens))
         webhooks = self.webhooks(data.get("webhooks", []))
+        from ._alerting_config import channels, labels, maintenance
+
+        control_data = data.get("control")
+        outbox = control_data.get("outbox") if isinstance(control_data, Mapping) else None
+        db_path = control.get("db_path", ":memory:")
+        default_outbox = ":memory:" if db_path == ":memory:" else f"{db_path}-outbox"
+        if outbox is not None and (not isinstance(outbox, str) or not outbox):
+            self.fail("control.outbox", f"expected a file path, got {outbox!r}")
+        sinks = channels(self, data.get("channels", []), outbox or default_outbox)
+        windows = maintenance(self, data.get("maintenance", []))
+        monitor_labels = labels(self, data.get("monitors"))
         if self.errors:
             return None
         settings = ControlSettings(
@@ -125,7 +147,15 @@ class _ControlLoader(_Loader):
             if isinstance(control_table, Mapping)
             else (None, None)
         )
-        return ControlConfig(settings, tuple(monitors), tuple(webhooks), tls_files)
+        return ControlConfig(
+            settings,
+            tuple(monitors),
+            tuple(webhooks),
+            tls_files,
+            tuple(sinks),
+            tuple(windows),
+            monitor_labels,
+        )
 
     # -- [control] -----------------------------------------------------------------------------
 

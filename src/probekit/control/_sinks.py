@@ -440,6 +440,10 @@ class EmailSink:
             raise DefinitionError("password", "must be a Secret")
         if username is not None and tls == "none":
             raise DefinitionError("tls", "a password is not sent without TLS: use starttls or tls")
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535
+        ):
+            raise DefinitionError("port", f"expected a port number, got {port!r}")
         self.host = host
         self.port = port if port is not None else (465 if tls == "tls" else 25)
         self.tls: TlsMode = tls
@@ -628,16 +632,24 @@ class DurableSink:
         self.delivered = 0
         self.retries = 0
         self.dropped = 0
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_OUTBOX_SCHEMA)
+        self._conn: sqlite3.Connection | None = None  # opened on first use
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
 
     def _now(self) -> float:
         return self.clock.now().timestamp()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_OUTBOX_SCHEMA)
+            self._conn = conn
+        return self._conn
 
     def pending(self) -> int:
         """Events in the outbox for this channel."""
@@ -666,7 +678,9 @@ class DurableSink:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def wait_idle(self, timeout: float) -> None:
         """Wait until the outbox holds nothing for this channel (or raise TimeoutError)."""
