@@ -41,7 +41,7 @@ import attrs
 from .._clock import Clock, SystemClock
 from .._context import ProbeContext
 from .._dial import Dialer
-from .._exceptions import DefinitionError, ProbeFailure
+from .._exceptions import DefinitionError, PolicyError, ProbeFailure
 from .._policy import EgressPolicy
 from .._result import Status
 from .._secret import Secret
@@ -173,9 +173,8 @@ class _HttpChannel:
 
         self.policy = _policy(policy)
         text = url.reveal() if isinstance(url, Secret) else url
-        if not isinstance(text, str) or not text.startswith(("http://", "https://")):
-            raise DefinitionError("url", "expected an http:// or https:// URL")
-        self._url = text
+        if not isinstance(text, str) or not text:
+            raise DefinitionError("url", "required: an http:// or https:// URL")
         self.url = _shown_url(text) if self.SECRET_URL or isinstance(url, Secret) else text
         self.name = name or f"{type(self).__name__.removesuffix('Sink').lower()} {self.url}"
         self.kinds = frozenset(kinds) if kinds is not None else self.DEFAULT_KINDS
@@ -486,7 +485,7 @@ class EmailSink:
                 await self._send_mail(data)
         except TimeoutError:
             raise DeliveryError(f"smtp {self.host}:{self.port}: timed out") from None
-        except ProbeFailure as exc:
+        except (ProbeFailure, PolicyError) as exc:
             raise DeliveryError(f"smtp {self.host}:{self.port}: {exc}") from None
         except (OSError, ssl.SSLError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -1,0 +1,551 @@
+"""Alert channels against real receivers on loopback: HTTP receivers that check the documented
+payload shapes of Slack incoming webhooks, PagerDuty Events v2 and Alertmanager's v2 API,
+aiosmtpd for e-mail; the durable outbox (retries with backoff, order, a restart); the
+channels' config; re-notification through a control plane on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import Envelope, Session
+
+from probekit import DefinitionErrors, EgressPolicy, FakeClock, Secret
+from probekit.control import (
+    AlertmanagerSink,
+    ControlPlane,
+    ControlSettings,
+    DeliveryError,
+    DurableSink,
+    EmailSink,
+    MemorySink,
+    PagerDutySink,
+    SlackSink,
+    WebhookSink,
+)
+from probekit.control._config import load_control_config
+from probekit.control._logic import Alert, Event, MonitorSpec
+
+T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC).timestamp()
+ALERT = Alert("0190-alert", "monitor_down", "web", T0, "web is down: failed on a, again on b")
+OPENED = Event("alert_opened", "web", T0, ALERT.message, ALERT)
+RESOLVED = Event("alert_resolved", "web", T0 + 60, "web is up again", ALERT)
+TRANSIENT = Event("transient", "web", T0, "web: failed on a, passed on b")
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 keeping every POST (path, headers, JSON body); it answers
+    ``fail`` times with ``fail_status`` first."""
+
+    def __init__(self, fail: int = 0, fail_status: int = 503) -> None:
+        self.posts: list[tuple[str, dict[str, str], Any]] = []
+        self.fail = fail
+        self.fail_status = fail_status
+        self.connections = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                receiver.connections += 1
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if receiver.fail > 0:
+                    receiver.fail -= 1
+                    self.send_response(receiver.fail_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                receiver.posts.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def bodies(self) -> list[Any]:
+        return [body for _, _, body in self.posts]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    rec.thread.start()
+    yield rec
+    rec.server.shutdown()
+    rec.server.server_close()
+
+
+@contextlib.contextmanager
+def running(rec: Receiver) -> Iterator[Receiver]:
+    rec.thread.start()
+    try:
+        yield rec
+    finally:
+        rec.server.shutdown()
+        rec.server.server_close()
+
+
+def _iso_utc(text: str) -> float:
+    parsed = dt.datetime.fromisoformat(text)
+    assert parsed.tzinfo is not None
+    return parsed.timestamp()
+
+
+# -- payload shapes -------------------------------------------------------------------------------
+
+
+async def test_slack_posts_a_text_message_and_never_logs_its_secret_url(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = Secret(f"{receiver.url}/services/T000/B000/XXXXSECRETXXXX")
+    sink = SlackSink(url)
+    await sink.deliver(OPENED)
+    await sink.deliver(RESOLVED)
+    await sink.deliver(TRANSIENT)  # not an alert event: not sent by default
+    assert [path for path, _, _ in receiver.posts] == ["/services/T000/B000/XXXXSECRETXXXX"] * 2
+    opened, resolved = receiver.bodies()
+    # Slack's documented minimum: a JSON object with a "text" string (mrkdwn).
+    assert set(opened) == {"text"} and isinstance(opened["text"], str)
+    assert "FIRING" in opened["text"] and "web is down" in opened["text"]
+    assert "RESOLVED" in resolved["text"]
+    receiver.fail = 1
+    with caplog.at_level(logging.WARNING, logger="probekit.control"):
+        await sink.send(OPENED)  # a failure is logged, with only the host of the URL
+    assert any("slack http://127.0.0.1" in r.getMessage() for r in caplog.records)
+    assert "XXXXSECRETXXXX" not in caplog.text
+    assert "XXXXSECRETXXXX" not in sink.url + sink.name + repr(sink)
+
+
+async def test_pagerduty_triggers_and_resolves_with_the_alert_id_as_dedup_key(
+    receiver: Receiver,
+) -> None:
+    key = Secret("R0UTINGKEY0123456789012345678901")
+    sink = PagerDutySink(key, url=f"{receiver.url}/v2/enqueue", source="control-1")
+    await sink.deliver(OPENED)
+    await sink.deliver(RESOLVED)
+    trigger, resolve = receiver.bodies()
+    # Events API v2: routing_key, event_action, dedup_key; a trigger carries payload.summary,
+    # .source and .severity (critical|error|warning|info), an optional ISO 8601 timestamp.
+    assert trigger["routing_key"] == key.reveal()
+    assert trigger["event_action"] == "trigger"
+    assert trigger["dedup_key"] == ALERT.alert_id
+    payload = trigger["payload"]
+    assert payload["summary"] == ALERT.message
+    assert payload["source"] == "control-1"
+    assert payload["severity"] in ("critical", "error", "warning", "info")
+    assert _iso_utc(payload["timestamp"]) == T0
+    assert payload["component"] == "web" and payload["class"] == "monitor_down"
+    assert resolve == {
+        "routing_key": key.reveal(),
+        "event_action": "resolve",
+        "dedup_key": ALERT.alert_id,
+    }
+    assert "R0UTINGKEY" not in repr(sink.routing_key)
+
+
+def test_pagerduty_refuses_an_unknown_severity_and_a_missing_key() -> None:
+    with pytest.raises(Exception, match="severity"):
+        PagerDutySink(Secret("k"), severity="fatal")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="routing_key"):
+        PagerDutySink(Secret(""))
+
+
+async def test_alertmanager_posts_v2_alerts_and_resolves_by_ends_at(receiver: Receiver) -> None:
+    sink = AlertmanagerSink(
+        receiver.url, labels={"team": "platform"}, generator_url="https://status.test/web"
+    )
+    await sink.deliver(OPENED)
+    await sink.deliver(RESOLVED)
+    (path1, headers, firing), (path2, _, resolved) = receiver.posts
+    assert path1 == path2 == "/api/v2/alerts"
+    assert headers["Content-Type"] == "application/json"
+    # postableAlerts: a list of {labels, annotations, startsAt, endsAt, generatorURL}.
+    assert isinstance(firing, list) and len(firing) == 1
+    (alert,) = firing
+    assert alert["labels"] == {
+        "team": "platform",
+        "alertname": "monitor_down",
+        "subject": "web",
+        "source": "probekit",
+    }
+    assert alert["annotations"] == {"summary": ALERT.message, "alert_id": ALERT.alert_id}
+    assert _iso_utc(alert["startsAt"]) == T0
+    assert "endsAt" not in alert
+    assert alert["generatorURL"] == "https://status.test/web"
+    (closing,) = resolved
+    assert closing["labels"] == alert["labels"]  # the same alert, by its labels
+    assert _iso_utc(closing["endsAt"]) == T0 + 60
+    assert sink.renotify == 60.0  # kept firing below Alertmanager's resolve_timeout
+
+
+async def test_webhook_posts_the_event_and_a_non_2xx_answer_is_a_delivery_error(
+    receiver: Receiver,
+) -> None:
+    sink = WebhookSink(f"{receiver.url}/hook", headers={"X-Team": "platform"})
+    await sink.deliver(OPENED)
+    ((path, headers, body),) = receiver.posts
+    assert path == "/hook" and headers["X-Team"] == "platform"
+    assert body["kind"] == "alert_opened" and body["alert"]["alert_id"] == ALERT.alert_id
+    receiver.fail, receiver.fail_status = 1, 500
+    with pytest.raises(DeliveryError, match="DOWN"):
+        await sink.deliver(RESOLVED)
+
+
+async def test_a_receiver_the_policy_denies_is_never_dialled(receiver: Receiver) -> None:
+    policy = EgressPolicy(deny=["127.0.0.0/8"])
+    sinks: list[Any] = [
+        WebhookSink(receiver.url, policy=policy),
+        SlackSink(Secret(f"{receiver.url}/x"), policy=policy),
+        PagerDutySink(Secret("k"), url=receiver.url, policy=policy),
+        AlertmanagerSink(receiver.url, policy=policy),
+    ]
+    for sink in sinks:
+        with pytest.raises(DeliveryError, match="policy_denied"):
+            await sink.deliver(OPENED)
+    mail = EmailSink(
+        "127.0.0.1",
+        port=receiver.port,
+        sender="a@b.test",
+        to=["c@d.test"],
+        tls="none",
+        policy=policy,
+    )
+    with pytest.raises(DeliveryError, match="denied"):
+        await mail.deliver(OPENED)
+    assert receiver.connections == 0
+
+
+# -- e-mail ---------------------------------------------------------------------------------------
+
+
+class MailBox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        assert isinstance(envelope.content, bytes)
+        self.messages.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+@contextlib.asynccontextmanager
+async def smtp_server(box: MailBox, **options: Any) -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    sessions: list[AiosmtpdSMTP] = []
+
+    def factory() -> AiosmtpdSMTP:
+        sessions.append(AiosmtpdSMTP(box, hostname="mail.test", **options))
+        return sessions[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for session in sessions:
+            if session.transport is not None:
+                session.transport.close()
+        await asyncio.sleep(0)
+
+
+async def test_email_sends_one_mail_per_alert_event_over_smtp() -> None:
+    box = MailBox()
+    async with smtp_server(box) as port:
+        sink = EmailSink(
+            "127.0.0.1",
+            port=port,
+            tls="none",
+            sender="probekit@ops.test",
+            to=["oncall@ops.test", "lead@ops.test"],
+        )
+        await sink.deliver(OPENED)
+        await sink.deliver(TRANSIENT)  # not an alert event
+        await sink.deliver(
+            attrs_evolve(RESOLVED, message=".a line starting with a dot\nand another")
+        )
+    assert len(box.messages) == 2
+    sender, rcpts, data = box.messages[0]
+    assert sender == "probekit@ops.test"
+    assert rcpts == ["oncall@ops.test", "lead@ops.test"]
+    mail = message_from_bytes(data)
+    assert mail["Subject"] == "[probekit] FIRING monitor_down web"
+    assert mail["To"] == "oncall@ops.test, lead@ops.test"
+    body = mail.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    assert ALERT.message.encode() in body and ALERT.alert_id.encode() in body
+    resolved = message_from_bytes(box.messages[1][2])
+    assert resolved["Subject"] == "[probekit] RESOLVED monitor_down web"
+    text = resolved.get_payload(decode=True)
+    assert isinstance(text, bytes) and text.startswith(
+        b".a line starting with a dot\r\nand another"
+    )
+
+
+def attrs_evolve(event: Event, **changes: Any) -> Event:
+    import attrs
+
+    return attrs.evolve(event, **changes)
+
+
+async def test_email_refuses_starttls_missing_and_reports_a_refused_recipient() -> None:
+    box = MailBox()
+    async with smtp_server(box) as port:
+        sink = EmailSink("127.0.0.1", port=port, sender="p@ops.test", to=["o@ops.test"])
+        with pytest.raises(DeliveryError, match="no STARTTLS offered"):
+            await sink.deliver(OPENED)
+    assert box.messages == []
+
+
+def test_email_definition_errors() -> None:
+    with pytest.raises(Exception, match="without TLS"):
+        EmailSink("h", sender="a@b", to=["c@d"], tls="none", username="u", password=Secret("p"))
+    with pytest.raises(Exception, match="e-mail address"):
+        EmailSink("h", sender="a@b", to=["c@d\r\nRCPT TO:<x@y>"])
+    with pytest.raises(Exception, match="at least one recipient"):
+        EmailSink("h", sender="a@b", to=[])
+
+
+# -- the durable outbox ---------------------------------------------------------------------------
+
+
+async def test_outbox_retries_with_backoff_and_keeps_the_order() -> None:
+    rec = Receiver(fail=3)
+    with running(rec):
+        sink = DurableSink(WebhookSink(rec.url), backoff=0.01, max_backoff=0.05)
+        await sink.send(OPENED)
+        await sink.send(RESOLVED)
+        await sink.wait_idle(20)
+        await sink.aclose()
+    assert [b["kind"] for b in rec.bodies()] == ["alert_opened", "alert_resolved"]
+    assert (sink.retries, sink.delivered, sink.dropped) == (3, 2, 0)
+
+
+async def test_outbox_survives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.db")
+    down = Receiver(fail=10**6)
+    with running(down):
+        first = DurableSink(WebhookSink(down.url, name="hook"), path, backoff=0.01)
+        await first.send(OPENED)
+        await first.send(RESOLVED)
+        while first.retries < 2:  # it tried, and failed
+            await asyncio.sleep(0.01)
+        await first.aclose()
+    assert down.posts == []
+    up = Receiver()
+    with running(up):
+        second = DurableSink(WebhookSink(up.url, name="hook"), path, backoff=0.01)
+        assert second.pending() == 2
+        second.start()  # what a control plane does at start
+        await second.wait_idle(20)
+        await second.aclose()
+    assert [b["kind"] for b in up.bodies()] == ["alert_opened", "alert_resolved"]
+
+
+async def test_outbox_drops_and_logs_after_max_attempts(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Receiver(fail=10**6)
+    with running(rec), caplog.at_level(logging.ERROR, logger="probekit.control"):
+        sink = DurableSink(WebhookSink(rec.url), backoff=0.01, max_attempts=3)
+        await sink.send(OPENED)
+        await sink.wait_idle(20)
+        await sink.aclose()
+    assert (sink.dropped, sink.retries) == (1, 2)
+    assert any(
+        "dropping alert_opened web after 3 attempts" in r.getMessage() for r in caplog.records
+    )
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+CONFIG = """
+[control]
+port = 0
+db = "{db}"
+
+[[checkpoints]]
+id = "office"
+token = {{ env = "T_TOKEN" }}
+
+[[monitors]]
+id = "web"
+checkpoint = "office"
+kind = "http"
+url = "http://127.0.0.1:1/"
+labels = {{ team = "web" }}
+"""
+
+
+def _write(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "control.toml"
+    path.write_text(CONFIG.format(db=tmp_path / "c.db") + extra)
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_TOKEN", "a-token-of-enough-length-0123456789")
+    monkeypatch.setenv("T_SLACK", "https://hooks.slack.com/services/T0/B0/secret")
+    monkeypatch.setenv("T_PD", "0123456789abcdef0123456789abcdef")
+    monkeypatch.setenv("T_MAIL", "mail-password")
+
+
+def test_config_builds_every_channel_behind_the_outbox(tmp_path: Path, env: None) -> None:
+    path = _write(
+        tmp_path,
+        """
+[[channels]]
+type = "webhook"
+url = "https://hooks.test/probekit"
+headers = { Authorization = { env = "T_PD" } }
+
+[[channels]]
+type = "slack"
+url = { env = "T_SLACK" }
+renotify = 3600
+
+[[channels]]
+type = "pagerduty"
+routing_key = { env = "T_PD" }
+severity = "error"
+
+[[channels]]
+name = "am"
+type = "alertmanager"
+url = "http://127.0.0.1:9093"
+labels = { env = "prod" }
+backoff = 2
+max_attempts = 5
+
+[[channels]]
+type = "email"
+host = "smtp.test"
+port = 587
+username = "probekit"
+password = { env = "T_MAIL" }
+from = "probekit@ops.test"
+to = ["oncall@ops.test"]
+""",
+    )
+    config = load_control_config(path)
+    kinds = [type(c.channel).__name__ for c in config.channels]
+    assert kinds == ["WebhookSink", "SlackSink", "PagerDutySink", "AlertmanagerSink", "EmailSink"]
+    assert [c.name for c in config.channels] == [
+        "webhook-0",
+        "slack-1",
+        "pagerduty-2",
+        "am",
+        "email-4",
+    ]
+    assert {c.path for c in config.channels} == {f"{tmp_path / 'c.db'}-outbox"}
+    assert config.channels[1].renotify == 3600 and config.channels[3].renotify == 60
+    assert (config.channels[3].backoff, config.channels[3].max_attempts) == (2.0, 5)
+    assert config.labels == {"web": {"team": "web"}}
+    assert "labels" not in config.monitors[0].definition  # not sent to the checkpoint
+    slack = config.channels[1]
+    assert not any("secret" in text for text in (slack.name, repr(slack), repr(slack.channel)))
+
+
+def test_config_rejects_bad_channels_with_their_paths(tmp_path: Path, env: None) -> None:
+    path = _write(
+        tmp_path,
+        """
+[[channels]]
+type = "sms"
+
+[[channels]]
+type = "slack"
+url = "https://hooks.slack.com/services/inline"
+
+[[channels]]
+type = "pagerduty"
+
+[[channels]]
+type = "email"
+host = "smtp.test"
+from = "p@ops.test"
+to = ["o@ops.test"]
+tls = "none"
+username = "u"
+password = { env = "T_MAIL" }
+colour = "red"
+
+[[channels]]
+type = "webhook"
+url = "https://x.test/"
+renotify = -1
+""",
+    )
+    with pytest.raises(DefinitionErrors) as info:
+        load_control_config(path)
+    text = str(info.value)
+    for expected in (
+        "channels[0].type: required, one of webhook",
+        "channels[1].url: a credential: read it from",
+        "channels[2].routing_key: required",
+        "channels[3].colour: unknown field",
+        "channels[4].renotify:",
+    ):
+        assert expected in text, expected
+    info2 = None
+    path.write_text(
+        CONFIG.format(db=tmp_path / "c.db")
+        + '[[channels]]\ntype = "email"\nhost = "h"\nfrom = "a@b"\nto = ["c@d"]\n'
+        + 'tls = "none"\nusername = "u"\npassword = { env = "T_MAIL" }\n'
+    )
+    with pytest.raises(DefinitionErrors) as info2:
+        load_control_config(path)
+    assert "channels[0].tls: a password is not sent without TLS" in str(info2.value)
+
+
+# -- re-notification through the control plane -----------------------------------------------
+
+
+class Repeating(MemorySink):
+    renotify = 300.0
+
+
+async def test_an_open_alert_is_sent_again_every_renotify_interval() -> None:
+    clock = FakeClock()
+    every, once = Repeating(), MemorySink()
+    plane = ControlPlane(
+        ControlSettings(tokens={"office": Secret("t" * 32)}), sinks=[every, once], clock=clock
+    )
+    spec = MonitorSpec("web", "office", 30.0, {"kind": "http", "url": "http://127.0.0.1:1/"})
+    plane.logic.upsert_monitor(spec)
+    plane._specs["web"] = spec
+    mon = plane.logic.monitors["web"]
+    alert = Alert("a1", "monitor_down", "web", clock.now().timestamp(), "web is down")
+    mon.alert = alert
+    await plane.alerting_tick()  # first sight: counts as notified now
+    clock.advance(299)
+    await plane.alerting_tick()
+    assert every.events == []
+    clock.advance(1)
+    await plane.alerting_tick()
+    clock.advance(300)
+    await plane.alerting_tick()
+    assert [e.kind for e in every.events] == ["alert_repeated", "alert_repeated"]
+    assert every.events[0].alert == alert and "still open since" in every.events[0].message
+    assert once.events == []  # no renotify interval: never repeated
+    mon.alert = None  # resolved: no more repeats
+    clock.advance(1000)
+    await plane.alerting_tick()
+    assert len(every.events) == 2
+    await plane.stop()
