@@ -56,7 +56,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 receiver.connections += 1
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
@@ -240,7 +240,7 @@ class MailBox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
 
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes)
         self.messages.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.content))
         return "250 OK"
@@ -345,7 +345,7 @@ async def test_outbox_survives_a_restart(tmp_path: Path) -> None:
         first = DurableSink(WebhookSink(down.url, name="hook"), path, backoff=0.01)
         await first.send(OPENED)
         await first.send(RESOLVED)
-        while first.retries < 2:  # it tried, and failed
+        while first.retries < 2:  # noqa: ASYNC110 - it tried, and failed (a counter)
             await asyncio.sleep(0.01)
         await first.aclose()
     assert down.posts == []
@@ -503,7 +503,6 @@ renotify = -1
         "channels[4].renotify:",
     ):
         assert expected in text, expected
-    info2 = None
     path.write_text(
         CONFIG.format(db=tmp_path / "c.db")
         + '[[channels]]\ntype = "email"\nhost = "h"\nfrom = "a@b"\nto = ["c@d"]\n'

@@ -1151,7 +1151,8 @@ class ControlPlane:
             return subject, spec.checkpoint_id
         if subject in self.settings.tokens:
             return None, subject
-        return None, self._owners.get(subject)
+        inst = self.logic.instances.get(subject)
+        return None, inst.checkpoint_id if inst is not None else self._owners.get(subject)
 
     async def alerting_tick(self) -> None:
         """Send the alerts held by maintenance windows that have ended, and the open alerts due
