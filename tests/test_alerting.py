@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from probekit import DefinitionErrors, EgressPolicy, FakeClock, Secret
 from probekit.control import (
@@ -548,3 +550,107 @@ async def test_an_open_alert_is_sent_again_every_renotify_interval() -> None:
     await plane.alerting_tick()
     assert len(every.events) == 2
     await plane.stop()
+
+
+# -- e-mail over TLS --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server, str(ca_file)
+
+
+def _login(logins: list[tuple[bytes, bytes]]) -> Any:
+    def authenticator(
+        server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"mail-password", handled=False)
+
+    return authenticator
+
+
+async def test_email_upgrades_with_starttls_and_logs_in(
+    tls_files: tuple[ssl.SSLContext, str],
+) -> None:
+    server_tls, ca_file = tls_files
+    box, logins = MailBox(), []
+    options = {"tls_context": server_tls, "require_starttls": True, "authenticator": _login(logins)}
+    async with smtp_server(box, **options) as port:
+        sink = EmailSink(
+            "127.0.0.1",
+            port=port,
+            ca_file=ca_file,
+            username="probekit",
+            password=Secret("mail-password"),
+            sender="probekit@ops.test",
+            to=["oncall@ops.test"],
+        )
+        await sink.deliver(OPENED)
+        wrong = EmailSink(
+            "127.0.0.1",
+            port=port,
+            ca_file=ca_file,
+            username="probekit",
+            password=Secret("wrong-password"),
+            sender="probekit@ops.test",
+            to=["oncall@ops.test"],
+        )
+        with pytest.raises(DeliveryError, match=r"AUTH PLAIN \.\.\.: 535") as info:
+            await wrong.deliver(OPENED)
+        assert "wrong-password" not in str(info.value)
+    assert logins == [(b"probekit", b"mail-password"), (b"probekit", b"wrong-password")]
+    assert len(box.messages) == 1
+
+
+async def test_email_over_implicit_tls_checks_the_certificate(
+    tls_files: tuple[ssl.SSLContext, str],
+) -> None:
+    server_tls, ca_file = tls_files
+    box = MailBox()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: AiosmtpdSMTP(box, hostname="mail.test"), "127.0.0.1", 0, ssl=server_tls
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = EmailSink(
+            "127.0.0.1", port=port, tls="tls", ca_file=ca_file, sender="p@o.test", to=["o@o.test"]
+        )
+        await sink.deliver(OPENED)
+        untrusted = EmailSink("127.0.0.1", port=port, tls="tls", sender="p@o.test", to=["o@o.test"])
+        with pytest.raises(DeliveryError, match="certificate"):
+            await untrusted.deliver(OPENED)
+    finally:
+        server.close()
+    assert len(box.messages) == 1
+
+
+# -- the control plane starts and stops its channels ------------------------------------------
+
+
+async def test_a_control_plane_delivers_what_its_outbox_held_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "outbox.db")
+    down = Receiver(fail=10**6)
+    with running(down):
+        first = DurableSink(WebhookSink(down.url, name="hook"), path, backoff=0.01)
+        await first.send(OPENED)
+        while first.retries < 1:  # noqa: ASYNC110 - it tried, and failed (a counter)
+            await asyncio.sleep(0.01)
+        await first.aclose()
+    up = Receiver()
+    with running(up):
+        sink = DurableSink(WebhookSink(up.url, name="hook"), path, backoff=0.01)
+        settings = ControlSettings(tokens={"office": Secret("t" * 32)})
+        async with ControlPlane(settings, sinks=[sink]):
+            await sink.wait_idle(20)
+        assert sink._worker is None  # stopped with the plane
+    assert [b["kind"] for b in up.bodies()] == ["alert_opened"]
