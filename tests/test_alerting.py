@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import random
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,7 @@ import trustme
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from probekit import DefinitionErrors, EgressPolicy, FakeClock, Secret
+from probekit import DefinitionError, DefinitionErrors, EgressPolicy, FakeClock, Secret, Status
 from probekit.control import (
     AlertmanagerSink,
     ControlPlane,
@@ -37,7 +38,7 @@ from probekit.control import (
     WebhookSink,
 )
 from probekit.control._config import load_control_config
-from probekit.control._logic import Alert, Event, MonitorSpec
+from probekit.control._logic import Alert, ControlLogic, Event, MonitorSpec
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC).timestamp()
 ALERT = Alert("0190-alert", "monitor_down", "web", T0, "web is down: failed on a, again on b")
@@ -654,3 +655,91 @@ async def test_a_control_plane_delivers_what_its_outbox_held_when_it_starts(
             await sink.wait_idle(20)
         assert sink._worker is None  # stopped with the plane
     assert [b["kind"] for b in up.bodies()] == ["alert_opened"]
+
+
+# -- the confirmation policy and flap thresholds ----------------------------------------------
+
+
+def _logic(**options: Any) -> ControlLogic:
+    logic = ControlLogic(FakeClock(), rng=random.Random(7), **options)
+    logic.configure_checkpoints(["office"])
+    logic.upsert_monitor(MonitorSpec("web", "office", 30.0, {"kind": "tcp"}))
+    for name in ("i1", "i2", "i3"):
+        logic.instance_connected(name, "office")
+    return logic
+
+
+def _fail_until_alert(logic: ControlLogic) -> tuple[list[str], list[Event]]:
+    """A DOWN result on i1, then every confirm run answered DOWN: the instances the confirm runs
+    went to, and the events."""
+    actions = logic.on_result("web", "i1", None, "scheduled", Status.DOWN)
+    events, targets = list(actions.events), []
+    while actions.runs:
+        (order,) = actions.runs
+        targets.append(order.instance_id)
+        actions = logic.on_result(
+            "web", order.instance_id, order.request_id, "confirm", Status.DOWN
+        )
+        events.extend(actions.events)
+    return targets, events
+
+
+@pytest.mark.parametrize("confirmations", [0, 1, 2, 3])
+def test_confirmations_failures_on_other_instances_open_the_alert(confirmations: int) -> None:
+    logic = _logic(confirmations=confirmations)
+    targets, events = _fail_until_alert(logic)
+    assert [e.kind for e in events] == ["unconfirmed"] * confirmations + ["alert_opened"]
+    if confirmations <= 2:  # three instances: each confirm on one that has not failed yet
+        assert len(set(targets)) == len(targets) and "i1" not in targets
+    assert len(targets) == confirmations
+    opened = events[-1].message
+    if confirmations == 0:
+        assert opened == "web is down: failed on i1 (no confirmation asked)"
+    else:
+        assert opened.startswith("web is down: failed on i1, again on ")
+
+
+def test_a_pass_during_the_confirmations_is_a_transient() -> None:
+    logic = _logic(confirmations=2)
+    actions = logic.on_result("web", "i1", None, "scheduled", Status.DOWN)
+    (order,) = actions.runs
+    actions = logic.on_result("web", order.instance_id, order.request_id, "confirm", Status.DOWN)
+    (order,) = actions.runs
+    actions = logic.on_result("web", order.instance_id, order.request_id, "confirm", Status.UP)
+    assert [e.kind for e in actions.events] == ["transient"] and not actions.runs
+    assert logic.open_alerts() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "flaps"),
+    [({}, True), ({"flap_high": 100.0, "flap_low": 10.0}, False), ({"flap_window": 5}, True)],
+)
+def test_flap_thresholds_are_tunable(options: dict[str, Any], flaps: bool) -> None:
+    logic = _logic(confirmations=0, **options)
+    window = options.get("flap_window", 21)
+    for i in range(window):  # alternating results: 100 % state change
+        status = Status.DOWN if i % 2 else Status.UP
+        logic.on_result("web", "i1", None, "scheduled", status)
+    flapping = [a for a in logic.open_alerts() if a.kind == "flapping"]
+    assert bool(flapping) is flaps
+
+
+def test_control_settings_and_config_take_the_policy(tmp_path: Path, env: None) -> None:
+    with pytest.raises(DefinitionError, match="flap_low"):
+        ControlSettings(tokens={"o": Secret("t" * 32)}, flap_low=60.0)
+    with pytest.raises(DefinitionError, match="confirmations"):
+        ControlSettings(tokens={"o": Secret("t" * 32)}, confirmations=-1)
+    path = tmp_path / "control.toml"
+    path.write_text(
+        CONFIG.format(db=tmp_path / "c.db").replace(
+            'db = "', 'confirmations = 2\nflap_window = 11\nflap_high = 60\nflap_low = 30\ndb = "'
+        )
+    )
+    settings = load_control_config(path).settings
+    assert (settings.confirmations, settings.flap_window) == (2, 11)
+    assert (settings.flap_high, settings.flap_low) == (60.0, 30.0)
+    plane = ControlPlane(settings)
+    assert (plane.logic.confirmations, plane.logic.flap_window) == (2, 11)
+    path.write_text(CONFIG.format(db=tmp_path / "c.db").replace('db = "', 'flap_low = 70\ndb = "'))
+    with pytest.raises(DefinitionErrors, match=r"control\.flap_low: must not be above flap_high"):
+        load_control_config(path)

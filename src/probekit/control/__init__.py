@@ -26,6 +26,7 @@ import logging
 import math
 import sqlite3
 import ssl
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
@@ -164,6 +165,23 @@ def _check_settings(settings: ControlSettings) -> None:
         value = getattr(settings, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DefinitionError(name, f"must be an integer of 1 or more, got {value!r}")
+    if (
+        not isinstance(settings.confirmations, int)
+        or isinstance(settings.confirmations, bool)
+        or settings.confirmations < 0
+    ):
+        raise DefinitionError(
+            "confirmations", f"must be an integer of 0 or more, got {settings.confirmations!r}"
+        )
+    window = settings.flap_window
+    if not isinstance(window, int) or isinstance(window, bool) or window < 3:
+        raise DefinitionError("flap_window", f"must be an integer of 3 or more, got {window!r}")
+    for name in ("flap_high", "flap_low"):
+        value = getattr(settings, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 100:
+            raise DefinitionError(name, f"must be a percentage (0-100), got {value!r}")
+    if settings.flap_low > settings.flap_high:
+        raise DefinitionError("flap_low", "must not be above flap_high")
     size = settings.max_frame_bytes
     if not isinstance(size, int) or isinstance(size, bool) or size < p.MAX_FRAME_BYTES:
         raise DefinitionError(
@@ -195,6 +213,11 @@ class ControlSettings:
     are deleted (None keeps everything), ``prune_batch`` rows per statement on the database's
     worker thread, at most once every ``prune_interval`` seconds. ``metrics_port`` (None: off)
     serves ``/metrics`` and ``/ready`` on ``metrics_host``.
+
+    ``confirmations``: confirm runs (each on another instance when there is one) that must
+    fail too before a failure opens a ``monitor_down`` alert (0: alert on the first failure).
+    Flapping: over a monitor's last ``flap_window`` results, more than ``flap_high`` percent of
+    weighted state change opens a ``flapping`` alert and less than ``flap_low`` resolves it.
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -216,6 +239,10 @@ class ControlSettings:
     prune_batch: int = 1000
     metrics_host: str | None = "127.0.0.1"
     metrics_port: int | None = None
+    confirmations: int = 1
+    flap_window: int = 21
+    flap_high: float = 50.0
+    flap_low: float = 25.0
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -306,6 +333,10 @@ class ControlPlane:
             grace=settings.grace,
             unanswered_limit=settings.unanswered_runs,
             startup_grace=settings.startup_grace,
+            confirmations=settings.confirmations,
+            flap_window=settings.flap_window,
+            flap_high=settings.flap_high,
+            flap_low=settings.flap_low,
         )
         self._store = Store(settings.db_path)
         self._server: Any = None
@@ -519,6 +550,12 @@ class ControlPlane:
         logic.unanswered_limit = new.unanswered_runs
         logic.missed_heartbeats = new.missed_heartbeats
         logic.startup_grace = new.startup_grace
+        logic.confirmations = new.confirmations
+        logic.flap_high, logic.flap_low = new.flap_high, new.flap_low
+        if logic.flap_window != new.flap_window:
+            logic.flap_window = new.flap_window
+            for mon in logic.monitors.values():
+                mon.history = deque(mon.history, maxlen=new.flap_window)
         actions = logic.reconfigure_checkpoints(new.tokens)
         closed = 0
         for peer in list(self._peers.values()):

@@ -51,10 +51,13 @@ _CONTROL_NUMBERS: Final = (
 )
 _CONTROL_INTEGERS: Final = (
     *("missed_heartbeats", "max_frame_bytes", "unanswered_runs", "prune_batch"),
+    *("confirmations", "flap_window"),
 )
+_CONTROL_PERCENTAGES: Final = ("flap_high", "flap_low")
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
     "outbox",
+    *_CONTROL_PERCENTAGES,
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
 )
@@ -231,11 +234,25 @@ class _ControlLoader(_Loader):
             value = data.get(key)
             if value is None:
                 continue
-            least = 1_048_576 if key == "max_frame_bytes" else 1
+            least = {"max_frame_bytes": 1_048_576, "confirmations": 0, "flap_window": 3}.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 self.fail(f"control.{key}", f"expected an integer >= {least}, got {value!r}")
             else:
                 out[key] = value
+        for key in _CONTROL_PERCENTAGES:
+            value = data.get(key)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= 100
+            ):
+                self.fail(f"control.{key}", f"expected a percentage (0-100), got {value!r}")
+            else:
+                out[key] = float(value)
+        if out.get("flap_low", 25.0) > out.get("flap_high", 50.0):
+            self.fail("control.flap_low", "must not be above flap_high")
         context = self.tls(data.get("tls_cert"), data.get("tls_key"))
         if context is not None:
             out["ssl_context"] = context
