@@ -10,9 +10,14 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import random
+import signal
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -743,3 +748,64 @@ def test_control_settings_and_config_take_the_policy(tmp_path: Path, env: None) 
     path.write_text(CONFIG.format(db=tmp_path / "c.db").replace('db = "', 'flap_low = 70\ndb = "'))
     with pytest.raises(DefinitionErrors, match=r"control\.flap_low: must not be above flap_high"):
         load_control_config(path)
+
+
+# -- probekit control, end to end -------------------------------------------------------------
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_probekit_control_sends_to_its_channels_and_a_reload_adds_one(
+    tmp_path: Path,
+) -> None:
+    first, second = Receiver(), Receiver()
+    base = (
+        CONFIG.format(db=tmp_path / "c.db").replace(
+            'db = "',
+            "heartbeat_interval = 0.2\nmissed_heartbeats = 1\nstartup_grace = 0.3\n"
+            'tick_interval = 0.05\ndb = "',
+        )
+        + f'\n[[channels]]\nname = "hook"\ntype = "webhook"\nurl = "{first.url}/a"\n'
+    )
+    path = tmp_path / "control.toml"
+    path.write_text(base)
+    env = {**os.environ, "T_TOKEN": "a-token-of-enough-length-0123456789"}
+    with running(first), running(second):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "probekit", "control", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            # "office" never connects: its checkpoint_down alert goes through the outbox
+            _wait(lambda: first.posts, 30, "the checkpoint_down alert")
+            (body,) = first.bodies()
+            assert body["kind"] == "alert_opened"
+            assert body["alert"]["kind"] == "checkpoint_down" and body["subject"] == "office"
+            path.write_text(
+                base
+                + f'\n[[channels]]\nname = "am"\ntype = "alertmanager"\nurl = "{second.url}"\n'
+                + "renotify = 0.3\n"
+            )
+            proc.send_signal(signal.SIGHUP)
+            # the new channel repeats the open alert once its renotify interval has passed
+            _wait(lambda: second.posts, 30, "the repeated alert")
+            (alert,) = second.bodies()[0]
+            assert alert["labels"]["alertname"] == "checkpoint_down" and "endsAt" not in alert
+            assert len(first.posts) == 1  # nothing sent twice to the first one
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            assert "reloaded" in out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
