@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from probekit.control import (
 )
 from probekit.control._config import load_control_config
 from probekit.control._logic import Alert, ControlLogic, Event, MonitorSpec
+from probekit.control._sinks import ResultAlerts
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC).timestamp()
 ALERT = Alert("0190-alert", "monitor_down", "web", T0, "web is down: failed on a, again on b")
@@ -809,3 +811,117 @@ def test_probekit_control_sends_to_its_channels_and_a_reload_adds_one(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+# -- probekit run -----------------------------------------------------------------------------
+
+
+async def test_result_alerts_open_after_failures_in_a_row_and_resolve() -> None:
+    clock = FakeClock()
+    sink, repeating = MemorySink(), Repeating()
+    alerts = ResultAlerts([sink, repeating], failures=3, clock=clock)
+    for status in (Status.DOWN, Status.DOWN, Status.UP, Status.DOWN, Status.DOWN):
+        await alerts.observe("web", status, "connect: refused")
+    assert sink.events == []  # never three in a row
+    await alerts.observe("web", Status.DOWN, "connect: refused")
+    await alerts.observe("web", Status.DOWN)
+    (opened,) = sink.events
+    assert opened.kind == "alert_opened"
+    assert opened.message == "web is down: failed 3 times in a row: connect: refused"
+    await alerts.tick()
+    clock.advance(300)
+    await alerts.tick()
+    assert [e.kind for e in repeating.events] == ["alert_opened", "alert_repeated"]
+    await alerts.observe("web", Status.DEGRADED)  # not DOWN: resolves
+    assert [e.kind for e in sink.events] == ["alert_opened", "alert_resolved"]
+    assert sink.events[1].alert == opened.alert
+    with pytest.raises(DefinitionError, match="failures"):
+        ResultAlerts([], failures=0)
+
+
+def test_probekit_run_sends_alerts_to_the_channels_of_its_config(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: the monitor is DOWN
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    rec = Receiver()
+    config = tmp_path / "monitors.toml"
+    config.write_text(
+        f"""
+[secrets]
+hook = {{ env = "T_HOOK" }}
+
+[alerting]
+failures = 2
+outbox = "{tmp_path / "outbox.db"}"
+
+[[channels]]
+type = "webhook"
+url = "{rec.url}/hook"
+headers = {{ Authorization = {{ env = "T_HOOK" }} }}
+
+[[channels]]
+type = "pagerduty"
+url = "{rec.url}/pd"
+routing_key = {{ secret = "hook" }}
+
+[[monitors]]
+id = "closed"
+kind = "tcp"
+host = "127.0.0.1"
+port = {port}
+interval = 0.2
+"""
+    )
+    env = {**os.environ, "T_HOOK": "Bearer hook-secret-0123456789"}
+    with running(rec):
+        proc = subprocess.run(
+            [sys.executable, "-m", "probekit", "run", str(config), "--duration", "2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "closed DOWN" in proc.stdout
+    by_path = {path: (headers, body) for path, headers, body in rec.posts}
+    headers, hook = by_path["/hook"]
+    assert hook["kind"] == "alert_opened" and hook["subject"] == "closed"
+    assert hook["message"].startswith("closed is down: failed 2 times in a row: connect")
+    assert headers["Authorization"] == "Bearer hook-secret-0123456789"
+    _, pd = by_path["/pd"]
+    assert pd["event_action"] == "trigger" and pd["routing_key"] == env["T_HOOK"]
+    assert len(rec.posts) == 2  # opened once, never resolved (the port stays closed)
+    assert "hook-secret" not in proc.stdout + proc.stderr
+
+
+def test_run_config_errors_in_channels_have_their_paths(tmp_path: Path) -> None:
+    from probekit import load_config
+
+    config = tmp_path / "monitors.toml"
+    config.write_text(
+        """
+[alerting]
+failures = 0
+colour = "red"
+
+[[channels]]
+type = "pagerduty"
+routing_key = { secret = "missing" }
+
+[[monitors]]
+id = "m"
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+"""
+    )
+    with pytest.raises(DefinitionErrors) as info:
+        load_config(config)
+    text = str(info.value)
+    for expected in (
+        "alerting.failures: expected an integer >= 1",
+        "alerting.colour: unknown field",
+        "channels[0].routing_key.secret: no [secrets] entry named 'missing'",
+    ):
+        assert expected in text, expected

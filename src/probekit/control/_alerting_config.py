@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from .._exceptions import DefinitionError, DefinitionErrors
+from .._policy import EgressPolicy
 from .._secret import Secret
 from .._validate import seconds_problem
 from ._maintenance import MaintenanceWindow, Weekly
@@ -24,7 +25,7 @@ from ._sinks import (
     WebhookSink,
 )
 
-__all__ = ["channels", "labels", "maintenance"]
+__all__ = ["alerting", "channels", "labels", "maintenance"]
 
 #: The keys every channel takes, and those of each type.
 _COMMON: Final = (
@@ -55,6 +56,8 @@ class _Loader(Protocol):
 
     def read_secret(self, source: Any, where: str) -> Secret | None: ...
 
+    def lookup(self, name: str) -> Secret: ...
+
 
 def _kind(value: object) -> str:
     return type(value).__name__
@@ -67,12 +70,21 @@ def _secret(loader: _Loader, value: Any, where: str) -> Secret | None:
     if isinstance(value, str):
         loader.fail(where, 'a credential: read it from {env = "VAR"} or {file = "PATH"}')
         return None
+    if isinstance(value, Mapping) and set(value) == {"secret"} and hasattr(loader, "secrets"):
+        name = value["secret"]  # a [secrets] entry (probekit run's config)
+        if not isinstance(name, str) or name not in loader.secrets:
+            if name not in getattr(loader, "broken_secrets", ()):
+                loader.fail(f"{where}.secret", f"no [secrets] entry named {name!r}")
+            return None
+        return loader.lookup(name)
     return loader.read_secret(value, where)
 
 
-def channels(loader: _Loader, data: Any, outbox: str) -> list[DurableSink]:
+def channels(
+    loader: _Loader, data: Any, outbox: str, policy: EgressPolicy | None = None
+) -> list[DurableSink]:
     """Build each ``[[channels]]`` table's channel, behind a :class:`DurableSink` on
-    ``outbox``."""
+    ``outbox``, dialling under ``policy`` (None: ``EgressPolicy()``)."""
     if isinstance(data, str | bytes) or not isinstance(data, list):
         loader.fail("channels", f"expected a list of channel tables, got {_kind(data)}")
         return []
@@ -99,7 +111,7 @@ def channels(loader: _Loader, data: Any, outbox: str) -> list[DurableSink]:
             loader.fail(f"{path}.name", f"the same name as channels[{names[name]}]")
         else:
             names[name] = i
-        options: dict[str, Any] = {"name": name}
+        options: dict[str, Any] = {"name": name, "policy": policy}
         for key in ("renotify", "timeout"):
             if key in item:
                 if (problem := seconds_problem(item[key])) is not None:
@@ -287,3 +299,26 @@ def labels(loader: _Loader, data: Any) -> dict[str, Mapping[str, str]]:
         if isinstance(item.get("id"), str):
             out[item["id"]] = dict(value)
     return out
+
+
+def alerting(loader: _Loader, data: Any) -> tuple[int, str]:
+    """``probekit run``'s ``[alerting]`` table: (failures in a row that open an alert, the
+    outbox file)."""
+    failures, outbox = 2, ":memory:"
+    if not isinstance(data, Mapping):
+        loader.fail("alerting", f"expected a table, got {_kind(data)}")
+        return failures, outbox
+    for key in data:
+        if key not in ("failures", "outbox"):
+            loader.fail(f"alerting.{key}", "unknown field; known: failures, outbox")
+    value = data.get("failures", failures)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        loader.fail("alerting.failures", f"expected an integer >= 1, got {value!r}")
+    else:
+        failures = value
+    value = data.get("outbox", outbox)
+    if not isinstance(value, str) or not value:
+        loader.fail("alerting.outbox", f"expected a file path, got {value!r}")
+    else:
+        outbox = value
+    return failures, outbox

@@ -61,6 +61,7 @@ __all__ = [
     "MemorySink",
     "PagerDutySink",
     "Renotifier",
+    "ResultAlerts",
     "SlackSink",
     "WebhookSink",
     "event_to_dict",
@@ -792,3 +793,83 @@ class Renotifier:
         for key in set(self._last) - live:
             del self._last[key]
         return out
+
+
+# -- alerts from results, without a control plane (probekit run) ----------------------------------
+
+
+class ResultAlerts:
+    """Alerts from one process's results, for ``probekit run``: a monitor whose last
+    ``failures`` results were all DOWN opens a ``monitor_down`` alert; its next result that is
+    not DOWN resolves it. Events go to ``sinks`` (failures logged, never raised); :meth:`tick`
+    sends the open alerts due again to the sinks with a ``renotify`` interval.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[AlertSink],
+        *,
+        failures: int = 2,
+        clock: Clock | None = None,
+        ids: Callable[[], str] | None = None,
+    ) -> None:
+        from ._ids import new_id
+
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
+            raise DefinitionError("failures", f"must be an integer of 1 or more, got {failures!r}")
+        self.sinks = list(sinks)
+        self.failures = failures
+        self.clock: Clock = clock or SystemClock()
+        self._ids = ids or new_id
+        self._streak: dict[str, int] = {}
+        self.open: dict[str, Alert] = {}
+        self._renotifier = Renotifier()
+
+    async def observe(self, monitor_id: str, status: Status, detail: str = "") -> None:
+        """Take one result of ``monitor_id`` (its status, and what went wrong)."""
+        wall = self.clock.now().timestamp()
+        alert = self.open.get(monitor_id)
+        if status is not Status.DOWN:
+            self._streak.pop(monitor_id, None)
+            if alert is not None:
+                del self.open[monitor_id]
+                await self._send(
+                    Event("alert_resolved", monitor_id, wall, f"{monitor_id} is up again", alert)
+                )
+            return
+        streak = self._streak[monitor_id] = self._streak.get(monitor_id, 0) + 1
+        if alert is not None or streak < self.failures:
+            return
+        times = "once" if streak == 1 else f"{streak} times in a row"
+        message = f"{monitor_id} is down: failed {times}" + (f": {detail}" if detail else "")
+        alert = Alert(self._ids(), "monitor_down", monitor_id, wall, message)
+        self.open[monitor_id] = alert
+        await self._send(Event("alert_opened", monitor_id, wall, message, alert))
+
+    async def tick(self) -> None:
+        """Send the open alerts due again (at sinks with a ``renotify`` interval)."""
+        wall = self.clock.now().timestamp()
+        due = self._renotifier.due(self.sinks, self.open.values(), self.clock.monotonic(), wall)
+        for sink, event in due:
+            await self._send_to(sink, event)
+
+    async def _send(self, event: Event) -> None:
+        for sink in self.sinks:
+            await self._send_to(sink, event)
+
+    @staticmethod
+    async def _send_to(sink: object, event: Event) -> None:
+        try:
+            await sink.send(event)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("alert sink %r failed", sink)
+
+    def start(self) -> None:
+        for sink in self.sinks:
+            if callable(start := getattr(sink, "start", None)):
+                start()
+
+    async def aclose(self) -> None:
+        for sink in self.sinks:
+            if callable(aclose := getattr(sink, "aclose", None)):
+                await aclose()
