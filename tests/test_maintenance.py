@@ -341,3 +341,35 @@ colour = "red"
         "maintenance[2].colour: unknown field",
     ):
         assert expected in text, expected
+
+
+async def test_an_alert_open_at_a_restart_inside_a_window_is_sent_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "control.db")
+    clock = FakeClock(START)
+    settings = ControlSettings(tokens={"office": Secret("t" * 32)}, db_path=db)
+    window = MaintenanceWindow("deploy", monitors=("web",), start=T0, end=T0 + HOUR)
+    first = ControlPlane(settings, sinks=[MemorySink()], clock=clock, maintenance=[window])
+    await first.start()
+    await first.add_monitor("web", "office", {"kind": "tcp", "host": "h", "port": 1}, 30)
+    first.logic.instance_connected("i1", "office")
+    first.logic.instance_connected("i2", "office")
+    actions = first.logic.on_result("web", "i1", None, "scheduled", Status.DOWN)
+    await first._dispatch(actions)
+    (order,) = actions.runs
+    await first._dispatch(
+        first.logic.on_result("web", order.instance_id, order.request_id, "confirm", Status.DOWN)
+    )
+    await first.stop()
+    sink = MemorySink()
+    second = ControlPlane(settings, sinks=[sink], clock=clock, maintenance=[window])
+    await second.start()
+    try:
+        await second.alerting_tick()
+        assert sink.events == []
+        clock.advance(HOUR)
+        await second.alerting_tick()
+        assert [(e.kind, e.subject) for e in sink.events] == [("alert_opened", "web")]
+    finally:
+        await second.stop()

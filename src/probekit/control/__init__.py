@@ -383,6 +383,13 @@ class ControlPlane:
         for alert, scope in await self._store.call(db.load_open_alerts):
             actions.extend(self.logic.restore_alert(alert, scope))
         await self._dispatch(actions)
+        # Which alerts a window held is not kept: an open alert under a window now is held
+        # again, and sent when the window ends (perhaps a second time, never not at all).
+        wall = self.clock.now().timestamp()
+        for alert in self.logic.open_alerts():
+            self.maintenance.hold(
+                Event("alert_opened", alert.subject, wall, alert.message, alert), self._locate, wall
+            )
         for sink in self.sinks:  # a durable outbox delivers what an earlier run left
             if callable(start := getattr(sink, "start", None)):
                 start()
