@@ -382,6 +382,19 @@ async def test_outbox_drops_and_logs_after_max_attempts(caplog: pytest.LogCaptur
     )
 
 
+async def test_outbox_is_bounded_dropping_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Receiver(fail=10**6)
+    with running(rec), caplog.at_level(logging.ERROR, logger="probekit.control"):
+        sink = DurableSink(WebhookSink(rec.url), backoff=60, max_pending=2)
+        for at in (1.0, 2.0, 3.0):
+            await sink.send(attrs_evolve(TRANSIENT, at=at))
+        assert (sink.pending(), sink.dropped) == (2, 1)
+        rows = sink._db.execute("SELECT event FROM outbox ORDER BY id").fetchall()
+        assert [json.loads(r[0])["at"] for r in rows] == [2.0, 3.0]
+        await sink.aclose()
+    assert "holds 2 events; dropped the oldest 1" in caplog.text
+
+
 # -- config ---------------------------------------------------------------------------------------
 
 CONFIG = """

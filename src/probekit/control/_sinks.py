@@ -599,7 +599,8 @@ class DurableSink:
     channel's events oldest first: a failure is retried after ``backoff`` seconds, doubling up
     to ``max_backoff``, and the events after it wait (so an opening is never overtaken by its
     resolution). An event still undelivered after ``max_attempts`` tries, or older than
-    ``max_age`` seconds, is dropped and logged at ERROR. Events left in the outbox when the
+    ``max_age`` seconds, is dropped and logged at ERROR; so is the oldest event when the
+    channel already has ``max_pending`` waiting. Events left in the outbox when the
     process stops are delivered once it starts again with the same ``path`` and channel name.
     Counters: :attr:`delivered`, :attr:`retries`, :attr:`dropped`.
     """
@@ -613,6 +614,7 @@ class DurableSink:
         max_backoff: float = 300.0,
         max_attempts: int = 20,
         max_age: float = 86400.0,
+        max_pending: int = 10_000,
         clock: Clock | None = None,
     ) -> None:
         for what, value in (("backoff", backoff), ("max_backoff", max_backoff)):
@@ -620,6 +622,9 @@ class DurableSink:
                 raise DefinitionError(what, f"must be a number of seconds above 0, got {value!r}")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise DefinitionError("max_attempts", f"must be 1 or more, got {max_attempts!r}")
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise DefinitionError("max_pending", f"must be 1 or more, got {max_pending!r}")
+        self.max_pending = max_pending
         self.channel = channel
         self.name = channel.name
         self.renotify: float | None = getattr(channel, "renotify", None)
@@ -659,6 +664,20 @@ class DurableSink:
     async def send(self, event: Event) -> None:
         body = json.dumps(event_to_dict(event), separators=(",", ":"))
         now = self._now()
+        excess = self.pending() - self.max_pending + 1
+        if excess > 0:
+            self._db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE channel=? "
+                "ORDER BY id LIMIT ?)",
+                (self.name, excess),
+            )
+            self.dropped += excess
+            log.error(
+                "%s: the outbox holds %d events; dropped the oldest %d",
+                self.name,
+                self.max_pending,
+                excess,
+            )
         self._db.execute(
             "INSERT INTO outbox (channel, event, created, due) VALUES (?, ?, ?, ?)",
             (self.name, body, now, now),
