@@ -513,6 +513,7 @@ colour = "red"
 type = "webhook"
 url = "https://x.test/"
 renotify = -1
+kinds = ["alert_opened", "alert_opend"]
 """,
     )
     with pytest.raises(DefinitionErrors) as info:
@@ -524,6 +525,7 @@ renotify = -1
         "channels[2].routing_key: required",
         "channels[3].colour: unknown field",
         "channels[4].renotify:",
+        "channels[4].kinds: expected a list of event kinds: alert_opened, alert_resolved",
     ):
         assert expected in text, expected
     path.write_text(

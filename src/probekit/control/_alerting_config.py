@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, get_args
 
 from .._exceptions import DefinitionError, DefinitionErrors
 from .._policy import EgressPolicy
 from .._secret import Secret
 from .._validate import seconds_problem
+from ._logic import EventKind
 from ._maintenance import MaintenanceWindow, Weekly
 from ._sinks import (
     AlertmanagerSink,
@@ -120,8 +121,11 @@ def channels(
                     options[key] = float(item[key])
         if "kinds" in item:
             kinds = item["kinds"]
-            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-                loader.fail(f"{path}.kinds", "expected a list of event kinds")
+            known_kinds = get_args(EventKind)
+            if not isinstance(kinds, list) or not all(k in known_kinds for k in kinds):
+                loader.fail(
+                    f"{path}.kinds", f"expected a list of event kinds: {', '.join(known_kinds)}"
+                )
             else:
                 options["kinds"] = kinds
         durable: dict[str, Any] = {}
