@@ -154,11 +154,26 @@ async def test_an_alert_in_a_window_is_held_stored_and_sent_when_the_window_ends
         "[held: maintenance window 'deploy' (v2.1) until 2026-03-02T10:00:00+00:00]" in e["message"]
         for e in held
     )
+    (status,) = f.plane.maintenance_status()
+    assert status == {
+        "window_id": "deploy",
+        "monitors": ["web"],
+        "checkpoints": [],
+        "labels": {},
+        "reason": "v2.1",
+        "active": True,
+        "starts": T0,
+        "ends": T0 + HOUR,
+        "weekly": None,
+        "held": [open_web["alert_id"]],
+    }
     f.clock.advance(HOUR - 1)
     await f.plane.alerting_tick()
     assert ("alert_opened", "web") not in f.sent()
     f.clock.advance(1)  # the window is over and web is still down
     await f.plane.alerting_tick()
+    (status,) = f.plane.maintenance_status()
+    assert (status["active"], status["starts"], status["held"]) == (False, None, [])
     assert f.sent()[-1] == ("alert_opened", "web")
     released = f.sink.events[-1]
     assert "held by maintenance window 'deploy', now over" in released.message

@@ -1259,6 +1259,44 @@ class ControlPlane:
         windows = list(self.maintenance.windows.values())
         return [w for w in windows if w.active(now)] if active_only else windows
 
+    def maintenance_status(self) -> list[dict[str, Any]]:
+        """Each maintenance window as plain data (for a status page or an API): ``window_id``,
+        ``monitors``, ``checkpoints``, ``labels``, ``reason``, ``active`` now, ``starts`` and
+        ``ends`` of the occurrence active now (wall-clock Unix seconds; None when inactive or
+        open-ended), ``weekly`` (days 0=Monday, ``at``, ``duration``, ``timezone``, or None)
+        and ``held``, the ids of the open alerts it holds back."""
+        now = self.clock.now().timestamp()
+        out = []
+        for window in self.maintenance.windows.values():
+            span = window.span(now)
+            weekly = window.weekly
+            out.append(
+                {
+                    "window_id": window.window_id,
+                    "monitors": list(window.monitors),
+                    "checkpoints": list(window.checkpoints),
+                    "labels": dict(window.labels),
+                    "reason": window.reason,
+                    "active": span is not None,
+                    "starts": span[0] if span and math.isfinite(span[0]) else None,
+                    "ends": span[1] if span and math.isfinite(span[1]) else None,
+                    "weekly": None
+                    if weekly is None
+                    else {
+                        "days": list(weekly.days),
+                        "at": weekly.at,
+                        "duration": weekly.duration,
+                        "timezone": weekly.timezone,
+                    },
+                    "held": sorted(
+                        alert_id
+                        for alert_id, (_, held_by) in self.maintenance.held.items()
+                        if held_by == window.window_id
+                    ),
+                }
+            )
+        return out
+
     def in_maintenance(self, monitor_id: str) -> MaintenanceWindow | None:
         """The window holding ``monitor_id``'s alerts now, if any."""
         return self.maintenance.covering(*self._locate(monitor_id), self.clock.now().timestamp())
