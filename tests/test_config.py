@@ -226,7 +226,10 @@ def test_a_missing_file(tmp_path: Path) -> None:
         ("monitors = [1]", ["monitors[0]: expected a table, got int"]),
         (
             '[settings]\nx = 1\n[[monitors]]\nkind = "tcp"\nhost = "h"\nport = 1',
-            ["settings: unknown section; known: monitors, defaults, policy, secrets"],
+            [
+                "settings: unknown section; known: monitors, defaults, policy, secrets, channels, "
+                "alerting"
+            ],
         ),
         (
             '[policy]\nallow_all = true\nallow = "10.0.0.0/8"\n'

@@ -159,7 +159,10 @@ def test_config_loads(
     if fragment:
         return
     for name in set(re.findall(r'env = "(\w+)"', code)):
-        monkeypatch.setenv(name, f"doc-{name.lower()}-0123456789abcdef0123456789")
+        value = f"doc-{name.lower()}-0123456789abcdef0123456789"
+        if name.endswith("_URL"):  # a URL that is a credential (a Slack incoming webhook)
+            value = f"https://hooks.example/services/{value}"
+        monkeypatch.setenv(name, value)
     for index, doc_path in enumerate(SECRET_FILES):
         stand_in = tmp_path / f"secret-{index}"
         stand_in.write_text("doc-secret-0123456789abcdef0123456789\n")

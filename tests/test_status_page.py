@@ -257,7 +257,7 @@ async def test_the_overview_shows_checkpoints_instances_monitors_and_alerts() ->
         # the open alert
         assert "Open alerts (1)" in page
         assert "checkpoint_down" in page
-        # no maintenance section without a maintenance attribute
+        # no maintenance section without a maintenance window
         assert "Maintenance" not in page
         for task in beats:
             task.cancel()
@@ -346,22 +346,16 @@ async def test_unknown_monitors_and_results_are_404() -> None:
 
 async def test_maintenance_windows_are_shown_when_the_plane_has_them() -> None:
     async with plane() as cp:
-
-        @attrs.frozen
-        class Window:
-            monitor: str
-            until: str
-
-        cp.maintenance = [Window("web", "22:00"), {"checkpoint": HOSTILE}]  # type: ignore[attr-defined]
+        cp.start_maintenance("deploy", 600, monitors=["web"], reason=HOSTILE)
         page = (await get(cp, "/status")).body
-        assert "Maintenance windows (2)" in page
-        assert "monitor=web, until=22:00" in page
+        assert "Maintenance windows (1)" in page
+        assert "window_id=deploy" in page and "active=True" in page
         assert "<script" not in page and "<img" not in page
 
-        async def broken() -> list[str]:
+        def broken() -> list[dict[str, object]]:
             raise RuntimeError("no")
 
-        cp.maintenance = broken  # type: ignore[attr-defined]
+        cp.maintenance_status = broken  # type: ignore[method-assign]
         page = (await get(cp, "/status")).body
         assert "could not be read" in page
 

@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_INTERVAL", "Config", "load_config", "parse_config"]
 #: Seconds between runs of a monitor that does not say.
 DEFAULT_INTERVAL: Final = 60.0
 
-_SECTIONS: Final = ("monitors", "defaults", "policy", "secrets")
+_SECTIONS: Final = ("monitors", "defaults", "policy", "secrets", "channels", "alerting")
 _POLICY_KEYS: Final = ("allow", "deny", "allow_hosts", "deny_hosts")
 _MONITOR_KEYS: Final = ("id", "interval")
 _TOML_WHERE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -46,6 +46,10 @@ class Config:
 
     monitors: tuple[Monitor, ...]
     policy: EgressPolicy = attrs.field(factory=EgressPolicy)
+    #: The ``[[channels]]`` alerts go to (``DurableSink`` values; see docs/alerting.md), and
+    #: the ``[alerting]`` results-in-a-row DOWN that open an alert.
+    channels: tuple[Any, ...] = ()
+    alert_failures: int = 2
 
     def monitor(self, monitor_id: str) -> Monitor:
         """The monitor with id ``monitor_id``; KeyError if there is none."""
@@ -140,9 +144,23 @@ class _Loader:
         policy = self.policy(data.get("policy", {}))
         defaults = self.defaults(data.get("defaults", {}))
         monitors = self.monitors(data.get("monitors"), defaults)
+        channels: list[Any] = []
+        failures = 2
+        if "channels" in data or "alerting" in data:  # (the alerting code loads only if used)
+            from .control import _alerting_config as alerting
+
+            failures, outbox = alerting.alerting(self, data.get("alerting", {}))
+            channels = alerting.channels(
+                self, data.get("channels", []), outbox, policy or EgressPolicy()
+            )
         if self.errors:
             return None
-        return Config(monitors=tuple(monitors), policy=policy or EgressPolicy())
+        return Config(
+            monitors=tuple(monitors),
+            policy=policy or EgressPolicy(),
+            channels=tuple(channels),
+            alert_failures=failures,
+        )
 
     # -- sections --------------------------------------------------------------------------
 

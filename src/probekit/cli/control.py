@@ -173,8 +173,21 @@ async def _reload(
     added = len(set(after) - set(before))
     removed = len(set(before) - set(after))
     changed = sum(1 for m in set(before) & set(after) if before[m].revision != after[m].revision)
-    plane.sinks[:] = [s for s in plane.sinks if s not in running.webhooks]
+    plane.sinks[:] = [
+        s for s in plane.sinks if s not in running.webhooks and s not in running.channels
+    ]
+    for channel in running.channels:  # what is undelivered stays in the outbox for the new one
+        await channel.aclose()
     plane.sinks.extend(config.webhooks)
+    plane.sinks.extend(config.channels)
+    for channel in config.channels:
+        channel.start()
+    for window in running.maintenance:  # (windows added through the API stay)
+        plane.end_maintenance(window.window_id)
+    for window in config.maintenance:
+        plane.add_maintenance(window)
+    plane.maintenance.labels.clear()
+    plane.maintenance.labels.update(config.labels)
     checkpoints = []
     if outcome.checkpoints_added:
         checkpoints.append(f"checkpoints added: {', '.join(outcome.checkpoints_added)}")
@@ -209,7 +222,12 @@ def _run_control(args: argparse.Namespace) -> int:
             _on_stop_signals(lambda: signals.put_nowait("stop")),
             _on_sighup(lambda: signals.put_nowait("reload")),
         ):
-            plane = ControlPlane(config.settings, sinks=[printer, *config.webhooks])
+            plane = ControlPlane(
+                config.settings,
+                sinks=[printer, *config.webhooks, *config.channels],
+                maintenance=config.maintenance,
+            )
+            plane.maintenance.labels.update(config.labels)
             try:
                 await plane.start()
             except (OSError, sqlite3.Error) as exc:

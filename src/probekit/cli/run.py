@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from rich.table import Table as RichTable
 
     from .._metrics_server import MetricsServer
+    from ..control._sinks import ResultAlerts
 
 #: The first run of each monitor starts within this many seconds (or its interval, if
 #: shorter), spread at random so that monitors do not all start together.
@@ -166,9 +167,12 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
 
     ids = [monitor.monitor_id for monitor in config.monitors]
     live = _rich_live(ids)
+    alerts = _alerts(config)
 
-    def on_result(monitor_id: str, result: Result) -> None:
+    async def on_result(monitor_id: str, result: Result) -> None:
         latest[monitor_id] = result
+        if alerts is not None:
+            await alerts.observe(monitor_id, result.status, _detail(result))
         if jsonl is not None:
             jsonl.write(json_line(result, monitor=monitor_id) + "\n")
         if live is not None:
@@ -184,6 +188,7 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         handled = True
     server: MetricsServer | None = None
+    renotify: asyncio.Task[None] | None = None
     rng = random.Random()  # noqa: S311 - spreading start times, not secrets
     try:
         async with (
@@ -202,14 +207,37 @@ async def _forever(config: Config, args: argparse.Namespace, jsonl: IO[str] | No
             for monitor in config.monitors:
                 first = rng.uniform(0, min(monitor.interval, FIRST_RUN_SPREAD))
                 scheduler.add(monitor, first_in=first)
+            if alerts is not None:
+                alerts.start()
+                renotify = asyncio.create_task(_renotify(alerts))
             await _until_stopped(scheduler, stop, args.duration)
     finally:
+        if alerts is not None:
+            if renotify is not None:
+                renotify.cancel()
+                await asyncio.gather(renotify, return_exceptions=True)
+            await alerts.aclose()
         if live is not None:
             live.stop()
         if server is not None:
             await server.close()
         if handled:
             loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _alerts(config: Config) -> ResultAlerts | None:
+    """The alerts of the config's ``[[channels]]`` (None without channels)."""
+    if not config.channels:
+        return None
+    from ..control._sinks import ResultAlerts
+
+    return ResultAlerts(config.channels, failures=config.alert_failures)
+
+
+async def _renotify(alerts: ResultAlerts) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        await alerts.tick()
 
 
 async def _until_stopped(scheduler: Scheduler, stop: asyncio.Event, duration: float | None) -> None:

@@ -26,26 +26,40 @@ import logging
 import math
 import sqlite3
 import ssl
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import attrs
 
 from .. import protocol as p
 from .._clock import Clock, SystemClock
-from .._context import ProbeContext
-from .._dial import Dialer
 from .._exceptions import DefinitionError
 from .._logging import MaskingLogger
-from .._policy import EgressPolicy
-from .._result import Status
 from .._secret import Secret
 from .._serialization import converter
 from . import _store as db
 from ._config import ControlConfig, load_control_config
 from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, Refusal, RunOrder, Verdict
+from ._maintenance import Maintenance, MaintenanceWindow, Weekly
+from ._sinks import (
+    AlertmanagerSink,
+    AlertSink,
+    DeliveryError,
+    DurableSink,
+    EmailSink,
+    LogSink,
+    MemorySink,
+    PagerDutySink,
+    Renotifier,
+    SlackSink,
+    WebhookSink,
+)
+from ._sinks import (
+    event_to_dict as event_to_dict,
+)
 from ._store import Store
 
 if TYPE_CHECKING:
@@ -53,14 +67,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlertSink",
+    "AlertmanagerSink",
     "ControlConfig",
     "ControlPlane",
     "ControlSettings",
+    "DeliveryError",
+    "DurableSink",
+    "EmailSink",
     "LogSink",
+    "MaintenanceWindow",
     "MemorySink",
+    "PagerDutySink",
     "Pruned",
     "Reconfigured",
+    "SlackSink",
     "WebhookSink",
+    "Weekly",
     "load_control_config",
     "split_sync",
 ]
@@ -69,85 +91,6 @@ log = logging.getLogger("probekit.control")
 
 #: How long results, events, runs and resolved alerts are kept by default: 30 days.
 DEFAULT_RETENTION: Final = 30 * 86400.0
-
-
-class AlertSink(Protocol):
-    """Receives alert events (opened, resolved, transient, instance up/down)."""
-
-    async def send(self, event: Event) -> None: ...
-
-
-class LogSink:
-    """Logs events on ``probekit.control.alerts``: openings (and ``kind_unavailable``,
-    ``instance_unresponsive``) at WARNING, the rest at INFO."""
-
-    def __init__(self) -> None:
-        self.log = logging.getLogger("probekit.control.alerts")
-
-    async def send(self, event: Event) -> None:
-        level = logging.INFO
-        if event.kind in ("alert_opened", "kind_unavailable", "instance_unresponsive"):
-            level = logging.WARNING
-        self.log.log(level, "%s %s: %s", event.kind, event.subject, event.message)
-
-
-class MemorySink:
-    """Keeps events in a list (tests, dashboards embedding the control plane)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    async def send(self, event: Event) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float) -> None:
-        """Wait until ``predicate(events)`` holds, or raise TimeoutError."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self.events):
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class WebhookSink:
-    """POSTs each event as JSON to ``url`` with probekit's own HTTP probe (so on the dial path).
-
-    ``policy`` is the operator's egress policy for the webhook (by default ``EgressPolicy()``,
-    which denies link-local and cloud-metadata addresses): a URL whose host or any address it
-    resolves to is denied is never dialled. A failed delivery, a denied one included, is logged;
-    it does not block other sinks.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 5.0,
-        policy: EgressPolicy | None = None,
-    ) -> None:
-        from .._timeouts import Timeouts
-        from ..probes.http import HttpProbe
-
-        if policy is not None and not isinstance(policy, EgressPolicy):
-            raise DefinitionError("policy", f"must be an EgressPolicy, got {type(policy).__name__}")
-        self.url = url
-        self.policy = policy if policy is not None else EgressPolicy()
-        self._context = ProbeContext(dialer=Dialer(policy=self.policy))
-        self._probe = HttpProbe(
-            url,
-            method="POST",
-            headers={"Content-Type": "application/json", **(headers or {})},
-            timeouts=Timeouts(total=timeout),
-            follow_redirects=False,
-        )
-
-    async def send(self, event: Event) -> None:
-        body = json.dumps(event_to_dict(event))
-        result = await attrs.evolve(self._probe, body=body).check(self._context)
-        if result.status is not Status.UP:
-            log.warning("webhook %s failed: %s", self.url, result.summary())
 
 
 #: The settings a running control plane cannot change: they take a restart.
@@ -181,11 +124,6 @@ class Pruned:
 
     deleted: Mapping[str, int]
     statements: int
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    data: dict[str, Any] = converter.unstructure(event)
-    return data
 
 
 def _tokens(value: Mapping[str, Secret]) -> dict[str, Secret]:
@@ -227,6 +165,23 @@ def _check_settings(settings: ControlSettings) -> None:
         value = getattr(settings, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DefinitionError(name, f"must be an integer of 1 or more, got {value!r}")
+    if (
+        not isinstance(settings.confirmations, int)
+        or isinstance(settings.confirmations, bool)
+        or settings.confirmations < 0
+    ):
+        raise DefinitionError(
+            "confirmations", f"must be an integer of 0 or more, got {settings.confirmations!r}"
+        )
+    window = settings.flap_window
+    if not isinstance(window, int) or isinstance(window, bool) or window < 3:
+        raise DefinitionError("flap_window", f"must be an integer of 3 or more, got {window!r}")
+    for name in ("flap_high", "flap_low"):
+        value = getattr(settings, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 100:
+            raise DefinitionError(name, f"must be a percentage (0-100), got {value!r}")
+    if settings.flap_low > settings.flap_high:
+        raise DefinitionError("flap_low", "must not be above flap_high")
     size = settings.max_frame_bytes
     if not isinstance(size, int) or isinstance(size, bool) or size < p.MAX_FRAME_BYTES:
         raise DefinitionError(
@@ -264,6 +219,11 @@ class ControlSettings:
     worker thread, at most once every ``prune_interval`` seconds. ``metrics_port`` (None: off)
     serves ``/metrics`` and ``/ready`` on ``metrics_host``; with ``status_token`` too, the
     read-only status page (``/status``, see ``docs/status.md``) for requests bearing it.
+
+    ``confirmations``: confirm runs (each on another instance when there is one) that must
+    fail too before a failure opens a ``monitor_down`` alert (0: alert on the first failure).
+    Flapping: over a monitor's last ``flap_window`` results, more than ``flap_high`` percent of
+    weighted state change opens a ``flapping`` alert and less than ``flap_low`` resolves it.
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -286,6 +246,10 @@ class ControlSettings:
     metrics_host: str | None = "127.0.0.1"
     metrics_port: int | None = None
     status_token: Secret | None = None
+    confirmations: int = 1
+    flap_window: int = 21
+    flap_high: float = 50.0
+    flap_low: float = 25.0
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -361,9 +325,13 @@ class ControlPlane:
         *,
         sinks: Sequence[AlertSink] | None = None,
         clock: Clock | None = None,
+        maintenance: Iterable[MaintenanceWindow] = (),
     ) -> None:
         self.settings = settings
         self.sinks: list[AlertSink] = list(sinks) if sinks is not None else [LogSink()]
+        #: The maintenance windows and the alerts they hold (see :meth:`add_maintenance`).
+        self.maintenance = Maintenance(maintenance)
+        self._renotifier = Renotifier()
         self.clock: Clock = clock or SystemClock()
         self.logic = ControlLogic(
             self.clock,
@@ -372,6 +340,10 @@ class ControlPlane:
             grace=settings.grace,
             unanswered_limit=settings.unanswered_runs,
             startup_grace=settings.startup_grace,
+            confirmations=settings.confirmations,
+            flap_window=settings.flap_window,
+            flap_high=settings.flap_high,
+            flap_low=settings.flap_low,
         )
         self._store = Store(settings.db_path)
         self._server: Any = None
@@ -418,6 +390,16 @@ class ControlPlane:
         for alert, scope in await self._store.call(db.load_open_alerts):
             actions.extend(self.logic.restore_alert(alert, scope))
         await self._dispatch(actions)
+        # Which alerts a window held is not kept: an open alert under a window now is held
+        # again, and sent when the window ends (perhaps a second time, never not at all).
+        wall = self.clock.now().timestamp()
+        for alert in self.logic.open_alerts():
+            self.maintenance.hold(
+                Event("alert_opened", alert.subject, wall, alert.message, alert), self._locate, wall
+            )
+        for sink in self.sinks:  # a durable outbox delivers what an earlier run left
+            if callable(start := getattr(sink, "start", None)):
+                start()
         self._seen_flushed = self.clock.monotonic()
         self._server = await serve(
             self._handle,
@@ -500,6 +482,9 @@ class ControlPlane:
             await self._flush_seen()
         except sqlite3.Error:
             log.exception("could not record the last-seen times")
+        for sink in self.sinks:
+            if callable(aclose := getattr(sink, "aclose", None)):
+                await aclose()
         await self._store.close()
 
     async def __aenter__(self) -> Self:
@@ -586,6 +571,12 @@ class ControlPlane:
         logic.unanswered_limit = new.unanswered_runs
         logic.missed_heartbeats = new.missed_heartbeats
         logic.startup_grace = new.startup_grace
+        logic.confirmations = new.confirmations
+        logic.flap_high, logic.flap_low = new.flap_high, new.flap_low
+        if logic.flap_window != new.flap_window:
+            logic.flap_window = new.flap_window
+            for mon in logic.monitors.values():
+                mon.history = deque(mon.history, maxlen=new.flap_window)
         actions = logic.reconfigure_checkpoints(new.tokens)
         closed = 0
         for peer in list(self._peers.values()):
@@ -1145,6 +1136,7 @@ class ControlPlane:
     async def _ticker(self) -> None:
         while True:
             await self._dispatch(self.logic.tick())
+            await self.alerting_tick()
             now = self.clock.monotonic()
             if now - self._seen_flushed >= self.settings.heartbeat_interval:
                 self._seen_flushed = now
@@ -1214,23 +1206,149 @@ class ControlPlane:
             ),
         )
 
-    async def _record(self, event: Event) -> None:
+    def _locate(self, subject: str) -> tuple[str | None, str | None]:
+        """(monitor id, checkpoint id) of an event's subject: a monitor, a checkpoint or an
+        instance."""
+        spec = self._specs.get(subject)
+        if spec is not None:
+            return subject, spec.checkpoint_id
+        if subject in self.settings.tokens:
+            return None, subject
+        inst = self.logic.instances.get(subject)
+        return None, inst.checkpoint_id if inst is not None else self._owners.get(subject)
+
+    async def alerting_tick(self) -> None:
+        """Send the alerts held by maintenance windows that have ended, and the open alerts due
+        again at sinks with a ``renotify`` interval (the ticker calls this; tests driving a
+        fake clock may too)."""
+        wall = self.clock.now().timestamp()
+        open_alerts = self.logic.open_alerts()
+        released = self.maintenance.release((a.alert_id for a in open_alerts), self._locate, wall)
+        for event in released:
+            log.info("%s %s: sent after its maintenance window", event.kind, event.subject)
+            await self._record(event, released=True)
+        shown = [
+            a
+            for a in open_alerts
+            if a.alert_id not in self.maintenance.held
+            and self.maintenance.covering(*self._locate(a.subject), wall) is None
+        ]
+        for sink, event in self._renotifier.due(self.sinks, shown, self.clock.monotonic(), wall):
+            try:
+                await sink.send(event)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("alert sink %r failed", sink)
+
+    def add_maintenance(self, window: MaintenanceWindow) -> MaintenanceWindow:
+        """Add a maintenance window (or replace the one with its id); it applies at once. Windows
+        added here are not kept across a restart (those of the config file are)."""
+        self.maintenance.add(window)
+        return window
+
+    def start_maintenance(
+        self,
+        window_id: str,
+        duration: float,
+        *,
+        monitors: Iterable[str] = (),
+        checkpoints: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        reason: str = "",
+    ) -> MaintenanceWindow:
+        """An ad-hoc window from now for ``duration`` seconds."""
+        now = self.clock.now().timestamp()
+        window = MaintenanceWindow(
+            window_id,
+            monitors=tuple(monitors),
+            checkpoints=tuple(checkpoints),
+            labels=labels or {},
+            start=now,
+            end=now + duration,
+            reason=reason,
+        )
+        return self.add_maintenance(window)
+
+    def end_maintenance(self, window_id: str) -> bool:
+        """Remove a window; the alerts it held and still open are sent at the next tick."""
+        return self.maintenance.remove(window_id)
+
+    def maintenance_windows(self, *, active_only: bool = False) -> list[MaintenanceWindow]:
+        """The maintenance windows (only those active now, with ``active_only``)."""
+        now = self.clock.now().timestamp()
+        windows = list(self.maintenance.windows.values())
+        return [w for w in windows if w.active(now)] if active_only else windows
+
+    def maintenance_status(self) -> list[dict[str, Any]]:
+        """Each maintenance window as plain data (for a status page or an API): ``window_id``,
+        ``monitors``, ``checkpoints``, ``labels``, ``reason``, ``active`` now, ``starts`` and
+        ``ends`` of the occurrence active now (wall-clock Unix seconds; None when inactive or
+        open-ended), ``weekly`` (days 0=Monday, ``at``, ``duration``, ``timezone``, or None)
+        and ``held``, the ids of the open alerts it holds back."""
+        now = self.clock.now().timestamp()
+        out = []
+        for window in self.maintenance.windows.values():
+            span = window.span(now)
+            weekly = window.weekly
+            out.append(
+                {
+                    "window_id": window.window_id,
+                    "monitors": list(window.monitors),
+                    "checkpoints": list(window.checkpoints),
+                    "labels": dict(window.labels),
+                    "reason": window.reason,
+                    "active": span is not None,
+                    "starts": span[0] if span and math.isfinite(span[0]) else None,
+                    "ends": span[1] if span and math.isfinite(span[1]) else None,
+                    "weekly": None
+                    if weekly is None
+                    else {
+                        "days": list(weekly.days),
+                        "at": weekly.at,
+                        "duration": weekly.duration,
+                        "timezone": weekly.timezone,
+                    },
+                    "held": sorted(
+                        alert_id
+                        for alert_id, (_, held_by) in self.maintenance.held.items()
+                        if held_by == window.window_id
+                    ),
+                }
+            )
+        return out
+
+    def in_maintenance(self, monitor_id: str) -> MaintenanceWindow | None:
+        """The window holding ``monitor_id``'s alerts now, if any."""
+        return self.maintenance.covering(*self._locate(monitor_id), self.clock.now().timestamp())
+
+    async def _record(self, event: Event, *, released: bool = False) -> None:
         alert: Alert | None = event.alert
+        held = (
+            None
+            if released or event.kind == "alert_repeated"
+            else self.maintenance.hold(event, self._locate, event.at)
+        )
         row = (
             event.kind,
             event.subject,
             event.at,
-            event.message,
+            f"{event.message} [held: {held}]" if held else event.message,
             alert.alert_id if alert else None,
             alert.kind if alert else None,
         )
         opened = None
         resolved = None
-        if alert is not None and event.kind in ("alert_opened", "kind_unavailable"):
+        if (
+            alert is not None
+            and event.kind in ("alert_opened", "kind_unavailable")
+            and not released
+        ):
             opened = (alert, self.logic.alert_scope(alert.alert_id))
         elif alert is not None and event.kind == "alert_resolved":
             resolved = (alert.alert_id, event.at)
         await self._store.call(lambda c: db.record_event(c, row, opened, resolved))
+        if held:
+            log.info("%s %s held back: %s", event.kind, event.subject, held)
+            return
         for sink in self.sinks:
             try:
                 await sink.send(event)

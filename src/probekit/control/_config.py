@@ -34,27 +34,35 @@ from .._validate import (
 if TYPE_CHECKING:
     from . import ControlSettings, WebhookSink
     from ._logic import MonitorSpec
+    from ._maintenance import MaintenanceWindow
+    from ._sinks import DurableSink
 
 __all__ = ["ControlConfig", "is_loopback", "load_control_config", "token_problem"]
 
 log = logging.getLogger("probekit.control")
 
 #: The sections of a control-plane config file, and the keys of its [control] table.
-_CONTROL_SECTIONS: Final = ("control", "checkpoints", "monitors", "webhooks")
+_CONTROL_SECTIONS: Final = (
+    *("control", "checkpoints", "monitors", "webhooks", "channels", "maintenance"),
+)
 _CONTROL_NUMBERS: Final = (
     *("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after"),
     *("grace", "startup_grace", "prune_interval"),
 )
 _CONTROL_INTEGERS: Final = (
     *("missed_heartbeats", "max_frame_bytes", "unanswered_runs", "prune_batch"),
+    *("confirmations", "flap_window"),
 )
+_CONTROL_PERCENTAGES: Final = ("flap_high", "flap_low")
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
     "status_token",
+    "outbox",
+    *_CONTROL_PERCENTAGES,
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
 )
-_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval")
+_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval", "labels")
 _ONLY_LOCAL: Final = "secrets are only read from local configuration"
 
 
@@ -67,6 +75,12 @@ class ControlConfig:
     webhooks: tuple[WebhookSink, ...]
     #: The ``tls_cert`` and ``tls_key`` paths (None without TLS): a reload compares them.
     tls_files: tuple[str | None, str | None] = (None, None)
+    #: The ``[[channels]]``, each behind its outbox (see ``docs/alerting.md``).
+    channels: tuple[DurableSink, ...] = ()
+    #: The ``[[maintenance]]`` windows.
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    #: The ``labels`` of the monitors that have some, by monitor id.
+    labels: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
 
 
 def load_control_config(
@@ -121,6 +135,17 @@ class _ControlLoader(_Loader):
             )
         monitors = self.control_monitors(data.get("monitors"), set(tokens))
         webhooks = self.webhooks(data.get("webhooks", []))
+        from ._alerting_config import channels, labels, maintenance
+
+        control_data = data.get("control")
+        outbox = control_data.get("outbox") if isinstance(control_data, Mapping) else None
+        db_path = control.get("db_path", ":memory:")
+        default_outbox = ":memory:" if db_path == ":memory:" else f"{db_path}-outbox"
+        if outbox is not None and (not isinstance(outbox, str) or not outbox):
+            self.fail("control.outbox", f"expected a file path, got {outbox!r}")
+        sinks = channels(self, data.get("channels", []), outbox or default_outbox)
+        windows = maintenance(self, data.get("maintenance", []))
+        monitor_labels = labels(self, data.get("monitors"))
         if self.errors:
             return None
         settings = ControlSettings(
@@ -132,7 +157,15 @@ class _ControlLoader(_Loader):
             if isinstance(control_table, Mapping)
             else (None, None)
         )
-        return ControlConfig(settings, tuple(monitors), tuple(webhooks), tls_files)
+        return ControlConfig(
+            settings,
+            tuple(monitors),
+            tuple(webhooks),
+            tls_files,
+            tuple(sinks),
+            tuple(windows),
+            monitor_labels,
+        )
 
     # -- [control] -----------------------------------------------------------------------------
 
@@ -208,12 +241,26 @@ class _ControlLoader(_Loader):
             value = data.get(key)
             if value is None:
                 continue
-            least = 1_048_576 if key == "max_frame_bytes" else 1
+            least = {"max_frame_bytes": 1_048_576, "confirmations": 0, "flap_window": 3}.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 self.fail(f"control.{key}", f"expected an integer >= {least}, got {value!r}")
             else:
                 out[key] = value
         self.status_token(data, out)
+        for key in _CONTROL_PERCENTAGES:
+            value = data.get(key)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= 100
+            ):
+                self.fail(f"control.{key}", f"expected a percentage (0-100), got {value!r}")
+            else:
+                out[key] = float(value)
+        if out.get("flap_low", 25.0) > out.get("flap_high", 50.0):
+            self.fail("control.flap_low", "must not be above flap_high")
         context = self.tls(data.get("tls_cert"), data.get("tls_key"))
         if context is not None:
             out["ssl_context"] = context

@@ -114,6 +114,7 @@ EventKind = Literal[
     "instance_up",
     "instance_unresponsive",
     "kind_unavailable",
+    "alert_repeated",
 ]
 
 
@@ -183,6 +184,7 @@ class _Monitor:
     confirming: str | None = None  # request id of the confirm run in flight
     pending: set[str] = attrs.Factory(set)  # request ids of its runs in flight
     first_failure: str | None = None  # instance that saw the unconfirmed failure
+    confirmed: list[str] = attrs.Factory(list)  # instances whose confirm runs failed too
     alert: Alert | None = None
     flap_alert: Alert | None = None
 
@@ -249,8 +251,20 @@ class ControlLogic:
         startup_grace: float = 30.0,
         rng: random.Random | None = None,
         ids: Callable[[], str] = new_id,
+        confirmations: int = 1,
+        flap_window: int = FLAP_WINDOW,
+        flap_high: float = FLAP_HIGH,
+        flap_low: float = FLAP_LOW,
     ) -> None:
         self.clock = clock
+        #: Confirm runs (each on another instance when there is one) that must fail too before
+        #: a failure opens an alert; 0 alerts on the first failure.
+        self.confirmations = confirmations
+        #: Flap detection: over the last ``flap_window`` results, above ``flap_high`` percent of
+        #: state change opens a ``flapping`` alert, below ``flap_low`` resolves it.
+        self.flap_window = flap_window
+        self.flap_high = flap_high
+        self.flap_low = flap_low
         self.heartbeat_interval = heartbeat_interval
         self.missed_heartbeats = missed_heartbeats
         self.grace = grace
@@ -285,7 +299,9 @@ class ControlLogic:
         current = self.monitors.get(spec.monitor_id)
         if current is None:
             self.monitors[spec.monitor_id] = _Monitor(
-                spec, now + self.rng.uniform(0, spec.interval)
+                spec,
+                now + self.rng.uniform(0, spec.interval),
+                history=deque(maxlen=self.flap_window),
             )
         else:
             current.spec = spec
@@ -753,6 +769,12 @@ class ControlLogic:
             if request_id is None or mon.confirming != request_id:
                 return actions  # not the confirmation in flight; that one decides
             mon.confirming = None
+            if not up and mon.alert is None and mon.flap_alert is None:
+                mon.confirmed.append(instance_id)
+                if len(mon.confirmed) < self.confirmations and self._confirm(
+                    mon, now, wall, actions, f"{monitor_id} failed again on {instance_id}"
+                ):
+                    return actions
             if up:
                 actions.events.append(
                     Event(
@@ -768,7 +790,8 @@ class ControlLogic:
                     "monitor_down",
                     mon.spec.monitor_id,
                     wall,
-                    f"{monitor_id} is down: failed on {mon.first_failure}, again on {instance_id}",
+                    f"{monitor_id} is down: failed on {mon.first_failure}, again on "
+                    f"{', '.join(dict.fromkeys(mon.confirmed))}",
                 )
                 actions.events.append(
                     Event("alert_opened", mon.spec.monitor_id, wall, mon.alert.message, mon.alert)
@@ -790,32 +813,52 @@ class ControlLogic:
         if mon.alert is not None or mon.confirming is not None:
             return actions
         mon.first_failure = instance_id
+        mon.confirmed = []
+        if self.confirmations == 0:
+            mon.alert = Alert(
+                self._ids(),
+                "monitor_down",
+                mon.spec.monitor_id,
+                wall,
+                f"{monitor_id} is down: failed on {instance_id} (no confirmation asked)",
+            )
+            actions.events.append(
+                Event("alert_opened", mon.spec.monitor_id, wall, mon.alert.message, mon.alert)
+            )
+            return actions
+        self._confirm(mon, now, wall, actions, f"{monitor_id} failed on {instance_id}")
+        return actions
+
+    def _confirm(self, mon: _Monitor, now: float, wall: float, actions: Actions, said: str) -> bool:
+        """Send a confirm run of ``mon`` to an instance that has not failed it in this round
+        (the reporter itself when it is the only one); False when none can take it."""
         kind = mon.spec.kind
-        target = self._pick(mon.spec.checkpoint_id, avoid=instance_id, kind=kind)
+        used = {mon.first_failure, *mon.confirmed}
+        choices = [i for i in self.alive(mon.spec.checkpoint_id, kind) if i not in used]
+        last = mon.confirmed[-1] if mon.confirmed else mon.first_failure
+        target = self.rng.choice(choices) if choices else None
         if target is None:
-            reporter = self.instances.get(instance_id)
+            target = self._pick(mon.spec.checkpoint_id, avoid=last, kind=kind)
+        if target is None:
+            reporter = self.instances.get(last) if last is not None else None
             if reporter is None or not reporter.runs(kind):
                 self._kind_unavailable(mon, "confirm", now, actions)
-                return actions
-            target = instance_id
+                return False
+            assert last is not None
+            target = last
         order = self.order(target, mon.spec.monitor_id, "confirm", now)
         mon.confirming = order.request_id
         actions.runs.append(order)
         actions.events.append(
-            Event(
-                "unconfirmed",
-                mon.spec.monitor_id,
-                wall,
-                f"{monitor_id} failed on {instance_id}; confirming on {target}",
-            )
+            Event("unconfirmed", mon.spec.monitor_id, wall, f"{said}; confirming on {target}")
         )
-        return actions
+        return True
 
     def _flapping(self, mon: _Monitor, wall: float, actions: Actions) -> None:
-        if len(mon.history) < FLAP_WINDOW:
+        if len(mon.history) < self.flap_window:
             return
         pct = flap_percent(mon.history)
-        if mon.flap_alert is None and pct > FLAP_HIGH:
+        if mon.flap_alert is None and pct > self.flap_high:
             mon.flap_alert = Alert(
                 self._ids(),
                 "flapping",
@@ -832,7 +875,7 @@ class ControlLogic:
                     mon.flap_alert,
                 )
             )
-        elif mon.flap_alert is not None and pct < FLAP_LOW:
+        elif mon.flap_alert is not None and pct < self.flap_low:
             alert, mon.flap_alert = mon.flap_alert, None
             actions.events.append(
                 Event(

@@ -33,7 +33,6 @@ import datetime as dt
 import functools
 import hmac
 import html
-import inspect
 import json
 import logging
 import math
@@ -343,14 +342,10 @@ def _table(headers: Sequence[str], rows: Iterable[str], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _describe(item: Any) -> str:
-    """One maintenance window (of a shape this module does not know) as text."""
-    if attrs.has(type(item)):
-        fields = attrs.asdict(item, recurse=False)
-        return ", ".join(f"{k}={v}" for k, v in fields.items())
-    if isinstance(item, Mapping):
-        return ", ".join(f"{k}={v}" for k, v in item.items())
-    return str(item)
+def _describe(window: Mapping[str, Any]) -> str:
+    """One maintenance window (``ControlPlane.maintenance_status()``'s plain data) as text."""
+    shown = {k: v for k, v in window.items() if v not in (None, (), [], {}, "")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
 class StatusPage:
@@ -396,25 +391,15 @@ class StatusPage:
         return out
 
     async def _maintenance(self) -> list[str] | None:
-        """The maintenance windows, when the control plane has a ``maintenance`` attribute."""
-        value = getattr(self._plane, "maintenance", None)
-        if value is None:
-            return None
+        """The control plane's maintenance windows as text (None when it has none)."""
         try:
-            if callable(value):
-                value = value()
-            if inspect.isawaitable(value):
-                value = await value
-            if isinstance(value, Mapping):
-                value = list(value.values())
-            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-                value = [value]
-            return [
-                _describe(item) for item, _ in zip(value, range(MONITORS_PER_PAGE), strict=False)
-            ]
+            windows = self._plane.maintenance_status()
         except Exception:
             log.exception("could not read the maintenance windows for the status page")
             return ["(the maintenance windows could not be read)"]
+        if not windows:
+            return None
+        return [_describe(window) for window in windows[:MONITORS_PER_PAGE]]
 
     # -- pages -----------------------------------------------------------------------------
 
