@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import nox
 
@@ -131,7 +132,19 @@ def interop(session: nox.Session) -> None:
     """
     session.install("-e", ".[dns,ssh,exporter]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("bash", "interop/install.sh", external=True)
-    session.run("pytest", "interop", "-q", "-p", "no:cacheprovider", "-s", *session.posargs)
+    # A base temp of its own: the daemons' state lives there for the whole session, and pytest
+    # prunes /tmp/pytest-of-USER/ when other test runs start meanwhile.
+    basetemp = tempfile.mkdtemp(prefix="probekit-interop-")
+    session.run(
+        "pytest",
+        "interop",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-s",
+        f"--basetemp={basetemp}/t",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
