@@ -1,4 +1,5 @@
-"""The fault suite's options, fixtures and the table printed at the end (see faults/README.md).
+"""The fault suite's options, fixtures and the table printed at the end (see the section
+"The fault suite" of docs/checkpoint.md).
 
 Nothing here is collected by the default `nox -s tests` run (its testpaths are `tests`)."""
 
