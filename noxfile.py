@@ -139,7 +139,7 @@ def faults(session: nox.Session) -> None:
     """The fault suite: kill -9 and SIGSTOP of real `probekit control` and `probekit checkpoint`
     processes, and real target outages, on loopback; prints the counts of every run.
 
-    Runs faults/ with the profile `full` (about 6 minutes); `nox -s faults -- --profile fast`
+    Runs faults/ with the profile `full` (about 5 minutes); `nox -s faults -- --profile fast`
     is the short one CI runs (under 3 minutes). Set FAULTS_REPORT=path to keep the counts as
     JSON. See docs/checkpoint.md (Fault suite).
     """

@@ -11,7 +11,8 @@ How a run is counted (see `Cluster.finish`):
   (`drained: N results produced`) is checked against it; for a killed life the last `/metrics`
   scrape before the kill gives what was still in memory (not yet spooled) when it died.
 - **stored**: rows of the control plane's `results` table, by instance.
-- **lost**: produced and not stored (what is left in a spool at the end counts as lost), plus
+- **lost**: produced and not stored, counted per instance against the distinct checks stored
+  (so a duplicate cannot hide a loss; what is left in a spool at the end counts as lost), plus
   any result id that was in a killed instance's spool and never got stored.
 - **duplicated**: two stored rows for one check (same monitor, instance and start time) or two
   answers stored for one run request.
@@ -481,6 +482,8 @@ class Cluster:
         self.began = time.time()
         self.window_start = self.began
         self.kills = 0
+        self.window_end = self.began
+        self.control_metrics: dict[str, float] = {}
 
     def _config(self) -> str:
         lines = [
@@ -549,13 +552,13 @@ class Cluster:
                 instance.start()
         self.settle()
         time.sleep(self.interval)
-        window_end = time.time()
+        self.window_end = time.time()
         for instance in self.instances.values():
             instance.stop()
-        control_metrics = self.control.metrics()
+        self.control_metrics = self.control.metrics()
         code = self.control.terminate()
         assert code == 0, f"control plane exit {code}:\n{self.control.output()}"
-        return self._count(scenario, control_metrics, window_end, expected_alerts, gap_bound)
+        return self.count(scenario, expected_alerts=expected_alerts, gap_bound=gap_bound)
 
     def cleanup(self) -> None:
         for instance in self.instances.values():
@@ -566,16 +569,22 @@ class Cluster:
 
     # -- counting
 
-    def _count(
+    def count(
         self,
         scenario: str,
-        control_metrics: dict[str, float],
-        window_end: float,
-        expected_alerts: Counter[tuple[str, str]] | None,
-        gap_bound: float | None,
+        *,
+        expected_alerts: Counter[tuple[str, str]] | None = None,
+        gap_bound: float | None = None,
     ) -> Counts:
+        """Count a finished run from the spools and the control plane's database. The control
+        plane's own counters (resent, moved, cut, refused) are those of its last process."""
+        control_metrics = self.control_metrics
         stored = stored_results(self.db)
-        by_instance = Counter(row.instance_id for row in stored)
+        # Lost is counted against distinct checks, so that a duplicate cannot hide a loss.
+        by_instance = Counter(
+            instance
+            for _, instance, _ in {(r.monitor_id, r.instance_id, r.started) for r in stored}
+        )
         stored_ids = {row.result_id for row in stored}
         produced = lost = unexplained = left = evicted = unspooled = 0
         mismatched: list[str] = []
@@ -611,7 +620,7 @@ class Cluster:
             reassigned=int(control_metrics.get("probekit_control_runs_reassigned_total", -1)),
             cut=int(control_metrics.get("probekit_control_instances_cut_total", -1)),
             unspooled_at_kill=unspooled,
-            gaps=self._gaps(stored, self.window_start, window_end),
+            gaps=self._gaps(stored, self.window_start, self.window_end),
             gap_bound=gap_bound,
             alerts=alerts_opened(self.db, self.began),
             expected_alerts=expected_alerts or Counter(),

@@ -5,7 +5,9 @@ of the real incidents."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from _harness import (
     alerts_opened,
     check,
     spool_counts,
+    stored_results,
     wait_until,
 )
 
@@ -149,3 +152,47 @@ def test_checkpoint_outage(
         expected_alerts=Counter({("checkpoint_down", CHECKPOINT): 1}),
     )
     _finish(record, counts)
+
+
+def test_the_counts_can_fail(cluster: Cluster, profile: Profile) -> None:
+    """The counting is not blind: a clean run passes; then, in its database, one result is
+    deleted, one check is stored a second time, a stretch of one monitor's results is deleted
+    and an alert is added, and the recount names each of those."""
+    time.sleep(profile.gap_bound + 4 * profile.interval)
+    clean = cluster.finish("clean", expected_alerts=NO_ALERTS, gap_bound=profile.gap_bound)
+    assert check(clean) == []
+    assert clean.lost == clean.duplicated == 0
+    rows = stored_results(cluster.db)
+    first, *_ = (row for row in rows if row.monitor_id == "m01")
+    hole_start = cluster.window_start + profile.interval
+    hole = [
+        row.result_id
+        for row in rows
+        if row.monitor_id == "m00" and hole_start <= row.started <= hole_start + profile.gap_bound
+    ]
+    assert hole
+    with contextlib.closing(sqlite3.connect(cluster.db)) as conn, conn:
+        conn.executemany(
+            "DELETE FROM results WHERE result_id = ?", [(first.result_id,), *((h,) for h in hole)]
+        )
+        conn.execute(
+            "INSERT INTO results (result_id, monitor_id, checkpoint_id, instance_id, request_id,"
+            " reason, status, error_kind, started_at, stored_at, body)"
+            " SELECT 'copy-' || result_id, monitor_id, checkpoint_id, instance_id, NULL, reason,"
+            " status, error_kind, started_at, stored_at, body FROM results"
+            " WHERE monitor_id = 'm02' LIMIT 1"
+        )
+        conn.execute(
+            "INSERT INTO alerts (alert_id, kind, subject, opened_at, message)"
+            " VALUES ('fake', 'monitor_down', 'm03', ?, 'not a real incident')",
+            (time.time(),),
+        )
+    tampered = cluster.count("tampered", expected_alerts=NO_ALERTS, gap_bound=profile.gap_bound)
+    assert tampered.lost == 1 + len(hole)
+    assert tampered.duplicated == 1
+    assert tampered.gaps["m00"] > profile.gap_bound
+    problems = check(tampered)
+    assert problems[0] == f"{1 + len(hole)} results lost"
+    assert problems[1] == "1 results stored twice"
+    assert any(p.startswith(f"gaps over {profile.gap_bound} s: {{'m00'") for p in problems)
+    assert any("('monitor_down', 'm03')" in p for p in problems)
