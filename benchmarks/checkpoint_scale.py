@@ -15,7 +15,8 @@ first runs are spread over the first interval), it samples every 5 s and reports
     python benchmarks/checkpoint_scale.py                    # 10 minutes
     python benchmarks/checkpoint_scale.py --duration 150     # a short run
 
-Options: --monitors, --interval, --duration, --retention, --prune-interval, --json PATH. Every
+Options: --monitors, --interval, --duration, --retention, --prune-interval, --json PATH,
+--keep DIR (work there and keep the config, the logs and the database). Every
 process is stopped at the end (SIGTERM; the instances drain), the temporary directory removed.
 """
 
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "results": int(m.get("probekit_checkpoint_results_total", 0)),
                     "spool_depth": int(m.get("probekit_checkpoint_spool_depth", 0)),
                     "results_lost": int(m.get("probekit_checkpoint_results_lost_total", 0)),
+                    "reconnects": int(m.get("probekit_checkpoint_reconnects_total", 0)),
                 }
                 for name, m in instances.items()
             },
@@ -287,6 +289,11 @@ def show(report: dict[str, Any]) -> None:
         f"{report['runs_reassigned']}, duplicates {report['results_duplicate']}, refused "
         f"{report['results_refused']}"
     )
+    for name, instance in report["instances"].items():
+        print(
+            f"{name}: {instance['results']} results, {instance['reconnects']} reconnects, "
+            f"{instance['spool_depth']} in the spool, {instance['results_lost']} lost"
+        )
     print(f"{'process':<10} {'CPU (cores)':>11} {'RSS peak MiB':>13} {'RSS last MiB':>13}")
     for name, proc in report["processes"].items():
         print(
@@ -308,9 +315,16 @@ def main() -> None:
     parser.add_argument("--retention", type=float, default=120.0, help="seconds kept")
     parser.add_argument("--prune-interval", type=float, default=30.0)
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--keep", type=Path, help="work in this directory and keep it (configs, logs, database)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="checkpoint-scale-") as tmp:
-        report = run(args, Path(tmp))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="checkpoint-scale-") as tmp:
+            report = run(args, Path(tmp))
     show(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
