@@ -928,6 +928,7 @@ class ControlPlane:
     # -- doing ---------------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._dispatch(self.logic.tick())
             now = self.clock.monotonic()
@@ -937,7 +938,15 @@ class ControlPlane:
                     await self._flush_seen()
                 except sqlite3.Error:
                     log.exception("could not record the last-seen times")
+            asleep = loop.time()
             await asyncio.sleep(self.settings.tick_interval)
+            # A sleep that overran by more than the grace: the event loop stood still (the
+            # process was stopped, or blocked). Nothing could be heard meanwhile, so the
+            # instances are not held to account for that time.
+            overrun = loop.time() - asleep - self.settings.tick_interval
+            if overrun > self.settings.grace:
+                log.warning("the control plane did not run for %.1f s", overrun)
+                self.logic.stood_still(overrun)
 
     async def _dispatch(self, actions: Actions) -> None:
         if actions.runs:

@@ -494,6 +494,16 @@ class ControlLogic:
             actions.runs.append(self.order(instance, mon.spec.monitor_id, "scheduled", now))
         return actions
 
+    def stood_still(self, seconds: float) -> None:
+        """The control plane itself did not run for ``seconds`` (its process was stopped, its
+        event loop blocked): it could hear nothing then, so that time counts against no
+        instance. Their silence and their runs' deadlines are moved on by it."""
+        for inst in self.instances.values():
+            inst.last_seen += seconds
+        for run in self.outstanding.values():
+            run.expires += seconds
+        self.started += seconds
+
     def _expire(self, now: float, actions: Actions) -> None:
         """Move runs whose instance is gone or silent at once, and runs unanswered past their
         deadline plus the grace; count those against an instance that otherwise seems well."""
