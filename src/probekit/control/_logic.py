@@ -382,6 +382,12 @@ class ControlLogic:
         inst.unanswered = 0
         inst.cut = False
         actions = self.heartbeat(instance_id)
+        # Runs still outstanding to it were sent on a connection this one replaces: they were
+        # lost with it, so they move at once, and count against nothing.
+        for request_id, run in list(self.outstanding.items()):
+            if run.instance_id == instance_id:
+                self._forget(request_id)
+                self._reassign(request_id, run, now, actions)
         wall = self._wall()
         alert = self.checkpoint_alerts.pop(checkpoint_id, None)
         if alert is not None:
