@@ -89,6 +89,25 @@ def test_kill9_control_plane(
     _finish(record, counts)
 
 
+def test_sigstop_control_plane(
+    cluster: Cluster, profile: Profile, record: Callable[[Counts], None]
+) -> None:
+    """The control plane hangs (SIGSTOP) and comes back (SIGCONT), twice: the instances notice
+    the silence, run their monitors on their own and upload later; what they sent to the hung
+    process and sent again is stored once; a hung control plane is no incident of the
+    checkpoint, so no alert."""
+    for _ in range(2):
+        cluster.control.signal(signal.SIGSTOP)
+        time.sleep(profile.control_down)
+        cluster.control.signal(signal.SIGCONT)
+        cluster.settle()
+        time.sleep(2 * profile.interval)
+    counts = cluster.finish(
+        f"SIGSTOP control x2 ({profile.control_down:.0f} s)", expected_alerts=NO_ALERTS
+    )
+    _finish(record, counts)
+
+
 def test_kill9_instance_while_spooling(
     cluster: Cluster, profile: Profile, record: Callable[[Counts], None]
 ) -> None:

@@ -335,6 +335,8 @@ class ControlPlane:
         #: Sightings (instance -> checkpoint, wall-clock time) not yet written.
         self._seen: dict[str, tuple[str, float]] = {}
         self._seen_flushed = 0.0
+        #: When the event loop was last seen running (loop time; see _check_stall).
+        self._loop_seen = 0.0
         self.results_stored = 0
         self.duplicates = 0
         self.results_refused = 0
@@ -381,7 +383,9 @@ class ControlPlane:
                 [t.reveal() for t in self.settings.tokens.values()],
             ),
         )
+        self._loop_seen = asyncio.get_running_loop().time()
         self._spawn(self._ticker())
+        self._spawn(self._watch_stalls())
         await self.measure()
         self._spawn(self._maintain())
         if self.settings.metrics_port is not None:
@@ -928,8 +932,8 @@ class ControlPlane:
     # -- doing ---------------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            self._check_stall()
             await self._dispatch(self.logic.tick())
             now = self.clock.monotonic()
             if now - self._seen_flushed >= self.settings.heartbeat_interval:
@@ -938,15 +942,25 @@ class ControlPlane:
                     await self._flush_seen()
                 except sqlite3.Error:
                     log.exception("could not record the last-seen times")
-            asleep = loop.time()
             await asyncio.sleep(self.settings.tick_interval)
-            # A sleep that overran by more than the grace: the event loop stood still (the
-            # process was stopped, or blocked). Nothing could be heard meanwhile, so the
-            # instances are not held to account for that time.
-            overrun = loop.time() - asleep - self.settings.tick_interval
-            if overrun > self.settings.grace:
-                log.warning("the control plane did not run for %.1f s", overrun)
-                self.logic.stood_still(overrun)
+
+    async def _watch_stalls(self) -> None:
+        """Note every ``tick_interval`` that the event loop runs (see :meth:`_check_stall`)."""
+        while True:
+            await asyncio.sleep(self.settings.tick_interval)
+            self._check_stall()
+
+    def _check_stall(self) -> None:
+        """If the event loop stood still for longer than the grace (the process was stopped,
+        or the loop blocked), nothing could be heard meanwhile: the instances are not held to
+        account for that time. Called by the ticker before each round and by a watcher that
+        only sleeps, so a stall during the ticker's own awaits counts too."""
+        now = asyncio.get_running_loop().time()
+        overrun = now - self._loop_seen - self.settings.tick_interval
+        self._loop_seen = now
+        if overrun > self.settings.grace:
+            log.warning("the control plane did not run for %.1f s", overrun)
+            self.logic.stood_still(overrun)
 
     async def _dispatch(self, actions: Actions) -> None:
         if actions.runs:
