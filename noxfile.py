@@ -28,8 +28,10 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "interop", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "interop", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "interop", "faults", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "src", "tests", "benchmarks", "interop", "faults", "noxfile.py"
+    )
 
 
 @nox.session(python=PYTHON)
@@ -168,3 +170,17 @@ def protocol_peers(session: nox.Session) -> None:
             "apt-get", "install", "-y", "prometheus-blackbox-exporter", external=True, env=env
         )
     session.run("python", "benchmarks/protocol_peers.py", *session.posargs)
+    session.run("pytest", "interop", "-q", "-p", "no:cacheprovider", "-s", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def faults(session: nox.Session) -> None:
+    """The fault suite: kill -9 and SIGSTOP of real `probekit control` and `probekit checkpoint`
+    processes, and real target outages, on loopback; prints the counts of every run.
+
+    Runs faults/ with the profile `full` (about 5 minutes); `nox -s faults -- --profile fast`
+    is the short one CI runs (under 3 minutes). Set FAULTS_REPORT=path to keep the counts as
+    JSON. See docs/checkpoint.md (Fault suite).
+    """
+    session.install("-e", ".[cli]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("pytest", "faults", "-p", "no:cacheprovider", *session.posargs)

@@ -111,6 +111,10 @@ class Checkpoint:
         self._mode_changed = asyncio.Event()
         self._outbox_ready = asyncio.Event()
         self._progress = asyncio.Event()
+        # Syncs applied, and the last of them whose definitions are written to the spool.
+        self._definitions_changed = asyncio.Event()
+        self._syncs = 0
+        self._syncs_kept = 0
         self._clock: Clock = clock or (context.clock if context is not None else SystemClock())
         self._context = _local_context(settings, context, self._clock)
         if settings.processes > 1:
@@ -254,6 +258,7 @@ class Checkpoint:
                         await self._scheduler.aclose()
                         await _cancel_all(self._runs)
                         await self._save_outbox()
+                        await self._save_definitions()
             finally:
                 if server is not None:
                     await server.close()
@@ -337,6 +342,7 @@ class Checkpoint:
                 self._channel.run(self._drain_requested), name="checkpoint control channel"
             )
             local = tg.create_task(self._local_loop(), name="checkpoint local schedule")
+            keeper = tg.create_task(self._keep_definitions(), name="checkpoint definitions")
             await self._drain_requested.wait()
             # Drain: no new runs (refused on arrival), no new scheduled runs, then let what is
             # in flight finish, spool it, deliver it while the channel takes it, and close.
@@ -355,7 +361,7 @@ class Checkpoint:
             log.info("drained: %d results not yet acked stay in the spool", self._spool.depth)
             await self._channel.close()
             await asyncio.wait({link}, timeout=self.settings.ping_timeout)
-            await _cancel_all({link, writer})
+            await _cancel_all({link, writer, keeper})
 
     async def _progress_within(self, seconds: float) -> bool:
         """Wait for the next bit of progress (a batch spooled, an ack, a disconnect)."""
@@ -416,6 +422,25 @@ class Checkpoint:
             self._lost += len(batch)
             log.exception("could not spool %d results; they are lost", len(batch))
 
+    # -- the held definitions, kept in the spool ----------------------------------------------
+
+    async def _keep_definitions(self) -> None:
+        """Write the held definitions to the spool after syncs, in the background and one write
+        at a time, each of the latest set: a burst of delta syncs makes a few writes, and the
+        runs that follow the syncs are not held up behind them."""
+        while True:
+            await self._definitions_changed.wait()
+            self._definitions_changed.clear()
+            syncs = self._syncs
+            await self._definitions.store(self._spool)
+            self._syncs_kept = syncs
+
+    async def _save_definitions(self) -> None:
+        """On the way out: write the definitions if the last sync's are not written yet."""
+        if self._syncs_kept != self._syncs:
+            self._syncs_kept = self._syncs
+            await asyncio.shield(self._definitions.store(self._spool))
+
     # -- what the channel says and hears -----------------------------------------------------
 
     def _hello(self) -> Hello:
@@ -434,7 +459,8 @@ class Checkpoint:
             await self._accept_run(message, reply)
         elif isinstance(message, Sync):
             errors = self._apply_sync(message)
-            await self._definitions.store(self._spool)
+            self._syncs += 1
+            self._definitions_changed.set()
             for error in errors:
                 await reply(error)
         elif isinstance(message, Drain):

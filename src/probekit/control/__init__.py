@@ -361,6 +361,8 @@ class ControlPlane:
         #: Sightings (instance -> checkpoint, wall-clock time) not yet written.
         self._seen: dict[str, tuple[str, float]] = {}
         self._seen_flushed = 0.0
+        #: When the event loop was last seen running (loop time; see _check_stall).
+        self._loop_seen = 0.0
         self.results_stored = 0
         self.duplicates = 0
         self.results_refused = 0
@@ -414,7 +416,9 @@ class ControlPlane:
             logger=self._ws_logger,
             create_connection=None if self.settings.ssl_context else self._plain_connection(),
         )
+        self._loop_seen = asyncio.get_running_loop().time()
         self._spawn(self._ticker())
+        self._spawn(self._watch_stalls())
         await self.measure()
         self._spawn(self._maintain())
         if self.settings.metrics_port is not None:
@@ -1135,6 +1139,7 @@ class ControlPlane:
 
     async def _ticker(self) -> None:
         while True:
+            self._check_stall()
             await self._dispatch(self.logic.tick())
             await self.alerting_tick()
             now = self.clock.monotonic()
@@ -1145,6 +1150,24 @@ class ControlPlane:
                 except sqlite3.Error:
                     log.exception("could not record the last-seen times")
             await asyncio.sleep(self.settings.tick_interval)
+
+    async def _watch_stalls(self) -> None:
+        """Note every ``tick_interval`` that the event loop runs (see :meth:`_check_stall`)."""
+        while True:
+            await asyncio.sleep(self.settings.tick_interval)
+            self._check_stall()
+
+    def _check_stall(self) -> None:
+        """If the event loop stood still for longer than the grace (the process was stopped,
+        or the loop blocked), nothing could be heard meanwhile: the instances are not held to
+        account for that time. Called by the ticker before each round and by a watcher that
+        only sleeps, so a stall during the ticker's own awaits counts too."""
+        now = asyncio.get_running_loop().time()
+        overrun = now - self._loop_seen - self.settings.tick_interval
+        self._loop_seen = now
+        if overrun > self.settings.grace:
+            log.warning("the control plane did not run for %.1f s", overrun)
+            self.logic.stood_still(overrun)
 
     async def _dispatch(self, actions: Actions) -> None:
         if actions.runs:

@@ -424,6 +424,12 @@ class ControlLogic:
         inst.unanswered = 0
         inst.cut = False
         actions = self.heartbeat(instance_id)
+        # Runs still outstanding to it were sent on a connection this one replaces: they were
+        # lost with it, so they move at once, and count against nothing.
+        for request_id, run in list(self.outstanding.items()):
+            if run.instance_id == instance_id:
+                self._forget(request_id)
+                self._reassign(request_id, run, now, actions)
         wall = self._wall()
         alert = self.checkpoint_alerts.pop(checkpoint_id, None)
         if alert is not None:
@@ -535,6 +541,16 @@ class ControlLogic:
             mon.last_instance = instance
             actions.runs.append(self.order(instance, mon.spec.monitor_id, "scheduled", now))
         return actions
+
+    def stood_still(self, seconds: float) -> None:
+        """The control plane itself did not run for ``seconds`` (its process was stopped, its
+        event loop blocked): it could hear nothing then, so that time counts against no
+        instance. Their silence and their runs' deadlines are moved on by it."""
+        for inst in self.instances.values():
+            inst.last_seen += seconds
+        for run in self.outstanding.values():
+            run.expires += seconds
+        self.started += seconds
 
     def _expire(self, now: float, actions: Actions) -> None:
         """Move runs whose instance is gone or silent at once, and runs unanswered past their
