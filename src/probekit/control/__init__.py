@@ -42,7 +42,18 @@ from .._secret import Secret
 from .._serialization import converter
 from . import _store as db
 from ._config import ControlConfig, load_control_config
-from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, Refusal, RunOrder, Verdict
+from ._logic import (
+    ASSIGNMENTS,
+    Actions,
+    Alert,
+    Assignment,
+    ControlLogic,
+    Event,
+    MonitorSpec,
+    Refusal,
+    RunOrder,
+    Verdict,
+)
 from ._maintenance import Maintenance, MaintenanceWindow, Weekly
 from ._sinks import (
     AlertmanagerSink,
@@ -182,6 +193,11 @@ def _check_settings(settings: ControlSettings) -> None:
             raise DefinitionError(name, f"must be a percentage (0-100), got {value!r}")
     if settings.flap_low > settings.flap_high:
         raise DefinitionError("flap_low", "must not be above flap_high")
+    if settings.assignment not in ASSIGNMENTS:
+        raise DefinitionError(
+            "assignment",
+            f"must be one of {', '.join(ASSIGNMENTS)}, got {settings.assignment!r}",
+        )
     size = settings.max_frame_bytes
     if not isinstance(size, int) or isinstance(size, bool) or size < p.MAX_FRAME_BYTES:
         raise DefinitionError(
@@ -224,6 +240,11 @@ class ControlSettings:
     fail too before a failure opens a ``monitor_down`` alert (0: alert on the first failure).
     Flapping: over a monitor's last ``flap_window`` results, more than ``flap_high`` percent of
     weighted state change opens a ``flapping`` alert and less than ``flap_low`` resolves it.
+
+    ``assignment``: ``"alternate"`` sends each scheduled run of a monitor to a live instance
+    other than the last one; ``"spread"`` gives each monitor to one live instance of its
+    checkpoint by rendezvous hashing (N instances share the monitors; when one leaves only its
+    monitors move). See ``docs/checkpoint.md``.
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -250,6 +271,7 @@ class ControlSettings:
     flap_window: int = 21
     flap_high: float = 50.0
     flap_low: float = 25.0
+    assignment: Assignment = "alternate"
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -344,6 +366,7 @@ class ControlPlane:
             flap_window=settings.flap_window,
             flap_high=settings.flap_high,
             flap_low=settings.flap_low,
+            assignment=settings.assignment,
         )
         self._store = Store(settings.db_path)
         self._server: Any = None
@@ -528,11 +551,12 @@ class ControlPlane:
         changed has its connections closed, so its instances must come back with the new
         token), ``grace``, ``unanswered_runs``, ``missed_heartbeats`` (the silence threshold;
         the WebSocket ping timeout keeps its start value), ``startup_grace``, ``stale_after``,
-        ``hello_timeout``, ``tick_interval``, ``retention``, ``prune_interval`` and
-        ``prune_batch``. The settings of :data:`RESTART_SETTINGS` (where and how it listens, the
-        database, the heartbeat interval, the metrics endpoint) are not changed: they are listed
-        in the answer's ``restart`` and logged at WARNING. ``ssl_context`` counts as changed
-        only when TLS is switched on or off (a context is not compared by its content).
+        ``hello_timeout``, ``tick_interval``, ``retention``, ``prune_interval``,
+        ``prune_batch`` and ``assignment`` (monitors move at their next run). The settings of
+        :data:`RESTART_SETTINGS` (where and how it listens, the database, the heartbeat
+        interval, the metrics endpoint) are not changed: they are listed in the answer's
+        ``restart`` and logged at WARNING. ``ssl_context`` counts as changed only when TLS is
+        switched on or off (a context is not compared by its content).
         """
         old = self.settings
         restart = tuple(
@@ -572,6 +596,7 @@ class ControlPlane:
         logic.missed_heartbeats = new.missed_heartbeats
         logic.startup_grace = new.startup_grace
         logic.confirmations = new.confirmations
+        logic.assignment = new.assignment
         logic.flap_high, logic.flap_low = new.flap_high, new.flap_low
         if logic.flap_window != new.flap_window:
             logic.flap_window = new.flap_window

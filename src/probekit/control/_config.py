@@ -57,6 +57,7 @@ _CONTROL_PERCENTAGES: Final = ("flap_high", "flap_low")
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
     "status_token",
+    "assignment",
     "outbox",
     *_CONTROL_PERCENTAGES,
     *_CONTROL_NUMBERS,
@@ -247,6 +248,17 @@ class _ControlLoader(_Loader):
             else:
                 out[key] = value
         self.status_token(data, out)
+        from ._logic import ASSIGNMENTS
+
+        assignment = data.get("assignment")
+        if assignment is not None:
+            if assignment not in ASSIGNMENTS:
+                self.fail(
+                    "control.assignment",
+                    f"expected one of {', '.join(map(repr, ASSIGNMENTS))}, got {assignment!r}",
+                )
+            else:
+                out["assignment"] = assignment
         for key in _CONTROL_PERCENTAGES:
             value = data.get(key)
             if value is None:

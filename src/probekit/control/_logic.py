@@ -14,6 +14,7 @@ carries wall-clock Unix seconds (``clock.now()``), which mean something after a 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import math
 import random
@@ -28,19 +29,29 @@ from .._result import Status
 from ._ids import new_id
 
 __all__ = [
+    "ASSIGNMENTS",
     "DEFAULT_RUN_DEADLINE",
     "Actions",
     "Alert",
+    "Assignment",
     "ControlLogic",
     "Event",
     "MonitorSpec",
     "Refusal",
     "RunOrder",
+    "rendezvous_rank",
+    "rendezvous_weight",
 ]
 
 log = logging.getLogger("probekit.control")
 
 Reason = Literal["scheduled", "confirm", "adhoc"]
+#: How scheduled runs are given to a checkpoint's instances: ``"alternate"``, each run to a live
+#: instance other than the one that ran the monitor last (every instance watches every monitor
+#: in turn); ``"spread"``, each monitor to one instance by rendezvous hashing (see
+#: :func:`rendezvous_weight`), so N instances share the work and a monitor stays put.
+Assignment = Literal["alternate", "spread"]
+ASSIGNMENTS: Final[tuple[Assignment, ...]] = ("alternate", "spread")
 AlertKind = Literal["monitor_down", "checkpoint_down", "flapping", "kind_unavailable"]
 
 #: Nagios' flap detection: 21 results, weights rising from 0.8 (oldest) to 1.2 (newest).
@@ -216,6 +227,23 @@ class _Checkpoint:
     since: float | None = None
 
 
+def rendezvous_weight(monitor_id: str, instance_id: str) -> int:
+    """Highest-random-weight hashing: the weight of ``instance_id`` for ``monitor_id``, the same
+    in every process (BLAKE2b of both ids, not Python's salted ``hash``). A monitor goes to the
+    live instance of highest weight; when that one leaves, only its monitors move (each to its
+    next-highest instance), and a joiner takes the monitors it now outweighs, about 1/N."""
+    digest = hashlib.blake2b(
+        f"{monitor_id}\x00{instance_id}".encode(), digest_size=8, person=b"probekit"
+    ).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rendezvous_rank(monitor_id: str, instance_ids: Iterable[str]) -> list[str]:
+    """``instance_ids`` in the order a run of ``monitor_id`` prefers them (highest weight first,
+    ties broken by id)."""
+    return sorted(instance_ids, key=lambda i: (-rendezvous_weight(monitor_id, i), i))
+
+
 def flap_percent(history: deque[bool] | list[bool]) -> float:
     """Nagios-style weighted percentage of state changes over the results in ``history``."""
     states = list(history)
@@ -238,6 +266,11 @@ class ControlLogic:
     lets ``unanswered_limit`` runs in a row expire while it heartbeats is cut. A configured
     checkpoint with no instance alive is down ``missed_heartbeats`` heartbeat intervals (at least
     ``startup_grace`` seconds) after the logic started.
+
+    ``assignment`` (see :data:`Assignment`): ``"alternate"`` sends each scheduled run to a live
+    instance other than the last; ``"spread"`` gives each monitor to one live instance (that
+    lists its kind) by rendezvous hashing, and its confirmations and reassigned runs to the next
+    instances in the same order.
     """
 
     def __init__(
@@ -255,8 +288,12 @@ class ControlLogic:
         flap_window: int = FLAP_WINDOW,
         flap_high: float = FLAP_HIGH,
         flap_low: float = FLAP_LOW,
+        assignment: Assignment = "alternate",
     ) -> None:
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
         self.clock = clock
+        self.assignment: Assignment = assignment
         #: Confirm runs (each on another instance when there is one) that must fail too before
         #: a failure opens an alert; 0 alerts on the first failure.
         self.confirmations = confirmations
@@ -527,7 +564,10 @@ class ControlLogic:
             if mon.pending:
                 continue  # its previous run is still in flight (and moves if unanswered)
             instance = self._pick(
-                mon.spec.checkpoint_id, avoid=mon.last_instance, kind=mon.spec.kind
+                mon.spec.checkpoint_id,
+                avoid=None if self.assignment == "spread" else mon.last_instance,
+                kind=mon.spec.kind,
+                monitor_id=mon.spec.monitor_id,
             )
             if instance is None:
                 self._kind_unavailable(mon, "scheduled", now, actions)
@@ -576,8 +616,14 @@ class ControlLogic:
         if run.reason == "confirm" and mon.confirming != request_id:
             return  # superseded
         avoid = mon.first_failure if run.reason == "confirm" else mon.last_instance
+        if run.reason == "scheduled" and self.assignment == "spread":
+            avoid = None  # (its next instance in the monitor's order)
         target = self._pick(
-            mon.spec.checkpoint_id, avoid=avoid, kind=mon.spec.kind, exclude=run.instance_id
+            mon.spec.checkpoint_id,
+            avoid=avoid,
+            kind=mon.spec.kind,
+            exclude=run.instance_id,
+            monitor_id=mon.spec.monitor_id,
         )
         if target is None:
             if run.reason == "confirm":
@@ -836,9 +882,16 @@ class ControlLogic:
         used = {mon.first_failure, *mon.confirmed}
         choices = [i for i in self.alive(mon.spec.checkpoint_id, kind) if i not in used]
         last = mon.confirmed[-1] if mon.confirmed else mon.first_failure
-        target = self.rng.choice(choices) if choices else None
+        if not choices:
+            target = None
+        elif self.assignment == "spread":
+            target = rendezvous_rank(mon.spec.monitor_id, choices)[0]
+        else:
+            target = self.rng.choice(choices)
         if target is None:
-            target = self._pick(mon.spec.checkpoint_id, avoid=last, kind=kind)
+            target = self._pick(
+                mon.spec.checkpoint_id, avoid=last, kind=kind, monitor_id=mon.spec.monitor_id
+            )
         if target is None:
             reporter = self.instances.get(last) if last is not None else None
             if reporter is None or not reporter.runs(kind):
@@ -917,13 +970,19 @@ class ControlLogic:
         avoid: str | None,
         kind: str | None = None,
         exclude: str | None = None,
+        monitor_id: str | None = None,
     ) -> str | None:
         """A live instance of the checkpoint for a run of ``kind``: never ``exclude``, and not
-        ``avoid`` when there is a choice."""
+        ``avoid`` when there is a choice. With ``"spread"`` assignment and a ``monitor_id``, the
+        first of the remaining choices in the monitor's rendezvous order; else a random one."""
         choices = [i for i in self.alive(checkpoint_id, kind) if i != exclude]
         if len(choices) > 1 and avoid in choices:
             choices.remove(avoid)
-        return self.rng.choice(choices) if choices else None
+        if not choices:
+            return None
+        if self.assignment == "spread" and monitor_id is not None:
+            return rendezvous_rank(monitor_id, choices)[0]
+        return self.rng.choice(choices)
 
     def order(self, instance_id: str, monitor_id: str, reason: Reason, now: float) -> RunOrder:
         """A run of ``monitor_id`` for ``instance_id``, outstanding from ``now`` until its
