@@ -3,6 +3,8 @@ fake clock through the control plane's logic: no sockets, no sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import random
 from collections import Counter
@@ -11,8 +13,10 @@ from typing import Any
 
 import attrs
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from probekit import DefinitionError, DefinitionErrors, FakeClock, Secret, Status
+from probekit import protocol as p
 from probekit.control import ControlPlane, ControlSettings, MemorySink
 from probekit.control._config import load_control_config
 from probekit.control._logic import (
@@ -22,6 +26,7 @@ from probekit.control._logic import (
     rendezvous_rank,
     rendezvous_weight,
 )
+from test_control import DEF, TOKEN, FakeInstance, join
 
 HB = 5.0
 GRACE = 2.0
@@ -30,7 +35,12 @@ DEADLINE = 5.0
 #: The longest a monitor may go without a result while instances come and go: a run missed by
 #: an instance that died is moved at the latest when its deadline plus the grace has passed.
 MAX_GAP = INTERVAL + DEADLINE + GRACE
-DEFINITION = {"kind": "tcp", "host": "h", "port": 1, "timeouts": {"total": DEADLINE}}
+DEFINITION: dict[str, Any] = {
+    "kind": "tcp",
+    "host": "h",
+    "port": 1,
+    "timeouts": {"total": DEADLINE},
+}
 MONITORS = 400
 #: Seconds a run takes.
 LATENCY = 2
@@ -320,3 +330,67 @@ async def test_the_control_plane_passes_the_assignment_on_and_changes_it_live() 
         outcome = await cp.reconfigure(attrs.evolve(settings, assignment="alternate"))
         assert before == "spread"
         assert outcome.applied == ("assignment",) and cp.logic.assignment == "alternate"
+
+
+async def test_spread_over_four_connected_instances_end_to_end() -> None:
+    """Over the WebSocket: four fake instances answer every run; each monitor's runs go to its
+    rendezvous instance; one instance's connection closes and only its monitors move."""
+    settings = ControlSettings(
+        tokens={"office": Secret(TOKEN)},
+        heartbeat_interval=0.2,
+        tick_interval=0.02,
+        assignment="spread",
+        prune_interval=3600.0,
+    )
+    ids = ("a", "b", "c", "d")
+    monitors = [f"w{n}" for n in range(12)]
+    async with ControlPlane(settings, sinks=[MemorySink()]) as cp:
+        instances = {i: await join(cp, i) for i in ids}
+        for inst in instances.values():
+            await inst.expect(p.Sync)
+        got: asyncio.Queue[tuple[str, p.Run]] = asyncio.Queue()
+
+        async def pump(inst: FakeInstance) -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    run = await inst.expect(p.Run, timeout=60)
+                    await got.put((inst.instance_id, run))
+                    await inst.result(run, Status.UP)
+
+        tasks = [asyncio.create_task(pump(inst)) for inst in instances.values()]
+        tasks += [asyncio.create_task(inst.beat(0.05)) for inst in instances.values()]
+        try:
+            for monitor in monitors:
+                await cp.add_monitor(monitor, "office", DEF, interval=0.1)
+
+            async def runs_of_each(times: int) -> dict[str, set[str]]:
+                seen: dict[str, list[str]] = {m: [] for m in monitors}
+                async with asyncio.timeout(30):  # a hang guard, not a timing assertion
+                    while min(len(v) for v in seen.values()) < times:
+                        instance_id, run = await got.get()
+                        assert run.reason == "scheduled"
+                        assert run.monitor_id is not None
+                        seen[run.monitor_id].append(instance_id)
+                return {m: set(v) for m, v in seen.items()}
+
+            first = await runs_of_each(4)
+            assert first == {m: {rendezvous_rank(m, ids)[0]} for m in monitors}
+            assert len({i for s in first.values() for i in s}) >= 3  # (spread, not one)
+            leaver = max(ids, key=lambda i: sum(first[m] == {i} for m in monitors))
+            await instances[leaver].conn.close()
+            async with asyncio.timeout(30):
+                while leaver in cp.connected:  # noqa: ASYNC110 - no event to wait on
+                    await asyncio.sleep(0.02)
+            while not got.empty():
+                got.get_nowait()
+            rest = tuple(i for i in ids if i != leaver)
+            after = await runs_of_each(4)
+            assert after == {m: {rendezvous_rank(m, rest)[0]} for m in monitors}
+            assert {m for m in monitors if after[m] != first[m]} == {
+                m for m in monitors if first[m] == {leaver}
+            }
+        finally:
+            for task in tasks:
+                task.cancel()
+            for inst in instances.values():
+                await inst.conn.close()
