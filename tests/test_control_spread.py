@@ -21,8 +21,11 @@ from probekit.control import ControlPlane, ControlSettings, MemorySink
 from probekit.control._config import load_control_config
 from probekit.control._logic import (
     ControlLogic,
+    Event,
     MonitorSpec,
     RunOrder,
+    SitePolicy,
+    parse_alert_when,
     rendezvous_rank,
     rendezvous_weight,
 )
@@ -72,6 +75,7 @@ class Sim:
     round: dict[str, set[str]] = attrs.Factory(dict)
     #: runs being run: (when the answer arrives, order)
     inflight: list[tuple[float, RunOrder]] = attrs.Factory(list)
+    events: list[Event] = attrs.Factory(list)
 
     def step(self, seconds: int) -> None:
         for _ in range(seconds):
@@ -80,7 +84,9 @@ class Sim:
             if int(now) % int(HB) == 0:
                 for instance in sorted(self.alive | self.hung):
                     self.logic.heartbeat(instance)
-            self.send(now, self.logic.tick().runs)
+            acts = self.logic.tick()
+            self.events += acts.events
+            self.send(now, acts.runs)
             due = [(t, o) for t, o in self.inflight if t <= now]
             self.inflight = [(t, o) for t, o in self.inflight if t > now]
             for _t, order in due:
@@ -104,6 +110,7 @@ class Sim:
             order.reason,
             Status.DOWN if down else Status.UP,
         )
+        self.events += acts.events
         self.results.setdefault(order.monitor_id, []).append((now, order.instance_id, order.reason))
         if order.reason == "scheduled":
             self.owner[order.monitor_id] = order.instance_id
@@ -113,8 +120,10 @@ class Sim:
             self.round.setdefault(order.monitor_id, set()).add(order.instance_id)
         self.send(now, acts.runs)
 
-    def join(self, instance: str, kinds: tuple[str, ...] | None = None) -> None:
-        self.logic.instance_connected(instance, "cp", kinds)
+    def join(
+        self, instance: str, kinds: tuple[str, ...] | None = None, checkpoint: str = "cp"
+    ) -> None:
+        self.logic.instance_connected(instance, checkpoint, kinds)
         self.alive.add(instance)
 
     def kill(self, instance: str, *, closed: bool) -> None:
@@ -394,3 +403,128 @@ async def test_spread_over_four_connected_instances_end_to_end() -> None:
                 task.cancel()
             for inst in instances.values():
                 await inst.conn.close()
+
+
+# -- a monitor on several checkpoints ------------------------------------------------------------
+
+SITES = ("a", "b", "c")
+
+
+def sites(alert_when: str = "2 of 3", **extra: Any) -> Sim:
+    """Three checkpoints of two instances each (a0 a1, b0 b1, c0 c1); the monitor ``web`` runs
+    from each as ``web@a``, ``web@b``, ``web@c``."""
+    sim = make(instances=(), monitors=0, **extra)
+    for site in SITES:
+        for n in (0, 1):
+            sim.join(f"{site}{n}", checkpoint=site)
+        sim.logic.upsert_monitor(MonitorSpec(f"web@{site}", site, INTERVAL, DEFINITION))
+    locations = tuple(f"web@{site}" for site in SITES)
+    sim.logic.set_sites(SitePolicy("web", locations, parse_alert_when(alert_when, 3)))
+    return sim
+
+
+def alerts(sim: Sim, kind: str) -> list[Event]:
+    return [
+        e
+        for e in sim.events
+        if e.kind == kind and e.alert is not None and e.alert.kind == "monitor_down"
+    ]
+
+
+def test_one_checkpoint_cut_off_from_the_target_confirms_on_its_own_second_instance() -> None:
+    sim = sites("2 of 3")
+    sim.failing = {"web@b"}  # checkpoint b cannot reach the target; a and c can
+    sim.step(4 * int(INTERVAL))
+    assert sim.confirms and all(o.monitor_id == "web@b" for o, _f in sim.confirms)
+    for order, failed in sim.confirms:  # on b's other instance, never another checkpoint's
+        assert order.instance_id in {"b0", "b1"} and order.instance_id not in failed
+    assert sim.logic.sites["web"].down.keys() == {"web@b"}
+    assert alerts(sim, "alert_opened") == []  # one location of three: no alert
+    checkpoints = {i[0] for rows in sim.results.values() for _t, i, _r in rows}
+    assert checkpoints == set(SITES)  # each result came from (and names) its checkpoint
+    sim.failing = {"web@a", "web@b", "web@c"}  # now the target is down
+    sim.step(2 * int(INTERVAL))
+    (opened,) = alerts(sim, "alert_opened")
+    assert opened.subject == "web" and "of 3 checkpoints" in opened.message
+    assert len(sim.logic.sites["web"].down) == 3
+    assert [a.subject for a in sim.logic.open_alerts()] == ["web"]
+    sim.failing = {"web@b"}  # the target is back; b is still cut off from it
+    sim.step(2 * int(INTERVAL))
+    (resolved,) = alerts(sim, "alert_resolved")
+    assert resolved.alert is opened.alert and sim.logic.open_alerts() == []
+    assert sim.logic.sites["web"].down.keys() == {"web@b"}
+
+
+@pytest.mark.parametrize(("alert_when", "alerted"), [("2 of 3", True), ("3 of 3", False)])
+def test_a_checkpoint_cut_off_from_the_control_plane(alert_when: str, alerted: bool) -> None:
+    sim = sites(alert_when)
+    sim.step(int(INTERVAL))
+    sim.kill("c0", closed=False)
+    sim.kill("c1", closed=False)  # checkpoint c is silent: no results from it at all
+    sim.step(int(INTERVAL))
+    down = [e for e in sim.events if e.kind == "alert_opened" and e.subject == "c"]
+    assert len(down) == 1 and down[0].alert is not None
+    assert down[0].alert.kind == "checkpoint_down"
+    sim.failing = {"web@a", "web@b", "web@c"}
+    sim.step(3 * int(INTERVAL))
+    assert sim.logic.sites["web"].down.keys() == {"web@a", "web@b"}
+    opened = alerts(sim, "alert_opened")
+    # a silent checkpoint counts as not failing: "3 of 3" cannot be met without it
+    assert [e.subject for e in opened] == (["web"] if alerted else [])
+
+
+def test_one_of_three_alerts_on_the_first_location_confirmed_down() -> None:
+    sim = sites("1 of 3", confirmations=1)
+    sim.failing = {"web@c"}
+    sim.step(2 * int(INTERVAL))
+    (opened,) = alerts(sim, "alert_opened")
+    assert opened.subject == "web" and "c: web@c is down" in opened.message
+    (confirm, failed), *_ = sim.confirms
+    assert confirm.instance_id in {"c0", "c1"} and confirm.instance_id not in failed
+
+
+def test_alert_when_and_site_policies_are_checked() -> None:
+    assert parse_alert_when("2 of 3", 3) == 2 and parse_alert_when(1, 2) == 1
+    for bad, why in [
+        ("2 of 4", "from 3 checkpoints, not 4"),
+        ("4 of 3", "between 1 and 3"),
+        ("0 of 3", "between 1 and 3"),
+        ("two of three", "K of N"),
+        (True, "K of N"),
+        (5, "between 1 and 3"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_alert_when(bad, 3)
+    sim = sites()
+    logic = sim.logic
+    with pytest.raises(ValueError, match="distinct"):
+        logic.set_sites(SitePolicy("x", ("web@a", "web@a"), 1))
+    with pytest.raises(ValueError, match="already a location of web"):
+        logic.set_sites(SitePolicy("x", ("web@a",), 1))
+    with pytest.raises(ValueError, match="min_failing"):
+        logic.set_sites(SitePolicy("web", ("web@a", "web@b"), 3))
+    with pytest.raises(ValueError, match="already a location"):
+        logic.set_sites(SitePolicy("web@a", ("q",), 1))
+    logic.upsert_monitor(MonitorSpec("plain", "a", INTERVAL, DEFINITION))
+    with pytest.raises(ValueError, match="already the id of a monitor"):
+        logic.set_sites(SitePolicy("plain", ("q",), 1))
+
+
+def test_a_site_alert_survives_a_restart_and_resolves_when_removed() -> None:
+    sim = sites("2 of 3")
+    sim.failing = {"web@a", "web@b", "web@c"}
+    sim.step(2 * int(INTERVAL))
+    (opened,) = alerts(sim, "alert_opened")
+    assert opened.alert is not None
+    again = sites("2 of 3")
+    assert again.logic.restore_alert(opened.alert).events == []
+    assert again.logic.open_alerts() == [opened.alert]
+    (resolved,) = again.logic.remove_sites("web").events
+    assert resolved.kind == "alert_resolved" and resolved.alert is opened.alert
+    # a lower bar applied live opens nothing by itself; a higher one resolves
+    sim.logic.set_sites(SitePolicy("web", ("web@a", "web@b", "web@c"), 3))
+    assert sim.logic.open_alerts() == [opened.alert]
+    sim.failing = {"web@a"}
+    sim.step(2 * int(INTERVAL))
+    (resolved,) = alerts(sim, "alert_resolved")
+    assert resolved.alert is opened.alert
