@@ -528,3 +528,93 @@ def test_a_site_alert_survives_a_restart_and_resolves_when_removed() -> None:
     sim.step(2 * int(INTERVAL))
     (resolved,) = alerts(sim, "alert_resolved")
     assert resolved.alert is opened.alert
+
+
+SITES_CONFIG = """
+[control]
+port = 0
+db = ":memory:"
+
+[[checkpoints]]
+id = "office"
+token = {{ env = "S_TOKEN" }}
+
+[[checkpoints]]
+id = "cloud"
+token = {{ env = "S_TOKEN2" }}
+
+[[checkpoints]]
+id = "dc2"
+token = {{ env = "S_TOKEN3" }}
+
+[[monitors]]
+id = "web"
+{where}
+interval = 30
+kind = "tcp"
+host = "127.0.0.1"
+port = 1
+"""
+
+
+def test_the_config_file_puts_a_monitor_on_several_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n, var in enumerate(("S_TOKEN", "S_TOKEN2", "S_TOKEN3")):
+        monkeypatch.setenv(var, f"a-token-of-enough-length-{n}123456789")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        SITES_CONFIG.format(where='checkpoints = ["office", "cloud", "dc2"]\nalert_when = "2 of 3"')
+    )
+    config = load_control_config(path)
+    assert [(m.monitor_id, m.checkpoint_id) for m in config.monitors] == [
+        ("web@office", "office"),
+        ("web@cloud", "cloud"),
+        ("web@dc2", "dc2"),
+    ]
+    assert all(m.interval == 30 and m.definition["kind"] == "tcp" for m in config.monitors)
+    assert config.sites == (SitePolicy("web", ("web@office", "web@cloud", "web@dc2"), 2),)
+    path.write_text(SITES_CONFIG.format(where='checkpoints = ["office", "cloud"]'))
+    assert load_control_config(path).sites[0].min_failing == 1  # the default: "1 of N"
+    path.write_text(SITES_CONFIG.format(where='checkpoint = "office"\nalert_when = "1 of 1"'))
+    single = load_control_config(path)
+    assert single.sites == () and [m.monitor_id for m in single.monitors] == ["web"]
+    for where, error in [
+        ('checkpoints = ["office", "cloud"]\nalert_when = "2 of 3"', "not 3"),
+        ('checkpoints = ["office", "moon"]', "no [[checkpoints]] table has the id 'moon'"),
+        ('checkpoints = ["office", "office"]', "distinct checkpoint ids"),
+        ("checkpoints = []", "distinct checkpoint ids"),
+        ('checkpoint = "office"\ncheckpoints = ["cloud"]', "not both"),
+        ('checkpoint = "office"\nalert_when = "2 of 3"', "from 1 checkpoints, not 3"),
+        ('checkpoints = ["office", "dc2"]\nalert_when = "most"', "K of N"),
+    ]:
+        path.write_text(SITES_CONFIG.format(where=where))
+        with pytest.raises(DefinitionErrors, match=r"monitors\[0\]") as info:
+            load_control_config(path)
+        assert error in str(info.value), (where, str(info.value))
+
+
+async def test_a_site_alert_is_kept_across_a_restart(tmp_path: Path) -> None:
+    policy = SitePolicy("web", ("web@a", "web@b"), 1)
+    settings = ControlSettings(
+        tokens={"a": Secret(TOKEN), "b": Secret(TOKEN + "-b")},
+        db_path=str(tmp_path / "cp.db"),
+        confirmations=0,
+        prune_interval=3600.0,
+    )
+    sink = MemorySink()
+    async with ControlPlane(settings, sinks=[sink], sites=[policy]) as cp:
+        assert cp.sites == {"web": policy}
+        await cp.add_monitor("web@a", "a", DEF, interval=60)
+        await cp.add_monitor("web@b", "b", DEF, interval=60)
+        await cp._dispatch(cp.logic.on_result("web@a", "a0", None, "scheduled", Status.DOWN))
+        (opened,) = cp.logic.open_alerts()
+        assert (opened.subject, opened.kind) == ("web", "monitor_down")
+    async with ControlPlane(settings, sinks=[sink], sites=[policy]) as cp:
+        assert cp.logic.open_alerts() == [opened]  # taken back, not resolved and opened again
+        await cp.remove_sites("web")
+        assert cp.logic.open_alerts() == [] and cp.sites == {}
+    resolved = [e for e in sink.events if e.kind == "alert_resolved"]
+    assert [e.alert.alert_id for e in resolved if e.alert] == [opened.alert_id]
+    with pytest.raises(DefinitionError, match=r"sites\.x: .*between 1 and 1"):
+        ControlPlane(settings, sites=[SitePolicy("x", ("y",), 2)])

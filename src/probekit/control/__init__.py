@@ -52,6 +52,7 @@ from ._logic import (
     MonitorSpec,
     Refusal,
     RunOrder,
+    SitePolicy,
     Verdict,
 )
 from ._maintenance import Maintenance, MaintenanceWindow, Weekly
@@ -91,6 +92,7 @@ __all__ = [
     "PagerDutySink",
     "Pruned",
     "Reconfigured",
+    "SitePolicy",
     "SlackSink",
     "WebhookSink",
     "Weekly",
@@ -348,6 +350,7 @@ class ControlPlane:
         sinks: Sequence[AlertSink] | None = None,
         clock: Clock | None = None,
         maintenance: Iterable[MaintenanceWindow] = (),
+        sites: Iterable[SitePolicy] = (),
     ) -> None:
         self.settings = settings
         self.sinks: list[AlertSink] = list(sinks) if sinks is not None else [LogSink()]
@@ -368,6 +371,8 @@ class ControlPlane:
             flap_low=settings.flap_low,
             assignment=settings.assignment,
         )
+        for policy in sites:  # (before start() takes back the open alerts)
+            self._set_sites(policy)
         self._store = Store(settings.db_path)
         self._server: Any = None
         # websockets logs handshake headers at DEBUG, the instances' tokens among them; every
@@ -698,6 +703,30 @@ class ControlPlane:
         await self._store.call(lambda c: db.delete_monitor(c, monitor_id))
         await self._dispatch(self.logic.remove_monitor(monitor_id))
         await self._broadcast(spec.checkpoint_id, self._sync([], [monitor_id]))
+
+    @property
+    def sites(self) -> dict[str, SitePolicy]:
+        """The monitors run from several checkpoints, by monitor id (see :meth:`set_sites`)."""
+        return {k: v.policy for k, v in self.logic.sites.items()}
+
+    def _set_sites(self, policy: SitePolicy) -> Actions:
+        try:
+            return self.logic.set_sites(policy)
+        except ValueError as exc:
+            raise DefinitionError(f"sites.{policy.monitor_id}", str(exc)) from None
+
+    async def set_sites(self, policy: SitePolicy) -> None:
+        """Watch ``policy.monitor_id`` from several checkpoints: its ``locations`` are monitors
+        (each on its own checkpoint, added with :meth:`add_monitor`) that open no alert of their
+        own; a ``monitor_down`` alert for ``policy.monitor_id`` opens when ``min_failing`` of
+        them are confirmed down. Replaces a policy of the same id. :class:`DefinitionError`
+        when a location is listed twice or is another policy's, or ``min_failing`` is out of
+        range."""
+        await self._dispatch(self._set_sites(policy))
+
+    async def remove_sites(self, monitor_id: str) -> None:
+        """Forget a :class:`SitePolicy`; its open alert resolves (its locations stay)."""
+        await self._dispatch(self.logic.remove_sites(monitor_id))
 
     async def set_autonomous(self, checkpoint_id: str, autonomous: bool) -> None:
         """Tell a checkpoint's instances to run their definitions on their own (or to stop)."""
