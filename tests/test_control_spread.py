@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from probekit import DefinitionError, DefinitionErrors, FakeClock, Secret, Status
 from probekit import protocol as p
-from probekit.control import ControlPlane, ControlSettings, MemorySink
+from probekit.control import ControlPlane, ControlSettings, MaintenanceWindow, MemorySink
 from probekit.control._config import load_control_config
 from probekit.control._logic import (
     ControlLogic,
@@ -610,8 +611,12 @@ async def test_a_site_alert_is_kept_across_a_restart(tmp_path: Path) -> None:
         await cp._dispatch(cp.logic.on_result("web@a", "a0", None, "scheduled", Status.DOWN))
         (opened,) = cp.logic.open_alerts()
         assert (opened.subject, opened.kind) == ("web", "monitor_down")
-    async with ControlPlane(settings, sinks=[sink], sites=[policy]) as cp:
+    window = MaintenanceWindow("w", monitors=["web"], end=time.time() + 3600)
+    async with ControlPlane(settings, sinks=[sink], sites=[policy], maintenance=[window]) as cp:
         assert cp.logic.open_alerts() == [opened]  # taken back, not resolved and opened again
+        assert cp.in_maintenance("web") is window  # a window for the monitor holds its alert
+    async with ControlPlane(settings, sinks=[sink], sites=[policy]) as cp:
+        assert cp.logic.open_alerts() == [opened]
         await cp.remove_sites("web")
         assert cp.logic.open_alerts() == [] and cp.sites == {}
     resolved = [e for e in sink.events if e.kind == "alert_resolved"]

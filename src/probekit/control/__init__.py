@@ -1262,10 +1262,12 @@ class ControlPlane:
 
     def _locate(self, subject: str) -> tuple[str | None, str | None]:
         """(monitor id, checkpoint id) of an event's subject: a monitor, a checkpoint or an
-        instance."""
+        instance; a monitor run from several checkpoints has no one checkpoint."""
         spec = self._specs.get(subject)
         if spec is not None:
             return subject, spec.checkpoint_id
+        if subject in self.logic.sites:
+            return subject, None
         if subject in self.settings.tokens:
             return None, subject
         inst = self.logic.instances.get(subject)
