@@ -166,6 +166,10 @@ async def _reload(
     before = plane.monitors
     try:
         await _apply_monitors(plane, config.monitors)
+        for monitor_id in sorted(set(plane.sites) - {policy.monitor_id for policy in config.sites}):
+            await plane.remove_sites(monitor_id)
+        for policy in config.sites:
+            await plane.set_sites(policy)
     except (DefinitionError, sqlite3.Error) as exc:
         _err(f"probekit control: reload failed part way: {exc}")
         return running
@@ -226,6 +230,7 @@ def _run_control(args: argparse.Namespace) -> int:
                 config.settings,
                 sinks=[printer, *config.webhooks, *config.channels],
                 maintenance=config.maintenance,
+                sites=config.sites,
             )
             plane.maintenance.labels.update(config.labels)
             try:

@@ -42,7 +42,19 @@ from .._secret import Secret
 from .._serialization import converter
 from . import _store as db
 from ._config import ControlConfig, load_control_config
-from ._logic import Actions, Alert, ControlLogic, Event, MonitorSpec, Refusal, RunOrder, Verdict
+from ._logic import (
+    ASSIGNMENTS,
+    Actions,
+    Alert,
+    Assignment,
+    ControlLogic,
+    Event,
+    MonitorSpec,
+    Refusal,
+    RunOrder,
+    SitePolicy,
+    Verdict,
+)
 from ._maintenance import Maintenance, MaintenanceWindow, Weekly
 from ._sinks import (
     AlertmanagerSink,
@@ -80,6 +92,7 @@ __all__ = [
     "PagerDutySink",
     "Pruned",
     "Reconfigured",
+    "SitePolicy",
     "SlackSink",
     "WebhookSink",
     "Weekly",
@@ -182,6 +195,11 @@ def _check_settings(settings: ControlSettings) -> None:
             raise DefinitionError(name, f"must be a percentage (0-100), got {value!r}")
     if settings.flap_low > settings.flap_high:
         raise DefinitionError("flap_low", "must not be above flap_high")
+    if settings.assignment not in ASSIGNMENTS:
+        raise DefinitionError(
+            "assignment",
+            f"must be one of {', '.join(ASSIGNMENTS)}, got {settings.assignment!r}",
+        )
     size = settings.max_frame_bytes
     if not isinstance(size, int) or isinstance(size, bool) or size < p.MAX_FRAME_BYTES:
         raise DefinitionError(
@@ -224,6 +242,11 @@ class ControlSettings:
     fail too before a failure opens a ``monitor_down`` alert (0: alert on the first failure).
     Flapping: over a monitor's last ``flap_window`` results, more than ``flap_high`` percent of
     weighted state change opens a ``flapping`` alert and less than ``flap_low`` resolves it.
+
+    ``assignment``: ``"alternate"`` sends each scheduled run of a monitor to a live instance
+    other than the last one; ``"spread"`` gives each monitor to one live instance of its
+    checkpoint by rendezvous hashing (N instances share the monitors; when one leaves only its
+    monitors move). See ``docs/checkpoint.md``.
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -250,6 +273,7 @@ class ControlSettings:
     flap_window: int = 21
     flap_high: float = 50.0
     flap_low: float = 25.0
+    assignment: Assignment = "alternate"
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -326,6 +350,7 @@ class ControlPlane:
         sinks: Sequence[AlertSink] | None = None,
         clock: Clock | None = None,
         maintenance: Iterable[MaintenanceWindow] = (),
+        sites: Iterable[SitePolicy] = (),
     ) -> None:
         self.settings = settings
         self.sinks: list[AlertSink] = list(sinks) if sinks is not None else [LogSink()]
@@ -344,7 +369,10 @@ class ControlPlane:
             flap_window=settings.flap_window,
             flap_high=settings.flap_high,
             flap_low=settings.flap_low,
+            assignment=settings.assignment,
         )
+        for policy in sites:  # (before start() takes back the open alerts)
+            self._set_sites(policy)
         self._store = Store(settings.db_path)
         self._server: Any = None
         # websockets logs handshake headers at DEBUG, the instances' tokens among them; every
@@ -532,11 +560,12 @@ class ControlPlane:
         changed has its connections closed, so its instances must come back with the new
         token), ``grace``, ``unanswered_runs``, ``missed_heartbeats`` (the silence threshold;
         the WebSocket ping timeout keeps its start value), ``startup_grace``, ``stale_after``,
-        ``hello_timeout``, ``tick_interval``, ``retention``, ``prune_interval`` and
-        ``prune_batch``. The settings of :data:`RESTART_SETTINGS` (where and how it listens, the
-        database, the heartbeat interval, the metrics endpoint) are not changed: they are listed
-        in the answer's ``restart`` and logged at WARNING. ``ssl_context`` counts as changed
-        only when TLS is switched on or off (a context is not compared by its content).
+        ``hello_timeout``, ``tick_interval``, ``retention``, ``prune_interval``,
+        ``prune_batch`` and ``assignment`` (monitors move at their next run). The settings of
+        :data:`RESTART_SETTINGS` (where and how it listens, the database, the heartbeat
+        interval, the metrics endpoint) are not changed: they are listed in the answer's
+        ``restart`` and logged at WARNING. ``ssl_context`` counts as changed only when TLS is
+        switched on or off (a context is not compared by its content).
         """
         old = self.settings
         restart = tuple(
@@ -576,6 +605,7 @@ class ControlPlane:
         logic.missed_heartbeats = new.missed_heartbeats
         logic.startup_grace = new.startup_grace
         logic.confirmations = new.confirmations
+        logic.assignment = new.assignment
         logic.flap_high, logic.flap_low = new.flap_high, new.flap_low
         if logic.flap_window != new.flap_window:
             logic.flap_window = new.flap_window
@@ -677,6 +707,30 @@ class ControlPlane:
         await self._store.call(lambda c: db.delete_monitor(c, monitor_id))
         await self._dispatch(self.logic.remove_monitor(monitor_id))
         await self._broadcast(spec.checkpoint_id, self._sync([], [monitor_id]))
+
+    @property
+    def sites(self) -> dict[str, SitePolicy]:
+        """The monitors run from several checkpoints, by monitor id (see :meth:`set_sites`)."""
+        return {k: v.policy for k, v in self.logic.sites.items()}
+
+    def _set_sites(self, policy: SitePolicy) -> Actions:
+        try:
+            return self.logic.set_sites(policy)
+        except ValueError as exc:
+            raise DefinitionError(f"sites.{policy.monitor_id}", str(exc)) from None
+
+    async def set_sites(self, policy: SitePolicy) -> None:
+        """Watch ``policy.monitor_id`` from several checkpoints: its ``locations`` are monitors
+        (each on its own checkpoint, added with :meth:`add_monitor`) that open no alert of their
+        own; a ``monitor_down`` alert for ``policy.monitor_id`` opens when ``min_failing`` of
+        them are confirmed down. Replaces a policy of the same id. :class:`DefinitionError`
+        when a location is listed twice or is another policy's, or ``min_failing`` is out of
+        range."""
+        await self._dispatch(self._set_sites(policy))
+
+    async def remove_sites(self, monitor_id: str) -> None:
+        """Forget a :class:`SitePolicy`; its open alert resolves (its locations stay)."""
+        await self._dispatch(self.logic.remove_sites(monitor_id))
 
     async def set_autonomous(self, checkpoint_id: str, autonomous: bool) -> None:
         """Tell a checkpoint's instances to run their definitions on their own (or to stop)."""
@@ -1231,10 +1285,12 @@ class ControlPlane:
 
     def _locate(self, subject: str) -> tuple[str | None, str | None]:
         """(monitor id, checkpoint id) of an event's subject: a monitor, a checkpoint or an
-        instance."""
+        instance; a monitor run from several checkpoints has no one checkpoint."""
         spec = self._specs.get(subject)
         if spec is not None:
             return subject, spec.checkpoint_id
+        if subject in self.logic.sites:
+            return subject, None
         if subject in self.settings.tokens:
             return None, subject
         inst = self.logic.instances.get(subject)

@@ -33,7 +33,7 @@ from .._validate import (
 
 if TYPE_CHECKING:
     from . import ControlSettings, WebhookSink
-    from ._logic import MonitorSpec
+    from ._logic import MonitorSpec, SitePolicy
     from ._maintenance import MaintenanceWindow
     from ._sinks import DurableSink
 
@@ -57,12 +57,15 @@ _CONTROL_PERCENTAGES: Final = ("flap_high", "flap_low")
 _CONTROL_KEYS: Final = (
     *("host", "port", "db", "tls_cert", "tls_key", "retention", "metrics_host", "metrics_port"),
     "status_token",
+    "assignment",
     "outbox",
     *_CONTROL_PERCENTAGES,
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
 )
-_MONITOR_OWN_KEYS: Final = ("id", "checkpoint", "interval", "labels")
+_MONITOR_OWN_KEYS: Final = (
+    *("id", "checkpoint", "interval", "labels", "checkpoints", "alert_when"),
+)
 _ONLY_LOCAL: Final = "secrets are only read from local configuration"
 
 
@@ -81,6 +84,9 @@ class ControlConfig:
     maintenance: tuple[MaintenanceWindow, ...] = ()
     #: The ``labels`` of the monitors that have some, by monitor id.
     labels: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    #: The monitors run from several checkpoints (``checkpoints = [...]``): each location is in
+    #: ``monitors`` as ``ID@CHECKPOINT``.
+    sites: tuple[SitePolicy, ...] = ()
 
 
 def load_control_config(
@@ -115,6 +121,7 @@ class _ControlLoader(_Loader):
         self.source = source
         self.insecure = insecure
         self.warnings: list[str] = []
+        self.sites: list[SitePolicy] = []
 
     def load(self, data: Any) -> ControlConfig | None:
         from . import ControlSettings
@@ -165,6 +172,7 @@ class _ControlLoader(_Loader):
             tuple(sinks),
             tuple(windows),
             monitor_labels,
+            tuple(self.sites),
         )
 
     # -- [control] -----------------------------------------------------------------------------
@@ -247,6 +255,17 @@ class _ControlLoader(_Loader):
             else:
                 out[key] = value
         self.status_token(data, out)
+        from ._logic import ASSIGNMENTS
+
+        assignment = data.get("assignment")
+        if assignment is not None:
+            if assignment not in ASSIGNMENTS:
+                self.fail(
+                    "control.assignment",
+                    f"expected one of {', '.join(map(repr, ASSIGNMENTS))}, got {assignment!r}",
+                )
+            else:
+                out["assignment"] = assignment
         for key in _CONTROL_PERCENTAGES:
             value = data.get(key)
             if value is None:
@@ -427,9 +446,18 @@ class _ControlLoader(_Loader):
             else:
                 seen[monitor_id] = i
             checkpoint = item.get("checkpoint")
+            locations: dict[str, str] | None = None
+            if "checkpoints" in item:
+                locations = self.locations(item, path, monitor_id, checkpoint_ids)
+                checkpoint = None if locations is None else ""
+            elif "alert_when" in item:
+                self.alert_when(item["alert_when"], 1, path)
             if checkpoint is None:
-                self.fail(f"{path}.checkpoint", "required: the id of the checkpoint that runs it")
-            elif checkpoint not in checkpoint_ids:
+                if "checkpoints" not in item:
+                    self.fail(
+                        f"{path}.checkpoint", "required: the id of the checkpoint that runs it"
+                    )
+            elif checkpoint and checkpoint not in checkpoint_ids:
                 known = ", ".join(sorted(checkpoint_ids)) or "none"
                 self.fail(
                     f"{path}.checkpoint",
@@ -444,8 +472,67 @@ class _ControlLoader(_Loader):
                 continue
             assert isinstance(monitor_id, str)
             assert isinstance(checkpoint, str)
-            out.append(MonitorSpec(monitor_id, checkpoint, float(interval), definition))
+            if checkpoint:
+                out.append(MonitorSpec(monitor_id, checkpoint, float(interval), definition))
+                continue
+            assert locations is not None
+            for location, site in locations.items():
+                if location in seen:
+                    self.fail(
+                        f"{path}.checkpoints",
+                        f"its location {location!r} is also the id of monitors[{seen[location]}]",
+                    )
+                seen[location] = i
+                out.append(MonitorSpec(location, site, float(interval), definition))
         return out
+
+    def locations(
+        self, item: Mapping[str, Any], path: str, monitor_id: object, checkpoint_ids: set[str]
+    ) -> dict[str, str] | None:
+        """A monitor on several checkpoints: its locations (``ID@CHECKPOINT`` -> checkpoint),
+        its :class:`SitePolicy` added to ``self.sites``; None (and the errors) when invalid."""
+        from ._logic import SitePolicy
+
+        sites = item.get("checkpoints")
+        before = len(self.errors)
+        if "checkpoint" in item:
+            self.fail(f"{path}.checkpoints", "give checkpoint or checkpoints, not both")
+        if (
+            not isinstance(sites, list)
+            or not sites
+            or not all(isinstance(c, str) for c in sites)
+            or len(set(sites)) != len(sites)
+        ):
+            self.fail(
+                f"{path}.checkpoints", f"expected a list of distinct checkpoint ids, got {sites!r}"
+            )
+            return None
+        unknown = [c for c in sites if c not in checkpoint_ids]
+        if unknown:
+            known = ", ".join(sorted(checkpoint_ids)) or "none"
+            self.fail(
+                f"{path}.checkpoints",
+                f"no [[checkpoints]] table has the id {unknown[0]!r}; known: {known}",
+            )
+        need = self.alert_when(item.get("alert_when", 1), len(sites), path)
+        if not is_id(monitor_id) or need is None or len(self.errors) > before:
+            return None
+        locations = {f"{monitor_id}@{site}": site for site in sites}
+        for location in locations:
+            if (problem := id_problem(location)) is not None:
+                self.fail(f"{path}.id", f"its location id {location!r} {problem}")
+                return None
+        self.sites.append(SitePolicy(monitor_id, tuple(locations), need))
+        return locations
+
+    def alert_when(self, value: object, locations: int, path: str) -> int | None:
+        from ._logic import parse_alert_when
+
+        try:
+            return parse_alert_when(value, locations)
+        except ValueError as exc:
+            self.fail(f"{path}.alert_when", str(exc))
+            return None
 
     def definition(self, definition: dict[str, Any], path: str) -> None:
         """Check a definition as a checkpoint will build it; secrets only by reference."""

@@ -14,6 +14,7 @@ carries wall-clock Unix seconds (``clock.now()``), which mean something after a 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import math
 import random
@@ -28,19 +29,31 @@ from .._result import Status
 from ._ids import new_id
 
 __all__ = [
+    "ASSIGNMENTS",
     "DEFAULT_RUN_DEADLINE",
     "Actions",
     "Alert",
+    "Assignment",
     "ControlLogic",
     "Event",
     "MonitorSpec",
     "Refusal",
     "RunOrder",
+    "SitePolicy",
+    "parse_alert_when",
+    "rendezvous_rank",
+    "rendezvous_weight",
 ]
 
 log = logging.getLogger("probekit.control")
 
 Reason = Literal["scheduled", "confirm", "adhoc"]
+#: How scheduled runs are given to a checkpoint's instances: ``"alternate"``, each run to a live
+#: instance other than the one that ran the monitor last (every instance watches every monitor
+#: in turn); ``"spread"``, each monitor to one instance by rendezvous hashing (see
+#: :func:`rendezvous_weight`), so N instances share the work and a monitor stays put.
+Assignment = Literal["alternate", "spread"]
+ASSIGNMENTS: Final[tuple[Assignment, ...]] = ("alternate", "spread")
 AlertKind = Literal["monitor_down", "checkpoint_down", "flapping", "kind_unavailable"]
 
 #: Nagios' flap detection: 21 results, weights rising from 0.8 (oldest) to 1.2 (newest).
@@ -81,6 +94,50 @@ class MonitorSpec:
         ):
             return float(total)
         return DEFAULT_RUN_DEADLINE
+
+
+@attrs.frozen
+class SitePolicy:
+    """One monitor watched from several checkpoints (sites).
+
+    Each location is a monitor of its own (its own id, on one checkpoint, scheduled and
+    confirmed on a second instance of that checkpoint as any monitor); ``locations`` lists them.
+    A location whose failure is confirmed opens no alert of its own: a ``monitor_down`` alert
+    with ``monitor_id`` as its subject opens when ``min_failing`` locations are confirmed down,
+    and resolves when fewer are. See :func:`parse_alert_when` for ``"2 of 3"``."""
+
+    monitor_id: str
+    locations: tuple[str, ...]
+    min_failing: int = 1
+
+
+def parse_alert_when(value: object, locations: int) -> int:
+    """``min_failing`` from an ``alert_when`` policy: ``"K of N"`` (N must be ``locations``) or
+    an integer K, with 1 <= K <= ``locations``; :class:`ValueError` saying why otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        need = value
+    elif isinstance(value, str):
+        parts = value.split()
+        if len(parts) != 3 or parts[1] != "of" or not all(x.isdecimal() for x in parts[::2]):
+            raise ValueError(f'expected "K of N" (such as "2 of 3"), got {value!r}')
+        need, total = int(parts[0]), int(parts[2])
+        if total != locations:
+            raise ValueError(
+                f"{value!r}: the monitor runs from {locations} checkpoints, not {total}"
+            )
+    else:
+        raise ValueError(f'expected "K of N" or an integer, got {value!r}')
+    if not 1 <= need <= locations:
+        raise ValueError(f"{value!r}: expected between 1 and {locations} failing checkpoints")
+    return need
+
+
+@attrs.define
+class _Sites:
+    policy: SitePolicy
+    #: location monitor id -> why it is down (its failure confirmed), in the order they fell
+    down: dict[str, str] = attrs.Factory(dict)
+    alert: Alert | None = None
 
 
 @attrs.frozen
@@ -187,6 +244,8 @@ class _Monitor:
     confirmed: list[str] = attrs.Factory(list)  # instances whose confirm runs failed too
     alert: Alert | None = None
     flap_alert: Alert | None = None
+    #: A location of a :class:`SitePolicy` whose failure is confirmed (it opens no alert itself).
+    located_down: bool = False
 
 
 @attrs.define
@@ -216,6 +275,23 @@ class _Checkpoint:
     since: float | None = None
 
 
+def rendezvous_weight(monitor_id: str, instance_id: str) -> int:
+    """Highest-random-weight hashing: the weight of ``instance_id`` for ``monitor_id``, the same
+    in every process (BLAKE2b of both ids, not Python's salted ``hash``). A monitor goes to the
+    live instance of highest weight; when that one leaves, only its monitors move (each to its
+    next-highest instance), and a joiner takes the monitors it now outweighs, about 1/N."""
+    digest = hashlib.blake2b(
+        f"{monitor_id}\x00{instance_id}".encode(), digest_size=8, person=b"probekit"
+    ).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rendezvous_rank(monitor_id: str, instance_ids: Iterable[str]) -> list[str]:
+    """``instance_ids`` in the order a run of ``monitor_id`` prefers them (highest weight first,
+    ties broken by id)."""
+    return sorted(instance_ids, key=lambda i: (-rendezvous_weight(monitor_id, i), i))
+
+
 def flap_percent(history: deque[bool] | list[bool]) -> float:
     """Nagios-style weighted percentage of state changes over the results in ``history``."""
     states = list(history)
@@ -238,6 +314,11 @@ class ControlLogic:
     lets ``unanswered_limit`` runs in a row expire while it heartbeats is cut. A configured
     checkpoint with no instance alive is down ``missed_heartbeats`` heartbeat intervals (at least
     ``startup_grace`` seconds) after the logic started.
+
+    ``assignment`` (see :data:`Assignment`): ``"alternate"`` sends each scheduled run to a live
+    instance other than the last; ``"spread"`` gives each monitor to one live instance (that
+    lists its kind) by rendezvous hashing, and its confirmations and reassigned runs to the next
+    instances in the same order.
     """
 
     def __init__(
@@ -255,8 +336,12 @@ class ControlLogic:
         flap_window: int = FLAP_WINDOW,
         flap_high: float = FLAP_HIGH,
         flap_low: float = FLAP_LOW,
+        assignment: Assignment = "alternate",
     ) -> None:
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
         self.clock = clock
+        self.assignment: Assignment = assignment
         #: Confirm runs (each on another instance when there is one) that must fail too before
         #: a failure opens an alert; 0 alerts on the first failure.
         self.confirmations = confirmations
@@ -288,6 +373,9 @@ class ControlLogic:
         self.reassigned = 0
         self.cut = 0
         self._ids = ids
+        #: Monitors watched from several checkpoints, by monitor id; and each location's.
+        self.sites: dict[str, _Sites] = {}
+        self.site_of: dict[str, str] = {}
 
     def _wall(self) -> float:
         return self.clock.now().timestamp()
@@ -311,6 +399,8 @@ class ControlLogic:
         """Forget a monitor; its open alerts resolve (a removed monitor has nothing to alert)."""
         actions = Actions()
         mon = self.monitors.pop(monitor_id, None)
+        if mon is not None and mon.located_down:
+            self._location_up(mon, self._wall(), actions, f"location {monitor_id} was removed")
         alerts = [a for a in (mon.alert, mon.flap_alert) if a is not None] if mon else []
         keys = [k for k in self.kind_alerts if k[0] == monitor_id]
         alerts.extend(self.kind_alerts.pop(key) for key in keys)
@@ -365,6 +455,7 @@ class ControlLogic:
         ]
         alerts.extend(self.checkpoint_alerts.values())
         alerts.extend(self.kind_alerts.values())
+        alerts.extend(s.alert for s in self.sites.values() if s.alert is not None)
         return alerts
 
     def alert_scope(self, alert_id: str) -> str | None:
@@ -379,7 +470,12 @@ class ControlLogic:
         gone (a monitor removed, a checkpoint no longer configured) resolves at once."""
         mon = self.monitors.get(alert.subject)
         restored = False
-        if alert.kind == "monitor_down" and mon is not None and mon.alert is None:
+        sites = self.sites.get(alert.subject)
+        if alert.kind == "monitor_down" and sites is not None:
+            restored = sites.alert is None
+            if restored:
+                sites.alert = alert
+        elif alert.kind == "monitor_down" and mon is not None and mon.alert is None:
             mon.alert = alert
             restored = True
         elif alert.kind == "flapping" and mon is not None and mon.flap_alert is None:
@@ -533,7 +629,10 @@ class ControlLogic:
             if mon.pending:
                 continue  # its previous run is still in flight (and moves if unanswered)
             instance = self._pick(
-                mon.spec.checkpoint_id, avoid=mon.last_instance, kind=mon.spec.kind
+                mon.spec.checkpoint_id,
+                avoid=None if self.assignment == "spread" else mon.last_instance,
+                kind=mon.spec.kind,
+                monitor_id=mon.spec.monitor_id,
             )
             if instance is None:
                 self._kind_unavailable(mon, "scheduled", now, actions)
@@ -592,8 +691,14 @@ class ControlLogic:
         if run.reason == "confirm" and mon.confirming != request_id:
             return  # superseded
         avoid = mon.first_failure if run.reason == "confirm" else mon.last_instance
+        if run.reason == "scheduled" and self.assignment == "spread":
+            avoid = None  # (its next instance in the monitor's order)
         target = self._pick(
-            mon.spec.checkpoint_id, avoid=avoid, kind=mon.spec.kind, exclude=run.instance_id
+            mon.spec.checkpoint_id,
+            avoid=avoid,
+            kind=mon.spec.kind,
+            exclude=run.instance_id,
+            monitor_id=mon.spec.monitor_id,
         )
         if target is None:
             if run.reason == "confirm":
@@ -785,7 +890,7 @@ class ControlLogic:
             if request_id is None or mon.confirming != request_id:
                 return actions  # not the confirmation in flight; that one decides
             mon.confirming = None
-            if not up and mon.alert is None and mon.flap_alert is None:
+            if not up and not self._is_down(mon) and mon.flap_alert is None:
                 mon.confirmed.append(instance_id)
                 if len(mon.confirmed) < self.confirmations and self._confirm(
                     mon, now, wall, actions, f"{monitor_id} failed again on {instance_id}"
@@ -800,20 +905,18 @@ class ControlLogic:
                         f"{monitor_id}: failed on {mon.first_failure}, passed on {instance_id}",
                     )
                 )
-            elif mon.alert is None and mon.flap_alert is None:
-                mon.alert = Alert(
-                    self._ids(),
-                    "monitor_down",
-                    mon.spec.monitor_id,
-                    wall,
+            elif not self._is_down(mon) and mon.flap_alert is None:
+                self._down(
+                    mon,
                     f"{monitor_id} is down: failed on {mon.first_failure}, again on "
                     f"{', '.join(dict.fromkeys(mon.confirmed))}",
-                )
-                actions.events.append(
-                    Event("alert_opened", mon.spec.monitor_id, wall, mon.alert.message, mon.alert)
+                    wall,
+                    actions,
                 )
             return actions
         if up:
+            if mon.located_down:
+                self._location_up(mon, wall, actions, f"{monitor_id} is up again")
             if mon.alert is not None:
                 alert, mon.alert = mon.alert, None
                 actions.events.append(
@@ -826,23 +929,133 @@ class ControlLogic:
                     )
                 )
             return actions
-        if mon.alert is not None or mon.confirming is not None:
+        if self._is_down(mon) or mon.confirming is not None:
             return actions
         mon.first_failure = instance_id
         mon.confirmed = []
         if self.confirmations == 0:
-            mon.alert = Alert(
-                self._ids(),
-                "monitor_down",
-                mon.spec.monitor_id,
-                wall,
+            self._down(
+                mon,
                 f"{monitor_id} is down: failed on {instance_id} (no confirmation asked)",
-            )
-            actions.events.append(
-                Event("alert_opened", mon.spec.monitor_id, wall, mon.alert.message, mon.alert)
+                wall,
+                actions,
             )
             return actions
         self._confirm(mon, now, wall, actions, f"{monitor_id} failed on {instance_id}")
+        return actions
+
+    @staticmethod
+    def _is_down(mon: _Monitor) -> bool:
+        """Its failure is confirmed: its alert is open, or it is a location counted down."""
+        return mon.alert is not None or mon.located_down
+
+    def _down(self, mon: _Monitor, message: str, wall: float, actions: Actions) -> None:
+        """``mon``'s failure is confirmed: open its alert, or count it down among its sites."""
+        monitor_id = mon.spec.monitor_id
+        sites = self.sites.get(self.site_of.get(monitor_id, ""))
+        if sites is None:
+            mon.alert = Alert(self._ids(), "monitor_down", monitor_id, wall, message)
+            actions.events.append(Event("alert_opened", monitor_id, wall, message, mon.alert))
+            return
+        mon.located_down = True
+        sites.down[monitor_id] = f"{mon.spec.checkpoint_id}: {message}"
+        policy = sites.policy
+        total = len(policy.locations)
+        log.info(
+            "%s is down from checkpoint %s (%d of %d locations, %d needed)",
+            policy.monitor_id,
+            mon.spec.checkpoint_id,
+            len(sites.down),
+            total,
+            policy.min_failing,
+        )
+        if sites.alert is None and len(sites.down) >= policy.min_failing:
+            text = (
+                f"{policy.monitor_id} is down from {len(sites.down)} of {total} checkpoints: "
+                + "; ".join(sites.down.values())
+            )
+            sites.alert = Alert(self._ids(), "monitor_down", policy.monitor_id, wall, text)
+            actions.events.append(Event("alert_opened", policy.monitor_id, wall, text, sites.alert))
+
+    def _location_up(self, mon: _Monitor, wall: float, actions: Actions, said: str) -> None:
+        """A location counted down is up (or gone): its sites' alert resolves when fewer than
+        the policy's ``min_failing`` locations are still down."""
+        mon.located_down = False
+        sites = self.sites.get(self.site_of.get(mon.spec.monitor_id, ""))
+        if sites is None:
+            return
+        sites.down.pop(mon.spec.monitor_id, None)
+        policy = sites.policy
+        if sites.alert is not None and len(sites.down) < policy.min_failing:
+            alert, sites.alert = sites.alert, None
+            message = (
+                f"{policy.monitor_id} is up: {said}; down from {len(sites.down)} of "
+                f"{len(policy.locations)} checkpoints"
+            )
+            actions.events.append(Event("alert_resolved", policy.monitor_id, wall, message, alert))
+
+    # -- monitors on several checkpoints -------------------------------------------------------
+
+    def set_sites(self, policy: SitePolicy) -> Actions:
+        """Watch ``policy.monitor_id`` from its locations (see :class:`SitePolicy`); replaces the
+        policy of the same id. Its open alert resolves if the new policy no longer calls for it.
+        :class:`ValueError` when a location is listed twice or belongs to another policy, or
+        ``min_failing`` is not between 1 and the number of locations."""
+        locations = policy.locations
+        if not locations or len(set(locations)) != len(locations):
+            raise ValueError(f"{policy.monitor_id}: locations must be distinct, and at least one")
+        if not 1 <= policy.min_failing <= len(locations):
+            raise ValueError(
+                f"{policy.monitor_id}: min_failing must be between 1 and {len(locations)}, got "
+                f"{policy.min_failing!r}"
+            )
+        if policy.monitor_id in locations or policy.monitor_id in self.site_of:
+            raise ValueError(f"{policy.monitor_id}: already a location")
+        for location in locations:
+            owner = self.site_of.get(location)
+            if owner is not None and owner != policy.monitor_id:
+                raise ValueError(f"{location} is already a location of {owner}")
+        if policy.monitor_id in self.monitors:
+            raise ValueError(f"{policy.monitor_id}: already the id of a monitor")
+        actions = Actions()
+        old = self.sites.pop(policy.monitor_id, None)
+        for location in old.policy.locations if old else ():
+            if location not in locations:
+                self.site_of.pop(location, None)
+                mon = self.monitors.get(location)
+                if mon is not None:
+                    mon.located_down = False
+        sites = self.sites[policy.monitor_id] = _Sites(policy, alert=old.alert if old else None)
+        for location in locations:
+            self.site_of[location] = policy.monitor_id
+            mon = self.monitors.get(location)
+            if mon is not None and mon.located_down:
+                sites.down[location] = f"{mon.spec.checkpoint_id}: down"
+        if sites.alert is not None and len(sites.down) < policy.min_failing:
+            alert, sites.alert = sites.alert, None
+            message = f"{policy.monitor_id}: its policy changed; {len(sites.down)} down"
+            actions.events.append(
+                Event("alert_resolved", policy.monitor_id, self._wall(), message, alert)
+            )
+        return actions
+
+    def remove_sites(self, monitor_id: str) -> Actions:
+        """Forget a :class:`SitePolicy`: its open alert resolves, and its locations that were
+        down alert on their own at their next failure."""
+        actions = Actions()
+        sites = self.sites.pop(monitor_id, None)
+        if sites is None:
+            return actions
+        for location in sites.policy.locations:
+            self.site_of.pop(location, None)
+            mon = self.monitors.get(location)
+            if mon is not None:
+                mon.located_down = False
+        if sites.alert is not None:
+            message = f"{monitor_id} is no longer watched from several checkpoints"
+            actions.events.append(
+                Event("alert_resolved", monitor_id, self._wall(), message, sites.alert)
+            )
         return actions
 
     def _confirm(self, mon: _Monitor, now: float, wall: float, actions: Actions, said: str) -> bool:
@@ -852,9 +1065,16 @@ class ControlLogic:
         used = {mon.first_failure, *mon.confirmed}
         choices = [i for i in self.alive(mon.spec.checkpoint_id, kind) if i not in used]
         last = mon.confirmed[-1] if mon.confirmed else mon.first_failure
-        target = self.rng.choice(choices) if choices else None
+        if not choices:
+            target = None
+        elif self.assignment == "spread":
+            target = rendezvous_rank(mon.spec.monitor_id, choices)[0]
+        else:
+            target = self.rng.choice(choices)
         if target is None:
-            target = self._pick(mon.spec.checkpoint_id, avoid=last, kind=kind)
+            target = self._pick(
+                mon.spec.checkpoint_id, avoid=last, kind=kind, monitor_id=mon.spec.monitor_id
+            )
         if target is None:
             reporter = self.instances.get(last) if last is not None else None
             if reporter is None or not reporter.runs(kind):
@@ -933,13 +1153,19 @@ class ControlLogic:
         avoid: str | None,
         kind: str | None = None,
         exclude: str | None = None,
+        monitor_id: str | None = None,
     ) -> str | None:
         """A live instance of the checkpoint for a run of ``kind``: never ``exclude``, and not
-        ``avoid`` when there is a choice."""
+        ``avoid`` when there is a choice. With ``"spread"`` assignment and a ``monitor_id``, the
+        first of the remaining choices in the monitor's rendezvous order; else a random one."""
         choices = [i for i in self.alive(checkpoint_id, kind) if i != exclude]
         if len(choices) > 1 and avoid in choices:
             choices.remove(avoid)
-        return self.rng.choice(choices) if choices else None
+        if not choices:
+            return None
+        if self.assignment == "spread" and monitor_id is not None:
+            return rendezvous_rank(monitor_id, choices)[0]
+        return self.rng.choice(choices)
 
     def order(self, instance_id: str, monitor_id: str, reason: Reason, now: float) -> RunOrder:
         """A run of ``monitor_id`` for ``instance_id``, outstanding from ``now`` until its
