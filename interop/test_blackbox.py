@@ -1,5 +1,5 @@
 """probekit exporter beside Debian's blackbox_exporter: one blackbox.yml, the same targets (a
-local nginx with plain, TLS, redirect, JSON and 404 endpoints, a TCP port, a DNS server, ICMP to
+local nginx with plain, TLS, redirect, JSON, 404 and slow endpoints, a TCP port, a DNS server, ICMP to
 loopback), the same /probe requests. Per request: the same metric names (less the differences
 docs/exporter.md lists), equal probe_success and status codes, phases within PHASE_TOLERANCE.
 """
@@ -215,6 +215,7 @@ CASES = [
     ("http_2xx", "http://127.0.0.1:{http}/", "http", 1),
     ("http_2xx", "http://127.0.0.1:{http}/missing", "http", 0),
     ("http_2xx", "http://127.0.0.1:{http}/redirect", "http", 1),
+    ("http_2xx", "http://127.0.0.1:{http}/slow", "http", 1),  # about 1 s in transfer
     ("http_json", "http://127.0.0.1:{http}/json", "http", 1),
     ("http_json", "http://127.0.0.1:{http}/", "http", 0),
     ("http_404", "http://127.0.0.1:{http}/missing", "http", 1),

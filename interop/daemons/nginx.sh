@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # nginx on loopback high ports with the endpoints test_blackbox.py probes: plain and TLS (a
-# self-signed certificate for 127.0.0.1, its PEM is the CA file), a redirect, JSON, a 404.
+# self-signed certificate for 127.0.0.1, its PEM is the CA file), a redirect, JSON, a 404 and a
+# slow body (/slow: 32 KiB sent at 32 KiB/s).
 # Usage: nginx.sh start|stop STATEDIR. start prints HTTP_PORT=, HTTPS_PORT=, CA_FILE=.
 set -euo pipefail
 action=$1
@@ -19,6 +20,7 @@ start)
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
         -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
         -keyout "$dir/server.key" -out "$dir/server.pem" 2>/dev/null
+    head -c 32768 /dev/zero > "$dir/slow.bin"  # /slow: 32 KiB at 32 KiB/s, about a second
     temp=""
     for name in client_body proxy fastcgi uwsgi scgi; do
         temp+="${name}_temp_path $dir/${name}_temp; "
@@ -44,6 +46,7 @@ http {
         location = /json { default_type application/json; return 200 '{"status": "ok", "items": [1, 2, 3]}'; }
         location = /redirect { return 302 /; }
         location = /missing { return 404 "not here\n"; }
+        location = /slow { alias $dir/slow.bin; default_type application/octet-stream; limit_rate 32k; limit_rate_after 0; }
     }
 }
 CONF
