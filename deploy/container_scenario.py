@@ -25,6 +25,10 @@ and secrets of the project are removed at the end (unless --keep). Needs root an
 CONTAINERS_CONF points at deploy/podman/containers.conf (runc, no default rlimits, netavark).
 """
 
+# ruff: noqa: S603, S607, S608
+# (it runs podman and the image's Python, and queries the control plane's database with SQL of
+# its own: result ids it read itself, times it took itself)
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +43,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "localhost/probekit-base:bookworm"
@@ -97,10 +101,23 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90) -> T
 
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 _SERVICE_KEYS = {
-    "image", "read_only", "restart", "cap_drop", "security_opt", "tmpfs", "command",
-    "entrypoint", "volumes", "secrets", "networks", "ports", "depends_on", "profiles",
-    "healthcheck", "environment",
-}  # fmt: skip
+    "image",
+    "read_only",
+    "restart",
+    "cap_drop",
+    "security_opt",
+    "tmpfs",
+    "command",
+    "entrypoint",
+    "volumes",
+    "secrets",
+    "networks",
+    "ports",
+    "depends_on",
+    "profiles",
+    "healthcheck",
+    "environment",
+}
 
 
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
@@ -120,9 +137,7 @@ class Compose:
         self.dir = path.parent
         self.project = project
         data = interpolate(yaml.safe_load(path.read_text()), env)
-        self.services: dict[str, dict[str, Any]] = {
-            name: spec for name, spec in data["services"].items()
-        }
+        self.services: dict[str, dict[str, Any]] = dict(data["services"])
         for name, spec in self.services.items():
             unknown = set(spec) - _SERVICE_KEYS
             check(not unknown, f"compose.yaml: service {name}: keys this runner lacks: {unknown}")
@@ -239,9 +254,19 @@ def spool_ids(image: str, volume: str) -> list[str]:
         "print(json.dumps([r[0] for r in c.execute('SELECT result_id FROM entries')]))"
     )
     out = podman(
-        "run", "--rm", "--read-only", "--network", "none", "--volume",
-        f"{volume}:/var/lib/probekit", "--entrypoint", PYTHON, image, "-c", code,
-    )  # fmt: skip
+        "run",
+        "--rm",
+        "--read-only",
+        "--network",
+        "none",
+        "--volume",
+        f"{volume}:/var/lib/probekit",
+        "--entrypoint",
+        PYTHON,
+        image,
+        "-c",
+        code,
+    )
     return json.loads(out)  # type: ignore[no-any-return]
 
 
@@ -261,19 +286,37 @@ def build(image: str, rebuild_base: bool) -> dict[str, Any]:
     wheels = ROOT / "deploy/image/wheels"
     say("wheelhouse: pip wheel of the dependencies (and hatchling, to build probekit's wheel)")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-         f"{ROOT}[exporter,dns]", "hatchling"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            f"{ROOT}[exporter,dns]",
+            "hatchling",
+        ],
         check=True,
-    )  # fmt: skip
+    )
     for built in wheels.glob("probekit-*.whl"):
         built.unlink()  # stage one builds it
     say(f"building {image}")
     started = time.monotonic()
     podman(
-        "build", "--format", "docker", "--build-arg", f"BASE={BASE_TAG}",
-        "--build-arg", "PIP_OPTIONS=--no-index", "--tag", image, "--file",
-        str(ROOT / "Containerfile"), str(ROOT),
-    )  # fmt: skip
+        "build",
+        "--format",
+        "docker",
+        "--build-arg",
+        f"BASE={BASE_TAG}",
+        "--build-arg",
+        "PIP_OPTIONS=--no-index",
+        "--tag",
+        image,
+        "--file",
+        str(ROOT / "Containerfile"),
+        str(ROOT),
+    )
     figures["image_build_s"] = round(time.monotonic() - started, 1)
     figures["image_bytes"] = int(podman("image", "inspect", "--format", "{{.Size}}", image))
     figures["base_bytes"] = int(podman("image", "inspect", "--format", "{{.Size}}", BASE_TAG))
@@ -281,10 +324,21 @@ def build(image: str, rebuild_base: bool) -> dict[str, Any]:
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install",
-             "--quiet", "--no-index", "--find-links", str(wheels), f"{ROOT}[exporter,dns]"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(venv / "bin/python"),
+                "install",
+                "--quiet",
+                "--no-index",
+                "--find-links",
+                str(wheels),
+                f"{ROOT}[exporter,dns]",
+            ],
             check=True,
-        )  # fmt: skip
+        )
         figures["pip_install_bytes"] = sum(
             f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink()
         )
@@ -319,7 +373,8 @@ def assert_hardened(image: str, container: str) -> None:
     check(state == "writable", f"{container}: the volume is {state!r}")
     check(not any(tools.values()), f"{container}: build tools at run time: {tools}")
     say(
-        f"{container}: uid {uid} gid {gid}, root filesystem read-only, volume writable, no {', '.join(tools)}"
+        f"{container}: uid {uid} gid {gid}, root filesystem read-only, volume writable, "
+        f"no {', '.join(tools)}"
     )
 
 
@@ -337,8 +392,9 @@ def topology(image: str, keep: bool) -> Iterator[Compose]:
     with tempfile.TemporaryDirectory() as secrets:
         subprocess.run(
             ["bash", str(ROOT / "deploy/compose/secrets.sh"), secrets],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+        )
         env = {
             "PROBEKIT_IMAGE": image,
             "PROBEKIT_SECRETS": secrets,
@@ -380,8 +436,10 @@ def scenario(image: str, keep: bool, figures: dict[str, Any]) -> None:
         figures["topology_start_s"] = round(time.monotonic() - started, 1)
         for container in (control, a, b, target):
             podman("healthcheck", "run", container)  # exit 0: healthy
-        say(f"up: control plane, office-a, office-b, target; both instances connected in "
-            f"{figures['topology_start_s']} s; HEALTHCHECK healthy on all four")  # fmt: skip
+        say(
+            f"up: control plane, office-a, office-b, target; both instances connected in "
+            f"{figures['topology_start_s']} s; HEALTHCHECK healthy on all four"
+        )
         for container in (control, a):
             assert_hardened(image, container)
         usage = json.loads(podman("stats", "--no-stream", "--format", "json", control, a, b))
@@ -417,8 +475,10 @@ def scenario(image: str, keep: bool, figures: dict[str, Any]) -> None:
         check(bool(confirms), f"no confirming result: {downs}")
         check(confirms[0][0] != first, f"confirmed on the same instance: {downs}")
         unconfirmed = query(control, "SELECT count(*) FROM events WHERE kind = 'unconfirmed'")[0][0]
-        say(f"failure on {first[-8:]}, unconfirmed event x{unconfirmed}, confirmed on "
-            f"{confirms[0][0][-8:]}, 1 alert opened")  # fmt: skip
+        say(
+            f"failure on {first[-8:]}, unconfirmed event x{unconfirmed}, confirmed on "
+            f"{confirms[0][0][-8:]}, 1 alert opened"
+        )
         py(
             target,
             "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/mend', b'')",
@@ -432,7 +492,7 @@ def scenario(image: str, keep: bool, figures: dict[str, Any]) -> None:
                     "AND resolved_at IS NOT NULL",
                 )[0][0]
                 == 1
-            ),  # fmt: skip
+            ),
         )
         resolved = query(control, "SELECT count(*) FROM events WHERE kind = 'alert_resolved'")[0][0]
         check(resolved == 1, f"{resolved} alert_resolved events")
@@ -454,14 +514,19 @@ def scenario(image: str, keep: bool, figures: dict[str, Any]) -> None:
             return counts.get("office-b") if counts.get("office-b", 0) >= 5 else None
 
         by_b = wait_for("office-b covering", covered)
-        late_a = query(control, f"SELECT count(*) FROM results WHERE instance_id = 'office-a' "
-                                f"AND stored_at > {stopped_at + 1}")[0][0]  # fmt: skip
+        late_a = query(
+            control,
+            f"SELECT count(*) FROM results WHERE instance_id = 'office-a' "
+            f"AND stored_at > {stopped_at + 1}",
+        )[0][0]
         check(late_a == 0, f"{late_a} results from the stopped office-a")
         check(connected(control) == 1, "connected instances after the stop")
         cp_alerts = query(control, "SELECT count(*) FROM alerts WHERE kind = 'checkpoint_down'")
         check(cp_alerts[0][0] == 0, "a checkpoint_down alert with one instance still up")
-        say(f"office-a stopped (drained, exit 0): office-b ran the next {by_b} checks, "
-            "0 from office-a, no checkpoint alert")  # fmt: skip
+        say(
+            f"office-a stopped (drained, exit 0): office-b ran the next {by_b} checks, "
+            "0 from office-a, no checkpoint alert"
+        )
         podman("start", a)
         wait_for("office-a back", lambda: connected(control) == 2)
 
@@ -471,12 +536,14 @@ def scenario(image: str, keep: bool, figures: dict[str, Any]) -> None:
         spooled = {name: spool_ids(image, compose.name(f"{name}-spool")) for name in INSTANCES}
         wait_for(
             "both instances reported down",
-            lambda: query(
-                control,
-                "SELECT count(DISTINCT subject) FROM events WHERE kind = 'instance_down' "
-                f"AND at >= {killed_at}",
-            )[0][0]
-            == 2,
+            lambda: (
+                query(
+                    control,
+                    "SELECT count(DISTINCT subject) FROM events WHERE kind = 'instance_down' "
+                    f"AND at >= {killed_at}",
+                )[0][0]
+                == 2
+            ),
         )
         alert = wait_for("the checkpoint_down alert", lambda: alerts_of(control, "checkpoint_down"))
         check(len(alert) == 1 and alert[0][0] == "office", f"checkpoint_down alerts: {alert}")
@@ -552,10 +619,8 @@ def carried_over(control: str, spooled: Mapping[str, Sequence[str]]) -> dict[str
         return rows if len(rows) == len(ids) else None
 
     if ids:
-        try:
+        with suppress(Failed):  # what is missing is counted as lost below
             wait_for("the spooled results stored", stored)
-        except Failed:
-            pass  # counted as lost below
     found = {
         r[0] for r in query(control, f"SELECT result_id FROM results WHERE result_id IN ({listed})")
     }
@@ -586,11 +651,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     figures = build(args.image, args.rebuild_base)
     mib = 1024 * 1024
-    say(f"image {args.image}: {figures['image_bytes'] / mib:.1f} MiB (base "
+    say(
+        f"image {args.image}: {figures['image_bytes'] / mib:.1f} MiB (base "
         f"{figures['base_bytes'] / mib:.1f} MiB + probekit "
         f"{(figures['image_bytes'] - figures['base_bytes']) / mib:.1f} MiB); plain pip install "
         f"into a virtualenv: {figures['pip_install_bytes'] / mib:.1f} MiB; built in "
-        f"{figures['image_build_s']} s; `run --rm IMAGE --version` {figures['run_version_s']} s")  # fmt: skip
+        f"{figures['image_build_s']} s; `run --rm IMAGE --version` {figures['run_version_s']} s"
+    )
     try:
         scenario(args.image, args.keep, figures)
     except Failed as exc:
