@@ -199,7 +199,9 @@ class Compose:
 
     def down(self) -> None:
         for service in self.services:
-            podman("rm", "--force", "--time", "0", self.container(service), check_rc=False)
+            podman(
+                "rm", "--force", "--volumes", "--time", "0", self.container(service), check_rc=False
+            )
         for net in self.networks:
             podman("network", "rm", "--force", self.name(net), check_rc=False)
         for volume in self.volumes:

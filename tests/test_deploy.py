@@ -353,3 +353,35 @@ def test_compose_shape() -> None:
         assert service["networks"] == ["checkpoint"]
     targets = [s for s in services.values() if "demo-targets" in s.get("profiles", [])]
     assert targets
+
+
+def load_scenario() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "container_scenario", ROOT / "deploy" / "container_scenario.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_container_session_reads_every_key_of_compose_yaml(tmp_path: Path) -> None:
+    """`nox -s container` runs compose.yaml through podman itself: a key it does not know would
+    be dropped silently, so it refuses one, and compose.yaml must use none."""
+    scenario = load_scenario()
+    compose = scenario.Compose(ROOT / "compose.yaml", "t", {"PROBEKIT_SECRETS": "/s"})
+    assert compose.services["office-a"]["image"] == "localhost/probekit:latest"
+    assert compose.secrets["office_token"]["file"] == "/s/office.token"
+    assert compose.container("office-a") == "t-office-a"
+    data = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    data["services"]["office-a"]["privileged"] = True
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(scenario.Failed, match="privileged"):
+        scenario.Compose(path, "t", {})
+
+
+def test_compose_interpolation() -> None:
+    scenario = load_scenario()
+    assert scenario.interpolate("${A:-x}/${B}", {"B": "b"}) == "x/b"
+    assert scenario.interpolate(["${A:-x}", {"k": "${A}"}], {"A": "a"}) == ["a", {"k": "a"}]
