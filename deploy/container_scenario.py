@@ -25,9 +25,9 @@ and secrets of the project are removed at the end (unless --keep). Needs root an
 CONTAINERS_CONF points at deploy/podman/containers.conf (runc, no default rlimits, netavark).
 """
 
-# ruff: noqa: S603, S607, S608
-# (it runs podman and the image's Python, and queries the control plane's database with SQL of
-# its own: result ids it read itself, times it took itself)
+# ruff: noqa: S603, S607, S608, S106
+# (it runs podman and the image's Python, queries the control plane's database with SQL of its
+# own: result ids it read itself, times it took itself, and writes throwaway test tokens)
 
 from __future__ import annotations
 
@@ -638,11 +638,215 @@ def carried_over(control: str, spooled: Mapping[str, Sequence[str]]) -> dict[str
     return {"spooled": len(ids), "lost": lost, "duplicated": twice, "resends_dropped": dropped}
 
 
+# --- the systemd units, started under systemd --------------------------------------------
+
+SYSTEMD_BASE = "localhost/probekit-systemd-base:bookworm"
+SYSTEMD_IMAGE = "localhost/probekit-systemd:ci"
+SYSTEMD_CONTROL_TOML = """\
+[control]
+host = "127.0.0.1"
+port = 8443
+db = "/var/lib/probekit-control/control.db"
+tls_cert = "/etc/probekit/control.pem"
+tls_key = "{key}"
+heartbeat_interval = 2
+
+[[checkpoints]]
+id = "office"
+token = {token}
+
+[[monitors]]
+id = "self"
+checkpoint = "office"
+interval = 2
+kind = "tcp"
+host = "127.0.0.1"
+port = 8443
+"""
+#: Where the control plane finds its secrets: the units' credentials.
+CREDENTIALS = {
+    "key": "/run/credentials/probekit-control.service/control-key.pem",
+    "token": '{ file = "/run/credentials/probekit-control.service/tokens/office.token" }',
+}
+#: What systemd must report for each unit (`systemctl show`), as it read the unit files.
+SHOWN = {
+    "DynamicUser": "yes",
+    "ProtectSystem": "strict",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "PrivateDevices": "yes",
+    "ProtectHome": "yes",
+}
+UNITS = ("probekit-control", "probekit-checkpoint@office-a", "probekit-checkpoint@office-b")
+
+
+def systemd_units(image: str, figures: dict[str, Any]) -> None:
+    """Start deploy/systemd/'s units under systemd (PID 1 of a privileged container of a Debian
+    base with systemd, no network but loopback), as an operator installs them, and check that
+    they run hardened: a control plane and two checkpoint instances, results from both, dynamic
+    users, the state directories, the options in effect, a drain on `systemctl stop`."""
+    exists = subprocess.run(["podman", "image", "exists", SYSTEMD_BASE], check=False)
+    if exists.returncode != 0:
+        say(f"building {SYSTEMD_BASE} (debootstrap with systemd)")
+        subprocess.run(
+            ["bash", str(ROOT / "deploy/image/build-base.sh"), SYSTEMD_BASE],
+            check=True,
+            env={**os.environ, "EXTRA_PACKAGES": "systemd,systemd-sysv,dbus"},
+        )
+    podman(
+        "build", "--format", "docker", "--build-arg", f"PROBEKIT={image}",
+        "--build-arg", f"BASE={SYSTEMD_BASE}", "--tag", SYSTEMD_IMAGE,
+        "--file", str(ROOT / "deploy/systemd/Containerfile.test"), str(ROOT),
+    )  # fmt: skip
+    name = f"{PROJECT}-systemd"
+    with tempfile.TemporaryDirectory() as etc:
+        subprocess.run(
+            ["bash", str(ROOT / "deploy/compose/secrets.sh"), etc], check=True, capture_output=True
+        )
+        conf = Path(etc)
+        conf.chmod(0o755)
+        (conf / "tokens").mkdir()
+        for source, target in (
+            ("office.token", "tokens/office.token"),
+            ("office.token", "checkpoint.token"),
+        ):
+            (conf / target).write_bytes((conf / source).read_bytes())
+            (conf / target).chmod(0o600)
+        (conf / "control-key.pem").chmod(0o600)
+        (conf / "checkpoint.env").write_text(
+            "PROBEKIT_URL=wss://control:8443/\nPROBEKIT_CHECKPOINT_ID=office\n"
+            "PROBEKIT_ARGS=--ca-file /etc/probekit/ca.pem --allow 127.0.0.0/8 "
+            "--heartbeat-interval 2 --metrics-port 0\n"
+        )
+        (conf / "checkpoint.env").chmod(0o600)
+        (conf / "control.toml").write_text(SYSTEMD_CONTROL_TOML.format(**CREDENTIALS))
+        podman("rm", "--force", "--time", "0", name, check_rc=False)
+        podman(
+            "run", "--detach", "--name", name, "--privileged", "--systemd=always",
+            "--network", "none", "--add-host", "control:127.0.0.1",
+            "--volume", f"{etc}:/etc/probekit", SYSTEMD_IMAGE,
+        )  # fmt: skip
+        try:
+            _systemd_checks(name, conf, figures)
+        finally:
+            logs = podman(
+                "exec", name, "journalctl", "--no-pager", "-n", "12",
+                *(f"--unit={u}" for u in UNITS), check_rc=False,
+            )  # fmt: skip
+            if logs.strip():
+                say(f"last lines of the units' journal:\n{logs}")
+            podman("rm", "--force", "--time", "0", name, check_rc=False)
+
+
+def _systemd_checks(name: str, conf: Path, figures: dict[str, Any]) -> None:
+    def ctl(*args: str) -> str:
+        return podman("exec", name, "systemctl", *args, check_rc=False).strip()
+
+    state = wait_for("systemd up", lambda: ctl("is-system-running") in ("running", "degraded"))
+    del state
+    # Credentials: systemd copies them for the service user; a kernel that refuses it that
+    # access (gVisor does, on the development machine) gets the token from EnvironmentFile=
+    # for this run, which the report says.
+    probe = podman(
+        "exec", name, "systemd-run", "--wait", "--pipe", "--quiet", "-p", "DynamicUser=yes",
+        "-p", "LoadCredential=t:/etc/probekit/checkpoint.token", "/bin/sh", "-c",
+        'test -r "$CREDENTIALS_DIRECTORY/t" && echo readable || echo unreadable',
+    ).strip()  # fmt: skip
+    figures["systemd_credentials"] = probe
+    if probe != "readable":
+        say("systemd here gives a service no access to its credentials (LoadCredential=): "
+            "for this run the token comes from an EnvironmentFile= drop-in instead")  # fmt: skip
+        token = (conf / "checkpoint.token").read_text().strip()
+        (conf / "test-token.env").write_text(f"PROBEKIT_TOKEN={token}\n")
+        (conf / "test-token.env").chmod(0o600)
+        (conf / "control-key.pem").chmod(0o644)
+        (conf / "control.toml").write_text(
+            SYSTEMD_CONTROL_TOML.format(
+                key="/etc/probekit/control-key.pem", token='{ env = "PROBEKIT_TOKEN" }'
+            )
+        )
+        dropins = {
+            "probekit-control.service": "[Service]\nLoadCredential=\n"
+            "EnvironmentFile=/etc/probekit/test-token.env\n",
+            "probekit-checkpoint@.service": "[Service]\nLoadCredential=\n"
+            "EnvironmentFile=/etc/probekit/test-token.env\nExecStart=\n"
+            "ExecStart=/opt/probekit/bin/probekit checkpoint --url ${PROBEKIT_URL} "
+            "--token-env PROBEKIT_TOKEN --checkpoint-id ${PROBEKIT_CHECKPOINT_ID} "
+            "--instance-id %i --spool /var/lib/probekit/%i/spool.db $PROBEKIT_ARGS\n",
+        }
+        for unit, text in dropins.items():
+            code = (
+                "import pathlib, sys; d = pathlib.Path('/etc/systemd/system') / sys.argv[1];"
+                "d.mkdir(exist_ok=True); (d / 'test.conf').write_text(sys.argv[2])"
+            )
+            podman("exec", name, "python3", "-c", code, f"{unit}.d", text)
+    # The second fence, derived from the checkpoint's --allow, as docs/deploy.md installs it.
+    rules = podman(
+        "exec", name, "/opt/probekit/bin/python", "/usr/local/share/probekit/ipaddress_rules.py",
+        "--allow", "127.0.0.0/8",
+    )  # fmt: skip
+    code = (
+        "import pathlib, sys;"
+        "d = pathlib.Path('/etc/systemd/system/probekit-checkpoint@.service.d');"
+        "d.mkdir(exist_ok=True); (d / 'egress.conf').write_text(sys.argv[1])"
+    )
+    podman("exec", name, "python3", "-c", code, rules)
+    ctl("daemon-reload")
+    started = time.monotonic()
+    ctl("start", *UNITS)
+    db = "/var/lib/private/probekit-control/control.db"
+
+    def both() -> list[list[Any]] | None:
+        rows = json.loads(
+            podman(
+                "exec", name, "python3", "-c",
+                "import json, sqlite3; c = sqlite3.connect('file:" + db + "?mode=ro', uri=True);"
+                "print(json.dumps(c.execute('SELECT instance_id, count(*) FROM results "
+                "WHERE status = \\'up\\' GROUP BY 1').fetchall()))",
+            )
+        )  # fmt: skip
+        return rows if len(rows) == 2 else None
+
+    rows = wait_for("UP results from both instances under systemd", both)
+    figures["systemd_start_s"] = round(time.monotonic() - started, 1)
+    for unit in UNITS:
+        shown = dict(
+            line.split("=", 1)
+            for line in ctl("show", unit, *(f"--property={p}" for p in SHOWN), "--property="
+                            "ActiveState,NRestarts,MainPID,IPAddressDeny,IPAddressAllow").splitlines()
+        )  # fmt: skip
+        check(shown["ActiveState"] == "active", f"{unit}: {shown['ActiveState']}")
+        check(shown["NRestarts"] == "0", f"{unit}: restarted {shown['NRestarts']} times")
+        for key, value in SHOWN.items():
+            same = sorted(shown[key].split()) == sorted(value.split())  # systemd sorts lists
+            check(same, f"{unit}: {key}={shown[key]!r}, expected {value!r}")
+        status = podman("exec", name, "cat", f"/proc/{shown['MainPID']}/status")
+        uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+        check(uid >= 61184, f"{unit}: runs as uid {uid}, not a dynamic user")
+        if "checkpoint" in unit:
+            check(shown["IPAddressDeny"] == "0.0.0.0/0 ::/0", f"{unit}: {shown['IPAddressDeny']}")
+            check("127.0.0.0/8" in shown["IPAddressAllow"], f"{unit}: {shown['IPAddressAllow']}")
+    ctl("stop", "probekit-checkpoint@office-a")
+    result = ctl("show", "probekit-checkpoint@office-a", "--property=Result,ExecMainStatus")
+    check("Result=success" in result and "ExecMainStatus=0" in result, f"stop: {result}")
+    spool = podman("exec", name, "ls", "/var/lib/private/probekit/office-a/")
+    check("spool.db" in spool, f"no spool in the state directory: {spool}")
+    say(f"systemd units: control plane and office-a/office-b active under dynamic users in "
+        f"{figures['systemd_start_s']} s, results from both ({dict(rows)}); "
+        f"{', '.join(f'{k}={v}' for k, v in SHOWN.items())} in effect; IPAddressDeny=any with "
+        "IPAddressAllow= from ipaddress_rules.py; `systemctl stop` drained office-a (exit 0), its "
+        "spool kept in /var/lib/probekit/office-a")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default="localhost/probekit:ci")
     parser.add_argument("--keep", action="store_true", help="leave the topology running")
     parser.add_argument("--rebuild-base", action="store_true")
+    parser.add_argument(
+        "--no-systemd", action="store_true", help="skip starting deploy/systemd/'s units"
+    )
     args = parser.parse_args(argv)
     if shutil.which("podman") is None:
         sys.stderr.write("podman is not installed (apt-get install podman runc netavark ...)\n")
@@ -662,6 +866,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         scenario(args.image, args.keep, figures)
+        if not args.no_systemd:
+            systemd_units(args.image, figures)
     except Failed as exc:
         say(f"FAILED: {exc}")
         return 1

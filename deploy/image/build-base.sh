@@ -6,8 +6,10 @@
 #
 # debootstrap --variant=minbase (dpkg, apt, coreutils) plus python3 and python3-venv, with the
 # documentation, locales and apt's lists removed, imported with `podman import` as TAG
-# (default localhost/probekit-base:bookworm). Needs root, debootstrap and podman. Operators with
-# a registry use their usual Python base instead: pass it as --build-arg BASE=... .
+# (default localhost/probekit-base:bookworm). EXTRA_PACKAGES (comma-separated) adds packages:
+# the container session's systemd test adds systemd,systemd-sysv,dbus. Needs root, debootstrap
+# and podman. Operators with a registry use their usual Python base instead: pass it as
+# --build-arg BASE=... .
 set -euo pipefail
 
 tag=${1:-localhost/probekit-base:bookworm}
@@ -17,7 +19,7 @@ mirror=${3:-http://deb.debian.org/debian}
 root=$(mktemp -d /var/tmp/probekit-base.XXXXXX)
 trap 'rm -rf "$root"' EXIT
 
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates${EXTRA_PACKAGES:+,$EXTRA_PACKAGES} \
     "$suite" "$root" "$mirror" >&2
 
 # What a Python program never needs at run time.
