@@ -147,8 +147,9 @@ def container(session: nox.Session) -> None:
     base (debootstrap + `podman import`; public registries are not needed) and the image, then
     runs deploy/container_scenario.py: non-root and read-only asserted, a target broken and
     mended (confirmation, one alert, its resolution), one instance stopped, both killed, both
-    restarted on their volumes with nothing lost or stored twice. About 2.5 minutes from
-    nothing (the base takes about 1), 80 s once the base exists. Posargs pass through (`-- --keep`, `-- --rebuild-base`).
+    restarted on their volumes with nothing lost or stored twice; then deploy/systemd/'s units
+    started under systemd. About 3.5 minutes from nothing (the two debootstrap bases take 2),
+    80 s once the bases exist. Posargs pass through (`-- --keep`, `-- --no-systemd`).
     """
     if os.geteuid() != 0:
         session.error("the container session uses rootful podman: run it as root")

@@ -825,7 +825,8 @@ def _systemd_checks(name: str, conf: Path, figures: dict[str, Any]) -> None:
         uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
         check(uid >= 61184, f"{unit}: runs as uid {uid}, not a dynamic user")
         if "checkpoint" in unit:
-            check(shown["IPAddressDeny"] == "0.0.0.0/0 ::/0", f"{unit}: {shown['IPAddressDeny']}")
+            denied = sorted(shown["IPAddressDeny"].split())
+            check(denied == ["0.0.0.0/0", "::/0"], f"{unit}: {shown['IPAddressDeny']}")
             check("127.0.0.0/8" in shown["IPAddressAllow"], f"{unit}: {shown['IPAddressAllow']}")
     ctl("stop", "probekit-checkpoint@office-a")
     result = ctl("show", "probekit-checkpoint@office-a", "--property=Result,ExecMainStatus")
