@@ -1,7 +1,8 @@
 """probekit exporter beside Debian's blackbox_exporter: one blackbox.yml, the same targets (a
-local nginx with plain, TLS, redirect, JSON, 404 and slow endpoints, a TCP port, a DNS server, ICMP to
-loopback), the same /probe requests. Per request: the same metric names (less the differences
-docs/exporter.md lists), equal probe_success and status codes, phases within PHASE_TOLERANCE.
+local nginx with plain, TLS, redirect, JSON, 404 and slow endpoints, a TCP port, a DNS server,
+ICMP to loopback), the same /probe requests. Per request: the same metric names (less the
+differences docs/exporter.md lists), equal probe_success and status codes, phases within
+PHASE_TOLERANCE.
 """
 
 from __future__ import annotations
