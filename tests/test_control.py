@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from probekit import EgressPolicy, Result, Secret, Status, result_from_json
+from probekit import DefinitionError, EgressPolicy, Result, Secret, Status, result_from_json
 from probekit import protocol as p
 from probekit.control import ControlPlane, ControlSettings, MemorySink, WebhookSink, split_sync
 from probekit.control._logic import Event
@@ -507,3 +507,39 @@ async def test_a_webhook_the_policy_denies_is_never_dialled_and_the_failure_logg
         assert hook.connections == 0
     (line,) = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
     assert "policy_denied" in line and "127.0.0.2" in line
+
+
+async def test_add_monitors_is_one_write_and_one_sync_per_checkpoint(
+    plane: tuple[ControlPlane, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config file of many monitors reaches the instances as one delta sync (the fault
+    suite's benchmark saw 1,500 single-monitor syncs keep instances from answering runs)."""
+    cp, _ = plane
+    syncs: list[tuple[str, int]] = []
+    broadcast = cp._broadcast
+
+    async def counting(checkpoint_id: str, message: Any) -> None:
+        syncs.append((checkpoint_id, len(message.upserts)))
+        await broadcast(checkpoint_id, message)
+
+    monkeypatch.setattr(cp, "_broadcast", counting)
+    definition = {"kind": "tcp", "host": "127.0.0.1", "port": 9}
+    batch = [(f"m{i}", "office", definition, 30.0) for i in range(50)]
+    specs = await cp.add_monitors(batch)
+    assert [s.monitor_id for s in specs] == [f"m{i}" for i in range(50)]
+    assert syncs == [("office", 50)]
+    assert set(cp.monitors) >= {f"m{i}" for i in range(50)}
+    # the same again changes nothing: no write of a new revision, no sync
+    again = await cp.add_monitors(batch)
+    assert [s.revision for s in again] == [s.revision for s in specs]
+    assert syncs == [("office", 50)]
+    # one changed monitor: one sync with that monitor only, its revision one up
+    changed = await cp.add_monitors([("m3", "office", {**definition, "port": 10}, 30.0)])
+    assert changed[0].revision == specs[3].revision + 1
+    assert syncs[-1] == ("office", 1)
+    # a bad definition anywhere in the batch: nothing is added
+    with pytest.raises(DefinitionError):
+        await cp.add_monitors(
+            [("new1", "office", definition, 30.0), ("bad", "office", {"kind": "script"}, 30.0)]
+        )
+    assert "new1" not in cp.monitors

@@ -77,8 +77,9 @@ async def _apply_monitors(plane: ControlPlane, monitors: Sequence[MonitorSpec]) 
     for monitor_id in plane.monitors:
         if monitor_id not in wanted:
             await plane.remove_monitor(monitor_id)
-    for spec in monitors:
-        await plane.add_monitor(spec.monitor_id, spec.checkpoint_id, spec.definition, spec.interval)
+    await plane.add_monitors(
+        (spec.monitor_id, spec.checkpoint_id, spec.definition, spec.interval) for spec in monitors
+    )
 
 
 @contextlib.contextmanager

@@ -666,11 +666,58 @@ class ControlPlane:
         so instances need not rebuild it). A ``script`` definition is refused
         (:class:`~probekit.DefinitionError`): it runs code, so it is only defined locally.
         """
+        (spec,) = await self.add_monitors([(monitor_id, checkpoint_id, definition, interval)])
+        return spec
+
+    async def add_monitors(
+        self, monitors: Iterable[tuple[str, str, Mapping[str, Any], float]]
+    ) -> list[MonitorSpec]:
+        """:meth:`add_monitor` for many ``(monitor_id, checkpoint_id, definition, interval)``
+        at once: one database write for all, and one delta sync per checkpoint (a config file
+        of 2,000 monitors is 1 sync, not 2,000). Every definition is checked before anything is
+        stored; the first bad one raises and nothing is added."""
+        specs: list[MonitorSpec] = []
+        changed: list[MonitorSpec] = []
+        pending: dict[str, MonitorSpec] = {}
+        for monitor_id, checkpoint_id, definition, interval in monitors:
+            spec = self._next_spec(monitor_id, checkpoint_id, definition, interval, pending)
+            specs.append(spec)
+            if pending.get(monitor_id) is not spec and self._specs.get(monitor_id) is not spec:
+                pending[monitor_id] = spec
+                changed.append(spec)
+        if not changed:
+            return specs
+        final = list(pending.values())
+
+        def save(conn: sqlite3.Connection) -> None:
+            for spec in final:
+                db.save_monitor(conn, spec)
+
+        await self._store.call(save)
+        by_checkpoint: dict[str, list[MonitorSpec]] = {}
+        for spec in final:
+            self._specs[spec.monitor_id] = spec
+            self._revisions[spec.monitor_id] = spec.revision
+            self.logic.upsert_monitor(spec)
+            by_checkpoint.setdefault(spec.checkpoint_id, []).append(spec)
+        for checkpoint_id, batch in by_checkpoint.items():
+            await self._broadcast(checkpoint_id, self._sync(batch, []))
+        return [pending.get(s.monitor_id, s) for s in specs]
+
+    def _next_spec(
+        self,
+        monitor_id: str,
+        checkpoint_id: str,
+        definition: Mapping[str, Any],
+        interval: float,
+        pending: Mapping[str, MonitorSpec],
+    ) -> MonitorSpec:
+        """The spec ``add_monitor`` would store (the current one when nothing changes)."""
         if definition.get("kind") == "script":
             from ..probes.script import CONTROL_PLANE_REFUSAL
 
             raise DefinitionError("kind", CONTROL_PLANE_REFUSAL)
-        old = self._specs.get(monitor_id)
+        old = pending.get(monitor_id) or self._specs.get(monitor_id)
         if old is not None and (old.checkpoint_id, old.interval, old.definition) == (
             checkpoint_id,
             float(interval),
@@ -687,11 +734,6 @@ class ControlPlane:
             interval=spec.interval,
             definition=spec.definition,
         )
-        await self._store.call(lambda c: db.save_monitor(c, spec))
-        self._specs[monitor_id] = spec
-        self._revisions[monitor_id] = spec.revision
-        self.logic.upsert_monitor(spec)
-        await self._broadcast(checkpoint_id, self._sync([spec], []))
         return spec
 
     @property
