@@ -633,8 +633,26 @@ api_steps = st.lists(
     ),
     max_size=4,
 )
+#: Plain, valid step lists: the odd ones above rarely build, so these keep valid definitions
+#: (and the checks past the first refusal) in reach of every run.
+plain_api_steps = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["login", "create", "read", "delete"]),
+            "url": st.sampled_from(["http://127.0.0.1/", "http://127.0.0.1/items/{{id}}"]),
+        },
+        optional={
+            "method": st.sampled_from(["GET", "POST", "DELETE"]),
+            "extract": st.just([{"name": "id", "source": "json", "path": "$.id"}]),
+            "always_run": st.booleans(),
+        },
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda step: step["name"],
+)
 api_definitions = st.fixed_dictionaries(
-    {"kind": st.just("api"), "steps": _or_odd(api_steps)},
+    {"kind": st.just("api"), "steps": _or_odd(api_steps | plain_api_steps)},
     optional={
         "variables": _or_odd(
             st.dictionaries(
