@@ -24,7 +24,6 @@ import hmac
 import json
 import logging
 import math
-import sqlite3
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -108,8 +107,8 @@ DEFAULT_RETENTION: Final = 30 * 86400.0
 
 #: The settings a running control plane cannot change: they take a restart.
 RESTART_SETTINGS: Final = (
-    *("host", "port", "db_path", "ssl_context", "max_frame_bytes", "heartbeat_interval"),
-    *("metrics_host", "metrics_port"),
+    *("host", "port", "db_path", "db_password", "ssl_context", "max_frame_bytes"),
+    *("heartbeat_interval", "metrics_host", "metrics_port"),
 )
 
 
@@ -230,7 +229,9 @@ class ControlSettings:
     and an instance whose heartbeat is this late gets no runs. ``unanswered_runs`` runs in a row
     left unanswered by an instance that heartbeats get it disconnected. ``startup_grace``: after
     a start, a checkpoint has at least this long to connect before it is reported down.
-    ``db_path`` is the SQLite file (``:memory:`` for a throwaway one).
+    ``db_path`` is the SQLite file (``:memory:`` for a throwaway one) or a ``postgresql://``
+    URL (the ``probekit[postgres-store]`` extra), whose password, if the server asks for one,
+    is ``db_password`` (never part of the URL) or libpq's own (``PGPASSWORD``, ``~/.pgpass``).
 
     ``retention``: results, events, runs sent and resolved alerts older than this many seconds
     are deleted (None keeps everything), ``prune_batch`` rows per statement on the database's
@@ -253,6 +254,7 @@ class ControlSettings:
     host: str = "127.0.0.1"
     port: int = 0
     db_path: str = ":memory:"
+    db_password: Secret | None = None
     ssl_context: ssl.SSLContext | None = None
     heartbeat_interval: float = 5.0
     missed_heartbeats: int = 3
@@ -373,7 +375,7 @@ class ControlPlane:
         )
         for policy in sites:  # (before start() takes back the open alerts)
             self._set_sites(policy)
-        self._store = Store(settings.db_path)
+        self._store = Store(settings.db_path, settings.db_password)
         self._server: Any = None
         # websockets logs handshake headers at DEBUG, the instances' tokens among them; every
         # token ever configured stays masked (a reload adds the new ones).
@@ -512,7 +514,7 @@ class ControlPlane:
             self._server = None
         try:
             await self._flush_seen()
-        except sqlite3.Error:
+        except self._store.errors:
             log.exception("could not record the last-seen times")
         for sink in self.sinks:
             if callable(aclose := getattr(sink, "aclose", None)):
@@ -831,7 +833,7 @@ class ControlPlane:
     async def measure(self) -> None:
         """Read the database's size and the time of its oldest prunable row (for metrics)."""
 
-        def read(c: sqlite3.Connection) -> tuple[int, float | None]:
+        def read(c: db.Connection) -> tuple[int, float | None]:
             return db.size_bytes(c), db.oldest(c)
 
         self.db_bytes, self.oldest_row = await self._store.call(read)
@@ -842,7 +844,7 @@ class ControlPlane:
             try:
                 await self.prune()
                 await self.measure()
-            except sqlite3.Error:
+            except self._store.errors:
                 log.exception("could not prune the control-plane database")
             await asyncio.sleep(self.settings.prune_interval)
 
@@ -871,7 +873,7 @@ class ControlPlane:
         ``error_kind``, ``started_at``), ``stored_at`` (wall-clock Unix seconds) and ``result``,
         the result's JSON form as a dict (:func:`~probekit.result_from_json` reads it back)."""
 
-        def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(c: db.Connection) -> list[dict[str, Any]]:
             cols = list(_RESULT_COLUMNS)
             sql = f"SELECT {', '.join(cols)}, body FROM results"  # noqa: S608 - fixed columns
             args: tuple[Any, ...] = ()
@@ -879,7 +881,7 @@ class ControlPlane:
                 sql += " WHERE monitor_id=?"
                 args = (monitor_id,)
             rows = []
-            for *values, body in c.execute(sql + " ORDER BY stored_at, rowid", args):
+            for *values, body in c.execute(sql + f" ORDER BY stored_at, {db.rowid(c)}", args):
                 row = dict(zip(cols, values, strict=True))
                 row["result"] = json.loads(body) if body else None
                 rows.append(row)
@@ -901,7 +903,7 @@ class ControlPlane:
         None for events recorded by a version that kept no time), ``message``, ``alert_id``,
         ``alert_kind``."""
 
-        def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(c: db.Connection) -> list[dict[str, Any]]:
             cols = ["kind", "subject", "at", "message", "alert_id", "alert_kind"]
             rows = c.execute(f"SELECT {', '.join(cols)} FROM events ORDER BY id")  # noqa: S608 - fixed columns
             return [dict(zip(cols, row, strict=True)) for row in rows]
@@ -1201,7 +1203,7 @@ class ControlPlane:
                 self._seen_flushed = now
                 try:
                     await self._flush_seen()
-                except sqlite3.Error:
+                except self._store.errors:
                     log.exception("could not record the last-seen times")
             await asyncio.sleep(self.settings.tick_interval)
 
