@@ -821,6 +821,9 @@ class ControlPlane:
             deleted[table] = total
         pruned = sum(deleted.values())
         self.rows_pruned += pruned
+        if pruned and self._store.postgres:
+            emptied = [t for t, n in deleted.items() if n]
+            await self._store.call(functools.partial(db.vacuum, tables=emptied))
         if pruned:
             log.info(
                 "pruned %d rows older than %g s (%s)",

@@ -14,7 +14,7 @@ Columns that hold times are ``double precision`` (wall-clock Unix seconds, as in
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -111,9 +111,15 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
         self._tx: list[_Transaction] = []
+        self._trace: Callable[[str], object] | None = None
 
-    @staticmethod
-    def _sql(sql: str) -> Any:
+    def set_trace_callback(self, trace: Callable[[str], object] | None) -> None:
+        """Call ``trace`` with each statement run (None: stop), as sqlite3's does."""
+        self._trace = trace
+
+    def _sql(self, sql: str) -> Any:
+        if self._trace is not None:
+            self._trace(sql)
         if "%" in sql:
             raise ValueError("a query for PostgreSQL must not hold a literal %")
         return sql.replace("?", "%s")

@@ -426,6 +426,16 @@ def prune_batch(c: Connection, table: str, cutoff: float, limit: int) -> int:
         return c.execute(sql, (cutoff, limit)).rowcount
 
 
+def vacuum(c: Connection, tables: Iterable[str]) -> None:
+    """PostgreSQL: make the space of the rows just pruned reusable at once (``VACUUM``, not
+    waiting for autovacuum), so the tables stay the same size at a steady rate. SQLite reuses
+    freed pages by itself: nothing to do."""
+    if is_pg(c):
+        for table in tables:
+            if table in PRUNED_TABLES:
+                c.execute(f"VACUUM {table}")
+
+
 def oldest(c: Connection) -> float | None:
     """The wall-clock time of the oldest prunable row of any pruned table (read from the
     indexes), or None when there is none."""
