@@ -71,7 +71,7 @@ from ._sinks import (
 from ._sinks import (
     event_to_dict as event_to_dict,
 )
-from ._store import Store
+from ._store import Store, is_postgres
 
 if TYPE_CHECKING:
     from .._metrics_server import MetricsServer
@@ -108,7 +108,7 @@ DEFAULT_RETENTION: Final = 30 * 86400.0
 #: The settings a running control plane cannot change: they take a restart.
 RESTART_SETTINGS: Final = (
     *("host", "port", "db_path", "db_password", "ssl_context", "max_frame_bytes"),
-    *("heartbeat_interval", "metrics_host", "metrics_port"),
+    *("heartbeat_interval", "metrics_host", "metrics_port", "standby", "standby_poll"),
 )
 
 
@@ -160,7 +160,11 @@ def _check_settings(settings: ControlSettings) -> None:
             raise DefinitionError(
                 name, f"must be a finite number of seconds, 0 or more, got {value!r}"
             )
-    for name in ("retention", "prune_interval"):
+    if settings.standby and not is_postgres(settings.db_path):
+        raise DefinitionError(
+            "standby", "needs a postgresql:// db_path shared by the control planes"
+        )
+    for name in ("retention", "prune_interval", "standby_poll"):
         value = getattr(settings, name)
         if value is None and name == "retention":
             continue
@@ -248,6 +252,12 @@ class ControlSettings:
     other than the last one; ``"spread"`` gives each monitor to one live instance of its
     checkpoint by rendezvous hashing (N instances share the monitors; when one leaves only its
     monitors move). See ``docs/checkpoint.md``.
+
+    ``standby`` (PostgreSQL only): several control planes share the database and one is active,
+    the one holding the database's advisory lock; :meth:`ControlPlane.start` of the others waits
+    for it, trying every ``standby_poll`` seconds, and the active one checks its hold as often:
+    when its database connection (and so the lock) is lost, it stops serving
+    (:attr:`ControlPlane.demoted`). See ``docs/checkpoint.md``, "A standby control plane".
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
@@ -276,6 +286,8 @@ class ControlSettings:
     flap_high: float = 50.0
     flap_low: float = 25.0
     assignment: Assignment = "alternate"
+    standby: bool = False
+    standby_poll: float = 1.0
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -405,12 +417,24 @@ class ControlPlane:
         self._metrics_server: MetricsServer | None = None
         #: Called with each newly stored result envelope (after deduplication), e.g. by a UI.
         self.result_listeners: list[Callable[[p.ResultEnvelope], None]] = []
+        #: With ``standby``: holding the active lock now; set when the lock is lost (the plane
+        #: then serves no more), and callbacks told so.
+        self.active = not settings.standby
+        self.demoted = asyncio.Event()
+        self.demoted_listeners: list[Callable[[], None]] = []
+
+    @property
+    def storage_errors(self) -> tuple[type[Exception], ...]:
+        """The exceptions a failing database query raises (sqlite3's, psycopg's)."""
+        return self._store.errors
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
+        if self.settings.standby:
+            await self._become_active()
         for spec in await self._store.call(db.load_monitors):
             self._specs[spec.monitor_id] = spec
             self.logic.upsert_monitor(spec)
@@ -449,6 +473,8 @@ class ControlPlane:
         self._loop_seen = asyncio.get_running_loop().time()
         self._spawn(self._ticker())
         self._spawn(self._watch_stalls())
+        if self.settings.standby:
+            self._spawn(self._hold_active())
         await self.measure()
         self._spawn(self._maintain())
         if self.settings.metrics_port is not None:
@@ -520,6 +546,56 @@ class ControlPlane:
             if callable(aclose := getattr(sink, "aclose", None)):
                 await aclose()
         await self._store.close()
+
+    async def _become_active(self) -> None:
+        """Wait, as a standby, until this control plane holds the database's active lock."""
+        waited = False
+        while not await self._store.call(db.try_active_lock):
+            if not waited:
+                log.info(
+                    "standby: another control plane is active on this database; "
+                    "taking over when it stops (trying every %g s)",
+                    self.settings.standby_poll,
+                )
+                waited = True
+            await asyncio.sleep(self.settings.standby_poll)
+        self.active = True
+        log.info("active: holding the database's lock%s", " (took over)" if waited else "")
+
+    async def _hold_active(self) -> None:
+        """Check every ``standby_poll`` seconds that the connection holding the lock lives (a
+        psycopg connection never reconnects by itself: while it answers, the lock is held)."""
+        bound = max(5 * self.settings.standby_poll, 5.0)
+        failures: tuple[type[Exception], ...] = (TimeoutError, *self._store.errors)
+        while True:
+            await asyncio.sleep(self.settings.standby_poll)
+            try:
+                async with asyncio.timeout(bound):
+                    held = await self._store.call(db.holds_active_lock)
+            except failures as exc:
+                log.error("the database connection holding the active lock failed: %s", exc)
+                held = False
+            if not held:
+                await self._demote()
+                return
+
+    async def _demote(self) -> None:
+        """Stop serving: another control plane may hold the lock now."""
+        log.error(
+            "lost the active lock: no longer serving (instances move to a standby control "
+            "plane; restart this one to stand by)"
+        )
+        self.active = False
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.demoted.set()
+        for listener in self.demoted_listeners:
+            listener()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -49,7 +49,7 @@ _CONTROL_SECTIONS: Final = (
 )
 _CONTROL_NUMBERS: Final = (
     *("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after"),
-    *("grace", "startup_grace", "prune_interval"),
+    *("grace", "startup_grace", "prune_interval", "standby_poll"),
 )
 _CONTROL_INTEGERS: Final = (
     *("missed_heartbeats", "max_frame_bytes", "unanswered_runs", "prune_batch"),
@@ -62,6 +62,7 @@ _CONTROL_KEYS: Final = (
     "assignment",
     "outbox",
     "db_password",
+    "standby",
     *_CONTROL_PERCENTAGES,
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
@@ -207,6 +208,17 @@ class _ControlLoader(_Loader):
             )
         else:
             out["db_path"] = db
+        standby = data.get("standby")
+        if standby is not None:
+            if not isinstance(standby, bool):
+                self.fail("control.standby", f"expected true or false, got {standby!r}")
+            elif standby and not (isinstance(db, str) and is_postgres(db)):
+                self.fail(
+                    "control.standby",
+                    "needs a postgresql:// db, shared by the active and the standby control planes",
+                )
+            else:
+                out["standby"] = standby
         source = data.get("db_password")
         if source is None:
             return

@@ -205,6 +205,31 @@ class Store:
         self._pool.shutdown(wait=True)
 
 
+# -- the active lock (a standby control plane, PostgreSQL only) --------------------------------
+
+#: The advisory lock the active control plane holds on its connection (a session lock: freed
+#: when the connection ends, however the process ends).
+ACTIVE_LOCK: Final = 0x70726F62656B6975
+
+
+def try_active_lock(c: Connection) -> bool:
+    """Take the active lock if it is free (PostgreSQL); True when this connection holds it."""
+    if not is_pg(c):
+        raise ValueError("a standby control plane needs PostgreSQL")
+    return bool(c.execute("SELECT pg_try_advisory_lock(?)", (ACTIVE_LOCK,)).fetchone()[0])
+
+
+def holds_active_lock(c: Connection) -> bool:
+    """Whether this connection still holds the active lock (it raises when the connection is
+    gone)."""
+    row = c.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+        "AND granted AND ((classid::bigint << 32) | objid::bigint) = ?",
+        (ACTIVE_LOCK,),
+    ).fetchone()
+    return bool(row[0])
+
+
 # -- monitors ---------------------------------------------------------------------------------
 
 
