@@ -208,7 +208,9 @@ def faults(session: nox.Session) -> None:
     is the short one CI runs (under 3 minutes). Set FAULTS_REPORT=path to keep the counts as
     JSON. See docs/checkpoint.md (Fault suite).
     """
-    session.install("-e", ".[cli]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install(
+        "-e", ".[cli,postgres-store]", *nox.project.dependency_groups(PYPROJECT, "test")
+    )
     session.run("pytest", "faults", "-p", "no:cacheprovider", *session.posargs)
 
 
