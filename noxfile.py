@@ -179,6 +179,7 @@ CONTROL_STORE_TESTS = (
     *("tests/test_control_spread.py", "tests/test_control_stall.py"),
     *("tests/test_control_replaced.py", "tests/test_status_page.py"),
     "tests/test_control_pgstore.py",
+    "tests/test_control_standby.py",
 )
 
 
@@ -193,7 +194,7 @@ def control_pg(session: nox.Session) -> None:
     session.run(
         "pytest",
         *CONTROL_STORE_TESTS,
-        *("-q", "-p", "no:cacheprovider", "-k", "postgresql or pgstore"),
+        *("-q", "-p", "no:cacheprovider", "-k", "postgresql or pgstore or standby"),
         *session.posargs,
         env={"PROBEKIT_PG_REQUIRED": "1"},
     )
