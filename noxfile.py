@@ -36,7 +36,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[cli,speed,dns,exporter,ssh,httpx]", "mypy>=1.10")
+    session.install("-e", ".[cli,speed,dns,exporter,ssh,httpx,postgres-store]", "mypy>=1.10")
     session.run("mypy", "--strict", "src")
 
 
@@ -172,6 +172,34 @@ def protocol_peers(session: nox.Session) -> None:
     session.run("pytest", "interop", "-q", "-p", "no:cacheprovider", "-s", *session.posargs)
 
 
+#: The control-plane test modules that run on both storage backends (tests/conftest.py,
+#: control_store), and the PostgreSQL-only one.
+CONTROL_STORE_TESTS = (
+    *("tests/test_control.py", "tests/test_control_ops.py", "tests/test_control_safety.py"),
+    *("tests/test_control_spread.py", "tests/test_control_stall.py"),
+    *("tests/test_control_replaced.py", "tests/test_status_page.py"),
+    "tests/test_control_pgstore.py",
+    "tests/test_control_standby.py",
+)
+
+
+@nox.session(python=PYTHON)
+def control_pg(session: nox.Session) -> None:
+    """The control-plane suites on PostgreSQL, for real: installs Debian's postgresql-15 when
+    missing (interop/install.sh, as root), then runs their PostgreSQL variants with
+    PROBEKIT_PG_REQUIRED=1, so missing binaries fail instead of skipping. One server for the
+    session, on a loopback high port, from a temporary directory (tests/_pgserver.py)."""
+    session.install("-e", ".[postgres-store]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("bash", "interop/install.sh", external=True)
+    session.run(
+        "pytest",
+        *CONTROL_STORE_TESTS,
+        *("-q", "-p", "no:cacheprovider", "-k", "postgresql or pgstore or standby"),
+        *session.posargs,
+        env={"PROBEKIT_PG_REQUIRED": "1"},
+    )
+
+
 @nox.session(python=PYTHON)
 def faults(session: nox.Session) -> None:
     """The fault suite: kill -9 and SIGSTOP of real `probekit control` and `probekit checkpoint`
@@ -181,7 +209,9 @@ def faults(session: nox.Session) -> None:
     is the short one CI runs (under 3 minutes). Set FAULTS_REPORT=path to keep the counts as
     JSON. See docs/checkpoint.md (Fault suite).
     """
-    session.install("-e", ".[cli]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install(
+        "-e", ".[cli,postgres-store]", *nox.project.dependency_groups(PYPROJECT, "test")
+    )
     session.run("pytest", "faults", "-p", "no:cacheprovider", *session.posargs)
 
 

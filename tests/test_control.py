@@ -24,6 +24,8 @@ from probekit.control import ControlPlane, ControlSettings, MemorySink, WebhookS
 from probekit.control._logic import Event
 from servers import HttpServer, serving
 
+pytestmark = pytest.mark.usefixtures("control_store")
+
 TOKEN = "cp-token-canary-7#q"
 DEF = {"kind": "tcp", "host": "127.0.0.1", "port": 9}
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from probekit import Secret, Status
 from probekit import protocol as p
 from probekit.control import ControlPlane, ControlSettings, MemorySink
 from test_control import TOKEN, FakeInstance, join
+
+pytestmark = pytest.mark.usefixtures("control_store")
 
 DEF = {"kind": "tcp", "host": "127.0.0.1", "port": 9, "timeouts": {"total": 0.3}}
 

@@ -32,6 +32,8 @@ from probekit import protocol as p
 from probekit.control import ControlPlane, ControlSettings, MemorySink
 from test_control import DEF, TOKEN, FakeInstance, join
 
+pytestmark = pytest.mark.usefixtures("control_store")
+
 LAB_TOKEN = "lab-token-canary-5#k"
 HB = 0.2
 
@@ -493,6 +495,7 @@ CREATE TABLE events (
 """
 
 
+@pytest.mark.sqlite_only
 async def test_a_database_of_the_previous_schema_is_migrated_in_place(tmp_path: Path) -> None:
     db = tmp_path / "control.db"
     with sqlite3.connect(db) as conn:
@@ -518,6 +521,7 @@ async def test_a_database_of_the_previous_schema_is_migrated_in_place(tmp_path: 
     conn.close()
 
 
+@pytest.mark.sqlite_only
 async def test_a_database_from_a_newer_probekit_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "control.db"
     with sqlite3.connect(db) as conn:

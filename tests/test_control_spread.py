@@ -32,6 +32,8 @@ from probekit.control._logic import (
 )
 from test_control import DEF, TOKEN, FakeInstance, join
 
+pytestmark = pytest.mark.usefixtures("control_store")
+
 HB = 5.0
 GRACE = 2.0
 INTERVAL = 30.0

@@ -13,10 +13,14 @@ import asyncio
 import contextlib
 import time
 
+import pytest
+
 from probekit import Secret
 from probekit import protocol as p
 from probekit.control import ControlPlane, ControlSettings, MemorySink
 from test_control import TOKEN, FakeInstance, join
+
+pytestmark = pytest.mark.usefixtures("control_store")
 
 
 async def keep_beating(cp: ControlPlane, instance_id: str) -> None:

@@ -22,6 +22,8 @@ from probekit.control import ControlPlane, ControlSettings, MemorySink, _status,
 from probekit.control import _store as db
 from test_control import TOKEN, join
 
+pytestmark = pytest.mark.usefixtures("control_store")
+
 STATUS_TOKEN = "status-token-canary-3#z"
 LAB_TOKEN = "lab-token-canary-5#k"
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'

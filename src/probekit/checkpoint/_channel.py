@@ -238,6 +238,8 @@ class Channel:
         self._changed = changed
         self._progressed = progressed
         self._ssl = ssl_context(settings)
+        #: Which of ``settings.urls`` the next connection tries (it moves on a failure).
+        self._url_index = 0
         self._ws_logger = MaskingLogger(
             logging.getLogger("websockets.client"), [settings.token.reveal()]
         )
@@ -257,6 +259,11 @@ class Channel:
         #: HTTP 401/403 or an ``error``; ``bad_version``), or None: the next attempt then waits
         #: the maximum backoff.
         self.refused: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The control plane's URL that the channel is connected to or tries next."""
+        return self.settings.urls[self._url_index]
 
     def wake(self) -> None:
         """Look at the spool now: there is something new to send."""
@@ -313,8 +320,13 @@ class Channel:
                 streak += 1
                 if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
                     self.refused = "unauthorized"
-                delay = self._backoff(streak - 1, refused=self.refused is not None)
+                # With standby control planes the backoff grows once per round of them all.
+                urls = len(self.settings.urls)
+                delay = self._backoff((streak - 1) // urls, refused=self.refused is not None)
                 await self._log_connect_failure(exc, delay)
+                if urls > 1:
+                    self._url_index = (self._url_index + 1) % urls
+                    log.info("next, the control plane at %s", self.url)
                 if not self.tried:
                     self.tried = True
                     self._changed()  # now "disconnected" means something
@@ -332,7 +344,7 @@ class Channel:
                 log.error(
                     "the control plane at %s refused this instance (%s); a retry cannot "
                     "succeed until %s changes: retrying in %.1f s (the maximum backoff)",
-                    self.settings.url,
+                    self.url,
                     refused,
                     "the token or the checkpoint id"
                     if refused == "unauthorized"
@@ -348,7 +360,8 @@ class Channel:
         :mod:`._dialing`), then TLS and the handshake on that socket; all within
         ``open_timeout``, and the time each step took logged."""
         s = self.settings
-        parts = urlsplit(s.url)
+        url = self.url
+        parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         loop = asyncio.get_running_loop()
@@ -361,7 +374,7 @@ class Channel:
         opened = loop.time()
         try:
             ws = await connect(
-                s.url,
+                url,
                 sock=sock,
                 additional_headers={"Authorization": f"Bearer {s.token.reveal()}"},
                 user_agent_header=f"probekit-checkpoint/{__version__}",
@@ -381,7 +394,7 @@ class Channel:
         phases = ", ".join(f"{p.name} {p.duration * 1000:.1f} ms" for p in timeline.phases)
         log.info(
             "connected to the control plane at %s (%s) in %.1f ms: %s, %s %.1f ms",
-            s.url,
+            url,
             ws.remote_address[0] if ws.remote_address else "?",
             (loop.time() - began) * 1000,
             phases,
@@ -391,7 +404,7 @@ class Channel:
         return ws
 
     async def _log_connect_failure(self, exc: Exception, delay: float) -> None:
-        url = self.settings.url
+        url = self.url
         if isinstance(exc, PolicyError):
             log.error(
                 "the egress policy (settings.policy) denies the control plane at %s: %s; "
@@ -448,7 +461,7 @@ class Channel:
         )
         if not mismatch:
             return None
-        parts = urlsplit(self.settings.url)
+        parts = urlsplit(self.url)
         host = parts.hostname or ""
         port = parts.port or (443 if tls else 80)
         try:

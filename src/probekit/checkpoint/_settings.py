@@ -77,10 +77,12 @@ class CheckpointSettings:
     """Everything one checkpoint instance is configured with; all of it is local configuration.
 
     ``url`` is the control plane's WebSocket URL: ``wss://`` (verified against the system's
-    trust store, or ``ca_file`` when given), or ``ws://`` only with ``insecure=True``. ``token``
-    is sent as ``Authorization: Bearer …`` in the handshake and nowhere else. ``spool_path`` is
-    the SQLite spool (``":memory:"`` keeps it in memory, for tests), holding at most
-    ``spool_max_entries`` results.
+    trust store, or ``ca_file`` when given), or ``ws://`` only with ``insecure=True``.
+    ``standby_urls`` are more control planes of the same deployment (a standby on the same
+    PostgreSQL), of the same scheme: a connection that fails moves to the next URL, in turn.
+    ``token`` is sent as ``Authorization: Bearer …`` in the handshake and nowhere else.
+    ``spool_path`` is the SQLite spool (``":memory:"`` keeps it in memory, for tests),
+    holding at most ``spool_max_entries`` results.
 
     ``policy`` is the egress policy every check runs under, and the connection to the control
     plane too; ``secrets`` resolves
@@ -104,6 +106,7 @@ class CheckpointSettings:
     """
 
     url: str = attrs.field(validator=_text)
+    standby_urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     token: Secret = attrs.field(validator=_token, repr=False)
     checkpoint_id: str = attrs.field(validator=_ident)
     instance_id: str = attrs.field(validator=_ident)
@@ -131,16 +134,28 @@ class CheckpointSettings:
     metrics_host: str = attrs.field(default="127.0.0.1", validator=_text)
     metrics_port: int | None = attrs.field(default=None, validator=_port)
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """``url`` and then the ``standby_urls``: the control planes tried in turn."""
+        return (self.url, *self.standby_urls)
+
     def __attrs_post_init__(self) -> None:
-        try:
-            parts = urlsplit(self.url)
-            parts.port  # noqa: B018 - reading it validates the port
-        except ValueError as exc:
-            raise DefinitionError("url", f"invalid URL {self.url!r}: {exc}") from None
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise DefinitionError("url", f"expected ws:// or wss://host..., got {self.url!r}")
-        if parts.username is not None or parts.password is not None:
-            raise DefinitionError("url", "credentials belong in token, not in the URL")
+        for i, url in enumerate(self.urls):
+            where = "url" if i == 0 else f"standby_urls[{i - 1}]"
+            if not isinstance(url, str) or not url:
+                raise DefinitionError(where, f"expected a ws:// or wss:// URL, got {url!r}")
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - reading it validates the port
+            except ValueError as exc:
+                raise DefinitionError(where, f"invalid URL {url!r}: {exc}") from None
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise DefinitionError(where, f"expected ws:// or wss://host..., got {url!r}")
+            if parts.username is not None or parts.password is not None:
+                raise DefinitionError(where, "credentials belong in token, not in the URL")
+            if i and parts.scheme != urlsplit(self.url).scheme:
+                raise DefinitionError(where, f"expected the scheme of url, got {url!r}")
+        parts = urlsplit(self.url)
         if parts.scheme == "ws" and not self.insecure:
             raise DefinitionError(
                 "url",

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 def _configure_checkpoint(parser: argparse.ArgumentParser) -> None:
     who = parser.add_argument_group("control channel")
     who.add_argument("--url", required=True, metavar="URL", help="the control plane's wss:// URL")
+    who.add_argument(
+        "--standby-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a standby control plane's URL (repeatable): a failed connection moves to the next",
+    )
     token = who.add_mutually_exclusive_group(required=True)
     token.add_argument(
         "--token-env", metavar="NAME", help="read the bearer token from this environment variable"
@@ -153,6 +160,7 @@ def _configure_checkpoint(parser: argparse.ArgumentParser) -> None:
 #: Which option sets each CheckpointSettings field, for error messages.
 _CHECKPOINT_OPTIONS: Final = {
     "url": "--url",
+    "standby_urls": "--standby-url",
     "token": "--token-env/--token-file",
     "checkpoint_id": "--checkpoint-id",
     "instance_id": "--instance-id",
@@ -220,6 +228,7 @@ def _checkpoint_settings(args: argparse.Namespace) -> CheckpointSettings:
     with problems.about("--url", _CHECKPOINT_OPTIONS):
         settings = CheckpointSettings(
             url=args.url,
+            standby_urls=tuple(args.standby_url),
             # A stand-in when the token could not be read, so the other options are checked too.
             token=token or Secret("unread"),
             checkpoint_id=args.checkpoint_id,

@@ -218,8 +218,10 @@ def _run_control(args: argparse.Namespace) -> int:
 
     config = _load(args)
 
+    demoted = False
+
     async def serve() -> None:
-        nonlocal config
+        nonlocal config, demoted
         width = max(len(m.monitor_id) for m in config.monitors)
         printer = Printer(sys.stdout, width=width, keep_events=False)
         signals: asyncio.Queue[str] = asyncio.Queue()
@@ -234,11 +236,26 @@ def _run_control(args: argparse.Namespace) -> int:
                 sites=config.sites,
             )
             plane.maintenance.labels.update(config.labels)
+            if config.settings.standby:
+                printer.line("probekit control: standing by until this one holds the database lock")
+            starting = asyncio.create_task(plane.start())
+            stopped = asyncio.create_task(signals.get())
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # stopped while standing by
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                await plane.stop()
+                printer.line("probekit control: stopped (it was a standby)")
+                return
+            stopped.cancel()
+            failures: tuple[type[Exception], ...] = (OSError, sqlite3.Error, *plane.storage_errors)
             try:
-                await plane.start()
-            except (OSError, sqlite3.Error) as exc:
+                starting.result()
+            except failures as exc:
                 await plane.stop()
                 raise UsageError(f"cannot start the control plane: {exc}") from None
+            plane.demoted_listeners.append(lambda: signals.put_nowait("demoted"))
             try:
                 if not args.quiet:
                     plane.result_listeners.append(printer.result)
@@ -255,8 +272,10 @@ def _run_control(args: argparse.Namespace) -> int:
                     printer.line(f"probekit control: /metrics and /ready at http://{shown}:{port}/")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(args.duration):
-                        while await signals.get() != "stop":
+                        while (signal := await signals.get()) not in ("stop", "demoted"):
                             config = await _reload(args, plane, config, printer.line)
+                        if signal == "demoted":
+                            demoted = True
                 printer.line("probekit control: stopping")
             finally:
                 await plane.stop()
@@ -266,6 +285,11 @@ def _run_control(args: argparse.Namespace) -> int:
             )
 
     _asyncio_run(serve(), args)
+    if demoted:
+        _err(
+            "probekit control: lost the database's active lock; exiting so it restarts as a standby"
+        )
+        return 1
     return 0
 
 

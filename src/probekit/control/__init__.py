@@ -24,7 +24,6 @@ import hmac
 import json
 import logging
 import math
-import sqlite3
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -72,7 +71,7 @@ from ._sinks import (
 from ._sinks import (
     event_to_dict as event_to_dict,
 )
-from ._store import Store
+from ._store import Store, is_postgres
 
 if TYPE_CHECKING:
     from .._metrics_server import MetricsServer
@@ -108,8 +107,8 @@ DEFAULT_RETENTION: Final = 30 * 86400.0
 
 #: The settings a running control plane cannot change: they take a restart.
 RESTART_SETTINGS: Final = (
-    *("host", "port", "db_path", "ssl_context", "max_frame_bytes", "heartbeat_interval"),
-    *("metrics_host", "metrics_port"),
+    *("host", "port", "db_path", "db_password", "ssl_context", "max_frame_bytes"),
+    *("heartbeat_interval", "metrics_host", "metrics_port", "standby", "standby_poll"),
 )
 
 
@@ -161,7 +160,11 @@ def _check_settings(settings: ControlSettings) -> None:
             raise DefinitionError(
                 name, f"must be a finite number of seconds, 0 or more, got {value!r}"
             )
-    for name in ("retention", "prune_interval"):
+    if settings.standby and not is_postgres(settings.db_path):
+        raise DefinitionError(
+            "standby", "needs a postgresql:// db_path shared by the control planes"
+        )
+    for name in ("retention", "prune_interval", "standby_poll"):
         value = getattr(settings, name)
         if value is None and name == "retention":
             continue
@@ -230,7 +233,9 @@ class ControlSettings:
     and an instance whose heartbeat is this late gets no runs. ``unanswered_runs`` runs in a row
     left unanswered by an instance that heartbeats get it disconnected. ``startup_grace``: after
     a start, a checkpoint has at least this long to connect before it is reported down.
-    ``db_path`` is the SQLite file (``:memory:`` for a throwaway one).
+    ``db_path`` is the SQLite file (``:memory:`` for a throwaway one) or a ``postgresql://``
+    URL (the ``probekit[postgres-store]`` extra), whose password, if the server asks for one,
+    is ``db_password`` (never part of the URL) or libpq's own (``PGPASSWORD``, ``~/.pgpass``).
 
     ``retention``: results, events, runs sent and resolved alerts older than this many seconds
     are deleted (None keeps everything), ``prune_batch`` rows per statement on the database's
@@ -247,12 +252,19 @@ class ControlSettings:
     other than the last one; ``"spread"`` gives each monitor to one live instance of its
     checkpoint by rendezvous hashing (N instances share the monitors; when one leaves only its
     monitors move). See ``docs/checkpoint.md``.
+
+    ``standby`` (PostgreSQL only): several control planes share the database and one is active,
+    the one holding the database's advisory lock; :meth:`ControlPlane.start` of the others waits
+    for it, trying every ``standby_poll`` seconds, and the active one checks its hold as often:
+    when its database connection (and so the lock) is lost, it stops serving
+    (:attr:`ControlPlane.demoted`). See ``docs/checkpoint.md``, "A standby control plane".
     """
 
     tokens: Mapping[str, Secret] = attrs.field(converter=_tokens)
     host: str = "127.0.0.1"
     port: int = 0
     db_path: str = ":memory:"
+    db_password: Secret | None = None
     ssl_context: ssl.SSLContext | None = None
     heartbeat_interval: float = 5.0
     missed_heartbeats: int = 3
@@ -274,6 +286,8 @@ class ControlSettings:
     flap_high: float = 50.0
     flap_low: float = 25.0
     assignment: Assignment = "alternate"
+    standby: bool = False
+    standby_poll: float = 1.0
 
     def __attrs_post_init__(self) -> None:
         # (Checked here, not with attrs validators: this package's ``_config`` module would
@@ -373,7 +387,7 @@ class ControlPlane:
         )
         for policy in sites:  # (before start() takes back the open alerts)
             self._set_sites(policy)
-        self._store = Store(settings.db_path)
+        self._store = Store(settings.db_path, settings.db_password)
         self._server: Any = None
         # websockets logs handshake headers at DEBUG, the instances' tokens among them; every
         # token ever configured stays masked (a reload adds the new ones).
@@ -403,12 +417,24 @@ class ControlPlane:
         self._metrics_server: MetricsServer | None = None
         #: Called with each newly stored result envelope (after deduplication), e.g. by a UI.
         self.result_listeners: list[Callable[[p.ResultEnvelope], None]] = []
+        #: With ``standby``: holding the active lock now; set when the lock is lost (the plane
+        #: then serves no more), and callbacks told so.
+        self.active = not settings.standby
+        self.demoted = asyncio.Event()
+        self.demoted_listeners: list[Callable[[], None]] = []
+
+    @property
+    def storage_errors(self) -> tuple[type[Exception], ...]:
+        """The exceptions a failing database query raises (sqlite3's, psycopg's)."""
+        return self._store.errors
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
+        if self.settings.standby:
+            await self._become_active()
         for spec in await self._store.call(db.load_monitors):
             self._specs[spec.monitor_id] = spec
             self.logic.upsert_monitor(spec)
@@ -447,6 +473,8 @@ class ControlPlane:
         self._loop_seen = asyncio.get_running_loop().time()
         self._spawn(self._ticker())
         self._spawn(self._watch_stalls())
+        if self.settings.standby:
+            self._spawn(self._hold_active())
         await self.measure()
         self._spawn(self._maintain())
         if self.settings.metrics_port is not None:
@@ -512,12 +540,62 @@ class ControlPlane:
             self._server = None
         try:
             await self._flush_seen()
-        except sqlite3.Error:
+        except self._store.errors:
             log.exception("could not record the last-seen times")
         for sink in self.sinks:
             if callable(aclose := getattr(sink, "aclose", None)):
                 await aclose()
         await self._store.close()
+
+    async def _become_active(self) -> None:
+        """Wait, as a standby, until this control plane holds the database's active lock."""
+        waited = False
+        while not await self._store.call(db.try_active_lock):
+            if not waited:
+                log.info(
+                    "standby: another control plane is active on this database; "
+                    "taking over when it stops (trying every %g s)",
+                    self.settings.standby_poll,
+                )
+                waited = True
+            await asyncio.sleep(self.settings.standby_poll)
+        self.active = True
+        log.info("active: holding the database's lock%s", " (took over)" if waited else "")
+
+    async def _hold_active(self) -> None:
+        """Check every ``standby_poll`` seconds that the connection holding the lock lives (a
+        psycopg connection never reconnects by itself: while it answers, the lock is held)."""
+        bound = max(5 * self.settings.standby_poll, 5.0)
+        failures: tuple[type[Exception], ...] = (TimeoutError, *self._store.errors)
+        while True:
+            await asyncio.sleep(self.settings.standby_poll)
+            try:
+                async with asyncio.timeout(bound):
+                    held = await self._store.call(db.holds_active_lock)
+            except failures as exc:
+                log.error("the database connection holding the active lock failed: %s", exc)
+                held = False
+            if not held:
+                await self._demote()
+                return
+
+    async def _demote(self) -> None:
+        """Stop serving: another control plane may hold the lock now."""
+        log.error(
+            "lost the active lock: no longer serving (instances move to a standby control "
+            "plane; restart this one to stand by)"
+        )
+        self.active = False
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.demoted.set()
+        for listener in self.demoted_listeners:
+            listener()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -861,6 +939,9 @@ class ControlPlane:
             deleted[table] = total
         pruned = sum(deleted.values())
         self.rows_pruned += pruned
+        if pruned and self._store.postgres:
+            emptied = [t for t, n in deleted.items() if n]
+            await self._store.call(functools.partial(db.vacuum, tables=emptied))
         if pruned:
             log.info(
                 "pruned %d rows older than %g s (%s)",
@@ -873,7 +954,7 @@ class ControlPlane:
     async def measure(self) -> None:
         """Read the database's size and the time of its oldest prunable row (for metrics)."""
 
-        def read(c: sqlite3.Connection) -> tuple[int, float | None]:
+        def read(c: db.Connection) -> tuple[int, float | None]:
             return db.size_bytes(c), db.oldest(c)
 
         self.db_bytes, self.oldest_row = await self._store.call(read)
@@ -884,7 +965,7 @@ class ControlPlane:
             try:
                 await self.prune()
                 await self.measure()
-            except sqlite3.Error:
+            except self._store.errors:
                 log.exception("could not prune the control-plane database")
             await asyncio.sleep(self.settings.prune_interval)
 
@@ -913,7 +994,7 @@ class ControlPlane:
         ``error_kind``, ``started_at``), ``stored_at`` (wall-clock Unix seconds) and ``result``,
         the result's JSON form as a dict (:func:`~probekit.result_from_json` reads it back)."""
 
-        def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(c: db.Connection) -> list[dict[str, Any]]:
             cols = list(_RESULT_COLUMNS)
             sql = f"SELECT {', '.join(cols)}, body FROM results"  # noqa: S608 - fixed columns
             args: tuple[Any, ...] = ()
@@ -921,7 +1002,7 @@ class ControlPlane:
                 sql += " WHERE monitor_id=?"
                 args = (monitor_id,)
             rows = []
-            for *values, body in c.execute(sql + " ORDER BY stored_at, rowid", args):
+            for *values, body in c.execute(sql + f" ORDER BY stored_at, {db.rowid(c)}", args):
                 row = dict(zip(cols, values, strict=True))
                 row["result"] = json.loads(body) if body else None
                 rows.append(row)
@@ -943,7 +1024,7 @@ class ControlPlane:
         None for events recorded by a version that kept no time), ``message``, ``alert_id``,
         ``alert_kind``."""
 
-        def query(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(c: db.Connection) -> list[dict[str, Any]]:
             cols = ["kind", "subject", "at", "message", "alert_id", "alert_kind"]
             rows = c.execute(f"SELECT {', '.join(cols)} FROM events ORDER BY id")  # noqa: S608 - fixed columns
             return [dict(zip(cols, row, strict=True)) for row in rows]
@@ -1243,7 +1324,7 @@ class ControlPlane:
                 self._seen_flushed = now
                 try:
                     await self._flush_seen()
-                except sqlite3.Error:
+                except self._store.errors:
                     log.exception("could not record the last-seen times")
             await asyncio.sleep(self.settings.tick_interval)
 

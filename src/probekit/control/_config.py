@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
 
 import attrs
 
@@ -30,6 +31,7 @@ from .._validate import (
     seconds_problem,
     token_problem,
 )
+from ._store import is_postgres
 
 if TYPE_CHECKING:
     from . import ControlSettings, WebhookSink
@@ -47,7 +49,7 @@ _CONTROL_SECTIONS: Final = (
 )
 _CONTROL_NUMBERS: Final = (
     *("heartbeat_interval", "tick_interval", "hello_timeout", "stale_after"),
-    *("grace", "startup_grace", "prune_interval"),
+    *("grace", "startup_grace", "prune_interval", "standby_poll"),
 )
 _CONTROL_INTEGERS: Final = (
     *("missed_heartbeats", "max_frame_bytes", "unanswered_runs", "prune_batch"),
@@ -59,6 +61,8 @@ _CONTROL_KEYS: Final = (
     "status_token",
     "assignment",
     "outbox",
+    "db_password",
+    "standby",
     *_CONTROL_PERCENTAGES,
     *_CONTROL_NUMBERS,
     *_CONTROL_INTEGERS,
@@ -148,6 +152,13 @@ class _ControlLoader(_Loader):
         outbox = control_data.get("outbox") if isinstance(control_data, Mapping) else None
         db_path = control.get("db_path", ":memory:")
         default_outbox = ":memory:" if db_path == ":memory:" else f"{db_path}-outbox"
+        if is_postgres(db_path):  # the outbox stays a SQLite file: it needs its own path
+            default_outbox = ":memory:"
+            if outbox is None and data.get("channels"):
+                self.fail(
+                    "control.outbox",
+                    "required with a postgresql:// db: the alert outbox is a SQLite file",
+                )
         if outbox is not None and (not isinstance(outbox, str) or not outbox):
             self.fail("control.outbox", f"expected a file path, got {outbox!r}")
         sinks = channels(self, data.get("channels", []), outbox or default_outbox)
@@ -177,6 +188,47 @@ class _ControlLoader(_Loader):
 
     # -- [control] -----------------------------------------------------------------------------
 
+    def database(self, data: Mapping[str, Any], out: dict[str, Any]) -> None:
+        """``db``: a SQLite file or a ``postgresql://`` URL (no password in it: that is
+        ``db_password``, read from the environment or a file)."""
+        db = data.get("db")
+        if db is None:
+            self.fail(
+                "control.db",
+                "required: the SQLite file (or postgresql:// URL) to keep monitors and results in",
+            )
+        elif not isinstance(db, str) or not db:
+            self.fail("control.db", f"expected a file path or a postgresql:// URL, got {db!r}")
+        elif is_postgres(db) and _url_password(db):
+            # (the URL is not repeated: it holds the password)
+            self.fail(
+                "control.db",
+                "the URL holds a password; leave it out and give it as "
+                'db_password = {env = "VAR"} or {file = "PATH"}',
+            )
+        else:
+            out["db_path"] = db
+        standby = data.get("standby")
+        if standby is not None:
+            if not isinstance(standby, bool):
+                self.fail("control.standby", f"expected true or false, got {standby!r}")
+            elif standby and not (isinstance(db, str) and is_postgres(db)):
+                self.fail(
+                    "control.standby",
+                    "needs a postgresql:// db, shared by the active and the standby control planes",
+                )
+            else:
+                out["standby"] = standby
+        source = data.get("db_password")
+        if source is None:
+            return
+        if not (isinstance(db, str) and is_postgres(db)):
+            self.fail("control.db_password", "only for a postgresql:// db")
+            return
+        password = self.read_secret(source, "control.db_password")
+        if password is not None:
+            out["db_password"] = password
+
     def control(self, data: Any) -> dict[str, Any]:
         if data is None:
             self.fail("control", "missing: add a [control] table with at least port and db")
@@ -200,13 +252,7 @@ class _ControlLoader(_Loader):
             self.fail("control.port", f"expected a port number (0-65535), got {port!r}")
         else:
             out["port"] = port
-        db = data.get("db")
-        if db is None:
-            self.fail("control.db", "required: the SQLite file to keep monitors and results in")
-        elif not isinstance(db, str) or not db:
-            self.fail("control.db", f"expected a file path, got {db!r}")
-        else:
-            out["db_path"] = db
+        self.database(data, out)
         retention = data.get("retention")
         if retention is False:
             out["retention"] = None
@@ -642,3 +688,14 @@ def _id_problem(value: object) -> str:
     if value is None:
         return f"required: an id of 1 to {MAX_ID_LENGTH} printable characters"
     return id_problem(value) or f"not an id: {value!r}"
+
+
+def _url_password(url: str) -> bool:
+    """Whether a PostgreSQL URL carries a password, in its user part or as a parameter. Read as
+    libpq reads it (no fragments: a ``#`` is part of the password)."""
+    rest = url.split("://", 1)[1]
+    authority, _, _ = rest.partition("/")
+    authority, _, _ = authority.partition("?")
+    userinfo = authority.rpartition("@")[0]
+    query = rest.partition("?")[2]
+    return ":" in userinfo or "password" in parse_qs(query)

@@ -36,12 +36,13 @@ import html
 import json
 import logging
 import math
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import attrs
+
+from ._store import Connection, is_pg
 
 if TYPE_CHECKING:
     from .._metrics_server import Route
@@ -203,7 +204,9 @@ def _iso(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
 
 
-def _read_days(c: sqlite3.Connection, ids: Sequence[str], now: float) -> dict[str, _Day]:
+def _read_days(c: Connection, ids: Sequence[str], now: float) -> dict[str, _Day]:
+    if is_pg(c):
+        return _read_days_pg(c, ids, now)
     since = now - DAY
     # A generous lower bound on the text column keeps the index usable (a started_at written
     # with another UTC offset sorts differently); julianday() then places each result exactly.
@@ -237,7 +240,41 @@ def _read_days(c: sqlite3.Connection, ids: Sequence[str], now: float) -> dict[st
     return out
 
 
-def _recent(c: sqlite3.Connection, monitor_id: str, limit: int) -> list[tuple[Any, ...]]:
+def _read_days_pg(c: Connection, ids: Sequence[str], now: float) -> dict[str, _Day]:
+    """:func:`_read_days` on PostgreSQL: ``started_at`` (always an ISO time with its offset,
+    written from a datetime) cast to a time stamp places each result; ``DISTINCT ON`` picks
+    each instance's latest."""
+    since = now - DAY
+    floor = _iso(since - DAY)
+    out: dict[str, _Day] = {}
+    for monitor_id in ids:
+        day = out[monitor_id] = _Day()
+        rows = c.execute(
+            "SELECT b, sum(CASE WHEN status IN ('up', 'degraded') THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN status = 'down' THEN 1 ELSE 0 END) FROM ("
+            "SELECT CAST(floor((extract(epoch FROM CAST(started_at AS timestamptz)) - ?) * ? / ?)"
+            " AS INTEGER) AS b, status FROM results WHERE monitor_id = ? AND started_at >= ?) t "
+            "WHERE b >= 0 GROUP BY b",
+            (since, BUCKETS, DAY, monitor_id, floor),
+        )
+        for bucket, available, unavailable in rows:
+            index = min(int(bucket), BUCKETS - 1)  # a clock a little ahead: the last
+            day.available[index] += int(available or 0)
+            day.unavailable[index] += int(unavailable or 0)
+        latest = c.execute(
+            "SELECT DISTINCT ON (instance_id) instance_id, started_at, result_id, status, "
+            "error_kind FROM results WHERE monitor_id = ? AND started_at >= ? "
+            "ORDER BY instance_id, started_at DESC",
+            (monitor_id, floor),
+        )
+        for instance_id, started_at, result_id, status, error_kind in latest:
+            day.latest[str(instance_id)] = _Latest(
+                str(result_id), str(status), str(started_at), error_kind
+            )
+    return out
+
+
+def _recent(c: Connection, monitor_id: str, limit: int) -> list[tuple[Any, ...]]:
     return list(
         c.execute(
             "SELECT result_id, instance_id, checkpoint_id, reason, status, error_kind, "
@@ -248,7 +285,7 @@ def _recent(c: sqlite3.Connection, monitor_id: str, limit: int) -> list[tuple[An
     )
 
 
-def _one_result(c: sqlite3.Connection, result_id: str) -> tuple[Any, ...] | None:
+def _one_result(c: Connection, result_id: str) -> tuple[Any, ...] | None:
     row = c.execute(
         "SELECT result_id, monitor_id, checkpoint_id, instance_id, request_id, reason, "
         "status, error_kind, started_at, stored_at, body FROM results WHERE result_id = ?",

@@ -15,12 +15,15 @@ import concurrent.futures
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from ._logic import Alert, MonitorSpec
 
-__all__ = ["PRUNED_TABLES", "SCHEMA_VERSION", "Store"]
+if TYPE_CHECKING:
+    from .._secret import Secret
+
+__all__ = ["PRUNED_TABLES", "SCHEMA_VERSION", "Connection", "Store", "is_postgres"]
 
 log = logging.getLogger("probekit.control")
 T = TypeVar("T")
@@ -108,33 +111,93 @@ def _prepare(conn: sqlite3.Connection) -> None:
         )
 
 
-class Store:
-    """SQLite on one worker thread, so the event loop never waits on the disk."""
+class Cursor(Protocol):
+    """What the queries read from a cursor (sqlite3's and psycopg's both fit)."""
 
-    def __init__(self, path: str) -> None:
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The connection every query function takes: a :class:`sqlite3.Connection` or a
+    :class:`probekit.control._pgstore.PgConnection`. ``?`` placeholders; ``with c:`` is one
+    transaction, committed at the end or rolled back on an exception."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+
+def is_postgres(db: str) -> bool:
+    """Whether ``db`` names a PostgreSQL database (a ``postgresql://`` URL) rather than a
+    SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def is_pg(c: Connection) -> bool:
+    """Whether ``c`` is a PostgreSQL connection (the few queries that differ ask)."""
+    return getattr(c, "dialect", "sqlite") == "postgresql"
+
+
+def rowid(c: Connection) -> str:
+    """The column that orders a table's rows as inserted (results and alerts)."""
+    return "seq" if is_pg(c) else "rowid"
+
+
+class Store:
+    """The control plane's database on one worker thread, so the event loop never waits on it.
+
+    ``db`` is a SQLite file (``:memory:`` for a throwaway one), or a ``postgresql://`` URL
+    (:mod:`psycopg`, the ``probekit[postgres-store]`` extra; ``password`` then goes to the server
+    apart from the URL, which must not hold one). :attr:`errors` are the exceptions a failing
+    query raises."""
+
+    def __init__(self, db: str, password: Secret | None = None) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="probekit-control-db"
         )
-        self._conn: sqlite3.Connection | None = None
-        self._path = path
+        self._conn: Connection | None = None
+        self._db = db
+        self._password = password
+        self.postgres = is_postgres(db)
+        self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+        if self.postgres:
+            from ._pgstore import errors
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+            self.errors = (sqlite3.Error, *errors())
+
+    async def call(self, fn: Callable[[Connection], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn)
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, fn: Callable[[Connection], T]) -> T:
         if self._conn is None:
-            conn = sqlite3.connect(self._path)
-            try:
-                _prepare(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            if self.postgres:
+                from ._pgstore import connect
+
+                self._conn = connect(self._db, self._password)
+            else:
+                conn = sqlite3.connect(self._db)
+                try:
+                    _prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
         return fn(self._conn)
 
     async def close(self) -> None:
-        def shut(conn: sqlite3.Connection) -> None:
-            conn.close()
+        def shut(conn: Connection) -> None:
+            conn.close()  # type: ignore[attr-defined]
 
         if self._conn is not None:
             await self.call(shut)
@@ -142,24 +205,52 @@ class Store:
         self._pool.shutdown(wait=True)
 
 
+# -- the active lock (a standby control plane, PostgreSQL only) --------------------------------
+
+#: The advisory lock the active control plane holds on its connection (a session lock: freed
+#: when the connection ends, however the process ends).
+ACTIVE_LOCK: Final = 0x70726F62656B6975
+
+
+def try_active_lock(c: Connection) -> bool:
+    """Take the active lock if it is free (PostgreSQL); True when this connection holds it."""
+    if not is_pg(c):
+        raise ValueError("a standby control plane needs PostgreSQL")
+    return bool(c.execute("SELECT pg_try_advisory_lock(?)", (ACTIVE_LOCK,)).fetchone()[0])
+
+
+def holds_active_lock(c: Connection) -> bool:
+    """Whether this connection still holds the active lock (it raises when the connection is
+    gone)."""
+    row = c.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+        "AND granted AND ((classid::bigint << 32) | objid::bigint) = ?",
+        (ACTIVE_LOCK,),
+    ).fetchone()
+    return bool(row[0])
+
+
 # -- monitors ---------------------------------------------------------------------------------
 
 
-def load_monitors(c: sqlite3.Connection) -> list[MonitorSpec]:
+def load_monitors(c: Connection) -> list[MonitorSpec]:
     rows = c.execute(
         "SELECT monitor_id, checkpoint_id, interval, revision, definition FROM monitors"
     )
     return [MonitorSpec(m, cp, i, json.loads(d), r) for m, cp, i, r, d in rows]
 
 
-def load_revisions(c: sqlite3.Connection) -> dict[str, int]:
+def load_revisions(c: Connection) -> dict[str, int]:
     return {str(m): int(r) for m, r in c.execute("SELECT monitor_id, revision FROM revisions")}
 
 
-def save_monitor(c: sqlite3.Connection, spec: MonitorSpec) -> None:
+def save_monitor(c: Connection, spec: MonitorSpec) -> None:
     with c:
         c.execute(
-            "INSERT OR REPLACE INTO monitors VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO monitors (monitor_id, checkpoint_id, interval, revision, definition) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (monitor_id) DO UPDATE SET "
+            "checkpoint_id=excluded.checkpoint_id, interval=excluded.interval, "
+            "revision=excluded.revision, definition=excluded.definition",
             (
                 spec.monitor_id,
                 spec.checkpoint_id,
@@ -169,11 +260,13 @@ def save_monitor(c: sqlite3.Connection, spec: MonitorSpec) -> None:
             ),
         )
         c.execute(
-            "INSERT OR REPLACE INTO revisions VALUES (?, ?)", (spec.monitor_id, spec.revision)
+            "INSERT INTO revisions (monitor_id, revision) VALUES (?, ?) "
+            "ON CONFLICT (monitor_id) DO UPDATE SET revision=excluded.revision",
+            (spec.monitor_id, spec.revision),
         )
 
 
-def delete_monitor(c: sqlite3.Connection, monitor_id: str) -> None:
+def delete_monitor(c: Connection, monitor_id: str) -> None:
     with c:
         c.execute("DELETE FROM monitors WHERE monitor_id=?", (monitor_id,))
 
@@ -181,27 +274,47 @@ def delete_monitor(c: sqlite3.Connection, monitor_id: str) -> None:
 # -- results and runs -------------------------------------------------------------------------
 
 
-def insert_results(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+#: The columns of a results row, in the order :func:`insert_results` takes them.
+RESULT_ROW: Final = (
+    "result_id",
+    "monitor_id",
+    "checkpoint_id",
+    "instance_id",
+    "request_id",
+    "reason",
+    "status",
+    "error_kind",
+    "started_at",
+    "stored_at",
+    "body",
+)
+_INSERT_RESULT: Final = (
+    f"INSERT INTO results ({', '.join(RESULT_ROW)}) "  # noqa: S608 - fixed columns
+    f"VALUES ({', '.join('?' * len(RESULT_ROW))}) ON CONFLICT DO NOTHING"
+)
+
+
+def insert_results(c: Connection, rows: list[tuple[Any, ...]]) -> set[str]:
     fresh: set[str] = set()
     with c:
         for row in rows:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
-            )
+            cur = c.execute(_INSERT_RESULT, row)
             if cur.rowcount:
                 fresh.add(row[0])
     return fresh
 
 
-def insert_runs(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def insert_runs(c: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Rows of (request_id, instance_id, checkpoint_id, monitor_id, reason, sent_at, deadline)."""
     with c:
-        c.executemany("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        c.executemany(
+            "INSERT INTO runs (request_id, instance_id, checkpoint_id, monitor_id, reason, "
+            "sent_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            rows,
+        )
 
 
-def find_runs(
-    c: sqlite3.Connection, request_ids: Iterable[str]
-) -> dict[str, tuple[str, str | None, str]]:
+def find_runs(c: Connection, request_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str]]:
     """The runs on record among ``request_ids``: request id -> (instance, monitor, reason)."""
     found: dict[str, tuple[str, str | None, str]] = {}
     for request_id in set(request_ids):
@@ -217,7 +330,7 @@ def find_runs(
 
 
 def record_event(
-    c: sqlite3.Connection,
+    c: Connection,
     row: tuple[Any, ...],
     opened: tuple[Alert, str | None] | None,
     resolved: tuple[str, float] | None,
@@ -233,7 +346,10 @@ def record_event(
         if opened is not None:
             alert, scope = opened
             c.execute(
-                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                "INSERT INTO alerts (alert_id, kind, subject, scope, opened_at, message, "
+                "resolved_at) VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (alert_id) DO UPDATE "
+                "SET kind=excluded.kind, subject=excluded.subject, scope=excluded.scope, "
+                "opened_at=excluded.opened_at, message=excluded.message, resolved_at=NULL",
                 (alert.alert_id, alert.kind, alert.subject, scope, alert.opened_at, alert.message),
             )
         if resolved is not None:
@@ -243,7 +359,7 @@ def record_event(
             )
 
 
-def load_open_alerts(c: sqlite3.Connection) -> list[tuple[Alert, str | None]]:
+def load_open_alerts(c: Connection) -> list[tuple[Alert, str | None]]:
     rows = c.execute(
         "SELECT alert_id, kind, subject, opened_at, message, scope FROM alerts "
         "WHERE resolved_at IS NULL ORDER BY opened_at"
@@ -265,36 +381,39 @@ ALERT_COLUMNS: Final = (
 )
 
 
-def query_alerts(c: sqlite3.Connection, open_only: bool) -> list[dict[str, Any]]:
+def query_alerts(c: Connection, open_only: bool) -> list[dict[str, Any]]:
     sql = f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts"  # noqa: S608 - fixed columns
     if open_only:
         sql += " WHERE resolved_at IS NULL"
-    rows = c.execute(sql + " ORDER BY opened_at, rowid")
+    rows = c.execute(sql + f" ORDER BY opened_at, {rowid(c)}")
     return [dict(zip(ALERT_COLUMNS, row, strict=True)) for row in rows]
 
 
 # -- last seen --------------------------------------------------------------------------------
 
 
-def save_seen(c: sqlite3.Connection, seen: Iterable[tuple[str, str, float]]) -> None:
+def save_seen(c: Connection, seen: Iterable[tuple[str, str, float]]) -> None:
     """Record (instance, checkpoint, wall-clock time) sightings; times only move forward."""
     with c:
         for instance_id, checkpoint_id, at in seen:
             c.execute(
-                "INSERT INTO instances VALUES (?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
-                "checkpoint_id=excluded.checkpoint_id, "
-                "last_seen=max(last_seen, excluded.last_seen)",
+                "INSERT INTO instances (instance_id, checkpoint_id, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (instance_id) DO UPDATE SET checkpoint_id=excluded.checkpoint_id, "
+                "last_seen=CASE WHEN excluded.last_seen > instances.last_seen "
+                "THEN excluded.last_seen ELSE instances.last_seen END",
                 (instance_id, checkpoint_id, at),
             )
             c.execute(
-                "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT (checkpoint_id) DO UPDATE SET "
-                "last_seen=max(last_seen, excluded.last_seen)",
+                "INSERT INTO checkpoints (checkpoint_id, last_seen) VALUES (?, ?) "
+                "ON CONFLICT (checkpoint_id) DO UPDATE SET "
+                "last_seen=CASE WHEN excluded.last_seen > checkpoints.last_seen "
+                "THEN excluded.last_seen ELSE checkpoints.last_seen END",
                 (checkpoint_id, at),
             )
 
 
 def load_seen(
-    c: sqlite3.Connection,
+    c: Connection,
 ) -> tuple[dict[str, float], dict[str, tuple[str, float]]]:
     """(checkpoint -> last seen, instance -> (checkpoint, last seen))."""
     checkpoints = {
@@ -319,19 +438,30 @@ PRUNED_TABLES: Final = {
 }
 
 
-def prune_batch(c: sqlite3.Connection, table: str, cutoff: float, limit: int) -> int:
+def prune_batch(c: Connection, table: str, cutoff: float, limit: int) -> int:
     """Delete at most ``limit`` rows of ``table`` dated before ``cutoff``, in one statement and
     one transaction; returns how many were deleted."""
     column, extra = PRUNED_TABLES[table]
+    row = "ctid" if is_pg(c) else "rowid"  # PostgreSQL: the row's physical address
     sql = (
-        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "  # noqa: S608 - fixed names
+        f"DELETE FROM {table} WHERE {row} IN (SELECT {row} FROM {table} "  # noqa: S608 - fixed names
         f"WHERE {column} < ?{extra} ORDER BY {column} LIMIT ?)"
     )
     with c:
         return c.execute(sql, (cutoff, limit)).rowcount
 
 
-def oldest(c: sqlite3.Connection) -> float | None:
+def vacuum(c: Connection, tables: Iterable[str]) -> None:
+    """PostgreSQL: make the space of the rows just pruned reusable at once (``VACUUM``, not
+    waiting for autovacuum), so the tables stay the same size at a steady rate. SQLite reuses
+    freed pages by itself: nothing to do."""
+    if is_pg(c):
+        for table in tables:
+            if table in PRUNED_TABLES:
+                c.execute(f"VACUUM {table}")
+
+
+def oldest(c: Connection) -> float | None:
     """The wall-clock time of the oldest prunable row of any pruned table (read from the
     indexes), or None when there is none."""
     times = []
@@ -342,8 +472,16 @@ def oldest(c: sqlite3.Connection) -> float | None:
     return min(times, default=None)
 
 
-def size_bytes(c: sqlite3.Connection) -> int:
-    """The database's size in bytes (pages in use or free, times the page size)."""
+def size_bytes(c: Connection) -> int:
+    """The database's size in bytes (SQLite: pages in use or free, times the page size;
+    PostgreSQL: the control plane's tables with their indexes and TOAST)."""
+    if is_pg(c):
+        row = c.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        ).fetchone()
+        return int(row[0])
     pages = c.execute("PRAGMA page_count").fetchone()[0]
     size = c.execute("PRAGMA page_size").fetchone()[0]
     return int(pages) * int(size)
