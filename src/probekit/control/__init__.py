@@ -767,7 +767,7 @@ class ControlPlane:
             return specs
         final = list(pending.values())
 
-        def save(conn: sqlite3.Connection) -> None:
+        def save(conn: db.Connection) -> None:
             for spec in final:
                 db.save_monitor(conn, spec)
 
