@@ -23,9 +23,11 @@ from ._fields import host, host_port
 from ._kind import HostPort, Option
 from ._options import (
     CERT_OPTIONS,
+    FAMILY_OPTIONS,
     TLS_OPTIONS,
     body_assertions,
     cert_assertion,
+    family_definition,
     secret_from_env,
     tls_definition,
 )
@@ -238,12 +240,7 @@ def common_options(kind: str, tls_port: int) -> tuple[Option, ...]:
             sets=("password",),
             help="log in with the password in environment variable VAR",
         ),
-        Option(
-            ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
-        ),
-        Option(
-            ("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"
-        ),
+        *FAMILY_OPTIONS,
         *CERT_OPTIONS,
     )
 
@@ -271,12 +268,8 @@ def common_to_definition(
             )
         else:
             definition["starttls_options"] = tls
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition)) is not None:
+        problems.append(problem)
     try:
         cert_assertion(values, definition)
     except DefinitionError as exc:

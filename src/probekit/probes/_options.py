@@ -18,10 +18,12 @@ from ._kind import Option
 __all__ = [
     "BODY_OPTIONS",
     "CERT_OPTIONS",
+    "FAMILY_OPTIONS",
     "TLS_OPTIONS",
     "add_assertion",
     "body_assertions",
     "cert_assertion",
+    "family_definition",
     "option_problem",
     "secret_from_env",
     "tls_definition",
@@ -78,6 +80,27 @@ CERT_OPTIONS: Final[tuple[Option, ...]] = (
         help="DOWN (CRITICAL) when the certificate expires within DAYS",
     ),
 )
+
+
+#: ``--ipv4``/``--ipv6``, read by :func:`family_definition`.
+FAMILY_OPTIONS: Final[tuple[Option, ...]] = (
+    Option(("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"),
+    Option(("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"),
+)
+
+
+def family_definition(
+    values: Mapping[str, Any], definition: MutableMapping[str, Any], label: str = "--ipv4/--ipv6"
+) -> DefinitionError | None:
+    """``--ipv4``/``--ipv6`` (dests ``ipv4``/``ipv6``) as ``ip_family``; the problem, at
+    ``label``, when both were given."""
+    if values.get("ipv4") and values.get("ipv6"):
+        return DefinitionError(label, "not allowed together")
+    if values.get("ipv4"):
+        definition["ip_family"] = "ipv4"
+    elif values.get("ipv6"):
+        definition["ip_family"] = "ipv6"
+    return None
 
 
 def option_problem(label: str, exc: DefinitionError) -> DefinitionError:

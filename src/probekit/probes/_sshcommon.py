@@ -51,7 +51,7 @@ from .._timeouts import Timeouts
 from ._base import Attempt
 from ._fields import FAMILIES
 from ._kind import Option
-from ._options import body_assertions, secret_from_env
+from ._options import body_assertions, family_definition, secret_from_env
 
 __all__ = [
     "HOST_KEY_ALGORITHMS",
@@ -643,12 +643,8 @@ def login_to_definition(
         _key_file(values, definition)
     except DefinitionError as exc:
         problems.append(exc)
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition)) is not None:
+        problems.append(problem)
     try:
         body_assertions(values, definition)
     except DefinitionErrors as exc:

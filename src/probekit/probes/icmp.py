@@ -58,6 +58,7 @@ from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host
 from ._fields import host as _host
 from ._kind import Metric, Name, Option, ProbeKind
+from ._options import family_definition
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -600,12 +601,8 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
             )
             continue
         definition[f"rtt_{level}"], definition[f"loss_{level}"] = pair
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("-4/-6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition, "-4/-6")) is not None:
+        problems.append(problem)
     if problems:
         raise DefinitionErrors(problems)
 

@@ -41,8 +41,10 @@ from ._kind import HostPort, Metric, Option, ProbeKind
 from ._mailcommon import CERT_OPTIONS, cert_assertion
 from ._options import (
     BODY_OPTIONS,
+    FAMILY_OPTIONS,
     TLS_OPTIONS,
     body_assertions,
+    family_definition,
     secret_from_env,
     tls_definition,
 )
@@ -323,12 +325,8 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         cert_assertion(values, definition)
     except DefinitionError as exc:
         problems.append(exc)
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition)) is not None:
+        problems.append(problem)
     try:
         body_assertions(values, definition)
     except DefinitionErrors as exc:
@@ -397,12 +395,7 @@ KIND = ProbeKind(
             metavar="DB",
             help="the database to open at login (needs --user)",
         ),
-        Option(
-            ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
-        ),
-        Option(
-            ("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"
-        ),
+        *FAMILY_OPTIONS,
         *BODY_OPTIONS,
     ),
     to_definition=_to_definition,

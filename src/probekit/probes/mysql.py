@@ -34,7 +34,15 @@ from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._mailcommon import CERT_OPTIONS, cert_assertion
-from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, secret_from_env, tls_definition
+from ._options import (
+    BODY_OPTIONS,
+    FAMILY_OPTIONS,
+    TLS_OPTIONS,
+    body_assertions,
+    family_definition,
+    secret_from_env,
+    tls_definition,
+)
 
 __all__ = ["KIND", "QUERY_LIMIT", "MysqlProbe", "StartTlsMode"]
 
@@ -523,12 +531,8 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         problems.append(exc)
     if values.get("get_server_public_key"):
         definition["get_server_public_key"] = True
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition)) is not None:
+        problems.append(problem)
     try:
         body_assertions(values, definition)
     except DefinitionErrors as exc:
@@ -630,12 +634,7 @@ KIND = ProbeKind(
             parse=_count,
             help="the query must return at most N rows",
         ),
-        Option(
-            ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
-        ),
-        Option(
-            ("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"
-        ),
+        *FAMILY_OPTIONS,
         *BODY_OPTIONS,
     ),
     to_definition=_to_definition,

@@ -39,7 +39,15 @@ from ._fields import check_family, check_host, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
-from ._options import BODY_OPTIONS, TLS_OPTIONS, body_assertions, secret_from_env, tls_definition
+from ._options import (
+    BODY_OPTIONS,
+    FAMILY_OPTIONS,
+    TLS_OPTIONS,
+    body_assertions,
+    family_definition,
+    secret_from_env,
+    tls_definition,
+)
 from ._pgwire import (
     FIRST_CELL_LIMIT,
     SSL_REQUEST,
@@ -643,12 +651,8 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
             definition["starttls_options"] = tls
     if values.get("plaintext_auth"):
         definition["plaintext_auth"] = True
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition)) is not None:
+        problems.append(problem)
     try:
         body_assertions(values, definition)
     except DefinitionErrors as exc:
@@ -760,12 +764,7 @@ KIND = ProbeKind(
             metavar="RANGE",
             help="CRITICAL (DOWN) when the first cell, a number, is outside RANGE (check_pgsql -C)",
         ),
-        Option(
-            ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
-        ),
-        Option(
-            ("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"
-        ),
+        *FAMILY_OPTIONS,
         *BODY_OPTIONS,
     ),
     to_definition=_to_definition,

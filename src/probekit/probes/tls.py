@@ -46,7 +46,7 @@ from ._base import Attempt, ProbeBase
 from ._fields import check_family, check_host, host, host_port, port
 from ._kind import HostPort, Metric, Option, ProbeKind
 from ._ocsp import REVOCATION_MODES, Revocation, Verdict
-from ._options import TLS_OPTIONS, option_problem, tls_definition
+from ._options import FAMILY_OPTIONS, TLS_OPTIONS, family_definition, option_problem, tls_definition
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -614,12 +614,8 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         _fingerprint(definition.get("fingerprint_sha256"))
     except DefinitionError as exc:
         problems.append(option_problem("--fingerprint", exc))
-    if values.get("ipv4") and values.get("ipv6"):
-        problems.append(DefinitionError("--ipv4/--ipv6", "not allowed together"))
-    elif values.get("ipv4"):
-        definition["ip_family"] = "ipv4"
-    elif values.get("ipv6"):
-        definition["ip_family"] = "ipv6"
+    if (problem := family_definition(values, definition)) is not None:
+        problems.append(problem)
     if problems:
         raise DefinitionErrors(problems)
 
@@ -711,12 +707,7 @@ KIND = ProbeKind(
             help="use the server's stapled OCSP response when it sends one (a second "
             "handshake; needs probekit[ocsp])",
         ),
-        Option(
-            ("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"
-        ),
-        Option(
-            ("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"
-        ),
+        *FAMILY_OPTIONS,
     ),
     to_definition=_to_definition,
     metrics=(
