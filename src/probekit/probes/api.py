@@ -47,9 +47,9 @@ from .http import (
     _REDIRECTS,
     BasicAuth,
     HttpProbe,
+    _follow_redirect,
     _headers,
     _parse_url,
-    _parse_url_for_redirect,
     _Response,
 )
 
@@ -673,13 +673,10 @@ class MultiStepProbe(ProbeBase):
             if hops >= step.max_redirects:
                 raise ProbeFailure(ErrorKind.PROTOCOL, f"more than {step.max_redirects} redirects")
             hops += 1
-            base = f"{url.scheme}://{url.authority}{url.target}"
-            nxt = _parse_url_for_redirect(base, location)
-            if (nxt.scheme, nxt.host, nxt.port) != (url.scheme, url.host, url.port):
-                auth = False  # never send credentials to another origin
-            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                method, body = ("GET" if method != "HEAD" else "HEAD"), None
-            url = nxt
+            url, same_origin, method, body = _follow_redirect(
+                url, location, response.status, method, body
+            )
+            auth = auth and same_origin  # never send credentials to another origin
         sub.metrics["redirects"] = hops
         probe._evaluate(sub, response)
         final = f"{url.scheme}://{url.authority}{url.target}"

@@ -332,6 +332,19 @@ class _BodySink:
         return not resp.truncated
 
 
+def _follow_redirect(
+    url: _Url, location: str, status: int, method: str, body: bytes | None
+) -> tuple[_Url, bool, str, bytes | None]:
+    """The request a redirect leads to: the next URL (``location`` read against ``url``),
+    whether it has the same origin (credentials go only there), and the method and body to
+    send (303, and 301/302 after a POST, become a GET without a body; HEAD stays HEAD)."""
+    nxt = _parse_url_for_redirect(f"{url.scheme}://{url.authority}{url.target}", location)
+    same_origin = (nxt.scheme, nxt.host, nxt.port) == (url.scheme, url.host, url.port)
+    if status == 303 or (status in (301, 302) and method == "POST"):
+        method, body = ("GET" if method != "HEAD" else "HEAD"), None
+    return nxt, same_origin, method, body
+
+
 @attrs.frozen
 class HttpProbe(ProbeBase):
     """Check an HTTP(S) endpoint.
@@ -467,13 +480,10 @@ class HttpProbe(ProbeBase):
             if hops >= self.max_redirects:
                 raise ProbeFailure(ErrorKind.PROTOCOL, f"more than {self.max_redirects} redirects")
             hops += 1
-            base = f"{url.scheme}://{url.authority}{url.target}"
-            nxt = _parse_url_for_redirect(base, location)
-            if (nxt.scheme, nxt.host, nxt.port) != (url.scheme, url.host, url.port):
-                auth = False  # never send credentials to another origin
-            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                method, body = ("GET" if method != "HEAD" else "HEAD"), None
-            url = nxt
+            url, same_origin, method, body = _follow_redirect(
+                url, location, response.status, method, body
+            )
+            auth = auth and same_origin  # never send credentials to another origin
         attempt.metrics["redirects"] = hops
         self._evaluate(attempt, response)
 
