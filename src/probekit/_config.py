@@ -130,6 +130,24 @@ class _Loader:
         self.secrets: dict[str, Secret] = {}
         self.broken_secrets: set[str] = set()
 
+    def tables(
+        self, data: Any, name: str, what: str
+    ) -> list[tuple[int, str, Mapping[str, Any]]] | None:
+        """The tables of the array ``[[name]]``, each with its index and its path
+        (``name[i]``); None, and a problem, when ``data`` is not a list. A member that is not a
+        table is a problem and left out."""
+        if isinstance(data, str | bytes) or not isinstance(data, list):
+            self.fail(name, f"expected a list of {what} tables, got {_kind(data)}")
+            return None
+        out: list[tuple[int, str, Mapping[str, Any]]] = []
+        for i, item in enumerate(data):
+            path = f"{name}[{i}]"
+            if isinstance(item, Mapping):
+                out.append((i, path, item))
+            else:
+                self.fail(path, f"expected a table, got {_kind(item)}")
+        return out
+
     def fail(self, path: str, message: str) -> None:
         self.errors.append(DefinitionError(path, message))
 

@@ -59,6 +59,10 @@ class _Loader(Protocol):
 
     def lookup(self, name: str) -> Secret: ...
 
+    def tables(
+        self, data: Any, name: str, what: str
+    ) -> list[tuple[int, str, Mapping[str, Any]]] | None: ...
+
 
 def _kind(value: object) -> str:
     return type(value).__name__
@@ -86,16 +90,12 @@ def channels(
 ) -> list[DurableSink]:
     """Build each ``[[channels]]`` table's channel, behind a :class:`DurableSink` on
     ``outbox``, dialling under ``policy`` (None: ``EgressPolicy()``)."""
-    if isinstance(data, str | bytes) or not isinstance(data, list):
-        loader.fail("channels", f"expected a list of channel tables, got {_kind(data)}")
+    tables = loader.tables(data, "channels", "channel")
+    if tables is None:
         return []
     out: list[DurableSink] = []
     names: dict[str, int] = {}
-    for i, item in enumerate(data):
-        path = f"channels[{i}]"
-        if not isinstance(item, Mapping):
-            loader.fail(path, f"expected a table, got {_kind(item)}")
-            continue
+    for i, path, item in tables:
         before = len(loader.errors)
         kind = item.get("type")
         if kind not in _TYPES:
@@ -222,16 +222,12 @@ def _when(loader: _Loader, value: Any, where: str) -> float | None:
 
 def maintenance(loader: _Loader, data: Any) -> list[MaintenanceWindow]:
     """Build each ``[[maintenance]]`` table's window."""
-    if isinstance(data, str | bytes) or not isinstance(data, list):
-        loader.fail("maintenance", f"expected a list of window tables, got {_kind(data)}")
+    tables = loader.tables(data, "maintenance", "window")
+    if tables is None:
         return []
     out: list[MaintenanceWindow] = []
     ids: dict[str, int] = {}
-    for i, item in enumerate(data):
-        path = f"maintenance[{i}]"
-        if not isinstance(item, Mapping):
-            loader.fail(path, f"expected a table, got {_kind(item)}")
-            continue
+    for i, path, item in tables:
         before = len(loader.errors)
         for key in item:
             if key not in _WINDOW_KEYS:

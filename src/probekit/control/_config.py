@@ -404,16 +404,12 @@ class _ControlLoader(_Loader):
                 "checkpoints", "no checkpoints: add a [[checkpoints]] table with an id and a token"
             )
             return out
-        if isinstance(data, str | bytes) or not isinstance(data, list):
-            self.fail("checkpoints", f"expected a list of checkpoint tables, got {_kind(data)}")
+        tables = self.tables(data, "checkpoints", "checkpoint")
+        if tables is None:
             return out
         seen_tokens: dict[str, int] = {}
         seen_ids: dict[str, int] = {}
-        for i, item in enumerate(data):
-            path = f"checkpoints[{i}]"
-            if not isinstance(item, Mapping):
-                self.fail(path, f"expected a table, got {_kind(item)}")
-                continue
+        for i, path, item in tables:
             for key in item:
                 if key not in ("id", "token"):
                     self.fail(f"{path}.{key}", "unknown field; known: id, token")
@@ -470,16 +466,12 @@ class _ControlLoader(_Loader):
         if data is None or data == []:
             self.fail("monitors", "no monitors: add at least one [[monitors]] table")
             return []
-        if isinstance(data, str | bytes) or not isinstance(data, list):
-            self.fail("monitors", f"expected a list of monitor tables, got {_kind(data)}")
+        tables = self.tables(data, "monitors", "monitor")
+        if tables is None:
             return []
         out: list[MonitorSpec] = []
         seen: dict[str, int] = {}
-        for i, item in enumerate(data):
-            path = f"monitors[{i}]"
-            if not isinstance(item, Mapping):
-                self.fail(path, f"expected a table, got {_kind(item)}")
-                continue
+        for i, path, item in tables:
             before = len(self.errors)
             monitor_id = item.get("id")
             if not is_id(monitor_id):
@@ -629,15 +621,11 @@ class _ControlLoader(_Loader):
     def webhooks(self, data: Any) -> list[WebhookSink]:
         from . import WebhookSink
 
-        if isinstance(data, str | bytes) or not isinstance(data, list):
-            self.fail("webhooks", f"expected a list of webhook tables, got {_kind(data)}")
+        tables = self.tables(data, "webhooks", "webhook")
+        if tables is None:
             return []
         out: list[WebhookSink] = []
-        for i, item in enumerate(data):
-            path = f"webhooks[{i}]"
-            if not isinstance(item, Mapping):
-                self.fail(path, f"expected a table, got {_kind(item)}")
-                continue
+        for _, path, item in tables:
             before = len(self.errors)
             for key in item:
                 if key not in ("url", "headers", "timeout"):
