@@ -29,7 +29,7 @@ from ._options import (
     cert_assertion,
     family_definition,
     secret_from_env,
-    tls_definition,
+    starttls_definition,
 )
 
 __all__ = [
@@ -254,20 +254,10 @@ def common_to_definition(
         secret_from_env(values, definition)
     except DefinitionError as exc:
         problems.append(exc)
-    try:
-        tls = tls_definition(values)
-    except DefinitionError as exc:
-        problems.append(exc)
-        tls = None
-    if values.get("tls"):
-        definition["tls"] = tls or {}
-    elif tls is not None:
-        if definition.get("starttls") == "off":
-            problems.append(
-                DefinitionError("--insecure/--ca-file", f"need --tls or STARTTLS for {kind} checks")
-            )
-        else:
-            definition["starttls_options"] = tls
+    need = f"need --tls or STARTTLS for {kind} checks"
+    implicit = bool(values.get("tls"))
+    if problem := starttls_definition(values, definition, implicit=implicit, off_problem=need):
+        problems.append(problem)
     if (problem := family_definition(values, definition)) is not None:
         problems.append(problem)
     try:

@@ -26,6 +26,7 @@ __all__ = [
     "family_definition",
     "option_problem",
     "secret_from_env",
+    "starttls_definition",
     "tls_definition",
 ]
 
@@ -191,3 +192,27 @@ def secret_from_env(
         state = "is not set" if value is None else "is empty"
         raise DefinitionError(label, f"environment variable {variable} {state}")
     definition[field] = Secret(value)
+
+
+def starttls_definition(
+    values: Mapping[str, Any],
+    definition: MutableMapping[str, Any],
+    *,
+    implicit: bool,
+    off_problem: str,
+) -> DefinitionError | None:
+    """``--insecure``/``--ca-file`` (see :func:`tls_definition`) put where a kind with STARTTLS
+    does TLS: ``tls`` when the connection is TLS from the start (``implicit``, e.g. ``--tls``),
+    else ``starttls_options``. The problem when reading them fails, or, at
+    ``--insecure/--ca-file``, ``off_problem`` when ``definition`` has ``starttls = "off"``."""
+    try:
+        tls = tls_definition(values)
+    except DefinitionError as exc:
+        return exc
+    if implicit:
+        definition["tls"] = tls or {}
+    elif tls is not None:
+        if definition.get("starttls") == "off":
+            return DefinitionError("--insecure/--ca-file", off_problem)
+        definition["starttls_options"] = tls
+    return None

@@ -41,7 +41,7 @@ from ._options import (
     body_assertions,
     family_definition,
     secret_from_env,
-    tls_definition,
+    starttls_definition,
 )
 
 __all__ = ["KIND", "QUERY_LIMIT", "MysqlProbe", "StartTlsMode"]
@@ -513,18 +513,9 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         if definition.get("starttls") not in (None, "required"):
             problems.append(DefinitionError("--ssl", "contradicts --starttls"))
         definition["starttls"] = "required"
-    try:
-        tls = tls_definition(values)
-    except DefinitionError as exc:
-        problems.append(exc)
-        tls = None
-    if tls is not None:
-        if definition.get("starttls") == "off":
-            problems.append(
-                DefinitionError("--insecure/--ca-file", "need TLS (not --starttls off)")
-            )
-        else:
-            definition["starttls_options"] = tls
+    need = "need TLS (not --starttls off)"
+    if problem := starttls_definition(values, definition, implicit=False, off_problem=need):
+        problems.append(problem)
     try:
         cert_assertion(values, definition)
     except DefinitionError as exc:

@@ -46,7 +46,7 @@ from ._options import (
     body_assertions,
     family_definition,
     secret_from_env,
-    tls_definition,
+    starttls_definition,
 )
 from ._pgwire import (
     FIRST_CELL_LIMIT,
@@ -637,18 +637,9 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         secret_from_env(values, definition)
     except DefinitionError as exc:
         problems.append(exc)
-    try:
-        tls = tls_definition(values)
-    except DefinitionError as exc:
-        problems.append(exc)
-        tls = None
-    if tls is not None:
-        if definition.get("starttls") == "off":
-            problems.append(
-                DefinitionError("--insecure/--ca-file", "need TLS (not --starttls off)")
-            )
-        else:
-            definition["starttls_options"] = tls
+    need = "need TLS (not --starttls off)"
+    if problem := starttls_definition(values, definition, implicit=False, off_problem=need):
+        problems.append(problem)
     if values.get("plaintext_auth"):
         definition["plaintext_auth"] = True
     if (problem := family_definition(values, definition)) is not None:

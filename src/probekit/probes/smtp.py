@@ -49,7 +49,7 @@ from ._options import (
     body_assertions,
     cert_assertion,
     secret_from_env,
-    tls_definition,
+    starttls_definition,
 )
 
 __all__ = ["DEFAULT_HELO", "KIND", "LINE_LIMIT", "REPLY_LIMIT", "SmtpProbe", "StartTlsMode"]
@@ -619,22 +619,10 @@ def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, An
         secret_from_env(values, definition)
     except DefinitionError as exc:
         problems.append(exc)
-    try:
-        tls = tls_definition(values)
-    except DefinitionError as exc:
-        problems.append(exc)
-        tls = None
-    if values.get("tls"):
-        definition["tls"] = tls or {}
-    elif tls is not None:
-        if definition.get("starttls") == "off":
-            problems.append(
-                DefinitionError(
-                    "--insecure/--ca-file", "need --tls or STARTTLS (not --starttls off)"
-                )
-            )
-        else:
-            definition["starttls_options"] = tls
+    need = "need --tls or STARTTLS (not --starttls off)"
+    implicit = bool(values.get("tls"))
+    if problem := starttls_definition(values, definition, implicit=implicit, off_problem=need):
+        problems.append(problem)
     if values.get("plaintext_auth"):
         definition["plaintext_auth"] = True
     try:
