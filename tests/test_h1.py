@@ -8,14 +8,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probekit._errors import ProbeFailure
-from probekit._result import ErrorKind
-from probekit.probes._h1 import (
+from probekit._h1 import (
     MAX_CHUNK_FRAMING,
     MAX_CHUNK_LINE,
     MAX_INTERIM,
     ResponseParser,
     header,
 )
+from probekit._result import ErrorKind
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\n"
 CLOSED = "connection closed before the response ended"

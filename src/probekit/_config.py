@@ -11,12 +11,9 @@ and an optional ``[secrets]`` table naming secrets read from environment variabl
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -26,7 +23,7 @@ from ._exceptions import DefinitionError
 from ._policy import EgressPolicy
 from ._scheduler import Monitor
 from ._secret import Secret
-from ._validate import id_problem, read_secret, seconds_problem
+from ._validate import id_problem, read_config_file, read_secret, seconds_problem
 
 __all__ = ["DEFAULT_INTERVAL", "Config", "load_config", "parse_config"]
 
@@ -36,8 +33,6 @@ DEFAULT_INTERVAL: Final = 60.0
 _SECTIONS: Final = ("monitors", "defaults", "policy", "secrets", "channels", "alerting")
 _POLICY_KEYS: Final = ("allow", "deny", "allow_hosts", "deny_hosts")
 _MONITOR_KEYS: Final = ("id", "interval")
-_TOML_WHERE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_EOF = re.compile(r"\s*\(at end of document\)\s*$")
 
 
 @attrs.frozen
@@ -66,49 +61,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     syntax error with its line and column, or each invalid field with its path).
     """
     return parse_config(read_config_file(path))
-
-
-def read_config_file(path: str | os.PathLike[str]) -> Any:
-    """The parsed contents of a TOML (or, for ``*.json``, JSON) config file.
-
-    Raises :class:`~probekit.DefinitionErrors` for an unreadable file or a syntax error (with
-    its line and column).
-    """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DefinitionErrors(
-            [DefinitionError("", f"cannot read {file}: {exc.strerror or exc}")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DefinitionErrors([DefinitionError("", f"{file} is not UTF-8: {exc}")]) from None
-    return _parse_json(text) if file.suffix.lower() == ".json" else _parse_toml(text)
-
-
-def _parse_toml(text: str) -> Any:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        where = _TOML_WHERE.search(message)
-        if where is not None:
-            line, column = where.groups()
-            detail = message[: where.start()]
-            message = f"invalid TOML at line {line}, column {column}: {detail}"
-        elif (end := _TOML_EOF.search(message)) is not None:
-            message = f"invalid TOML at the end of the file: {message[: end.start()]}"
-        else:
-            message = f"invalid TOML: {message}"
-        raise DefinitionErrors([DefinitionError("", message)]) from None
-
-
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        raise DefinitionErrors([DefinitionError("", message)]) from None
 
 
 def parse_config(data: Any) -> Config:

@@ -29,7 +29,6 @@ import attrs
 from ._assertions import (
     ASSERTION_TYPES,
     Assertion,
-    assertion_name,
     assertion_to_dict,
     register_assertion,
 )
@@ -192,38 +191,11 @@ def build_probe(
 
 def probe_to_dict(probe: Any) -> dict[str, Any]:
     """The plain-data form of a probe (secrets show as ``"<secret>"``)."""
-    from ._serialization import converter
+    from .probes._fields import plain_fields
     from .probes._registry import get_kind
 
     kind = type(probe).kind
-    hooks = get_kind(kind).unstructure
-    out: dict[str, Any] = {"kind": kind}
-    for field in attrs.fields(type(probe)):
-        if not field.init:
-            continue
-        value = getattr(probe, field.name)
-        default = field.default
-        if isinstance(default, _FACTORY):
-            default = default.factory()
-        if value == default:
-            continue
-        name = field.alias or field.name
-        hook = hooks.get(name)
-        out[name] = hook(value) if hook is not None else _plain(value, converter)
-    return out
-
-
-_FACTORY: type[Any] = type(attrs.Factory(list))
-
-
-def _plain(value: Any, converter: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v, converter) for v in value]
-    if assertion_name(value) is not None:
-        return assertion_to_dict(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return converter.unstructure(value)
+    return {"kind": kind, **plain_fields(probe, get_kind(kind).unstructure)}
 
 
 def structure(cls: type, data: Any, path: str = "") -> Any:

@@ -13,14 +13,17 @@ attrs validators built on them.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Final, Literal, TypeGuard
 
 import attrs
 
-from ._exceptions import DefinitionError
+from ._exceptions import DefinitionError, DefinitionErrors
 from ._secret import Secret
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "is_id",
     "is_loopback",
     "optional_seconds",
+    "read_config_file",
     "read_secret",
     "seconds",
     "seconds_problem",
@@ -148,3 +152,50 @@ def token_problem(token: str) -> str | None:
     if not token.isprintable() or any(c.isspace() for c in token):
         return "the token must not contain spaces or control characters"
     return None
+
+
+_TOML_WHERE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_EOF = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def read_config_file(path: str | os.PathLike[str]) -> Any:
+    """The parsed contents of a TOML (or, for ``*.json``, JSON) config file.
+
+    Raises :class:`~probekit.DefinitionErrors` for an unreadable file or a syntax error (with
+    its line and column).
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DefinitionErrors(
+            [DefinitionError("", f"cannot read {file}: {exc.strerror or exc}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DefinitionErrors([DefinitionError("", f"{file} is not UTF-8: {exc}")]) from None
+    return _parse_json(text) if file.suffix.lower() == ".json" else _parse_toml(text)
+
+
+def _parse_toml(text: str) -> Any:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        where = _TOML_WHERE.search(message)
+        if where is not None:
+            line, column = where.groups()
+            detail = message[: where.start()]
+            message = f"invalid TOML at line {line}, column {column}: {detail}"
+        elif (end := _TOML_EOF.search(message)) is not None:
+            message = f"invalid TOML at the end of the file: {message[: end.start()]}"
+        else:
+            message = f"invalid TOML: {message}"
+        raise DefinitionErrors([DefinitionError("", message)]) from None
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise DefinitionErrors([DefinitionError("", message)]) from None

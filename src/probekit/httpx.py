@@ -47,12 +47,12 @@ from ._context import ProbeContext, default_context
 from ._dial import Connection, within
 from ._errors import classify
 from ._exceptions import PolicyError, ProbeFailure
+from ._h1 import ResponseParser, header
 from ._resolver import Family
 from ._result import ErrorKind, Phase
 from ._timeline import Timeline
 from ._timeouts import Timeouts
 from ._tls import TlsOptions
-from .probes._h1 import ResponseParser, header
 
 __all__ = ["ADDRESS", "PHASES", "STARTED", "TLS", "EgressDenied", "Transport"]
 

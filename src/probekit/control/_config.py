@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import attrs
 
-from .._config import DEFAULT_INTERVAL, _kind, _Loader, read_config_file
+from .._config import DEFAULT_INTERVAL, _kind, _Loader
 from .._definitions import build_probe
 from .._exceptions import DefinitionError, DefinitionErrors
 from .._secret import Secret
@@ -28,6 +28,7 @@ from .._validate import (
     id_problem,
     is_id,
     is_loopback,
+    read_config_file,
     seconds_problem,
     token_problem,
 )

@@ -8,6 +8,7 @@ A kind uses them as attrs converters and validators (``host: str = attrs.field(c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -21,6 +22,7 @@ __all__ = [
     "host",
     "host_port",
     "optional_host",
+    "plain_fields",
     "port",
 ]
 
@@ -77,3 +79,41 @@ def check_family(value: object) -> None:
 def host_port(host: str, port: int) -> str:
     """``host:port`` as people write it (``[v6]:port``): a kind's ``target``."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_FACTORY: Final[type[Any]] = type(attrs.Factory(list))
+
+
+def plain_fields(
+    value: Any, hooks: Mapping[str, Callable[[Any], Any]] | None = None
+) -> dict[str, Any]:
+    """The init fields of the attrs ``value`` that differ from their defaults, as plain data
+    (by alias; tuples as lists, assertions as their ``{"type": ...}`` form, bytes as text,
+    secrets as ``"<secret>"``). ``hooks`` maps a field name to its own unstructure function.
+    What ``probe_to_dict`` and a kind's nested values (the api kind's steps) write."""
+    from .._assertions import assertion_name, assertion_to_dict
+    from .._serialization import converter
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, tuple):
+            return [plain(v) for v in item]
+        if assertion_name(item) is not None:
+            return assertion_to_dict(item)
+        if isinstance(item, bytes):
+            return item.decode("utf-8", "replace")
+        return converter.unstructure(item)
+
+    out: dict[str, Any] = {}
+    for field in attrs.fields(type(value)):
+        if not field.init:
+            continue
+        item = getattr(value, field.name)
+        default = field.default
+        if isinstance(default, _FACTORY):
+            default = default.factory()
+        if item == default:
+            continue
+        name = field.alias or field.name
+        hook = (hooks or {}).get(name)
+        out[name] = hook(item) if hook is not None else plain(item)
+    return out

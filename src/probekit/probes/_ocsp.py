@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import attrs
 
 from .._exceptions import ProbeFailure
+from .._h1 import ResponseParser, header
 from .._result import ErrorKind
-from ._h1 import ResponseParser, header
 
 if TYPE_CHECKING:
     import ssl

@@ -42,6 +42,7 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, warm_up
 from ._base import Attempt, ProbeBase
+from ._fields import plain_fields
 from ._kind import Metric, Name, ProbeKind
 from .http import (
     _REDIRECTS,
@@ -386,25 +387,8 @@ def _steps(value: Any) -> tuple[Step, ...]:
 
 
 def _plain_fields(value: Any) -> dict[str, Any]:
-    """An attrs value's init fields that differ from their defaults, as plain data."""
-    from .._definitions import _FACTORY, _plain
-    from .._serialization import converter
-
-    out: dict[str, Any] = {}
-    for field in attrs.fields(type(value)):
-        if not field.init:
-            continue
-        item = getattr(value, field.name)
-        default = field.default
-        if isinstance(default, _FACTORY):
-            default = default.factory()
-        if item == default:
-            continue
-        if field.name == "extract":
-            out["extract"] = [_plain_fields(e) for e in item]
-        else:
-            out[field.alias or field.name] = _plain(item, converter)
-    return out
+    """A step (or an extraction) as plain data: its fields that differ from their defaults."""
+    return plain_fields(value, {"extract": lambda items: [_plain_fields(e) for e in items]})
 
 
 def _unstructure_steps(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
@@ -978,7 +962,7 @@ class StepsFile(Name):
         if not text:
             raise DefinitionError("", "expected a steps file or a URL")
         if text.lower().endswith((".toml", ".json")) or Path(text).is_file():
-            from .._config import read_config_file
+            from .._validate import read_config_file
 
             try:
                 data = read_config_file(text)

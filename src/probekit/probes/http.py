@@ -22,6 +22,7 @@ from .._assertions import Assertion, HeaderMatches, JsonPath, StatusIn, assertio
 from .._context import ProbeContext
 from .._dial import Connection, Proxy
 from .._exceptions import DefinitionError, DefinitionErrors, ProbeFailure
+from .._h1 import ResponseParser
 from .._policy import parse_host_address
 from .._resolver import Family
 from .._result import ErrorKind
@@ -30,7 +31,6 @@ from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, warm_up
 from ._base import Attempt, ProbeBase
-from ._h1 import ResponseParser
 from ._kind import Metric, Option, ProbeKind, Url
 from ._options import (
     BODY_OPTIONS,

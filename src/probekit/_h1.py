@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import re
 
-from .._exceptions import ProbeFailure
-from .._result import ErrorKind
+from ._exceptions import ProbeFailure
+from ._result import ErrorKind
 
 __all__ = ["MAX_CHUNK_FRAMING", "MAX_CHUNK_LINE", "MAX_INTERIM", "ResponseParser", "header"]
 
