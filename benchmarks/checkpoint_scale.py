@@ -15,8 +15,10 @@ first runs are spread over the first interval), it samples every 5 s and reports
     python benchmarks/checkpoint_scale.py                    # 10 minutes
     python benchmarks/checkpoint_scale.py --duration 150     # a short run
 
-Options: --monitors, --interval, --duration, --retention, --prune-interval, --json PATH,
---keep DIR (work there and keep the config, the logs and the database). Every
+Options: --monitors, --interval, --duration, --retention, --prune-interval, --instances N
+(default 2), --postgres (store in a throwaway PostgreSQL from tests/_pgserver.py, whose
+processes are measured too), --json PATH, --keep DIR (work there and keep the config, the logs
+and the database). Every
 process is stopped at the end (SIGTERM; the instances drain), the temporary directory removed.
 """
 
@@ -88,11 +90,19 @@ def wait_for(port: int, what: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
-def control_config(args: argparse.Namespace, port: int, metrics: int, db: Path, url: str) -> str:
+PG_PASSWORD_ENV = "PROBEKIT_SCALE_PG_PASSWORD"  # noqa: S105 - the variable's name
+
+
+def control_config(args: argparse.Namespace, port: int, metrics: int, db: str, url: str) -> str:
     lines = [
         "[control]",
         f"port = {port}",
         f'db = "{db}"',
+        *(
+            [f'db_password = {{ env = "{PG_PASSWORD_ENV}" }}']
+            if db.startswith("postgresql")
+            else []
+        ),
         f"metrics_port = {metrics}",
         f"retention = {args.retention}",
         f"prune_interval = {args.prune_interval}",
@@ -118,10 +128,12 @@ def control_config(args: argparse.Namespace, port: int, metrics: int, db: Path, 
 class Sampled:
     """A process of ours and its CPU and memory, children included."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, name: str, popen: subprocess.Popen[bytes] | None, pid: int | None = None
+    ) -> None:
         self.name = name
-        self.popen = popen
-        self.proc = psutil.Process(popen.pid)
+        self.popen = popen  # None: not ours to stop (the PostgreSQL server)
+        self.proc = psutil.Process(popen.pid if popen is not None else pid)
         self.cpu0 = 0.0
         self.cpu1 = 0.0
         self.rss_peak = 0
@@ -158,13 +170,42 @@ def db_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
+class _Postgres:
+    """With ``--postgres``: a throwaway PostgreSQL (tests/_pgserver.py) for the control plane,
+    its size read with ``pg_database_size``."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from _pgserver import PgServer, find_bin
+
+        bin_dir = find_bin()
+        if bin_dir is None:
+            raise SystemExit(
+                "--postgres needs PostgreSQL's initdb and pg_ctl (set PROBEKIT_PG_BIN)"
+            )
+        self.server = PgServer(bin_dir)
+        self.server.start()
+
+    def size(self) -> int:
+        import psycopg
+
+        with psycopg.connect(self.server.admin_dsn) as conn:
+            row = conn.execute("SELECT pg_database_size('probekit')").fetchone()
+        return int(row[0]) if row else 0
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     env = {**os.environ, TOKEN_ENV: os.urandom(16).hex()}
     target_port, port, metrics = free_port(), free_port(), free_port()
     db = workdir / "control.db"
+    postgres = _Postgres() if args.postgres else None
+    if postgres is not None:
+        env[PG_PASSWORD_ENV] = postgres.server.password
+    size = postgres.size if postgres is not None else (lambda: db_bytes(db))
     config = workdir / "control.toml"
     url = f"http://127.0.0.1:{target_port}"
-    config.write_text(control_config(args, port, metrics, db, url))
+    store = postgres.server.url if postgres is not None else str(db)
+    config.write_text(control_config(args, port, metrics, store, url))
     started: list[Sampled] = []
     logs = []
 
@@ -177,12 +218,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     try:
         spawn("target", [sys.executable, "-c", TARGET, str(target_port)])
+        if postgres is not None:
+            pid = int((postgres.server.data / "postmaster.pid").read_text().split()[0])
+            started.append(Sampled("postgres", None, pid))
         control = spawn(
             "control", [sys.executable, "-m", "probekit", "control", "--config", str(config), "-q"]
         )
         wait_for(metrics, "the control plane")
         instance_metrics = {}
-        for name in ("scale-a", "scale-b"):
+        for name in (f"scale-{chr(ord('a') + i)}" for i in range(args.instances)):
             instance_metrics[name] = free_port()
             argv = [
                 *(sys.executable, "-m", "probekit", "checkpoint"),
@@ -214,7 +258,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             point = {
                 "t": round(elapsed, 1),
                 "stored": int(stored),
-                "db_bytes": db_bytes(db),
+                "db_bytes": size(),
                 "rows_pruned": int(stats.get("probekit_control_rows_pruned_total", 0)),
                 "runs_outstanding": int(stats.get("probekit_control_runs_outstanding", 0)),
             }
@@ -258,7 +302,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 }
                 for name, m in instances.items()
             },
-            "db_bytes_final": db_bytes(db),
+            "instances_count": args.instances,
+            "storage": "postgresql" if postgres is not None else "sqlite",
+            "db_bytes_final": size(),
             "db_bytes_max": max(p["db_bytes"] for p in timeline),
             "timeline": timeline,
         }
@@ -266,7 +312,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return report
     finally:
         for proc in reversed(started):
-            if proc.popen.poll() is None:
+            if proc.popen is not None and proc.popen.poll() is None:
                 proc.popen.terminate()
                 try:
                     proc.popen.wait(30)
@@ -275,13 +321,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     proc.popen.wait()
         for log in logs:
             log.close()
+        if postgres is not None:
+            postgres.server.stop()
 
 
 def show(report: dict[str, Any]) -> None:
     print()
     print(
-        f"{report['monitors']} monitors every {report['interval']:g} s on two instances, "
-        f"{report['duration']:.0f} s measured, retention {report['retention']:g} s"
+        f"{report['monitors']} monitors every {report['interval']:g} s on "
+        f"{report['instances_count']} instances, {report['duration']:.0f} s measured, retention "
+        f"{report['retention']:g} s, {report['storage']}"
     )
     print(
         f"results/s stored: {report['results_per_second']} "
@@ -301,10 +350,7 @@ def show(report: dict[str, Any]) -> None:
             f"{proc['rss_last_mib']:>13.1f}"
         )
     sizes = [p for p in report["timeline"] if p["t"] % 60 < 5 or p is report["timeline"][-1]]
-    print(
-        "DB size (file + WAL): "
-        + ", ".join(f"{p['t']:.0f} s {p['db_bytes'] / 2**20:.1f} MiB" for p in sizes)
-    )
+    print("DB size: " + ", ".join(f"{p['t']:.0f} s {p['db_bytes'] / 2**20:.1f} MiB" for p in sizes))
 
 
 def main() -> None:
@@ -314,6 +360,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds measured")
     parser.add_argument("--retention", type=float, default=120.0, help="seconds kept")
     parser.add_argument("--prune-interval", type=float, default=30.0)
+    parser.add_argument("--instances", type=int, default=2, help="checkpoint instances")
+    parser.add_argument(
+        "--postgres", action="store_true", help="store in a throwaway PostgreSQL, not SQLite"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument(
         "--keep", type=Path, help="work in this directory and keep it (configs, logs, database)"
