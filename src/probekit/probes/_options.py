@@ -19,6 +19,7 @@ __all__ = [
     "BODY_OPTIONS",
     "CERT_OPTIONS",
     "FAMILY_OPTIONS",
+    "ROW_OPTIONS",
     "TLS_OPTIONS",
     "add_assertion",
     "body_assertions",
@@ -87,6 +88,32 @@ CERT_OPTIONS: Final[tuple[Option, ...]] = (
 FAMILY_OPTIONS: Final[tuple[Option, ...]] = (
     Option(("--ipv4",), dest="ipv4", action="flag", sets=("ip_family",), help="connect over IPv4"),
     Option(("--ipv6",), dest="ipv6", action="flag", sets=("ip_family",), help="connect over IPv6"),
+)
+
+
+def _rows(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a number of rows (0 or more), got {text!r}")
+    return value
+
+
+#: ``--min-rows``/``--max-rows`` into ``min_rows``/``max_rows`` (the database kinds' queries).
+ROW_OPTIONS: Final[tuple[Option, ...]] = (
+    Option(
+        ("--min-rows",),
+        field="min_rows",
+        metavar="N",
+        parse=_rows,
+        help="the query must return at least N rows",
+    ),
+    Option(
+        ("--max-rows",),
+        field="max_rows",
+        metavar="N",
+        parse=_rows,
+        help="the query must return at most N rows",
+    ),
 )
 
 

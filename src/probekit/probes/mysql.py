@@ -37,6 +37,7 @@ from ._mailcommon import CERT_OPTIONS, cert_assertion
 from ._options import (
     BODY_OPTIONS,
     FAMILY_OPTIONS,
+    ROW_OPTIONS,
     TLS_OPTIONS,
     body_assertions,
     family_definition,
@@ -496,13 +497,6 @@ async def _read_result(reader: wire.PacketReader) -> tuple[int, str | None] | wi
 # -- the command-line form -------------------------------------------------------------------------
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"expected a count of rows (0 or more), got {text!r}")
-    return value
-
-
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
     try:
@@ -611,20 +605,7 @@ KIND = ProbeKind(
             metavar="TEXT",
             help="the query's first cell must be TEXT (NULL for SQL NULL)",
         ),
-        Option(
-            ("--min-rows",),
-            field="min_rows",
-            metavar="N",
-            parse=_count,
-            help="the query must return at least N rows",
-        ),
-        Option(
-            ("--max-rows",),
-            field="max_rows",
-            metavar="N",
-            parse=_count,
-            help="the query must return at most N rows",
-        ),
+        *ROW_OPTIONS,
         *FAMILY_OPTIONS,
         *BODY_OPTIONS,
     ),

@@ -42,6 +42,7 @@ from ._kind import HostPort, Metric, Option, ProbeKind
 from ._options import (
     BODY_OPTIONS,
     FAMILY_OPTIONS,
+    ROW_OPTIONS,
     TLS_OPTIONS,
     body_assertions,
     family_definition,
@@ -624,13 +625,6 @@ class PostgresProbe(ProbeBase):
 # -- the command-line form -------------------------------------------------------------------------
 
 
-def _rows(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"expected a number of rows (0 or more), got {text!r}")
-    return value
-
-
 def _to_definition(values: Mapping[str, Any], definition: MutableMapping[str, Any]) -> None:
     problems: list[DefinitionError] = []
     try:
@@ -728,20 +722,7 @@ KIND = ProbeKind(
             metavar="TEXT",
             help="the first cell of the first row must be TEXT",
         ),
-        Option(
-            ("--min-rows",),
-            field="min_rows",
-            metavar="N",
-            parse=_rows,
-            help="the query must return at least N rows",
-        ),
-        Option(
-            ("--max-rows",),
-            field="max_rows",
-            metavar="N",
-            parse=_rows,
-            help="the query must return at most N rows",
-        ),
+        *ROW_OPTIONS,
         Option(
             ("--query-warning",),
             field="query_warning",
