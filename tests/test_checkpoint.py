@@ -420,7 +420,9 @@ async def test_a_wrong_token_is_refused_and_retried_with_backoff() -> None:
         async with Checkpoint(settings_for(server.url)) as cp:
             loop = asyncio.get_running_loop()
             start = loop.time()
-            await eventually(lambda: server.rejected >= 4)
+            # The server counts a refusal when it sends the 401; the instance counts it once it
+            # has read the answer: wait for both, or a fast scrape sees the last one in flight.
+            await eventually(lambda: server.rejected >= 4 and cp.stats["connect_failures"] >= 4)
             elapsed = loop.time() - start
             stats = cp.stats
         assert server.of(p.Hello) == []
