@@ -131,7 +131,9 @@ async def test_the_standby_waits_and_takes_over_when_the_active_goes(
         await active.stop()
     stored, distinct = rows
     assert stored == distinct  # no result stored twice
-    assert stored >= produced - 2 > 0  # none lost (a run may end between the two readings)
+    # none lost (a run may end between the two readings); at least the failure that opened
+    # the alert and the success that resolved it (a loaded machine may run no more)
+    assert stored >= max(produced - 2, 2)
     # the alert: opened once (by the active), never again by the standby, resolved once by it
     assert len(opened) == 1
     assert not [e for e in sink_b.events if e.kind == "alert_opened"]
