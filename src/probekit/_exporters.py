@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._exceptions import DefinitionError
 from ._result import Result, Status
@@ -19,11 +19,16 @@ from ._serialization import converter
 from .probes._kind import Metric
 from .probes._registry import describe, get_kind
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric as PromFamily
+
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "Exposition", "json_line", "nagios_line", "prometheus_text"]
 
 log = logging.getLogger("probekit.exporters")
 
-#: The ``Content-Type`` of :func:`prometheus_text` output (text exposition format 0.0.4).
+#: The ``Content-Type`` of :func:`prometheus_text` output: text exposition format 0.0.4, what
+#: ``generate_latest`` writes (``prometheus_client.exposition.CONTENT_TYPE_PLAIN_0_0_4``; its
+#: ``CONTENT_TYPE_LATEST`` names 1.0.0, the same text with UTF-8 names allowed, which we never use).
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -138,8 +143,8 @@ def json_line(result: Result, *, monitor: str | None = None) -> str:
 
 # -- Prometheus --------------------------------------------------------------------------------
 
-_Sample = tuple[Mapping[str, str], float]
-_Samples = Callable[[Result], Iterable[tuple[dict[str, str], float]]]
+_Row = tuple[dict[str, str], float]
+_Samples = Callable[[Result], Iterable[_Row]]
 
 _UP: Final = {Status.UP: 1.0, Status.DEGRADED: 1.0, Status.DOWN: 0.0, Status.UNKNOWN: 0.0}
 
@@ -240,7 +245,7 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
     warning is logged (once per process); a kind cannot declare a common family's name again.
     """
     ordered = sorted(results.items())
-    families: dict[str, tuple[Metric, list[_Sample]]] = {m.name: (m, []) for m, _ in _COMMON}
+    families: dict[str, tuple[Metric, list[_Row]]] = {m.name: (m, []) for m, _ in _COMMON}
     for metric, samples in _COMMON:
         rows = families[metric.name][1]
         for monitor, result in ordered:
@@ -260,7 +265,7 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
 
 
 def _exported_metrics(
-    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[_Sample]]]
+    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[_Row]]]
 ) -> dict[str, list[Metric]]:
     """The declared metrics of each kind in ``kind_names`` that this process knows, with a
     family added to ``families`` for each new name (kinds in name order: first one wins)."""
@@ -303,50 +308,53 @@ def _base_labels(monitor: str, result: Result) -> dict[str, str]:
 
 
 class Exposition:
-    """Prometheus text exposition (0.0.4), written one family at a time: the one writer behind
-    ``prometheus_text``, the checkpoint's and the control plane's own ``/metrics`` and the
-    exporter's ``/probe`` (label values escaped, numbers as Prometheus reads them)."""
+    """Prometheus text exposition (0.0.4), collected one family at a time and written by
+    ``prometheus_client``: the one code path behind ``prometheus_text``, the checkpoint's and
+    the control plane's own ``/metrics`` and the exporter's ``/probe``.
+
+    Each :meth:`family` becomes a ``prometheus_client`` metric family, its samples appended as
+    they are (no per-sample label checks: the names are ours); :meth:`text` hands them to
+    ``prometheus_client.exposition.generate_latest``, which escapes label values and help
+    texts, sorts each sample's labels by name and writes numbers as Go does (``1.0``, ``NaN``,
+    ``+Inf``, ``1.7e+09``). ``prometheus_client`` is imported there, not when this module is.
+    """
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
+        self._families: list[tuple[str, str, str, list[_Row]]] = []
 
     def family(
         self,
         name: str,
         help_text: str,
         kind: str,
-        samples: Iterable[tuple[Mapping[str, str], float]],
+        samples: Iterable[_Row],
     ) -> None:
-        """``# HELP``, ``# TYPE`` and one line per ``(labels, value)`` sample."""
-        self._lines.append(f"# HELP {name} {_escape_help(help_text)}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        self._lines.extend(_row(name, labels, value) for labels, value in samples)
+        """A family ``name`` of type ``kind`` (``gauge`` or ``counter``: a counter's name ends
+        in ``_total``, which Prometheus's naming asks and ``prometheus_client`` assumes), with
+        its ``# HELP`` and ``# TYPE`` and one sample per ``(labels, value)``."""
+        if kind not in ("gauge", "counter"):
+            raise ValueError(f"metric {name}: type {kind!r} is not 'gauge' or 'counter'")
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"counter {name}: a counter's name must end in '_total'")
+        self._families.append((name, help_text, kind, list(samples)))
+
+    def collect(self) -> list[PromFamily]:
+        """The families as ``prometheus_client`` metric families (a collector's ``collect``)."""
+        from prometheus_client.metrics_core import Metric as Family
+        from prometheus_client.samples import Sample
+
+        out = []
+        for name, help_text, kind, rows in self._families:
+            # prometheus_client names a counter without '_total' and adds it back on writing
+            family = Family(name[: -len("_total")] if kind == "counter" else name, help_text, kind)
+            family.samples = [
+                Sample(name, labels, value, None, None, None) for labels, value in rows
+            ]
+            out.append(family)
+        return out
 
     def text(self) -> str:
-        return "\n".join(self._lines) + "\n" if self._lines else ""
+        """The exposition; empty when no family was added."""
+        from prometheus_client.exposition import generate_latest
 
-
-def _row(name: str, labels: Mapping[str, str], value: float) -> str:
-    return f"{name}{_labels(labels) if labels else ''} {_number(float(value))}"
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+        return generate_latest(self).decode()
