@@ -7,6 +7,7 @@ never its protocol library, the first time the kind is looked up).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,6 +22,8 @@ from .probes._registry import describe, get_kind
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric as PromFamily
+    from prometheus_client.registry import Collector
+    from prometheus_client.samples import Sample as PromSample
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "Exposition", "json_line", "nagios_line", "prometheus_text"]
 
@@ -335,20 +338,20 @@ class Exposition:
         """A family ``name`` of type ``kind`` (``gauge`` or ``counter``: a counter's name ends
         in ``_total``, which Prometheus's naming asks and ``prometheus_client`` assumes), with
         its ``# HELP`` and ``# TYPE`` and one sample per ``(labels, value)``."""
-        from prometheus_client.metrics_core import Metric as Family
-        from prometheus_client.samples import Sample
-
         if kind not in ("gauge", "counter"):
             raise ValueError(f"metric {name}: type {kind!r} is not 'gauge' or 'counter'")
         if kind == "counter" and not name.endswith("_total"):
             raise ValueError(f"counter {name}: a counter's name must end in '_total'")
+        family_class, sample_class, _ = _client()
         # prometheus_client names a counter without '_total' and adds it back when writing
-        family = Family(name[: -len("_total")] if kind == "counter" else name, help_text, kind)
+        family = family_class(
+            name[: -len("_total")] if kind == "counter" else name, help_text, kind
+        )
         # Sample is a NamedTuple; tuple.__new__ builds one without its Python-level __new__
         # (a third of the cost of building the families for thousands of samples)
         new = tuple.__new__
         family.samples = [
-            new(Sample, (name, labels, value, None, None, None)) for labels, value in samples
+            new(sample_class, (name, labels, value, None, None, None)) for labels, value in samples
         ]
         self._families.append(family)
 
@@ -359,6 +362,15 @@ class Exposition:
 
     def text(self) -> str:
         """The exposition; empty when no family was added."""
-        from prometheus_client.exposition import generate_latest
+        return _client()[2](self).decode()
 
-        return generate_latest(self).decode()
+
+@functools.cache
+def _client() -> tuple[type[PromFamily], type[PromSample], Callable[[Collector], bytes]]:
+    """What the writer uses of ``prometheus_client``, imported on first use (not with this
+    module) and kept, so adding a family does not run import statements again."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.metrics_core import Metric as PromFamily
+    from prometheus_client.samples import Sample as PromSample
+
+    return PromFamily, PromSample, generate_latest
