@@ -246,6 +246,7 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
     Each family appears once. When two kinds declare one name with a different help or type,
     the first declaration (kinds in name order) gives the family its help and type, and a
     warning is logged (once per process); a kind cannot declare a common family's name again.
+    The text is written by :class:`Exposition` (``prometheus_client``); no results give ``""``.
     """
     # one label dict per monitor, shared by its samples that add no label (nothing writes to it)
     ordered = [
@@ -253,16 +254,24 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
     ]
     families: dict[str, tuple[Metric, list[_Row]]] = {m.name: (m, []) for m, _ in _COMMON}
     for metric, samples in _COMMON:
-        rows = families[metric.name][1]
-        for base, result in ordered:
-            for extra, value in samples(result):
-                rows.append(({**base, **extra} if extra else base, value))
+        families[metric.name][1].extend(
+            [
+                ({**base, **extra} if extra else base, value)
+                for base, result in ordered
+                for extra, value in samples(result)
+            ]
+        )
     exported = _exported_metrics({result.kind for result in results.values()}, families)
+    # kind -> (key, the rows of its family) for each metric the kind declares and exports
+    rows_of = {
+        kind: [(metric.key, families[metric.name][1]) for metric in metrics]
+        for kind, metrics in exported.items()
+    }
     for base, result in ordered:
-        for metric in exported.get(result.kind, ()):
-            declared = result.metrics.get(metric.key)
+        for key, rows in rows_of.get(result.kind, ()):
+            declared = result.metrics.get(key)
             if declared is not None:
-                families[metric.name][1].append((base, declared))
+                rows.append((base, declared))
     out = Exposition()
     for name, (metric, rows) in families.items():
         if rows:
