@@ -307,6 +307,8 @@ def test_the_exposition_refuses_a_counter_without_total_and_other_types() -> Non
     out = Exposition()
     with pytest.raises(ValueError, match="counter x_seen: a counter's name must end in '_total'"):
         out.family("x_seen", "Things seen.", "counter", [({}, 1.0)])
+    with pytest.raises(ValueError, match="counter _total: a counter's name must end"):
+        out.family("_total", "Nothing before _total.", "counter", [({}, 1.0)])
     with pytest.raises(ValueError, match="metric x_h: type 'histogram' is not"):
         out.family("x_h", "A histogram.", "histogram", [])
     assert out.text() == ""

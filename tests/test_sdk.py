@@ -352,6 +352,8 @@ def test_option_and_metric_declarations() -> None:
         DefinitionError, match="probekit_sdk_items is a counter: a counter's name ends in '_total'"
     ):
         Metric("items", "probekit_sdk_items", "Items seen.", "counter")
+    with pytest.raises(DefinitionError, match="metric _total is a counter"):
+        Metric("items", "_total", "Items seen.", "counter")  # nothing before '_total'
     with pytest.raises(DefinitionError, match="'histogram' is not 'gauge' or 'counter'"):
         Metric("items", "probekit_sdk_items", "Items seen.", "histogram")  # type: ignore[arg-type]
     assert Metric("items", "probekit_sdk_items_total", "Items seen.", "counter").type == "counter"

@@ -349,7 +349,7 @@ class Exposition:
         its ``# HELP`` and ``# TYPE`` and one sample per ``(labels, value)``."""
         if kind not in ("gauge", "counter"):
             raise ValueError(f"metric {name}: type {kind!r} is not 'gauge' or 'counter'")
-        if kind == "counter" and not name.endswith("_total"):
+        if kind == "counter" and (not name.endswith("_total") or name == "_total"):
             raise ValueError(f"counter {name}: a counter's name must end in '_total'")
         family_class, sample_class, _ = _client()
         # prometheus_client names a counter without '_total' and adds it back when writing

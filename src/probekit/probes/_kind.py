@@ -192,7 +192,7 @@ class Metric:
             raise DefinitionError(
                 "type", f"metric {self.name}: type {self.type!r} is not 'gauge' or 'counter'"
             )
-        if self.type == "counter" and not self.name.endswith("_total"):
+        if self.type == "counter" and (not self.name.endswith("_total") or self.name == "_total"):
             raise DefinitionError(
                 "name",
                 f"metric {self.name} is a counter: a counter's name ends in '_total' "
