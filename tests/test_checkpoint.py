@@ -836,13 +836,13 @@ async def test_metrics_and_ready_endpoints(target: HttpServer) -> None:
     assert status == 200
     labels = '{checkpoint_id="cp-1",instance_id="a\\"b"}'
     samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")
-    assert samples[f"probekit_checkpoint_connected{labels}"] == "1"
-    assert samples[f"probekit_checkpoint_results_total{labels}"] == "1"
-    assert samples[f"probekit_checkpoint_acked_total{labels}"] == "1"
-    assert samples[f"probekit_checkpoint_spool_depth{labels}"] == "0"
-    assert samples[f"probekit_checkpoint_in_flight{labels}"] == "0"
-    assert samples[f"probekit_checkpoint_reconnects_total{labels}"] == "0"
-    assert samples[f"probekit_checkpoint_spool_dropped_total{labels}"] == "0"
+    assert samples[f"probekit_checkpoint_connected{labels}"] == "1.0"
+    assert samples[f"probekit_checkpoint_results_total{labels}"] == "1.0"
+    assert samples[f"probekit_checkpoint_acked_total{labels}"] == "1.0"
+    assert samples[f"probekit_checkpoint_spool_depth{labels}"] == "0.0"
+    assert samples[f"probekit_checkpoint_in_flight{labels}"] == "0.0"
+    assert samples[f"probekit_checkpoint_reconnects_total{labels}"] == "0.0"
+    assert samples[f"probekit_checkpoint_spool_dropped_total{labels}"] == "0.0"
     assert "# TYPE probekit_checkpoint_reconnects_total counter" in metrics
     assert head == (200, "")
     assert missing[0] == 404
@@ -1132,7 +1132,7 @@ async def test_a_full_spool_drops_the_oldest_and_counts_them(target: HttpServer)
         for line in metrics.splitlines()
         if line.startswith("probekit_checkpoint_spool_dropped_total{")
     )
-    assert int(dropped.rsplit(" ", 1)[1]) >= 3
+    assert float(dropped.rsplit(" ", 1)[1]) >= 3
 
 
 async def test_the_oldest_unacked_age_and_results_lost_are_metrics(target: HttpServer) -> None:
@@ -1189,8 +1189,8 @@ def test_results_lost_is_its_own_counter_next_to_spool_dropped() -> None:
     }
     text = metrics_text(stats, "cp", "a")
     labels = '{checkpoint_id="cp",instance_id="a"}'
-    assert f"probekit_checkpoint_results_lost_total{labels} 2\n" in text
-    assert f"probekit_checkpoint_spool_dropped_total{labels} 4\n" in text
+    assert f"probekit_checkpoint_results_lost_total{labels} 2.0\n" in text
+    assert f"probekit_checkpoint_spool_dropped_total{labels} 4.0\n" in text
     assert f"probekit_checkpoint_oldest_unacked_seconds{labels} 12.5\n" in text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import re
 import subprocess
 import sys
@@ -25,7 +26,13 @@ from probekit import (
     Status,
     result_from_json,
 )
-from probekit._exporters import json_line, nagios_line, prometheus_text
+from probekit._exporters import (
+    PROMETHEUS_CONTENT_TYPE,
+    Exposition,
+    json_line,
+    nagios_line,
+    prometheus_text,
+)
 from probekit.probes import HostPort, Metric, ProbeKind, _registry, get_kind, register_kind
 from servers import HttpServer
 
@@ -256,6 +263,64 @@ def test_prometheus_text_with_no_results() -> None:
     assert list(text_string_to_metric_families("")) == []
 
 
+def test_the_exposition_is_prometheus_clients_text() -> None:
+    """Family order as added; label values and help escaped; labels in name order; numbers
+    as prometheus_client (and Go) write them; a counter keeps its ``_total`` name."""
+    out = Exposition()
+    odd = 'q"\\\n'
+    out.family("x_up", "Help with \\ and\na newline.", "gauge", [({"b": odd, "a": "1"}, 1.0)])
+    out.family("x_odd", "Odd values.", "gauge", [({"v": "nan"}, math.nan), ({"v": "+"}, math.inf)])
+    out.family("x_odd2", "More.", "gauge", [({"v": "-"}, -math.inf), ({}, 0.25), ({}, 1.75e9)])
+    out.family("x_seen_total", "Things seen.", "counter", [({}, 3)])
+    out.family("x_none", "No samples.", "gauge", [])
+    text = out.text()
+    assert text == (
+        "# HELP x_up Help with \\\\ and\\na newline.\n"
+        "# TYPE x_up gauge\n"
+        'x_up{a="1",b="q\\"\\\\\\n"} 1.0\n'
+        "# HELP x_odd Odd values.\n"
+        "# TYPE x_odd gauge\n"
+        'x_odd{v="nan"} NaN\n'
+        'x_odd{v="+"} +Inf\n'
+        "# HELP x_odd2 More.\n"
+        "# TYPE x_odd2 gauge\n"
+        'x_odd2{v="-"} -Inf\n'
+        "x_odd2 0.25\n"
+        "x_odd2 1.75e+09\n"
+        "# HELP x_seen_total Things seen.\n"
+        "# TYPE x_seen_total counter\n"
+        "x_seen_total 3.0\n"
+        "# HELP x_none No samples.\n"
+        "# TYPE x_none gauge\n"
+    )
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert parsed["x_up"].documentation == "Help with \\ and\na newline."
+    assert parsed["x_up"].samples[0].labels == {"a": "1", "b": odd}
+    assert math.isnan(parsed["x_odd"].samples[0].value)
+    assert [s.value for s in parsed["x_odd2"].samples] == [-math.inf, 0.25, 1.75e9]
+    assert parsed["x_seen"].type == "counter"
+    assert [(s.name, s.value) for s in parsed["x_seen"].samples] == [("x_seen_total", 3.0)]
+    assert Exposition().text() == ""
+
+
+def test_the_exposition_refuses_a_counter_without_total_and_other_types() -> None:
+    out = Exposition()
+    with pytest.raises(ValueError, match="counter x_seen: a counter's name must end in '_total'"):
+        out.family("x_seen", "Things seen.", "counter", [({}, 1.0)])
+    with pytest.raises(ValueError, match="counter _total: a counter's name must end"):
+        out.family("_total", "Nothing before _total.", "counter", [({}, 1.0)])
+    with pytest.raises(ValueError, match="metric x_h: type 'histogram' is not"):
+        out.family("x_h", "A histogram.", "histogram", [])
+    assert out.text() == ""
+
+
+def test_the_content_type_is_what_prometheus_client_writes() -> None:
+    from prometheus_client import exposition
+
+    assert PROMETHEUS_CONTENT_TYPE == exposition.CONTENT_TYPE_PLAIN_0_0_4
+    assert "version=0.0.4" in PROMETHEUS_CONTENT_TYPE
+
+
 def test_prometheus_text_exports_the_metrics_each_kind_declares() -> None:
     web = make(metrics={"status_code": 301, "redirects": 2, "body_bytes": 9, "http_version": 2})
     db = make(
@@ -379,9 +444,11 @@ def test_a_metric_name_declared_twice_is_exported_once_as_first_declared(
     assert not caplog.records  # once per process, not once per scrape
 
 
-def test_import_probekit_and_rendering_load_no_protocol_or_metrics_library() -> None:
+def test_importing_loads_no_metrics_library_and_rendering_no_protocol_library() -> None:
+    """``prometheus_client`` is imported when something is rendered, not by any import."""
     code = (
-        "import sys, datetime as dt, probekit\n"
+        "import sys, datetime as dt, probekit, probekit._exporters, probekit.exporter\n"
+        "import probekit._metrics_server, probekit.checkpoint, probekit.control, probekit.cli\n"
         "from probekit import Result, Status\n"
         "now = dt.datetime.now(dt.UTC)\n"
         "assert 'prometheus_client' not in sys.modules\n"
@@ -392,8 +459,8 @@ def test_import_probekit_and_rendering_load_no_protocol_or_metrics_library() -> 
         "                metrics={'bytes_sent': 3}),\n"
         "})\n"
         "assert 'probekit_http_status_code' in text and 'probekit_tcp_bytes_sent' in text\n"
-        "loaded = [m for m in ('prometheus_client', 'h2', 'hpack', 'aiodns', 'pycares')\n"
-        "          if m in sys.modules]\n"
+        "assert 'prometheus_client' in sys.modules\n"
+        "loaded = [m for m in ('h2', 'hpack', 'aiodns', 'pycares') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -257,10 +257,9 @@ async def test_a_busy_port_is_an_oserror() -> None:
 
 def test_import_probekit_does_not_import_prometheus_client() -> None:
     code = (
-        "import sys, probekit, probekit.cli, probekit.checkpoint\n"
-        "probekit.prometheus_text({})\n"
+        "import sys, probekit, probekit.cli, probekit.checkpoint, probekit._metrics_server\n"
         "assert 'prometheus_client' not in sys.modules\n"
-        "import probekit._metrics_server\n"
+        "probekit.prometheus_text({})\n"
         "assert 'prometheus_client' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -348,6 +348,16 @@ def test_option_and_metric_declarations() -> None:
         Option(("word",), help="")
     with pytest.raises(DefinitionError, match="metric name"):
         Metric("x", "not a name", "")
+    with pytest.raises(
+        DefinitionError, match="probekit_sdk_items is a counter: a counter's name ends in '_total'"
+    ):
+        Metric("items", "probekit_sdk_items", "Items seen.", "counter")
+    with pytest.raises(DefinitionError, match="metric _total is a counter"):
+        Metric("items", "_total", "Items seen.", "counter")  # nothing before '_total'
+    with pytest.raises(DefinitionError, match="'histogram' is not 'gauge' or 'counter'"):
+        Metric("items", "probekit_sdk_items", "Items seen.", "histogram")  # type: ignore[arg-type]
+    assert Metric("items", "probekit_sdk_items_total", "Items seen.", "counter").type == "counter"
+    assert Metric("items", "probekit_sdk_items", "Items seen.").type == "gauge"
     assert Option(("-H", "--request-header"), help="").name == "request_header"
     assert Option(("--x",), field="body", help="").name == "body"
     assert Option(("--x",), dest="d", field="body", help="").label == "--x"

@@ -7,11 +7,12 @@ never its protocol library, the first time the kind is looked up).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._exceptions import DefinitionError
 from ._result import Result, Status
@@ -19,11 +20,18 @@ from ._serialization import converter
 from .probes._kind import Metric
 from .probes._registry import describe, get_kind
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric as PromFamily
+    from prometheus_client.registry import Collector
+    from prometheus_client.samples import Sample as PromSample
+
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "Exposition", "json_line", "nagios_line", "prometheus_text"]
 
 log = logging.getLogger("probekit.exporters")
 
-#: The ``Content-Type`` of :func:`prometheus_text` output (text exposition format 0.0.4).
+#: The ``Content-Type`` of :func:`prometheus_text` output: text exposition format 0.0.4, what
+#: ``generate_latest`` writes (``prometheus_client.exposition.CONTENT_TYPE_PLAIN_0_0_4``; its
+#: ``CONTENT_TYPE_LATEST`` names 1.0.0, the same text with UTF-8 names allowed, which we never use).
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -138,8 +146,8 @@ def json_line(result: Result, *, monitor: str | None = None) -> str:
 
 # -- Prometheus --------------------------------------------------------------------------------
 
-_Sample = tuple[Mapping[str, str], float]
-_Samples = Callable[[Result], Iterable[tuple[dict[str, str], float]]]
+_Row = tuple[dict[str, str], float]
+_Samples = Callable[[Result], Iterable[_Row]]
 
 _UP: Final = {Status.UP: 1.0, Status.DEGRADED: 1.0, Status.DOWN: 0.0, Status.UNKNOWN: 0.0}
 
@@ -238,20 +246,32 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
     Each family appears once. When two kinds declare one name with a different help or type,
     the first declaration (kinds in name order) gives the family its help and type, and a
     warning is logged (once per process); a kind cannot declare a common family's name again.
+    The text is written by :class:`Exposition` (``prometheus_client``); no results give ``""``.
     """
-    ordered = sorted(results.items())
-    families: dict[str, tuple[Metric, list[_Sample]]] = {m.name: (m, []) for m, _ in _COMMON}
+    # one label dict per monitor, shared by its samples that add no label (nothing writes to it)
+    ordered = [
+        (_base_labels(monitor, result), result) for monitor, result in sorted(results.items())
+    ]
+    families: dict[str, tuple[Metric, list[_Row]]] = {m.name: (m, []) for m, _ in _COMMON}
     for metric, samples in _COMMON:
-        rows = families[metric.name][1]
-        for monitor, result in ordered:
-            base = _base_labels(monitor, result)
-            rows.extend(({**base, **extra}, v) for extra, v in samples(result))
+        families[metric.name][1].extend(
+            [
+                ({**base, **extra} if extra else base, value)
+                for base, result in ordered
+                for extra, value in samples(result)
+            ]
+        )
     exported = _exported_metrics({result.kind for result in results.values()}, families)
-    for monitor, result in ordered:
-        for metric in exported.get(result.kind, ()):
-            value = result.metrics.get(metric.key)
-            if value is not None:
-                families[metric.name][1].append((_base_labels(monitor, result), value))
+    # kind -> (key, the rows of its family) for each metric the kind declares and exports
+    rows_of = {
+        kind: [(metric.key, families[metric.name][1]) for metric in metrics]
+        for kind, metrics in exported.items()
+    }
+    for base, result in ordered:
+        for key, rows in rows_of.get(result.kind, ()):
+            declared = result.metrics.get(key)
+            if declared is not None:
+                rows.append((base, declared))
     out = Exposition()
     for name, (metric, rows) in families.items():
         if rows:
@@ -260,7 +280,7 @@ def prometheus_text(results: Mapping[str, Result]) -> str:
 
 
 def _exported_metrics(
-    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[_Sample]]]
+    kind_names: Iterable[str], families: dict[str, tuple[Metric, list[_Row]]]
 ) -> dict[str, list[Metric]]:
     """The declared metrics of each kind in ``kind_names`` that this process knows, with a
     family added to ``families`` for each new name (kinds in name order: first one wins)."""
@@ -303,50 +323,63 @@ def _base_labels(monitor: str, result: Result) -> dict[str, str]:
 
 
 class Exposition:
-    """Prometheus text exposition (0.0.4), written one family at a time: the one writer behind
-    ``prometheus_text``, the checkpoint's and the control plane's own ``/metrics`` and the
-    exporter's ``/probe`` (label values escaped, numbers as Prometheus reads them)."""
+    """Prometheus text exposition (0.0.4), collected one family at a time and written by
+    ``prometheus_client``: the one code path behind ``prometheus_text``, the checkpoint's and
+    the control plane's own ``/metrics`` and the exporter's ``/probe``.
+
+    Each :meth:`family` becomes a ``prometheus_client`` metric family, its samples appended as
+    they are (no per-sample label checks: the names are ours); :meth:`text` hands them to
+    ``prometheus_client.exposition.generate_latest``, which escapes label values and help
+    texts, sorts each sample's labels by name and writes numbers as Go does (``1.0``, ``NaN``,
+    ``+Inf``, ``1.7e+09``). ``prometheus_client`` is imported there, not when this module is.
+    """
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
+        self._families: list[PromFamily] = []
 
     def family(
         self,
         name: str,
         help_text: str,
         kind: str,
-        samples: Iterable[tuple[Mapping[str, str], float]],
+        samples: Iterable[_Row],
     ) -> None:
-        """``# HELP``, ``# TYPE`` and one line per ``(labels, value)`` sample."""
-        self._lines.append(f"# HELP {name} {_escape_help(help_text)}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        self._lines.extend(_row(name, labels, value) for labels, value in samples)
+        """A family ``name`` of type ``kind`` (``gauge`` or ``counter``: a counter's name ends
+        in ``_total``, which Prometheus's naming asks and ``prometheus_client`` assumes), with
+        its ``# HELP`` and ``# TYPE`` and one sample per ``(labels, value)``."""
+        if kind not in ("gauge", "counter"):
+            raise ValueError(f"metric {name}: type {kind!r} is not 'gauge' or 'counter'")
+        if kind == "counter" and (not name.endswith("_total") or name == "_total"):
+            raise ValueError(f"counter {name}: a counter's name must end in '_total'")
+        family_class, sample_class, _ = _client()
+        # prometheus_client names a counter without '_total' and adds it back when writing
+        family = family_class(
+            name[: -len("_total")] if kind == "counter" else name, help_text, kind
+        )
+        # Sample is a NamedTuple; tuple.__new__ builds one without its Python-level __new__
+        # (a third of the cost of building the families for thousands of samples)
+        new = tuple.__new__
+        family.samples = [
+            new(sample_class, (name, labels, value, None, None, None)) for labels, value in samples
+        ]
+        self._families.append(family)
+
+    def collect(self) -> list[PromFamily]:
+        """The families added, as ``prometheus_client`` metric families (a collector's
+        ``collect``)."""
+        return self._families
 
     def text(self) -> str:
-        return "\n".join(self._lines) + "\n" if self._lines else ""
+        """The exposition; empty when no family was added."""
+        return _client()[2](self).decode()
 
 
-def _row(name: str, labels: Mapping[str, str], value: float) -> str:
-    return f"{name}{_labels(labels) if labels else ''} {_number(float(value))}"
+@functools.cache
+def _client() -> tuple[type[PromFamily], type[PromSample], Callable[[Collector], bytes]]:
+    """What the writer uses of ``prometheus_client``, imported on first use (not with this
+    module) and kept, so adding a family does not run import statements again."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.metrics_core import Metric as PromFamily
+    from prometheus_client.samples import Sample as PromSample
 
-
-def _labels(labels: Mapping[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+    return PromFamily, PromSample, generate_latest

@@ -11,12 +11,12 @@ The design, and why:
   head of at most ``max_request_bytes`` within ``request_timeout`` seconds, answers it and
   closes the connection, holds at most ``max_connections`` connections, and calls ``render``
   and ``ready`` on the event loop, where the caller's state lives.
-- **The exposition is what the caller renders.** Both callers already produce text exposition
-  0.0.4: :func:`probekit.prometheus_text` for results (pure Python, no dependency, 2-3x faster
-  than building ``prometheus_client`` metric families and calling its ``generate_latest``, and
-  checked against ``prometheus_client``'s parser by the tests) and the checkpoint's own
-  counters. Re-parsing that text into a ``prometheus_client`` registry on every scrape only to
-  write it out again would cost more than the rendering itself.
+- **The exposition is what the caller renders.** Every caller renders text exposition 0.0.4
+  through the one writer, :class:`probekit._exporters.Exposition`, which hands its families to
+  ``prometheus_client``'s ``generate_latest``: :func:`probekit.prometheus_text` for results,
+  the checkpoint's, the control plane's and the exporter's own counters. The server serves the
+  text it is given, with the content type that text is
+  (``prometheus_client.exposition.CONTENT_TYPE_PLAIN_0_0_4``).
 - **prometheus_client does the negotiation.** What a Prometheus server asks for beyond the text
   is compression: it scrapes with ``Accept-Encoding: gzip``, and a checkpoint with thousands of
   monitors serves megabytes. Whether the client accepts gzip is decided by
@@ -24,9 +24,9 @@ The design, and why:
   and the compression runs in a worker thread so a large body never stalls the loop.
 - **One code path, always installed.** ``prometheus_client`` is a dependency of probekit (pure
   Python, no dependencies of its own), so ``--metrics-port`` and a checkpoint's metrics work
-  after a plain ``pip install``; there is no fallback to keep in step. It is imported by this
-  module only, and this module only by the code that serves metrics, so ``import probekit``
-  does not load it.
+  after a plain ``pip install``; there is no fallback to keep in step. It is imported when
+  something is rendered or served (inside the functions that do it), so ``import probekit``,
+  ``import probekit.exporter`` and importing this module do not load it.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Final, Self
 from urllib.parse import parse_qs
-
-from prometheus_client.exposition import gzip_accepted
 
 from ._exporters import PROMETHEUS_CONTENT_TYPE
 
@@ -233,6 +231,8 @@ class MetricsServer:
         except Exception:
             log.exception("answering %s failed", path)
             return _response(500, "internal error\n", head_only=head_only)
+        from prometheus_client.exposition import gzip_accepted
+
         extra = {"Vary": "Accept-Encoding"}
         if gzip_accepted(_header(lines, "accept-encoding")):
             body = await asyncio.to_thread(gzip.compress, body, 6)

@@ -173,7 +173,12 @@ class Option:
 
 @attrs.frozen
 class Metric:
-    """A metric a kind puts in ``Result.metrics`` under ``key``, exported as ``name``."""
+    """A metric a kind puts in ``Result.metrics`` under ``key``, exported as ``name``.
+
+    ``type`` is ``gauge`` or ``counter``; a counter's ``name`` ends in ``_total`` (Prometheus's
+    naming, which the exposition writer, ``prometheus_client``, assumes): another is refused
+    with a :class:`DefinitionError` naming the metric.
+    """
 
     key: str
     name: str
@@ -183,6 +188,16 @@ class Metric:
     def __attrs_post_init__(self) -> None:
         if not _METRIC_NAME.match(self.name):
             raise DefinitionError("name", f"not a Prometheus metric name: {self.name!r}")
+        if self.type not in ("gauge", "counter"):
+            raise DefinitionError(
+                "type", f"metric {self.name}: type {self.type!r} is not 'gauge' or 'counter'"
+            )
+        if self.type == "counter" and (not self.name.endswith("_total") or self.name == "_total"):
+            raise DefinitionError(
+                "name",
+                f"metric {self.name} is a counter: a counter's name ends in '_total' "
+                f"(Prometheus naming), e.g. {self.name}_total",
+            )
 
 
 #: ``to_definition(values, definition)``: read the parsed option values (by dest) and add what
