@@ -236,10 +236,19 @@ def _run_control(args: argparse.Namespace) -> int:
                 sites=config.sites,
             )
             plane.maintenance.labels.update(config.labels)
-            if config.settings.standby:
-                printer.line("probekit control: standing by until this one holds the database lock")
             starting = asyncio.create_task(plane.start())
             stopped = asyncio.create_task(signals.get())
+            if config.settings.standby:
+                listening = asyncio.create_task(plane.listening.wait())
+                await asyncio.wait(
+                    {starting, stopped, listening}, return_when=asyncio.FIRST_COMPLETED
+                )
+                listening.cancel()
+                if plane.listening.is_set() and not starting.done():
+                    printer.line(
+                        f"probekit control: standing by on {plane.url} (instances are told "
+                        "503 standby) until this one holds the database lock"
+                    )
             await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not starting.done():  # stopped while standing by
                 starting.cancel()
