@@ -184,9 +184,8 @@ async def _reload(
     for channel in running.channels:  # what is undelivered stays in the outbox for the new one
         await channel.aclose()
     plane.sinks.extend(config.webhooks)
-    plane.sinks.extend(config.channels)
     for channel in config.channels:
-        channel.start()
+        plane.start_sink(channel)  # (its outbox: the control plane's database)
     for window in running.maintenance:  # (windows added through the API stay)
         plane.end_maintenance(window.window_id)
     for window in config.maintenance:

@@ -53,6 +53,7 @@ from ._logic import (
     RunOrder,
     SitePolicy,
     Verdict,
+    with_event_id,
 )
 from ._maintenance import Maintenance, MaintenanceWindow, Weekly
 from ._sinks import (
@@ -496,7 +497,8 @@ class ControlPlane:
             self.maintenance.hold(
                 Event("alert_opened", alert.subject, wall, alert.message, alert), self._locate, wall
             )
-        for sink in self.sinks:  # a durable outbox delivers what an earlier run left
+        self._outboxed()  # the channels' outbox is this database from now on
+        for sink in self.sinks:  # an outbox delivers what an earlier run (or plane) left
             if callable(start := getattr(sink, "start", None)):
                 start()
         self._seen_flushed = self.clock.monotonic()
@@ -643,6 +645,8 @@ class ControlPlane:
         if self._server is not None:
             self._server.close()
             self._server = None
+        for sink in self._outboxed():  # what they hold is delivered by the new active
+            await sink.stop()
         self.demoted.set()
         for listener in self.demoted_listeners:
             listener()
@@ -1592,6 +1596,7 @@ class ControlPlane:
         return self.maintenance.covering(*self._locate(monitor_id), self.clock.now().timestamp())
 
     async def _record(self, event: Event, *, released: bool = False) -> None:
+        event = with_event_id(event)
         alert: Alert | None = event.alert
         held = (
             None
@@ -1616,15 +1621,47 @@ class ControlPlane:
             opened = (alert, self.logic.alert_scope(alert.alert_id))
         elif alert is not None and event.kind == "alert_resolved":
             resolved = (alert.alert_id, event.at)
-        await self._store.call(lambda c: db.record_event(c, row, opened, resolved))
+        # The channels' outbox entries go in the transaction that records the event (and the
+        # alert's state): whichever control plane is active after a crash delivers them.
+        outboxed = [] if held else [s for s in self._outboxed() if s.wants(event)]
+        entries = [sink.entry(event) for sink in outboxed]
+        dropped = await self._store.call(
+            lambda c: db.record_event(c, row, opened, resolved, entries)
+        )
+        for durable in outboxed:
+            durable.note_dropped(dropped.get(durable.name, 0))
+            durable.wake()
         if held:
             log.info("%s %s held back: %s", event.kind, event.subject, held)
             return
         for sink in self.sinks:
+            if isinstance(sink, DurableSink) and sink.store is self._store:
+                continue  # (in the outbox already, or a kind it does not deliver)
             try:
                 await sink.send(event)
             except Exception:
                 log.exception("alert sink %r failed", sink)
+
+    def start_sink(self, sink: AlertSink) -> None:
+        """Start a sink added to :attr:`sinks` while running (what a reload does): a
+        :class:`DurableSink`'s outbox is this control plane's database."""
+        if sink not in self.sinks:
+            self.sinks.append(sink)
+        if isinstance(sink, DurableSink) and sink.store is None:
+            sink.bind(self._store)
+        if callable(start := getattr(sink, "start", None)):
+            start()
+
+    def _outboxed(self) -> list[DurableSink]:
+        """The sinks with an outbox, each bound to this control plane's database."""
+        out = []
+        for sink in self.sinks:
+            if isinstance(sink, DurableSink):
+                if sink.store is None:
+                    sink.bind(self._store)
+                if sink.store is self._store:
+                    out.append(sink)
+        return out
 
     async def _send(self, peer: _Peer, message: p.Message) -> None:
         from websockets.exceptions import ConnectionClosed
