@@ -261,8 +261,10 @@ class ControlSettings:
     monitors move). See ``docs/checkpoint.md``.
 
     ``standby`` (PostgreSQL only): several control planes share the database and one is active,
-    the one holding the database's advisory lock; :meth:`ControlPlane.start` of the others waits
-    for it, trying every ``standby_poll`` seconds, and the active one checks its hold as often:
+    the one holding the database's advisory lock; :meth:`ControlPlane.start` of the others
+    listens (answering ``/-/healthy``, and 503 ``standby`` to readiness probes and instances,
+    which move to their next URL) and waits for the lock, trying every ``standby_poll``
+    seconds, then serves on the same socket; the active one checks its hold as often:
     when its database connection (and so the lock) is lost, it stops serving
     (:attr:`ControlPlane.demoted`). See ``docs/checkpoint.md``, "A standby control plane".
     """
