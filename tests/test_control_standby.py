@@ -297,3 +297,30 @@ async def test_a_checkpoint_given_the_standby_first_moves_to_the_active_and_back
         await asyncio.gather(starting, return_exceptions=True)
         await standby.stop()
         await active.stop()
+
+
+async def test_a_checkpoint_given_only_the_standby_waits_for_it_without_failing(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    url = _schema(pg_server, "standby_only")
+    active = ControlPlane(_settings(pg_server, url), sinks=[])
+    await active.start()
+    standby = ControlPlane(_settings(pg_server, url), sinks=[])
+    starting = asyncio.create_task(standby.start())
+    try:
+        await asyncio.wait_for(standby.listening.wait(), 10)
+        settings = instance_settings(standby.url, "a", tmp_path / "a.db", reconnect_max=60.0)
+        async with Checkpoint(settings) as cp:
+            # each round of its one URL answered "standby": it waits the Retry-After, and tries
+            # again, never counting a failure (so never growing its backoff)
+            await until(lambda: cp.stats["standby_moves"] >= 2, 10, "two standby answers")
+            assert cp.stats["connect_failures"] == 0 and not cp.stats["connected"]
+            await _terminate(pg_server, active)
+            await asyncio.wait_for(starting, 10)
+            await until(lambda: standby.connected == ["a"], 15, "the instance on the standby")
+            assert cp.stats["connect_failures"] == 0
+    finally:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await standby.stop()
+        await active.stop()
