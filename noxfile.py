@@ -180,6 +180,7 @@ CONTROL_STORE_TESTS = (
     *("tests/test_control_replaced.py", "tests/test_status_page.py"),
     "tests/test_control_pgstore.py",
     "tests/test_control_standby.py",
+    "tests/test_alert_outbox.py",
 )
 
 

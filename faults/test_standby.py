@@ -1,16 +1,18 @@
 """A standby control plane, with real processes: two `probekit control` on one PostgreSQL
-(`standby = true`), two `probekit checkpoint` instances given both URLs (`--standby-url`), and a
+(`standby = true`; the standby listens meanwhile, answering 503 standby), two `probekit
+checkpoint` instances given both URLs (`--standby-url`), and a
 target outage in progress. `kill -9` of the active control plane: the standby takes the lock and
 serves, the instances move to it; then the outage ends. Counted: results produced (the spools'
 sequence) against results stored in PostgreSQL (lost, duplicated), the alert rows, the alert
 lines each control plane printed (sent once, resolved once, by whichever was active), and the
-take-over time (kill to the standby's /metrics answering; instances connected to it).
+take-over time (kill to the standby's /-/ready answering 200; instances connected to it).
 
 Needs PostgreSQL's binaries (Debian's postgresql-15; skipped without them) and psycopg."""
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import itertools
 import os
 import sys
@@ -99,6 +101,23 @@ def _config(port: int, pg: PgServer, monitors: list[str], targets: dict[str, Tar
     return "\n".join(lines) + "\n"
 
 
+STANDBY = "standby; the active control plane holds the lock\n"
+STANDING_BY = {"probekit_control_active": 0.0, "probekit_control_instances_connected": 0.0}
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    """GET path on 127.0.0.1:port: (status, body); (0, "") when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    except (OSError, http.client.HTTPException):
+        return 0, ""
+    finally:
+        conn.close()
+
+
 def _query(pg: PgServer, sql: str) -> list[tuple[object, ...]]:
     import psycopg
 
@@ -138,13 +157,17 @@ def test_kill9_of_the_active_control_plane_the_standby_takes_over(
         for target in targets.values():
             target.up()
         active.start()
-        standby.spawn()  # stands by: it neither listens nor serves /metrics
+        standby.spawn()  # stands by: it listens, and answers 503 standby
         wait_until(lambda: "standing by" in standby.output(), 30, "the standby waiting")
+        assert _get(standby.port, "/-/healthy")[0] == 200
         for instance in instances.values():
             instance.start()
         wait_until(lambda: all(i.healthy() for i in instances.values()), 60, "instances")
         time.sleep(3)
-        assert scrape(standby.metrics_port) is None  # not active: nothing served
+        assert _get(standby.port, "/-/ready") == (503, STANDBY)  # not active
+        assert _get(standby.metrics_port, "/ready") == (503, STANDBY)
+        metrics = scrape(standby.metrics_port) or {}
+        assert {k: metrics.get(k) for k in STANDING_BY} == STANDING_BY  # served, saying so
 
         targets["outage"].down()  # an incident in progress when the active dies
         wait_until(
@@ -154,7 +177,7 @@ def test_kill9_of_the_active_control_plane_the_standby_takes_over(
 
         killed_at, killed_wall = time.monotonic(), time.time()
         active.kill9()
-        wait_until(lambda: scrape(standby.metrics_port) is not None, 30, "the standby serving")
+        wait_until(lambda: _get(standby.port, "/-/ready")[0] == 200, 30, "the standby serving")
         serving = time.monotonic() - killed_at
         wait_until(lambda: all(i.healthy() for i in instances.values()), 60, "instances moved")
         moved = time.monotonic() - killed_at

@@ -1179,6 +1179,7 @@ def test_results_lost_is_its_own_counter_next_to_spool_dropped() -> None:
         **dict.fromkeys(
             (
                 *("in_flight", "queue_depth", "spool_depth", "reconnects", "connected"),
+                "standby_moves",
                 *("autonomous", "definitions", "results_produced", "results_acked"),
             ),
             0,

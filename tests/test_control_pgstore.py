@@ -82,12 +82,12 @@ def test_db_password_is_only_for_postgresql(tmp_path: Path, env: None) -> None:
         _load(tmp_path, str(tmp_path / "c.db"), 'db_password = { env = "T_PG" }')
 
 
-def test_alert_channels_on_postgresql_need_an_outbox_file(tmp_path: Path, env: None) -> None:
+def test_alert_channels_on_postgresql_need_no_outbox_file(tmp_path: Path, env: None) -> None:
     url = "postgresql://probekit@127.0.0.1:5999/probekit"
     channel = '\n[[channels]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n'
-    with pytest.raises(DefinitionErrors, match=r"control\.outbox: required with a postgresql"):
-        _load(tmp_path, url, tail=channel)
-    outbox = tmp_path / "outbox.db"
+    config = _load(tmp_path, url, tail=channel)  # the outbox is the database's
+    assert {c.path for c in config.channels} == {":memory:"}
+    outbox = tmp_path / "outbox.db"  # an older version's file: its events move at start
     config = _load(tmp_path, url, f'outbox = "{outbox}"', tail=channel)
     assert {c.path for c in config.channels} == {str(outbox)}
 
@@ -147,6 +147,22 @@ async def test_a_schema_from_a_newer_probekit_is_refused(pg_server: PgServer) ->
     again = db.Store(url, Secret(pg_server.password))
     with pytest.raises(again.errors, match="newer probekit"):
         await again.call(lambda c: None)
+    await again.close()
+
+
+async def test_a_schema_3_database_gets_the_outbox(pg_server: PgServer) -> None:
+    url = _schema(pg_server, "schema3")
+    store = db.Store(url, Secret(pg_server.password))
+    await store.call(lambda c: c.execute("DROP TABLE alert_outbox"))
+    await store.call(lambda c: c.execute("UPDATE probekit_schema SET version = 3"))
+    await store.close()
+    again = db.Store(url, Secret(pg_server.password))
+    version = await again.call(
+        lambda c: c.execute("SELECT version FROM probekit_schema").fetchall()
+    )
+    assert version == [(4,)] == [(db.SCHEMA_VERSION,)]
+    rows = await again.call(lambda c: c.execute("SELECT count(*) FROM alert_outbox").fetchone())
+    assert rows == (0,)
     await again.close()
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
+    "ROLE_HEADER",
     "Ack",
     "Drain",
     "Error",
@@ -83,6 +84,9 @@ ERROR_BUDGET: Final = 10
 ERROR_WINDOW: Final = 60.0
 TOO_MANY_ERRORS_CLOSE: Final = 1002
 TOO_MANY_ERRORS_REASON: Final = "too many errors"
+#: The HTTP header of a standby control plane's 503 answer to a connection (value
+#: ``standby``): the checkpoint moves to its next control-plane URL at once, without backoff.
+ROLE_HEADER: Final = "Probekit-Role"
 #: Longest ``error.message`` and ``drain.reason``.
 MAX_TEXT_LENGTH: Final = 4096
 #: Deepest nesting of the free-form JSON in a definition or a policy summary.

@@ -157,7 +157,9 @@ class Checkpoint:
         ``in_flight``: checks executing; ``queue_depth``: runs waiting for a concurrency slot
         plus results waiting to be spooled; ``spool_depth``/``spool_dropped``: results in the
         spool and evicted from it in total; ``reconnects``: connections made after the first;
-        ``connect_failures``: failed connection attempts; ``connected``; ``autonomous`` (the
+        ``connect_failures``: failed connection attempts; ``standby_moves``: connections a
+        standby control plane answered (not failures: the next URL is tried at once);
+        ``connected``; ``autonomous`` (the
         local schedule is running); ``results_produced``, ``results_acked``, ``results_lost``
         (could not be spooled; those evicted from the full spool are ``spool_dropped``);
         ``oldest_unacked_seconds``: how long ago the oldest result in the spool (not acked yet)
@@ -173,6 +175,7 @@ class Checkpoint:
             "spool_dropped": self._spool.dropped,
             "reconnects": self._channel.reconnects,
             "connect_failures": self._channel.connect_failures,
+            "standby_moves": self._channel.standby_moves,
             "connected": self._channel.connected,
             "autonomous": self._local_active,
             "results_produced": self._produced,

@@ -32,6 +32,7 @@ from ..protocol import (
     FROM_CONTROL,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    ROLE_HEADER,
     TOO_MANY_ERRORS_CLOSE,
     TOO_MANY_ERRORS_REASON,
     Ack,
@@ -204,6 +205,25 @@ async def _speaks_tls(dialer: Dialer, host: str, port: int) -> bool:
     return True
 
 
+def _is_standby(exc: Exception) -> bool:
+    """Is this the answer of a standby control plane (503, ``Probekit-Role: standby``)?"""
+    return (
+        isinstance(exc, InvalidStatus)
+        and exc.response.status_code == 503
+        and exc.response.headers.get(ROLE_HEADER, "").strip().lower() == "standby"
+    )
+
+
+def _retry_after(exc: Exception) -> float:
+    """The ``Retry-After`` seconds of a standby's answer, within [0.1, 10] (1 without one)."""
+    assert isinstance(exc, InvalidStatus)
+    try:
+        seconds = float(exc.response.headers.get("Retry-After", "1"))
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.1), 10.0) if math.isfinite(seconds) else 1.0
+
+
 class _Ended(Exception):
     """The control plane closed the connection (cleanly or after an error reply of ours)."""
 
@@ -254,6 +274,9 @@ class Channel:
         self.tried = False
         self.reconnects = 0
         self.connect_failures = 0
+        #: Connections a standby control plane answered (503 ``standby``): not failures; the
+        #: next URL is tried at once.
+        self.standby_moves = 0
         self.acked = 0
         #: Why the last attempt was refused for good (``unauthorized``: a token refused with
         #: HTTP 401/403 or an ``error``; ``bad_version``), or None: the next attempt then waits
@@ -299,6 +322,7 @@ class Channel:
         """Connect, serve the connection, and reconnect with backoff, until ``stop`` is set."""
         loop = asyncio.get_running_loop()
         streak = 0  # failed attempts and short-lived connections in a row
+        standbys = 0  # standby answers in a row
         first = True
         delay = 0.0
         # A connection that lasted this long was a working one, and resets the backoff.
@@ -316,6 +340,28 @@ class Channel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+                if _is_standby(exc):
+                    # Not a failure: this control plane stands by. On to the next URL at once;
+                    # after a whole round of standbys (a take-over under way), its Retry-After.
+                    self.standby_moves += 1
+                    standbys += 1
+                    urls = len(self.settings.urls)
+                    if urls > 1:
+                        self._url_index = (self._url_index + 1) % urls
+                    log.info(
+                        "the control plane at %s is a standby (another one holds the lock); "
+                        "next, the one at %s",
+                        self._previous_url(),
+                        self.url,
+                    )
+                    if standbys >= urls:
+                        standbys = 0
+                        await self._pause(_retry_after(exc), stop)
+                    if not self.tried:
+                        self.tried = True
+                        self._changed()
+                    continue
+                standbys = 0
                 self.connect_failures += 1
                 streak += 1
                 if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
@@ -331,6 +377,7 @@ class Channel:
                     self.tried = True
                     self._changed()  # now "disconnected" means something
                 continue
+            standbys = 0
             self.tried = True
             if not first:
                 self.reconnects += 1
@@ -354,6 +401,10 @@ class Channel:
 
     def _refusal(self) -> str | None:
         return self.refused
+
+    def _previous_url(self) -> str:
+        urls = self.settings.urls
+        return urls[(self._url_index - 1) % len(urls)]
 
     async def _connect(self) -> ClientConnection:
         """Open the WebSocket: resolve, policy check and TCP connect through the dial path (see

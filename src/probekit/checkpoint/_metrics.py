@@ -14,6 +14,12 @@ _ROWS: Final = (
     ("spool_depth", "gauge", "Results in the spool, not yet acked.", "spool_depth"),
     ("spool_dropped_total", "counter", "Results evicted from the full spool.", "spool_dropped"),
     ("reconnects_total", "counter", "Reconnections to the control plane.", "reconnects"),
+    (
+        "standby_moves_total",
+        "counter",
+        "Connections a standby control plane answered (moved on to the next URL).",
+        "standby_moves",
+    ),
     ("connected", "gauge", "1 while connected to the control plane.", "connected"),
     ("autonomous", "gauge", "1 while the local schedule runs.", "autonomous"),
     ("definitions", "gauge", "Monitor definitions held.", "definitions"),

@@ -184,9 +184,8 @@ async def _reload(
     for channel in running.channels:  # what is undelivered stays in the outbox for the new one
         await channel.aclose()
     plane.sinks.extend(config.webhooks)
-    plane.sinks.extend(config.channels)
     for channel in config.channels:
-        channel.start()
+        plane.start_sink(channel)  # (its outbox: the control plane's database)
     for window in running.maintenance:  # (windows added through the API stay)
         plane.end_maintenance(window.window_id)
     for window in config.maintenance:
@@ -236,10 +235,19 @@ def _run_control(args: argparse.Namespace) -> int:
                 sites=config.sites,
             )
             plane.maintenance.labels.update(config.labels)
-            if config.settings.standby:
-                printer.line("probekit control: standing by until this one holds the database lock")
             starting = asyncio.create_task(plane.start())
             stopped = asyncio.create_task(signals.get())
+            if config.settings.standby:
+                listening = asyncio.create_task(plane.listening.wait())
+                await asyncio.wait(
+                    {starting, stopped, listening}, return_when=asyncio.FIRST_COMPLETED
+                )
+                listening.cancel()
+                if plane.listening.is_set() and not starting.done():
+                    printer.line(
+                        f"probekit control: standing by on {plane.url} (instances are told "
+                        "503 standby) until this one holds the database lock"
+                    )
             await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not starting.done():  # stopped while standing by
                 starting.cancel()

@@ -53,6 +53,7 @@ from ._logic import (
     RunOrder,
     SitePolicy,
     Verdict,
+    with_event_id,
 )
 from ._maintenance import Maintenance, MaintenanceWindow, Weekly
 from ._sinks import (
@@ -74,7 +75,7 @@ from ._sinks import (
 from ._store import Store, is_postgres
 
 if TYPE_CHECKING:
-    from .._metrics_server import MetricsServer
+    from .._metrics_server import MetricsServer, Route
 
 __all__ = [
     "AlertSink",
@@ -100,6 +101,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("probekit.control")
+
+_TEXT_PLAIN: Final = "text/plain; charset=utf-8"
+#: What a standby answers instances and readiness probes (with 503).
+_STANDBY_TEXT: Final = "standby; the active control plane holds the lock\n"
+#: The ``Retry-After`` of that answer, in seconds.
+_RETRY_AFTER: Final = "1"
 
 #: How long results, events, runs and resolved alerts are kept by default: 30 days.
 DEFAULT_RETENTION: Final = 30 * 86400.0
@@ -254,8 +261,10 @@ class ControlSettings:
     monitors move). See ``docs/checkpoint.md``.
 
     ``standby`` (PostgreSQL only): several control planes share the database and one is active,
-    the one holding the database's advisory lock; :meth:`ControlPlane.start` of the others waits
-    for it, trying every ``standby_poll`` seconds, and the active one checks its hold as often:
+    the one holding the database's advisory lock; :meth:`ControlPlane.start` of the others
+    listens (answering ``/-/healthy``, and 503 ``standby`` to readiness probes and instances,
+    which move to their next URL) and waits for the lock, trying every ``standby_poll``
+    seconds, then serves on the same socket; the active one checks its hold as often:
     when its database connection (and so the lock) is lost, it stops serving
     (:attr:`ControlPlane.demoted`). See ``docs/checkpoint.md``, "A standby control plane".
     """
@@ -420,6 +429,12 @@ class ControlPlane:
         #: With ``standby``: holding the active lock now; set when the lock is lost (the plane
         #: then serves no more), and callbacks told so.
         self.active = not settings.standby
+        #: Serving instances now (a standby: from when it holds the lock and has loaded the
+        #: state; until then it answers them 503 ``standby``).
+        self.serving = False
+        #: Set when the listener (and the metrics endpoint) is up: a standby listens while it
+        #: waits for the lock.
+        self.listening = asyncio.Event()
         self.demoted = asyncio.Event()
         self.demoted_listeners: list[Callable[[], None]] = []
 
@@ -431,8 +446,39 @@ class ControlPlane:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen, and serve. A ``standby`` control plane listens at once, answering HTTP
+        (``/-/healthy``, ``/-/ready``: 503 ``standby``) and refusing instances with 503 and
+        ``Retry-After`` (they move to their next URL), until it holds the database's active
+        lock; it then loads the state and serves on the same socket (``start`` returns then)."""
         from websockets.asyncio.server import serve
 
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            ssl=self.settings.ssl_context,
+            process_request=self._authorize,
+            max_size=self.settings.max_frame_bytes,
+            ping_interval=self.settings.heartbeat_interval,
+            ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
+            compression=None,
+            logger=self._ws_logger,
+            create_connection=None if self.settings.ssl_context else self._plain_connection(),
+        )
+        if self.settings.metrics_port is not None:
+            from .._metrics_server import serve_metrics
+            from ._status import StatusPage
+
+            # The status page answers 404 while status_token is None (a reload may set it).
+            self._metrics_server = await serve_metrics(
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                self.metrics_text,
+                ready=lambda: self.serving,
+                routes=self._http_routes(StatusPage(self).routes()),
+            )
+            log.info("serving /metrics and /ready on %s:%d", *self._metrics_server.address)
+        self.listening.set()
         if self.settings.standby:
             await self._become_active()
         for spec in await self._store.call(db.load_monitors):
@@ -453,23 +499,11 @@ class ControlPlane:
             self.maintenance.hold(
                 Event("alert_opened", alert.subject, wall, alert.message, alert), self._locate, wall
             )
-        for sink in self.sinks:  # a durable outbox delivers what an earlier run left
+        self._outboxed()  # the channels' outbox is this database from now on
+        for sink in self.sinks:  # an outbox delivers what an earlier run (or plane) left
             if callable(start := getattr(sink, "start", None)):
                 start()
         self._seen_flushed = self.clock.monotonic()
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            ssl=self.settings.ssl_context,
-            process_request=self._authorize,
-            max_size=self.settings.max_frame_bytes,
-            ping_interval=self.settings.heartbeat_interval,
-            ping_timeout=self.settings.heartbeat_interval * self.settings.missed_heartbeats,
-            compression=None,
-            logger=self._ws_logger,
-            create_connection=None if self.settings.ssl_context else self._plain_connection(),
-        )
         self._loop_seen = asyncio.get_running_loop().time()
         self._spawn(self._ticker())
         self._spawn(self._watch_stalls())
@@ -477,24 +511,43 @@ class ControlPlane:
             self._spawn(self._hold_active())
         await self.measure()
         self._spawn(self._maintain())
-        if self.settings.metrics_port is not None:
-            from .._metrics_server import serve_metrics
-            from ._status import StatusPage
-
-            # The status page answers 404 while status_token is None (a reload may set it).
-            self._metrics_server = await serve_metrics(
-                self.settings.metrics_host,
-                self.settings.metrics_port,
-                self.metrics_text,
-                ready=lambda: self._server is not None,
-                routes=StatusPage(self).routes(),
-            )
-            log.info("serving /metrics and /ready on %s:%d", *self._metrics_server.address)
+        self.serving = True
         if self.settings.status_token is not None:
             from ._status import warn_if_unreachable
 
             warn_if_unreachable(self.settings)
         log.info("control plane listening on %s", self.url)
+
+    def _http_routes(self, status_routes: Mapping[str, Route]) -> dict[str, Route]:
+        """The metrics endpoint's routes: ``/-/healthy``, ``/-/ready`` and ``/ready`` (which
+        say ``standby`` while this one stands by), and the status page, which a standby answers
+        with 503 ``standby`` (the state it shows is the active's, in its memory). ``/metrics``
+        is served by a standby too (``probekit_control_active`` 0)."""
+
+        def standby_page() -> tuple[int, str, bytes, dict[str, str]]:
+            return 503, _TEXT_PLAIN, _STANDBY_TEXT.encode(), {"Retry-After": _RETRY_AFTER}
+
+        async def healthy(method: str, query: Any, header: Callable[[str], str]) -> Any:
+            return 200, _TEXT_PLAIN, b"healthy\n", {}
+
+        async def ready(method: str, query: Any, header: Callable[[str], str]) -> Any:
+            if self.serving:
+                return 200, _TEXT_PLAIN, b"ready\n", {}
+            if self.settings.standby and not self.demoted.is_set():
+                return standby_page()
+            return 503, _TEXT_PLAIN, b"not ready\n", {}
+
+        def guarded(route: Route) -> Route:
+            async def answer(method: str, query: Any, header: Callable[[str], str]) -> Any:
+                if not self.serving and self.settings.standby and not self.demoted.is_set():
+                    return standby_page()
+                return await route(method, query, header)
+
+            return answer
+
+        routes: dict[str, Route] = {"/-/healthy": healthy, "/-/ready": ready, "/ready": ready}
+        routes.update({path: guarded(route) for path, route in status_routes.items()})
+        return routes
 
     def _plain_connection(self) -> Any:
         """The connection class of a plain ``ws://`` server: it notices a client that starts a
@@ -586,6 +639,7 @@ class ControlPlane:
             "plane; restart this one to stand by)"
         )
         self.active = False
+        self.serving = False
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -593,6 +647,8 @@ class ControlPlane:
         if self._server is not None:
             self._server.close()
             self._server = None
+        for sink in self._outboxed():  # what they hold is delivered by the new active
+            await sink.stop()
         self.demoted.set()
         for listener in self.demoted_listeners:
             listener()
@@ -1034,17 +1090,36 @@ class ControlPlane:
     # -- connections ---------------------------------------------------------------------------
 
     def _authorize(self, connection: Any, request: Any) -> Any:
+        path = request.path.partition("?")[0]
+        if path in ("/-/healthy", "/-/ready"):  # for load balancers and supervisors
+            if path == "/-/healthy":
+                return connection.respond(HTTPStatus.OK, "healthy\n")
+            if self.serving:
+                return connection.respond(HTTPStatus.OK, "ready\n")
+            return self._standby_response(connection)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         for checkpoint_id, secret in self.settings.tokens.items():
             if scheme.lower() == "bearer" and hmac.compare_digest(
                 token.encode(), secret.reveal().encode()
             ):
+                if not self.serving:  # a standby: the instance belongs on the active one
+                    return self._standby_response(connection)
                 connection.probekit_checkpoint = checkpoint_id
                 connection.probekit_token = secret
                 return None
         log.warning("refused a connection from %s: bad or missing token", connection.remote_address)
         return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized\n")
+
+    def _standby_response(self, connection: Any) -> Any:
+        """503, ``Retry-After`` and ``Probekit-Role: standby`` (what a checkpoint recognises);
+        or a plain 503 ``not ready`` from a plane that is not a standby (starting, demoted)."""
+        if not self.settings.standby or self.demoted.is_set():
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+        response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, _STANDBY_TEXT)
+        response.headers["Retry-After"] = _RETRY_AFTER
+        response.headers[p.ROLE_HEADER] = "standby"
+        return response
 
     async def _handle(self, conn: Any) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -1523,6 +1598,7 @@ class ControlPlane:
         return self.maintenance.covering(*self._locate(monitor_id), self.clock.now().timestamp())
 
     async def _record(self, event: Event, *, released: bool = False) -> None:
+        event = with_event_id(event)
         alert: Alert | None = event.alert
         held = (
             None
@@ -1547,15 +1623,47 @@ class ControlPlane:
             opened = (alert, self.logic.alert_scope(alert.alert_id))
         elif alert is not None and event.kind == "alert_resolved":
             resolved = (alert.alert_id, event.at)
-        await self._store.call(lambda c: db.record_event(c, row, opened, resolved))
+        # The channels' outbox entries go in the transaction that records the event (and the
+        # alert's state): whichever control plane is active after a crash delivers them.
+        outboxed = [] if held else [s for s in self._outboxed() if s.wants(event)]
+        entries = [sink.entry(event) for sink in outboxed]
+        dropped = await self._store.call(
+            lambda c: db.record_event(c, row, opened, resolved, entries)
+        )
+        for durable in outboxed:
+            durable.note_dropped(dropped.get(durable.name, 0))
+            durable.wake()
         if held:
             log.info("%s %s held back: %s", event.kind, event.subject, held)
             return
         for sink in self.sinks:
+            if isinstance(sink, DurableSink) and sink.store is self._store:
+                continue  # (in the outbox already, or a kind it does not deliver)
             try:
                 await sink.send(event)
             except Exception:
                 log.exception("alert sink %r failed", sink)
+
+    def start_sink(self, sink: AlertSink) -> None:
+        """Start a sink added to :attr:`sinks` while running (what a reload does): a
+        :class:`DurableSink`'s outbox is this control plane's database."""
+        if sink not in self.sinks:
+            self.sinks.append(sink)
+        if isinstance(sink, DurableSink) and sink.store is None:
+            sink.bind(self._store)
+        if callable(start := getattr(sink, "start", None)):
+            start()
+
+    def _outboxed(self) -> list[DurableSink]:
+        """The sinks with an outbox, each bound to this control plane's database."""
+        out = []
+        for sink in self.sinks:
+            if isinstance(sink, DurableSink):
+                if sink.store is None:
+                    sink.bind(self._store)
+                if sink.store is self._store:
+                    out.append(sink)
+        return out
 
     async def _send(self, peer: _Peer, message: p.Message) -> None:
         from websockets.exceptions import ConnectionClosed

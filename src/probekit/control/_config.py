@@ -152,14 +152,11 @@ class _ControlLoader(_Loader):
         control_data = data.get("control")
         outbox = control_data.get("outbox") if isinstance(control_data, Mapping) else None
         db_path = control.get("db_path", ":memory:")
+        # The channels' outbox is the control plane's database; ``outbox`` names the file an
+        # older version kept it in, whose undelivered events move into the database at start.
         default_outbox = ":memory:" if db_path == ":memory:" else f"{db_path}-outbox"
-        if is_postgres(db_path):  # the outbox stays a SQLite file: it needs its own path
+        if is_postgres(db_path):
             default_outbox = ":memory:"
-            if outbox is None and data.get("channels"):
-                self.fail(
-                    "control.outbox",
-                    "required with a postgresql:// db: the alert outbox is a SQLite file",
-                )
         if outbox is not None and (not isinstance(outbox, str) or not outbox):
             self.fail("control.outbox", f"expected a file path, got {outbox!r}")
         sinks = channels(self, data.get("channels", []), outbox or default_outbox)

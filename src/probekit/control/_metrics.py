@@ -71,6 +71,12 @@ def metrics_text(plane: ControlPlane) -> str:
             for checkpoint_id in sorted(set(plane.settings.tokens) | set(connected))
         ],
     )
+    family(
+        "active",
+        "gauge",
+        "1 when this control plane serves (holds the database's lock), 0 while a standby.",
+        [({}, int(plane.serving))],
+    )
     stats = plane.stats()
     for name, kind, help_text, key in _STATS:
         family(name, kind, help_text, [({}, stats[key])])

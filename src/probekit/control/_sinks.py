@@ -7,16 +7,18 @@ dial path under an :class:`~probekit.EgressPolicy` (the HTTP channels with probe
 probe, e-mail with a small SMTP sender on a :class:`~probekit._dial.Dialer` connection), so a
 denied receiver is never dialled.
 
-- :class:`WebhookSink`: the event as JSON (:func:`event_to_dict`).
-- :class:`SlackSink`: a Slack incoming webhook (``{"text": ...}``).
+- :class:`WebhookSink`: the event as JSON (:func:`event_to_dict`, with its ``event_id``).
+- :class:`SlackSink`: a Slack incoming webhook (``{"text": ...}``, ending with the event id).
 - :class:`PagerDutySink`: PagerDuty Events API v2 (``trigger``/``resolve`` keyed by alert id).
 - :class:`AlertmanagerSink`: Alertmanager's v2 API (``POST /api/v2/alerts``; resolved by
   ``endsAt``).
 - :class:`EmailSink`: one mail per event over SMTP (STARTTLS or implicit TLS, AUTH PLAIN).
 
-:class:`DurableSink` wraps a channel with an outbox in SQLite: ``send`` writes the event to the
-outbox and returns; a worker delivers in order, retrying with exponential backoff, and what is
-not delivered when the process stops is delivered after it starts again.
+:class:`DurableSink` wraps a channel with an outbox (a SQLite file of its own, or, given to a
+control plane, the control plane's database, written in the transaction that records the event):
+``send`` writes the event to the outbox and returns; a worker delivers in order, retrying with
+exponential backoff, and what is not delivered when the process stops is delivered after it (or
+the control plane that takes over) starts: at least once, each event with its stable id.
 :class:`Renotifier` says which open alerts are due to be sent again to the sinks with a
 ``renotify`` interval.
 """
@@ -29,6 +31,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import sqlite3
 import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,7 +52,7 @@ from .._serialization import converter
 from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
-from ._logic import Alert, Event
+from ._logic import Alert, Event, stable_event_id, with_event_id
 
 __all__ = [
     "AlertSink",
@@ -86,8 +89,8 @@ class DeliveryError(Exception):
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
-    """The JSON form of an event (what :class:`WebhookSink` posts)."""
-    data: dict[str, Any] = converter.unstructure(event)
+    """The JSON form of an event (what :class:`WebhookSink` posts), its ``event_id`` set."""
+    data: dict[str, Any] = converter.unstructure(with_event_id(event))
     return data
 
 
@@ -206,6 +209,7 @@ class _HttpChannel:
         """POST ``event``; raises :class:`DeliveryError` unless the receiver answered 2xx/3xx."""
         if not self.wants(event):
             return
+        event = with_event_id(event)
         body = json.dumps(self.payload(event), separators=(",", ":"))
         result = await attrs.evolve(self._probe, body=body).check(self._context)
         if result.status is not Status.UP:
@@ -260,9 +264,9 @@ class SlackSink(_HttpChannel):
     def payload(self, event: Event) -> Any:
         icon = ":white_check_mark:" if event.kind == "alert_resolved" else ":rotating_light:"
         kind = event.alert.kind if event.alert else event.kind
-        return {
-            "text": f"{icon} *{_headline(event)}* {kind} `{event.subject}`: {event.message}",
-        }
+        text = f"{icon} *{_headline(event)}* {kind} `{event.subject}`: {event.message}"
+        # (the event's stable id, for a person or a bot to tell a repeat from a new event)
+        return {"text": f"{text} (event `{stable_event_id(event)}`)"}
 
 
 #: PagerDuty's Events API v2 endpoint.
@@ -318,7 +322,11 @@ class PagerDutySink(_HttpChannel):
                 "timestamp": _iso(alert.opened_at if alert else event.at),
                 "component": event.subject,
                 "class": alert.kind if alert else event.kind,
-                "custom_details": {"event": event.kind, "alert_id": key},
+                "custom_details": {
+                    "event": event.kind,
+                    "alert_id": key,
+                    "event_id": stable_event_id(event),
+                },
             },
         }
 
@@ -470,10 +478,12 @@ class EmailSink:
         msg["To"] = ", ".join(self.to)
         msg["Date"] = formatdate(event.at, usegmt=True)
         msg["Message-ID"] = make_msgid(domain=self.sender.rsplit("@", 1)[-1])
+        msg["X-Probekit-Event-Id"] = stable_event_id(event)
         lines = [event.message, "", f"event: {event.kind}", f"subject: {event.subject}"]
         lines.append(f"at: {_iso(event.at)}")
         if event.alert is not None:
             lines += [f"alert: {event.alert.alert_id}", f"opened: {_iso(event.alert.opened_at)}"]
+        lines.append(f"event id: {stable_event_id(event)}")
         msg.set_content("\n".join(lines) + "\n")
         return msg
 
@@ -591,9 +601,161 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_channel ON outbox (channel, id);
 """
 
+#: An outbox entry as the worker reads it: (id, event JSON, created, due, attempts).
+_Entry = tuple[int, str, float, float, int]
+
+
+class _FileOutbox:
+    """The outbox in a SQLite file of its own (``probekit run``, a sink not given to a control
+    plane). Queries are quick local ones, run on the event loop as they always were."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None  # opened on first use
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_OUTBOX_SCHEMA)
+            self.conn = conn
+        return self.conn
+
+    async def pending(self, channel: str) -> int:
+        row = self.db.execute("SELECT count(*) FROM outbox WHERE channel=?", (channel,))
+        return int(row.fetchone()[0])
+
+    async def add(self, channel: str, event_id: str, body: str, now: float, limit: int) -> int:
+        excess = await self.pending(channel) - limit + 1
+        if excess > 0:
+            self.db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE channel=? "
+                "ORDER BY id LIMIT ?)",
+                (channel, excess),
+            )
+        self.db.execute(
+            "INSERT INTO outbox (channel, event, created, due) VALUES (?, ?, ?, ?)",
+            (channel, body, now, now),
+        )
+        return max(excess, 0)
+
+    async def first(self, channel: str) -> _Entry | None:
+        row = self.db.execute(
+            "SELECT id, event, created, due, attempts FROM outbox WHERE channel=? "
+            "ORDER BY id LIMIT 1",
+            (channel,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+
+    async def delete(self, row_id: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+
+    async def retry(self, row_id: int, attempts: int, due: float, error: str) -> None:
+        self.db.execute(
+            "UPDATE outbox SET attempts=?, due=?, last_error=? WHERE id=?",
+            (attempts, due, error, row_id),
+        )
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _file_entries(path: str, channel: str) -> list[_Entry]:
+    """``channel``'s entries in the outbox file at ``path``, oldest first (none: no file)."""
+    if path == ":memory:" or not os.path.exists(path):
+        return []
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        found = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='outbox'"
+        ).fetchone()
+        if found is None:
+            return []
+        rows = conn.execute(
+            "SELECT id, event, created, due, attempts FROM outbox WHERE channel=? ORDER BY id",
+            (channel,),
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    finally:
+        conn.close()
+
+
+def _forget_entries(path: str, channel: str, last: int) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("DELETE FROM outbox WHERE channel=? AND id<=?", (channel, last))
+    finally:
+        conn.close()
+
+
+class _StoreOutbox:
+    """The outbox in a control plane's database (SQLite or PostgreSQL, its table
+    ``alert_outbox``), on the store's worker thread: the control plane writes an event's
+    entries in the transaction that records the event, so whichever control plane is active
+    delivers them."""
+
+    def __init__(self, store: Any) -> None:
+        from . import _store as db
+
+        self.store = store
+        self._db = db
+
+    async def pending(self, channel: str) -> int:
+        db = self._db
+        return int(await self.store.call(lambda c: db.outbox_pending(c, channel)))
+
+    async def add(self, channel: str, event_id: str, body: str, now: float, limit: int) -> int:
+        db = self._db
+        return int(
+            await self.store.call(lambda c: db.outbox_add(c, channel, event_id, body, now, limit))
+        )
+
+    async def first(self, channel: str) -> _Entry | None:
+        db = self._db
+        entry: _Entry | None = await self.store.call(lambda c: db.outbox_first(c, channel))
+        return entry
+
+    async def delete(self, row_id: int) -> None:
+        db = self._db
+        await self.store.call(lambda c: db.outbox_delete(c, row_id))
+
+    async def retry(self, row_id: int, attempts: int, due: float, error: str) -> None:
+        db = self._db
+        await self.store.call(lambda c: db.outbox_retry(c, row_id, attempts, due, error))
+
+    async def take_file(self, channel: str, path: str) -> int:
+        """Move ``channel``'s entries of a former outbox file at ``path`` (if there is one)
+        into the database, so they are delivered from there; returns how many."""
+        rows = await asyncio.to_thread(_file_entries, path, channel)
+        if not rows:
+            return 0
+        entries = []
+        for _, body, created, due, attempts in rows:
+            try:
+                event_id = stable_event_id(converter.structure(json.loads(body), Event))
+            except Exception:  # noqa: BLE001 - the worker drops it, with a log line
+                event_id = ""
+            entries.append((channel, event_id, body, created, due, attempts))
+        db = self._db
+        await self.store.call(lambda c: db.outbox_import(c, entries))
+        await asyncio.to_thread(_forget_entries, path, channel, rows[-1][0])
+        return len(rows)
+
+    def close(self) -> None:
+        pass
+
 
 class DurableSink:
-    """``channel`` behind an outbox kept in SQLite at ``path`` (``:memory:``: kept in memory).
+    """``channel`` behind an outbox: by itself one kept in SQLite at ``path`` (``:memory:``:
+    kept in memory); given to a :class:`ControlPlane`, the control plane's own database (see
+    :meth:`bind`), written in the same transaction as the event it announces.
 
     :meth:`send` writes the event to the outbox and wakes the worker, which delivers the
     channel's events oldest first: a failure is retried after ``backoff`` seconds, doubling up
@@ -601,8 +763,10 @@ class DurableSink:
     resolution). An event still undelivered after ``max_attempts`` tries, or older than
     ``max_age`` seconds, is dropped and logged at ERROR; so is the oldest event when the
     channel already has ``max_pending`` waiting. Events left in the outbox when the
-    process stops are delivered once it starts again with the same ``path`` and channel name.
-    Counters: :attr:`delivered`, :attr:`retries`, :attr:`dropped`.
+    process stops are delivered once it starts again with the same ``path`` (or database) and
+    channel name: delivery is at least once, and every event carries its stable
+    ``event_id`` (see :func:`~probekit.control._logic.stable_event_id`) for a receiver to drop
+    a repeat. Counters: :attr:`delivered`, :attr:`retries`, :attr:`dropped`.
     """
 
     def __init__(
@@ -637,7 +801,9 @@ class DurableSink:
         self.delivered = 0
         self.retries = 0
         self.dropped = 0
-        self._conn: sqlite3.Connection | None = None  # opened on first use
+        self._outbox: _FileOutbox | _StoreOutbox = _FileOutbox(path)
+        self._moved = True
+        self._settled = asyncio.Event()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -647,30 +813,64 @@ class DurableSink:
 
     @property
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_OUTBOX_SCHEMA)
-            self._conn = conn
-        return self._conn
+        """The outbox file's connection (not bound to a control plane's database)."""
+        if not isinstance(self._outbox, _FileOutbox):
+            raise RuntimeError(f"{self.name}: the outbox is the control plane's database")
+        return self._outbox.db
+
+    @property
+    def store(self) -> Any:
+        """The control plane's store this sink's outbox lives in (None: its own file)."""
+        return self._outbox.store if isinstance(self._outbox, _StoreOutbox) else None
+
+    def bind(self, store: Any) -> None:
+        """Keep the outbox in a control plane's database (its ``Store``) from now on; what
+        the file at ``path`` still holds for this channel moves there when the worker starts.
+        :class:`ControlPlane` does this for the sinks it is given."""
+        if self.store is store:
+            return
+        if self._worker is not None:
+            raise RuntimeError(f"{self.name}: bind before the worker starts")
+        if isinstance(self._outbox, _FileOutbox):
+            self._outbox.close()
+        self._outbox = _StoreOutbox(store)
+        self._moved = False
+        self._settled = asyncio.Event()  # set once the outbox file's events have moved
+
+    def wants(self, event: Event) -> bool:
+        """Whether the channel delivers this kind of event (others are not kept)."""
+        wants = getattr(self.channel, "wants", None)
+        if callable(wants):
+            return bool(wants(event))
+        kinds = getattr(self.channel, "kinds", None)
+        return kinds is None or event.kind in kinds
+
+    def entry(self, event: Event) -> tuple[str, str, str, float, int]:
+        """The outbox entry of ``event`` for this channel, as a control plane writes it with
+        the event: (channel, event id, event JSON, now, max_pending)."""
+        event = with_event_id(event)
+        body = json.dumps(event_to_dict(event), separators=(",", ":"))
+        assert event.event_id is not None
+        return (self.name, event.event_id, body, self._now(), self.max_pending)
 
     def pending(self) -> int:
-        """Events in the outbox for this channel."""
+        """Events in the outbox file for this channel (see :meth:`pending_events` for either
+        kind of outbox)."""
         row = self._db.execute("SELECT count(*) FROM outbox WHERE channel=?", (self.name,))
         return int(row.fetchone()[0])
 
+    async def pending_events(self) -> int:
+        """Events in the outbox (its file or the control plane's database) for this channel."""
+        return await self._outbox.pending(self.name)
+
     async def send(self, event: Event) -> None:
-        body = json.dumps(event_to_dict(event), separators=(",", ":"))
-        now = self._now()
-        excess = self.pending() - self.max_pending + 1
+        channel, event_id, body, now, limit = self.entry(event)
+        self.note_dropped(await self._outbox.add(channel, event_id, body, now, limit))
+        self.wake()
+
+    def note_dropped(self, excess: int) -> None:
+        """Count and log ``excess`` oldest events dropped to stay within ``max_pending``."""
         if excess > 0:
-            self._db.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE channel=? "
-                "ORDER BY id LIMIT ?)",
-                (self.name, excess),
-            )
             self.dropped += excess
             log.error(
                 "%s: the outbox holds %d events; dropped the oldest %d",
@@ -678,10 +878,9 @@ class DurableSink:
                 self.max_pending,
                 excess,
             )
-        self._db.execute(
-            "INSERT INTO outbox (channel, event, created, due) VALUES (?, ?, ?, ?)",
-            (self.name, body, now, now),
-        )
+
+    def wake(self) -> None:
+        """Look at the outbox now (an entry was just written), starting the worker if needed."""
         self.start()
         self._wake.set()
 
@@ -691,90 +890,112 @@ class DurableSink:
             self._worker = asyncio.get_running_loop().create_task(self._work())
             self._wake.set()
 
-    async def aclose(self) -> None:
-        """Stop the worker (what is not delivered stays in the outbox) and close the file."""
+    async def stop(self) -> None:
+        """Stop the worker; what is not delivered stays in the outbox."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+
+    async def aclose(self) -> None:
+        """Stop the worker (what is not delivered stays in the outbox) and close the file."""
+        await self.stop()
+        self._outbox.close()
 
     async def wait_idle(self, timeout: float) -> None:
         """Wait until the outbox holds nothing for this channel (or raise TimeoutError)."""
         async with asyncio.timeout(timeout):
-            while self.pending():
+            if isinstance(self._outbox, _StoreOutbox):
+                await self._settled.wait()
+            while await self.pending_events():
                 self._idle.clear()
-                await self._idle.wait()
-
-    async def _work(self) -> None:
-        while True:
-            row = self._db.execute(
-                "SELECT id, event, created, due, attempts FROM outbox WHERE channel=? "
-                "ORDER BY id LIMIT 1",
-                (self.name,),
-            ).fetchone()
-            if row is None:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            row_id, body, created, due, attempts = row
-            now = self._now()
-            if due > now:
-                self._wake.clear()
                 try:
-                    async with asyncio.timeout(due - now):
-                        await self._wake.wait()
+                    async with asyncio.timeout(0.5):  # (another process may have delivered)
+                        await self._idle.wait()
                 except TimeoutError:
                     pass
-                continue
+
+    async def _work(self) -> None:
+        outbox = self._outbox
+        if isinstance(outbox, _StoreOutbox) and not self._moved:
+            self._moved = True
             try:
-                event = converter.structure(json.loads(body), Event)
-            except Exception as exc:  # noqa: BLE001 - a row this version cannot read: never retried
-                log.error("%s: dropping an unreadable outbox entry: %s", self.name, exc)
-                self._delete(row_id)
-                self.dropped += 1
-                continue
-            try:
-                await self.channel.deliver(event)
-            except Exception as exc:  # noqa: BLE001 - a broken channel must not stop the outbox
-                error = str(exc) if isinstance(exc, DeliveryError) else repr(exc)
-                attempts += 1
-                if attempts >= self.max_attempts or now - created > self.max_age:
-                    log.error(
-                        "%s: dropping %s %s after %d attempts: %s",
-                        self.name,
-                        event.kind,
-                        event.subject,
-                        attempts,
-                        error,
+                moved = await outbox.take_file(self.name, self.path)
+            except Exception:
+                log.exception(
+                    "%s: could not take the events of the outbox file %s", self.name, self.path
+                )
+            else:
+                if moved:
+                    log.info(
+                        "%s: %d events moved from %s to the database", self.name, moved, self.path
                     )
-                    self._delete(row_id)
-                    self.dropped += 1
-                    continue
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
-                self.retries += 1
-                log.warning(
-                    "%s: %s %s not delivered (attempt %d), retrying in %.1f s: %s",
+            self._settled.set()
+        while True:
+            try:
+                await self._step(outbox)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database failing: retried
+                log.warning("%s: the outbox could not be read or written: %s", self.name, exc)
+                await asyncio.sleep(min(self.max_backoff, 1.0))
+
+    async def _step(self, outbox: _FileOutbox | _StoreOutbox) -> None:
+        row = await outbox.first(self.name)
+        if row is None:
+            self._idle.set()
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        row_id, body, created, due, attempts = row
+        now = self._now()
+        if due > now:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(due - now):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            return
+        try:
+            event = with_event_id(converter.structure(json.loads(body), Event))
+        except Exception as exc:  # noqa: BLE001 - a row this version cannot read: never retried
+            log.error("%s: dropping an unreadable outbox entry: %s", self.name, exc)
+            await outbox.delete(row_id)
+            self.dropped += 1
+            return
+        try:
+            await self.channel.deliver(event)
+        except Exception as exc:  # noqa: BLE001 - a broken channel must not stop the outbox
+            error = str(exc) if isinstance(exc, DeliveryError) else repr(exc)
+            attempts += 1
+            if attempts >= self.max_attempts or now - created > self.max_age:
+                log.error(
+                    "%s: dropping %s %s after %d attempts: %s",
                     self.name,
                     event.kind,
                     event.subject,
                     attempts,
-                    delay,
                     error,
                 )
-                self._db.execute(
-                    "UPDATE outbox SET attempts=?, due=?, last_error=? WHERE id=?",
-                    (attempts, now + delay, error[:500], row_id),
-                )
-                continue
-            self._delete(row_id)
-            self.delivered += 1
-
-    def _delete(self, row_id: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id=?", (row_id,))
+                await outbox.delete(row_id)
+                self.dropped += 1
+                return
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
+            self.retries += 1
+            log.warning(
+                "%s: %s %s not delivered (attempt %d), retrying in %.1f s: %s",
+                self.name,
+                event.kind,
+                event.subject,
+                attempts,
+                delay,
+                error,
+            )
+            await outbox.retry(row_id, attempts, now + delay, error[:500])
+            return
+        await outbox.delete(row_id)
+        self.delivered += 1
 
 
 # -- re-notification ------------------------------------------------------------------------------
