@@ -230,12 +230,12 @@ async def test_a_standby_listens_and_answers_while_it_waits(pg_server: PgServer)
             "standby; the active control plane holds the lock\n",
         )
         code, _, body = await _http_get(mport, "/metrics")
-        assert code == 200 and "probekit_control_active 0" in body
+        assert code == 200 and "\nprobekit_control_active 0.0\n" in body
         code, _, body = await _http_get(mport, "/status", token="status-secret")
         assert (code, body) == (503, "standby; the active control plane holds the lock\n")
         assert active.metrics_address is not None
         code, _, body = await _http_get(active.metrics_address[1], "/metrics")
-        assert code == 200 and "probekit_control_active 1" in body
+        assert code == 200 and "\nprobekit_control_active 1.0\n" in body
         assert (await _http_get(active.metrics_address[1], "/status", token="status-secret"))[
             0
         ] == 200
