@@ -20,6 +20,8 @@ import pytest
 
 import probekit.control as control
 from probekit import Secret
+from probekit.alerting import _outbox as outbox
+from probekit.alerting._events import Alert, Event, stable_event_id
 from probekit.control import (
     ControlPlane,
     ControlSettings,
@@ -30,7 +32,6 @@ from probekit.control import (
     WebhookSink,
 )
 from probekit.control import _store as db
-from probekit.control._logic import Alert, Event, stable_event_id
 from test_alerting import OPENED, RESOLVED, TRANSIENT, Receiver, running
 
 pytestmark = pytest.mark.usefixtures("control_store")
@@ -79,7 +80,7 @@ async def test_an_event_and_its_outbox_entries_are_one_transaction() -> None:
             lambda c: db.record_event(c, row, opened, None, [sink.entry(OPENED)])
         )
         assert dropped == {}
-        first = await store.call(lambda c: db.outbox_first(c, "hook"))
+        first = await store.call(lambda c: outbox.outbox_first(c, "hook"))
         assert first is not None
         assert json.loads(first[1])["event_id"] == "0190-alert:alert_opened"
         # an alert row that cannot be written: neither the event nor its entry is kept
@@ -88,7 +89,7 @@ async def test_an_event_and_its_outbox_entries_are_one_transaction() -> None:
         entry = sink.entry(Event("alert_opened", "web", 1.0, "m", broken[0]))
         with pytest.raises(store.errors):
             await store.call(lambda c: db.record_event(c, row2, broken, None, [entry]))
-        assert await store.call(lambda c: db.outbox_pending(c, "hook")) == 1
+        assert await store.call(lambda c: outbox.outbox_pending(c, "hook")) == 1
         events = await store.call(lambda c: c.execute("SELECT count(*) FROM events").fetchone())
         assert events[0] == 1
     finally:

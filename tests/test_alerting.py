@@ -31,6 +31,7 @@ from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from probekit import DefinitionError, DefinitionErrors, EgressPolicy, FakeClock, Secret, Status
+from probekit.alerting._sinks import ResultAlerts
 from probekit.control import (
     AlertmanagerSink,
     ControlPlane,
@@ -45,7 +46,6 @@ from probekit.control import (
 )
 from probekit.control._config import load_control_config
 from probekit.control._logic import Alert, ControlLogic, Event, MonitorSpec
-from probekit.control._sinks import ResultAlerts
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC).timestamp()
 ALERT = Alert("0190-alert", "monitor_down", "web", T0, "web is down: failed on a, again on b")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from probekit import FakeClock, Status
-from probekit.control._ids import IdGenerator
+from probekit._ids import IdGenerator
 from probekit.control._logic import (
     Actions,
     Alert,

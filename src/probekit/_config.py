@@ -117,7 +117,7 @@ class _Loader:
         channels: list[Any] = []
         failures = 2
         if "channels" in data or "alerting" in data:  # (the alerting code loads only if used)
-            from .control import _alerting_config as alerting
+            from .alerting import _config as alerting
 
             failures, outbox = alerting.alerting(self, data.get("alerting", {}))
             channels = alerting.channels(

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from rich.table import Table as RichTable
 
     from .._metrics_server import MetricsServer
-    from ..control._sinks import ResultAlerts
+    from ..alerting._sinks import ResultAlerts
 
 #: The first run of each monitor starts within this many seconds (or its interval, if
 #: shorter), spread at random so that monitors do not all start together.
@@ -229,7 +229,7 @@ def _alerts(config: Config) -> ResultAlerts | None:
     """The alerts of the config's ``[[channels]]`` (None without channels)."""
     if not config.channels:
         return None
-    from ..control._sinks import ResultAlerts
+    from ..alerting._sinks import ResultAlerts
 
     return ResultAlerts(config.channels, failures=config.alert_failures)
 

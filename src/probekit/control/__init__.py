@@ -39,6 +39,24 @@ from .._exceptions import DefinitionError
 from .._logging import MaskingLogger
 from .._secret import Secret
 from .._serialization import converter
+from ..alerting._events import with_event_id
+from ..alerting._maintenance import Maintenance, MaintenanceWindow, Weekly
+from ..alerting._sinks import (
+    AlertmanagerSink,
+    AlertSink,
+    DeliveryError,
+    DurableSink,
+    EmailSink,
+    LogSink,
+    MemorySink,
+    PagerDutySink,
+    Renotifier,
+    SlackSink,
+    WebhookSink,
+)
+from ..alerting._sinks import (
+    event_to_dict as event_to_dict,
+)
 from . import _store as db
 from ._config import ControlConfig, load_control_config
 from ._logic import (
@@ -53,24 +71,6 @@ from ._logic import (
     RunOrder,
     SitePolicy,
     Verdict,
-    with_event_id,
-)
-from ._maintenance import Maintenance, MaintenanceWindow, Weekly
-from ._sinks import (
-    AlertmanagerSink,
-    AlertSink,
-    DeliveryError,
-    DurableSink,
-    EmailSink,
-    LogSink,
-    MemorySink,
-    PagerDutySink,
-    Renotifier,
-    SlackSink,
-    WebhookSink,
-)
-from ._sinks import (
-    event_to_dict as event_to_dict,
 )
 from ._store import Store, is_postgres
 

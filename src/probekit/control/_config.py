@@ -35,10 +35,10 @@ from .._validate import (
 from ._store import is_postgres
 
 if TYPE_CHECKING:
+    from ..alerting._maintenance import MaintenanceWindow
+    from ..alerting._sinks import DurableSink
     from . import ControlSettings, WebhookSink
     from ._logic import MonitorSpec, SitePolicy
-    from ._maintenance import MaintenanceWindow
-    from ._sinks import DurableSink
 
 __all__ = ["ControlConfig", "is_loopback", "load_control_config", "token_problem"]
 
@@ -147,7 +147,7 @@ class _ControlLoader(_Loader):
             )
         monitors = self.control_monitors(data.get("monitors"), set(tokens))
         webhooks = self.webhooks(data.get("webhooks", []))
-        from ._alerting_config import channels, labels, maintenance
+        from ..alerting._config import channels, labels, maintenance
 
         control_data = data.get("control")
         outbox = control_data.get("outbox") if isinstance(control_data, Mapping) else None

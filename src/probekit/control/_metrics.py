@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Final, get_args
 
-from ._logic import AlertKind
+from ..alerting._events import AlertKind
 
 if TYPE_CHECKING:
     from . import ControlPlane

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
+from ..alerting import _outbox as outbox
 from ._logic import Alert, MonitorSpec
 
 if TYPE_CHECKING:
@@ -347,16 +348,16 @@ def record_event(
     row: tuple[Any, ...],
     opened: tuple[Alert, str | None] | None,
     resolved: tuple[str, float] | None,
-    outbox: Sequence[OutboxRow] = (),
+    entries: Sequence[OutboxRow] = (),
 ) -> dict[str, int]:
     """Store an event (kind, subject, at, message, alert_id, alert_kind) and, in the same
     transaction, the alert it opens (with its scope) or the id and time of the one it resolves,
-    and the ``outbox`` entries announcing it to the alert channels. Returns, per channel, the
+    and the outbox ``entries`` announcing it to the alert channels. Returns, per channel, the
     entries dropped to keep it within its ``max_pending`` (the oldest)."""
     with c:
         dropped = {}
-        for channel, event_id, body, now, max_pending in outbox:
-            dropped[channel] = _outbox_add(c, channel, event_id, body, now, max_pending)
+        for channel, event_id, body, now, max_pending in entries:
+            dropped[channel] = outbox.add_entry(c, channel, event_id, body, now, max_pending)
         c.execute(
             "INSERT INTO events (kind, subject, at, message, alert_id, alert_kind)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -377,77 +378,6 @@ def record_event(
                 (resolved[1], resolved[0]),
             )
     return {channel: n for channel, n in dropped.items() if n}
-
-
-# -- the alert outbox -------------------------------------------------------------------------
-
-
-def _outbox_add(
-    c: Connection, channel: str, event_id: str, body: str, now: float, max_pending: int
-) -> int:
-    """Add one entry (inside the caller's transaction); drop the oldest beyond ``max_pending``
-    and return how many were dropped."""
-    excess = outbox_pending(c, channel) - max_pending + 1
-    if excess > 0:
-        c.execute(
-            "DELETE FROM alert_outbox WHERE id IN (SELECT id FROM alert_outbox WHERE channel=? "
-            "ORDER BY id LIMIT ?)",
-            (channel, excess),
-        )
-    c.execute(
-        "INSERT INTO alert_outbox (channel, event_id, event, created, due) VALUES (?, ?, ?, ?, ?)",
-        (channel, event_id, body, now, now),
-    )
-    return max(excess, 0)
-
-
-def outbox_add(
-    c: Connection, channel: str, event_id: str, body: str, now: float, max_pending: int
-) -> int:
-    """Add one entry in a transaction of its own (an event that changes no state: a repeat)."""
-    with c:
-        return _outbox_add(c, channel, event_id, body, now, max_pending)
-
-
-def outbox_pending(c: Connection, channel: str) -> int:
-    row = c.execute("SELECT count(*) FROM alert_outbox WHERE channel=?", (channel,)).fetchone()
-    return int(row[0])
-
-
-def outbox_first(c: Connection, channel: str) -> tuple[int, str, float, float, int] | None:
-    """The channel's oldest entry: (id, event JSON, created, due, attempts)."""
-    row = c.execute(
-        "SELECT id, event, created, due, attempts FROM alert_outbox WHERE channel=? "
-        "ORDER BY id LIMIT 1",
-        (channel,),
-    ).fetchone()
-    if row is None:
-        return None
-    return int(row[0]), str(row[1]), float(row[2]), float(row[3]), int(row[4])
-
-
-def outbox_delete(c: Connection, row_id: int) -> None:
-    with c:
-        c.execute("DELETE FROM alert_outbox WHERE id=?", (row_id,))
-
-
-def outbox_retry(c: Connection, row_id: int, attempts: int, due: float, error: str) -> None:
-    with c:
-        c.execute(
-            "UPDATE alert_outbox SET attempts=?, due=?, last_error=? WHERE id=?",
-            (attempts, due, error, row_id),
-        )
-
-
-def outbox_import(c: Connection, rows: Sequence[tuple[str, str, str, float, float, int]]) -> None:
-    """Add entries taken from a former outbox file: (channel, event id, event JSON, created,
-    due, attempts), in their order."""
-    with c:
-        c.executemany(
-            "INSERT INTO alert_outbox (channel, event_id, event, created, due, attempts) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
 
 
 def load_open_alerts(c: Connection) -> list[tuple[Alert, str | None]]:

@@ -15,7 +15,7 @@ from .._exceptions import DefinitionError, DefinitionErrors
 from .._policy import EgressPolicy
 from .._secret import Secret
 from .._validate import seconds_problem
-from ._logic import EventKind
+from ._events import EventKind
 from ._maintenance import MaintenanceWindow, Weekly
 from ._sinks import (
     AlertmanagerSink,

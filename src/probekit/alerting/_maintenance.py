@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import attrs
 
 from .._exceptions import DefinitionError
-from ._logic import Event
+from ._events import Event
 
 __all__ = ["Maintenance", "MaintenanceWindow", "Weekly"]
 

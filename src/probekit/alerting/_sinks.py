@@ -52,7 +52,7 @@ from .._serialization import converter
 from .._timeline import Timeline
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
-from ._logic import Alert, Event, stable_event_id, with_event_id
+from ._events import Alert, Event, stable_event_id, with_event_id
 
 __all__ = [
     "AlertSink",
@@ -702,10 +702,10 @@ class _StoreOutbox:
     delivers them."""
 
     def __init__(self, store: Any) -> None:
-        from . import _store as db
+        from . import _outbox
 
         self.store = store
-        self._db = db
+        self._db = _outbox
 
     async def pending(self, channel: str) -> int:
         db = self._db
@@ -765,7 +765,7 @@ class DurableSink:
     channel already has ``max_pending`` waiting. Events left in the outbox when the
     process stops are delivered once it starts again with the same ``path`` (or database) and
     channel name: delivery is at least once, and every event carries its stable
-    ``event_id`` (see :func:`~probekit.control._logic.stable_event_id`) for a receiver to drop
+    ``event_id`` (see :func:`~probekit.alerting._events.stable_event_id`) for a receiver to drop
     a repeat. Counters: :attr:`delivered`, :attr:`retries`, :attr:`dropped`.
     """
 
@@ -1053,7 +1053,7 @@ class ResultAlerts:
         clock: Clock | None = None,
         ids: Callable[[], str] | None = None,
     ) -> None:
-        from ._ids import new_id
+        from .._ids import new_id
 
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
             raise DefinitionError("failures", f"must be an integer of 1 or more, got {failures!r}")
