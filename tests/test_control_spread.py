@@ -188,6 +188,20 @@ def test_four_instances_share_the_monitors_and_each_stays_put() -> None:
     assert max(gap for _m, gap in sim.gaps()) <= INTERVAL
 
 
+def test_an_adhoc_run_goes_to_the_monitors_own_instance_under_spread() -> None:
+    """ControlPlane.run_now without an instance asks ``pick``: the monitor's rendezvous first."""
+    sim = make()
+    for m in range(20):
+        monitor = f"m{m}"
+        assert sim.logic.pick("cp", "tcp", monitor) == rendezvous_rank(monitor, FOUR)[0]
+    sim.kill("i0", closed=True)
+    rest = ("i1", "i2", "i3")
+    for m in range(20):
+        monitor = f"m{m}"
+        assert sim.logic.pick("cp", "tcp", monitor) == rendezvous_rank(monitor, rest)[0]
+    assert sim.logic.pick("other", "tcp", "m0") is None  # no instance of that checkpoint
+
+
 @pytest.mark.parametrize("closed", [False, True], ids=["silent", "connection-closed"])
 def test_one_killed_mid_run_moves_only_its_monitors_without_long_gaps(closed: bool) -> None:
     sim = make()

@@ -918,9 +918,13 @@ class ControlPlane:
         await self._broadcast(checkpoint_id, self._sync([], []))
 
     async def run_now(self, monitor_id: str, instance_id: str | None = None) -> str | None:
-        """Send an ``adhoc`` run; returns its request id, or None when no instance can take it."""
+        """Send an ``adhoc`` run; returns its request id, or None when no instance can take it.
+
+        Without ``instance_id`` the run goes where the monitor's scheduled runs go: with
+        ``assignment = "spread"`` its instance by rendezvous hashing, else any live instance
+        of its checkpoint that has the kind."""
         spec = self._specs[monitor_id]
-        target = instance_id or next(iter(self.logic.alive(spec.checkpoint_id, spec.kind)), None)
+        target = instance_id or self.logic.pick(spec.checkpoint_id, spec.kind, monitor_id)
         if target is None:
             return None
         order = self.logic.order(target, monitor_id, "adhoc", self.clock.monotonic())

@@ -1130,6 +1130,11 @@ class ControlLogic:
             return rendezvous_rank(monitor_id, choices)[0]
         return self.rng.choice(choices)
 
+    def pick(self, checkpoint_id: str, kind: str | None, monitor_id: str) -> str | None:
+        """The live instance of ``checkpoint_id`` an ad-hoc run of ``monitor_id`` goes to: its
+        instance by rendezvous hashing with ``"spread"``, else a random one (None: none)."""
+        return self._pick(checkpoint_id, None, kind, monitor_id=monitor_id)
+
     def order(self, instance_id: str, monitor_id: str, reason: Reason, now: float) -> RunOrder:
         """A run of ``monitor_id`` for ``instance_id``, outstanding from ``now`` until its
         deadline plus the grace."""
