@@ -655,6 +655,31 @@ async def test_email_over_implicit_tls_checks_the_certificate(
     assert len(box.messages) == 1
 
 
+async def test_a_webhooks_entry_is_a_webhook_channel_behind_an_outbox(tmp_path: Path) -> None:
+    """``[[webhooks]]`` (the first alert channel of the control plane's file) is retried like a
+    ``[[channels]]`` webhook: a receiver failing twice still gets the event, once, in order."""
+    rec = Receiver(fail=2)
+    with running(rec):
+        path = tmp_path / "control.toml"
+        path.write_text(
+            '[control]\nport = 0\ndb = "control.db"\n\n'
+            '[[checkpoints]]\nid = "office"\ntoken = "' + "t" * 32 + '"\n\n'
+            '[[monitors]]\nid = "web"\ncheckpoint = "office"\nkind = "tcp"\nhost = "h"\n'
+            "port = 1\n\n"
+            f'[[webhooks]]\nurl = "{rec.url}"\ntimeout = 2\n'
+        )
+        config = load_control_config(path, warn=lambda _: None)
+        (hook,) = config.webhooks
+        assert isinstance(hook, DurableSink) and hook.name == "webhooks[0]"
+        assert isinstance(hook.channel, WebhookSink)
+        await hook.send(OPENED)  # returns at once: the outbox has it
+        await hook.send(RESOLVED)
+        await hook.wait_idle(20)
+        await hook.aclose()
+    assert [b["kind"] for b in rec.bodies()] == ["alert_opened", "alert_resolved"]
+    assert (hook.retries, hook.delivered) == (2, 2)
+
+
 # -- the control plane starts and stops its channels ------------------------------------------
 
 

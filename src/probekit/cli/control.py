@@ -181,10 +181,9 @@ async def _reload(
     plane.sinks[:] = [
         s for s in plane.sinks if s not in running.webhooks and s not in running.channels
     ]
-    for channel in running.channels:  # what is undelivered stays in the outbox for the new one
-        await channel.aclose()
-    plane.sinks.extend(config.webhooks)
-    for channel in config.channels:
+    for channel in (*running.webhooks, *running.channels):
+        await channel.aclose()  # what is undelivered stays in the outbox for the new one
+    for channel in (*config.webhooks, *config.channels):
         plane.start_sink(channel)  # (its outbox: the control plane's database)
     for window in running.maintenance:  # (windows added through the API stay)
         plane.end_maintenance(window.window_id)

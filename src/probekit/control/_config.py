@@ -37,7 +37,7 @@ from ._store import is_postgres
 if TYPE_CHECKING:
     from ..alerting._maintenance import MaintenanceWindow
     from ..alerting._sinks import DurableSink
-    from . import ControlSettings, WebhookSink
+    from . import ControlSettings
     from ._logic import MonitorSpec, SitePolicy
 
 __all__ = ["ControlConfig", "is_loopback", "load_control_config", "token_problem"]
@@ -80,7 +80,8 @@ class ControlConfig:
 
     settings: ControlSettings
     monitors: tuple[MonitorSpec, ...]
-    webhooks: tuple[WebhookSink, ...]
+    #: The ``[[webhooks]]``, each a webhook channel behind its outbox (named ``webhooks[N]``).
+    webhooks: tuple[DurableSink, ...]
     #: The ``tls_cert`` and ``tls_key`` paths (None without TLS): a reload compares them.
     tls_files: tuple[str | None, str | None] = (None, None)
     #: The ``[[channels]]``, each behind its outbox (see ``docs/alerting.md``).
@@ -616,13 +617,16 @@ class _ControlLoader(_Loader):
 
     # -- [[webhooks]] --------------------------------------------------------------------------
 
-    def webhooks(self, data: Any) -> list[WebhookSink]:
-        from . import WebhookSink
+    def webhooks(self, data: Any) -> list[DurableSink]:
+        """The ``[[webhooks]]`` (the first alert channel the file had): each a webhook channel
+        named ``webhooks[N]`` behind an outbox, as a ``[[channels]]`` webhook is, so a slow or
+        failing receiver is retried with backoff and holds up nothing."""
+        from ..alerting._sinks import DurableSink, WebhookSink
 
         tables = self.tables(data, "webhooks", "webhook")
         if tables is None:
             return []
-        out: list[WebhookSink] = []
+        out: list[DurableSink] = []
         for _, path, item in tables:
             before = len(self.errors)
             for key in item:
@@ -643,7 +647,8 @@ class _ControlLoader(_Loader):
                 continue
             assert isinstance(url, str)
             try:
-                out.append(WebhookSink(url, headers=dict(headers), timeout=float(timeout)))
+                hook = WebhookSink(url, headers=dict(headers), timeout=float(timeout), name=path)
+                out.append(DurableSink(hook))
             except DefinitionErrors as exc:
                 self.errors.extend(e.under(path) for e in exc.errors)
             except DefinitionError as exc:
