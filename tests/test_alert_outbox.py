@@ -220,5 +220,5 @@ async def test_a_schema_3_database_gets_the_outbox(tmp_path: Path) -> None:
     async with ControlPlane(ControlSettings(tokens={"o": Secret(TOKEN)}, db_path=str(path))):
         pass
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 5
         assert conn.execute("SELECT count(*) FROM alert_outbox").fetchone() == (0,)

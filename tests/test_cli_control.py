@@ -402,11 +402,16 @@ def test_control_with_an_inline_token_warns_runs_and_replaces_stale_monitors(
     assert stored() == {"web": 1, "web-port": 1}
     # The file is the source of truth: a monitor gone from it is gone from the control plane;
     # an unchanged one keeps its revision.
+    # ... and so is a site policy stored through the API that the file does not have
+    with sqlite3.connect(tmp_path / "control.db") as db:
+        db.execute("INSERT INTO sites VALUES ('api-site', '[\"web\"]', 1)")
     text = path.read_text()
     path.write_text(text[: text.index('[[monitors]]\nid = "web-port"')])
     assert main(["control", "--config", str(path), "--duration", "0.3"]) == 0
     assert "1 monitor)" in capsys.readouterr().out
     assert stored() == {"web": 1}
+    with sqlite3.connect(tmp_path / "control.db") as db:
+        assert db.execute("SELECT * FROM sites").fetchall() == []
 
 
 def checkpoint_args(tmp_path: Path, url: str, *extra: str) -> list[str]:

@@ -216,7 +216,7 @@ async def test_a_schema_2_database_gets_the_retention_indexes(tmp_path: Path) ->
     async with plane(str(path)):
         pass
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 5
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"results_stored", "events_at", "runs_sent", "alerts_resolved"} <= names
 

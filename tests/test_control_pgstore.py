@@ -154,14 +154,17 @@ async def test_a_schema_3_database_gets_the_outbox(pg_server: PgServer) -> None:
     url = _schema(pg_server, "schema3")
     store = db.Store(url, Secret(pg_server.password))
     await store.call(lambda c: c.execute("DROP TABLE alert_outbox"))
+    await store.call(lambda c: c.execute("DROP TABLE sites"))
     await store.call(lambda c: c.execute("UPDATE probekit_schema SET version = 3"))
     await store.close()
     again = db.Store(url, Secret(pg_server.password))
     version = await again.call(
         lambda c: c.execute("SELECT version FROM probekit_schema").fetchall()
     )
-    assert version == [(4,)] == [(db.SCHEMA_VERSION,)]
+    assert version == [(5,)] == [(db.SCHEMA_VERSION,)]
     rows = await again.call(lambda c: c.execute("SELECT count(*) FROM alert_outbox").fetchone())
+    assert rows == (0,)
+    rows = await again.call(lambda c: c.execute("SELECT count(*) FROM sites").fetchone())
     assert rows == (0,)
     await again.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 import time
 from collections import Counter
@@ -639,3 +640,46 @@ async def test_a_site_alert_is_kept_across_a_restart(tmp_path: Path) -> None:
     assert [e.alert.alert_id for e in resolved if e.alert] == [opened.alert_id]
     with pytest.raises(DefinitionError, match=r"sites\.x: .*between 1 and 1"):
         ControlPlane(settings, sites=[SitePolicy("x", ("y",), 2)])
+
+
+async def test_a_site_policy_set_through_the_api_is_stored_and_taken_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = SitePolicy("web", ("web@a", "web@b"), 2)
+    settings = ControlSettings(
+        tokens={"a": Secret(TOKEN), "b": Secret(TOKEN + "-b")},
+        db_path=str(tmp_path / "cp.db"),
+        confirmations=0,
+        prune_interval=3600.0,
+    )
+    sink = MemorySink()
+    async with ControlPlane(settings, sinks=[sink]) as cp:
+        await cp.add_monitor("web@a", "a", DEF, interval=60)
+        await cp.add_monitor("web@b", "b", DEF, interval=60)
+        await cp.set_sites(policy)  # through the API: no constructor argument
+        for location, instance in (("web@a", "a0"), ("web@b", "b0")):
+            await cp._dispatch(
+                cp.logic.on_result(location, instance, None, "scheduled", Status.DOWN)
+            )
+        (opened,) = cp.logic.open_alerts()
+        assert (opened.subject, opened.kind) == ("web", "monitor_down")
+    async with ControlPlane(settings, sinks=[sink]) as cp:
+        assert cp.sites == {"web": policy}  # taken back from the database
+        assert cp.logic.open_alerts() == [opened]  # and its alert with it, not resolved
+        given = SitePolicy("web", ("web@a", "web@b"), 1)
+    async with ControlPlane(settings, sinks=[sink], sites=[given]) as cp:
+        assert cp.sites == {"web": given}  # the constructor's wins ...
+    async with ControlPlane(settings, sinks=[sink]) as cp:
+        assert cp.sites == {"web": given}  # ... and is stored
+        await cp.remove_sites("web")
+    async with ControlPlane(settings, sinks=[sink]) as cp:
+        assert cp.sites == {}  # removal is stored too
+        await cp.set_sites(SitePolicy("api", ("web@a",), 1))
+    caplog.set_level(logging.WARNING, logger="probekit.control")
+    other = SitePolicy("web", ("web@a", "web@b"), 1)
+    async with ControlPlane(settings, sinks=[sink], sites=[other]) as cp:
+        # "api" lists web@a, which "web" (given) holds now: not taken back, and said why
+        assert cp.sites == {"web": other}
+    assert "a stored site policy no longer holds; not taken back: sites.api" in caplog.text
+    resolved = [e for e in sink.events if e.kind == "alert_resolved"]
+    assert [e.alert.alert_id for e in resolved if e.alert] == [opened.alert_id]

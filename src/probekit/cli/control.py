@@ -267,6 +267,8 @@ def _run_control(args: argparse.Namespace) -> int:
                 if not args.quiet:
                     plane.result_listeners.append(printer.result)
                 await _apply_monitors(plane, config.monitors)
+                for monitor_id in sorted(set(plane.sites) - {s.monitor_id for s in config.sites}):
+                    await plane.remove_sites(monitor_id)  # stored, but no longer in the file
                 checkpoints = ", ".join(sorted(config.settings.tokens))
                 count = len(config.monitors)
                 printer.line(

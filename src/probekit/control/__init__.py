@@ -484,6 +484,7 @@ class ControlPlane:
         for spec in await self._store.call(db.load_monitors):
             self._specs[spec.monitor_id] = spec
             self.logic.upsert_monitor(spec)
+        await self._load_sites()
         self._revisions = await self._store.call(db.load_revisions)
         checkpoints_seen, instances_seen = await self._store.call(db.load_seen)
         self._owners = {i: c for i, (c, _) in instances_seen.items()}
@@ -895,18 +896,36 @@ class ControlPlane:
         except ValueError as exc:
             raise DefinitionError(f"sites.{policy.monitor_id}", str(exc)) from None
 
+    async def _load_sites(self) -> None:
+        """Take back the site policies stored by :meth:`set_sites` (those given to the
+        constructor win, and are stored), before the open alerts are taken back."""
+        for policy in await self._store.call(db.load_sites):
+            if policy.monitor_id in self.logic.sites:
+                continue
+            try:
+                self._set_sites(policy)
+            except DefinitionError as exc:
+                log.warning("a stored site policy no longer holds; not taken back: %s", exc)
+        given = list(self.sites.values())
+        await self._store.call(lambda c: db.save_sites(c, given))
+
     async def set_sites(self, policy: SitePolicy) -> None:
         """Watch ``policy.monitor_id`` from several checkpoints: its ``locations`` are monitors
         (each on its own checkpoint, added with :meth:`add_monitor`) that open no alert of their
         own; a ``monitor_down`` alert for ``policy.monitor_id`` opens when ``min_failing`` of
         them are confirmed down. Replaces a policy of the same id. :class:`DefinitionError`
         when a location is listed twice or is another policy's, or ``min_failing`` is out of
-        range."""
-        await self._dispatch(self._set_sites(policy))
+        range. The policy is stored in ``db_path`` and taken back at start."""
+        actions = self._set_sites(policy)
+        await self._store.call(lambda c: db.save_sites(c, [policy]))
+        await self._dispatch(actions)
 
     async def remove_sites(self, monitor_id: str) -> None:
-        """Forget a :class:`SitePolicy`; its open alert resolves (its locations stay)."""
-        await self._dispatch(self.logic.remove_sites(monitor_id))
+        """Forget a :class:`SitePolicy` (here and in ``db_path``); its open alert resolves (its
+        locations stay)."""
+        actions = self.logic.remove_sites(monitor_id)
+        await self._store.call(lambda c: db.delete_sites(c, monitor_id))
+        await self._dispatch(actions)
 
     async def set_autonomous(self, checkpoint_id: str, autonomous: bool) -> None:
         """Tell a checkpoint's instances to run their definitions on their own (or to stop)."""

@@ -78,6 +78,14 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX alert_outbox_channel ON alert_outbox (channel, id)",
         ),
     ),
+    (
+        5,
+        (
+            """CREATE TABLE sites (
+                monitor_id TEXT PRIMARY KEY, locations TEXT NOT NULL,
+                min_failing INTEGER NOT NULL)""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

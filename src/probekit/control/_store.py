@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from ..alerting import _outbox as outbox
-from ._logic import Alert, MonitorSpec
+from ._logic import Alert, MonitorSpec, SitePolicy
 
 if TYPE_CHECKING:
     from .._secret import Secret
@@ -30,8 +30,8 @@ log = logging.getLogger("probekit.control")
 T = TypeVar("T")
 
 #: The schema this version writes. 1 was the first (user_version 0, before versions were kept);
-#: 3 adds the indexes retention prunes by; 4 the alert outbox.
-SCHEMA_VERSION: Final = 4
+#: 3 adds the indexes retention prunes by; 4 the alert outbox; 5 the site policies.
+SCHEMA_VERSION: Final = 5
 
 _TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS monitors (
@@ -79,6 +79,10 @@ _TABLES: Final = (
         event TEXT NOT NULL, created REAL NOT NULL, due REAL NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT)""",
     "CREATE INDEX IF NOT EXISTS alert_outbox_channel ON alert_outbox (channel, id)",
+    # Schema 5 --------------------------------------------------------------------------------
+    # The monitors watched from several checkpoints (SitePolicy): ``locations`` a JSON list.
+    """CREATE TABLE IF NOT EXISTS sites (
+        monitor_id TEXT PRIMARY KEY, locations TEXT NOT NULL, min_failing INTEGER NOT NULL)""",
 )
 
 
@@ -279,6 +283,30 @@ def save_monitor(c: Connection, spec: MonitorSpec) -> None:
 def delete_monitor(c: Connection, monitor_id: str) -> None:
     with c:
         c.execute("DELETE FROM monitors WHERE monitor_id=?", (monitor_id,))
+
+
+# -- site policies ----------------------------------------------------------------------------
+
+
+def load_sites(c: Connection) -> list[SitePolicy]:
+    rows = c.execute("SELECT monitor_id, locations, min_failing FROM sites ORDER BY monitor_id")
+    return [SitePolicy(str(m), tuple(json.loads(loc)), int(n)) for m, loc, n in rows]
+
+
+def save_sites(c: Connection, policies: Iterable[SitePolicy]) -> None:
+    with c:
+        for policy in policies:
+            c.execute(
+                "INSERT INTO sites (monitor_id, locations, min_failing) VALUES (?, ?, ?) "
+                "ON CONFLICT (monitor_id) DO UPDATE SET locations=excluded.locations, "
+                "min_failing=excluded.min_failing",
+                (policy.monitor_id, json.dumps(list(policy.locations)), policy.min_failing),
+            )
+
+
+def delete_sites(c: Connection, monitor_id: str) -> None:
+    with c:
+        c.execute("DELETE FROM sites WHERE monitor_id=?", (monitor_id,))
 
 
 # -- results and runs -------------------------------------------------------------------------
