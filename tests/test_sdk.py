@@ -586,3 +586,49 @@ def test_a_plugin_cannot_take_over_a_builtin_kind_under_another_entry_name(
     finally:
         monkeypatch.undo()
         _registry.reset_plugins()
+
+
+# -- secret fields (probes._fields.check_secret, shared by every kind with a password) ---------
+
+_EMPTY_PASSWORD = {
+    "RedisProbe": "an empty password",
+    "SmtpProbe": "an empty password",
+    "ImapProbe": "an empty password",
+    "Pop3Probe": "an empty password",
+    "PostgresProbe": "an empty password",
+    "MysqlProbe": "an empty password (leave it out instead)",
+    "MssqlProbe": "expected 1 to 128 characters",
+    "SshProbe": "an empty password",
+    "SftpProbe": "an empty password",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EMPTY_PASSWORD))
+def test_a_password_that_is_not_a_secret_is_named_by_its_type_only(name: str) -> None:
+    import probekit
+    from probekit import Secret
+
+    cls = getattr(probekit, name)
+    extra = {"path": "/x"} if name == "SftpProbe" else {}
+    with pytest.raises(DefinitionError) as plain:
+        cls(host="db.internal", username="u", password="hunter2", **extra)
+    assert str(plain.value) == "password: expected a Secret, got str"
+    assert "hunter2" not in str(plain.value)
+    with pytest.raises(DefinitionError) as empty:
+        cls(host="db.internal", username="u", password=Secret(""), **extra)
+    assert str(empty.value) == f"password: {_EMPTY_PASSWORD[name]}"
+
+
+def test_check_secret() -> None:
+    from probekit import Secret
+    from probekit.probes._fields import check_secret
+
+    key = Secret("k")
+    assert check_secret("key", None) is None
+    assert check_secret("key", key) is key
+    with pytest.raises(DefinitionError, match=r"^key: expected a Secret, got bytes$"):
+        check_secret("key", b"k")
+    with pytest.raises(DefinitionError, match=r"^key: an empty key$"):
+        check_secret("key", Secret(""))
+    with pytest.raises(DefinitionError, match=r"^key: too short$"):
+        check_secret("key", Secret(""), empty="too short")

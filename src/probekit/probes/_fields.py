@@ -14,11 +14,13 @@ from typing import Any, Final
 import attrs
 
 from .._exceptions import DefinitionError
+from .._secret import Secret
 
 __all__ = [
     "FAMILIES",
     "check_family",
     "check_host",
+    "check_secret",
     "host",
     "host_port",
     "optional_host",
@@ -117,3 +119,17 @@ def plain_fields(
         hook = (hooks or {}).get(name)
         out[name] = hook(item) if hook is not None else plain(item)
     return out
+
+
+def check_secret(name: str, value: object, *, empty: str | None = None) -> Secret | None:
+    """``value`` (a secret field such as a password) when it is None or a non-empty
+    :class:`~probekit.Secret`; else :class:`DefinitionError` naming ``name``. A wrong type is
+    named by its type only (the value may be the secret itself); ``empty`` is the message for
+    an empty secret (``an empty NAME`` by default)."""
+    if value is None:
+        return None
+    if not isinstance(value, Secret):
+        raise DefinitionError(name, f"expected a Secret, got {type(value).__name__}")
+    if not value:
+        raise DefinitionError(name, empty or f"an empty {name}")
+    return value

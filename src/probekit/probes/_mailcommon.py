@@ -19,7 +19,7 @@ from .._result import Result
 from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
-from ._fields import host, host_port
+from ._fields import check_secret, host, host_port
 from ._kind import HostPort, Option
 from ._options import (
     CERT_OPTIONS,
@@ -164,12 +164,8 @@ def check_common(
             raise DefinitionError(
                 "starttls_options", "TLS options for STARTTLS, which is not used (tls set or off)"
             )
+    password = check_secret("password", password)
     if password is not None:
-        if not isinstance(password, Secret):
-            # The type only: the value may be the password itself.
-            raise DefinitionError("password", f"expected a Secret, got {type(password).__name__}")
-        if not password:
-            raise DefinitionError("password", "an empty password")
         if any(c in password.reveal() for c in forbidden):
             raise DefinitionError("password", _unsendable(forbidden))
         if username is None:

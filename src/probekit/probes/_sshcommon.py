@@ -49,7 +49,7 @@ from .._result import ErrorKind, Result
 from .._secret import Secret
 from .._timeouts import Timeouts
 from ._base import Attempt
-from ._fields import FAMILIES
+from ._fields import FAMILIES, check_secret
 from ._kind import Option
 from ._options import body_assertions, family_definition, secret_from_env
 
@@ -113,16 +113,6 @@ def fingerprint(value: str | None) -> str | None:
     return text
 
 
-def _check_secret(name: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, Secret):
-        # The type only: the value may be the secret itself.
-        raise DefinitionError(name, f"expected a Secret, got {type(value).__name__}")
-    if not value:
-        raise DefinitionError(name, f"an empty {name}")
-
-
 def check_login(
     *,
     username: object,
@@ -136,9 +126,9 @@ def check_login(
     timeouts: object,
 ) -> None:
     """Raise :class:`DefinitionError` for the first problem with the fields both kinds have."""
-    _check_secret("password", password)
-    _check_secret("private_key", private_key)
-    _check_secret("passphrase", passphrase)
+    check_secret("password", password)
+    check_secret("private_key", private_key)
+    check_secret("passphrase", passphrase)
     if username is not None and (
         not isinstance(username, str)
         or not username

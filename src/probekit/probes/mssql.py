@@ -34,7 +34,7 @@ from .._timeouts import Timeouts
 from .._tls import TlsOptions, ssl_context, tls_info, warm_up
 from . import _tds as tds
 from ._base import Attempt, ProbeBase
-from ._fields import check_family, check_host, host_port
+from ._fields import check_family, check_host, check_secret, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
@@ -118,15 +118,9 @@ class MssqlProbe(ProbeBase):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
 
     def _check_login(self) -> None:
-        password: object = self.password
-        if password is not None:
-            if not isinstance(password, Secret):
-                # The type only: the value may be the password itself.
-                raise DefinitionError(
-                    "password", f"expected a Secret, got {type(password).__name__}"
-                )
-            if not password or len(password.reveal()) > 128:
-                raise DefinitionError("password", "expected 1 to 128 characters")
+        password = check_secret("password", self.password, empty="expected 1 to 128 characters")
+        if password is not None and len(password.reveal()) > 128:
+            raise DefinitionError("password", "expected 1 to 128 characters")
         for field in ("username", "database"):
             value: object = getattr(self, field)
             if value is not None and (

@@ -29,7 +29,7 @@ from .._timeouts import Timeouts
 from .._tls import TlsOptions, warm_up
 from . import _mysqlwire as wire
 from ._base import Attempt, ProbeBase
-from ._fields import check_family, check_host, host_port
+from ._fields import check_family, check_host, check_secret, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
@@ -145,17 +145,11 @@ class MysqlProbe(ProbeBase):
             raise DefinitionError("timeouts", f"expected Timeouts, got {self.timeouts!r}")
 
     def _check_login(self) -> None:
-        password: object = self.password
-        if password is not None:
-            if not isinstance(password, Secret):
-                # The type only: the value may be the password itself.
-                raise DefinitionError(
-                    "password", f"expected a Secret, got {type(password).__name__}"
-                )
-            if not password:
-                raise DefinitionError("password", "an empty password (leave it out instead)")
-            if "\0" in password.reveal():
-                raise DefinitionError("password", "contains NUL, which the protocol cannot send")
+        password = check_secret(
+            "password", self.password, empty="an empty password (leave it out instead)"
+        )
+        if password is not None and "\0" in password.reveal():
+            raise DefinitionError("password", "contains NUL, which the protocol cannot send")
         for field in ("username", "database"):
             value: object = getattr(self, field)
             if value is None:

@@ -35,7 +35,7 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions, warm_up
 from ._base import Attempt, ProbeBase
-from ._fields import check_family, check_host, host_port
+from ._fields import check_family, check_host, check_secret, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
@@ -220,15 +220,8 @@ class PostgresProbe(ProbeBase):
             )
 
     def _check_login(self) -> None:
-        password: object = self.password
+        password = check_secret("password", self.password)
         if password is not None:
-            if not isinstance(password, Secret):
-                # The type only: the value may be the password itself.
-                raise DefinitionError(
-                    "password", f"expected a Secret, got {type(password).__name__}"
-                )
-            if not password:
-                raise DefinitionError("password", "an empty password")
             if "\0" in password.reveal():
                 raise DefinitionError("password", "contains NUL, which the protocol cannot send")
             if self.username is None:

@@ -28,7 +28,7 @@ from .._secret import Secret
 from .._timeouts import Timeouts
 from .._tls import TlsOptions
 from ._base import Attempt, ProbeBase
-from ._fields import check_host, host_port
+from ._fields import check_host, check_secret, host_port
 from ._fields import host as _host
 from ._fields import port as _port
 from ._kind import HostPort, Metric, Option, ProbeKind
@@ -106,15 +106,7 @@ class RedisProbe(ProbeBase):
 
     def __attrs_post_init__(self) -> None:
         check_host(self.host)
-        password: object = self.password
-        if password is not None:
-            if not isinstance(password, Secret):
-                # The type only: the value may be the password itself.
-                raise DefinitionError(
-                    "password", f"expected a Secret, got {type(password).__name__}"
-                )
-            if not password:
-                raise DefinitionError("password", "an empty password")
+        password = check_secret("password", self.password)
         username: object = self.username
         if username is not None:
             if not isinstance(username, str) or not username:
